@@ -1,0 +1,788 @@
+//! The `kedge` command line.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (store unreachable, I/O);
+//! 2 bad input (invalid definitions, unknown job, bad `--data`, bad flags).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Diagnostics, Job, LogFormat, Sources};
+use crate::executor::LocalExecutor;
+use crate::intake::{self, Accepted, IntakeError};
+use crate::lifecycle::RunState;
+use crate::store::{self, Store};
+
+const ABOUT: &str = "kedge turns events into Kubernetes Jobs.
+
+It watches cron calendars and queues, creates one Job per fire or message,
+tracks it to completion, retries or dead-letters it, and keeps every decision
+in a state store. Without flags it uses the embedded setup: the local executor
+(jobs run as processes on this machine), SQLite in .kedge/, and the job
+definitions in jobs/.";
+
+#[derive(Debug, Parser)]
+#[command(name = "kedge", version, about = ABOUT, long_about = ABOUT)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Daemon config file [default: config/kedge.yaml if present, else the embedded default]
+    #[arg(long, global = true, env = "KEDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of job definitions (*.yaml) [default: the config's jobs_dir, jobs/]
+    #[arg(long, global = true, env = "KEDGE_JOBS", value_name = "DIR")]
+    pub jobs: Option<PathBuf>,
+    /// State store URL: sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB [default: the config's store]
+    #[arg(long, global = true, env = "KEDGE_STORE", value_name = "URL")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: fire cron jobs, take queued messages, launch and track runs.
+    ///
+    /// Stops gracefully on SIGINT or SIGTERM: running processes are stopped
+    /// and their runs go back to pending, to be launched again at the next start.
+    Run {
+        /// Log format [default: the config's log_format, pretty]
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Check the config and every job definition; print each problem as path:line:column: field: message.
+    Validate,
+    /// Show the next cron fires of each job (UTC), or with --at, the sizing
+    /// decision for a run of a sized job at that time.
+    ///
+    /// With --at the output (--json) is {"job", "work", "rate_per_pod",
+    /// "overhead_s", "parallelism", "completions", "deadline",
+    /// "projected_finish", "at_risk", …}: the work (measured by the job's
+    /// probe unless --work is given), the rate model learned from the job's
+    /// history in the store, and the smallest parallelism that finishes
+    /// before the window's deadline with the margin to spare.
+    Plan {
+        /// Only this job
+        #[arg(long)]
+        job: Option<String>,
+        /// Start from this time instead of now (RFC 3339, e.g. 2026-03-27T00:00:00Z)
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// Fires per job
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Print JSON: an array of {"job", "timezone", "fires": [...]}, or with --at the decision
+        #[arg(long)]
+        json: bool,
+        /// Size a run of --job starting at this time (RFC 3339)
+        #[arg(long, value_name = "RFC3339", requires = "job")]
+        at: Option<String>,
+        /// With --at: the work, instead of running the job's probe
+        #[arg(long, requires = "at")]
+        work: Option<f64>,
+    },
+    /// Put a message on a job's builtin queue.
+    ///
+    /// The message is the --data value, the contents of --data @FILE, or
+    /// standard input. Jobs with payload.format: json (the default) only take JSON.
+    Enqueue {
+        /// The job (its trigger must be queue.builtin)
+        job: String,
+        /// The message: JSON text, or @FILE to read it from a file
+        #[arg(long)]
+        data: Option<String>,
+        /// Message id; enqueueing the same id twice stores it once [default: a new id]
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Start a run of a job now, outside its schedule.
+    Trigger {
+        /// The job
+        job: String,
+    },
+    /// List runs (one row per attempt), newest first.
+    Runs {
+        /// Only this job
+        #[arg(long)]
+        job: Option<String>,
+        /// Only runs in this state
+        #[arg(long, value_enum)]
+        state: Option<RunState>,
+        /// At most this many
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a cron job's recorded fires and what kedge decided about each
+    /// (launched, skipped by the overlap policy, missed by the catch-up policy, replaced).
+    Fires {
+        /// The cron job
+        job: String,
+        /// The latest this many
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and replay dead letters (work that failed every attempt).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Apply the store's migrations and exit (kedge run also applies them).
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        /// Only this job
+        #[arg(long)]
+        job: Option<String>,
+        /// Include letters already replayed
+        #[arg(long)]
+        all: bool,
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return dead letters to their queue with a fresh retry budget.
+    Replay {
+        /// Dead letter ids (from `kedge dlq list`)
+        ids: Vec<String>,
+        /// Replay every open dead letter (of --job, if given)
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// With --all: only this job
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input: exit 2.
+    Input(String),
+    /// Runtime failure: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+impl From<Diagnostics> for Failure {
+    fn from(d: Diagnostics) -> Self {
+        Failure::Input(d.to_string().trim_end().to_string())
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kedge: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("kedge: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn sources(g: &GlobalArgs) -> Sources {
+    Sources {
+        config: g.config.clone(),
+        jobs: g.jobs.clone(),
+        store: g.store.clone(),
+    }
+}
+
+async fn open_store(url: &str) -> Result<Store, Failure> {
+    let store = Store::connect(url).await.map_err(|e| match e {
+        store::StoreError::UnsupportedUrl(_) => Failure::Input(format!("--store: {e}")),
+        e => Failure::Runtime(anyhow::Error::new(e)),
+    })?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating the store at {}", store::redact(url)))?;
+    Ok(store)
+}
+
+async fn execute(cli: Cli) -> Result<(), Failure> {
+    let src = sources(&cli.global);
+    match cli.command {
+        Command::Run { log_format } => run_daemon(&src, log_format).await,
+        Command::Validate => validate(&src),
+        Command::Plan {
+            job: Some(job),
+            at: Some(at),
+            work,
+            json,
+            ..
+        } => plan_sizing(&src, &job, &at, work, json).await,
+        Command::Plan {
+            job,
+            from,
+            count,
+            json,
+            ..
+        } => plan(&src, job, from, count, json),
+        Command::Enqueue { job, data, id } => {
+            let loaded = config::load_daemon(&src)?;
+            let job = one_job(&loaded, &job)?;
+            if job.cron().is_some() {
+                return Err(Failure::Input(format!(
+                    "job {} is triggered by cron and takes no messages; use `kedge trigger {}` to run it now",
+                    job.name, job.name
+                )));
+            }
+            let bytes = read_data(data)?;
+            let store = open_store(&loaded.store_url).await?;
+            match intake::enqueue(&store, &job, &bytes, id, None).await {
+                Ok(Accepted::New { run_id }) => println!("enqueued: run {run_id}"),
+                Ok(Accepted::Duplicate) => {
+                    println!("already enqueued (same message id): nothing added")
+                }
+                Err(IntakeError::Store(e)) => return Err(Failure::Runtime(e.into())),
+                Err(e) => return Err(Failure::Input(format!("--data: {e}"))),
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::Trigger { job } => {
+            let loaded = config::load_daemon(&src)?;
+            let job = one_job(&loaded, &job)?;
+            let store = open_store(&loaded.store_url).await?;
+            match intake::trigger(&store, &job).await {
+                Ok(Accepted::New { run_id }) => println!("triggered: run {run_id}"),
+                Ok(Accepted::Duplicate) => println!("already triggered"),
+                Err(e) => return Err(Failure::Runtime(e.into())),
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::Runs {
+            job,
+            state,
+            limit,
+            json,
+        } => {
+            let loaded = config::load_daemon(&src)?;
+            let store = open_store(&loaded.store_url).await?;
+            let runs = store
+                .list_runs(job.as_deref(), state, limit.max(0))
+                .await
+                .context("listing runs")?;
+            store.close().await;
+            print_runs(&runs, json);
+            Ok(())
+        }
+        Command::Fires { job, limit, json } => {
+            let loaded = config::load_daemon(&src)?;
+            let store = open_store(&loaded.store_url).await?;
+            let fires = store.cron_fires(&job).await.context("listing cron fires")?;
+            store.close().await;
+            let fires = &fires[fires.len().saturating_sub(limit)..];
+            if json {
+                let rows: Vec<serde_json::Value> = fires
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "job": f.job,
+                            "fire": ms_to_rfc3339(Some(f.fire_ms)),
+                            "outcome": f.outcome,
+                            "detail": f.detail,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!("{:<25} {:<9} DETAIL", "FIRE", "OUTCOME");
+                for f in fires {
+                    println!(
+                        "{:<25} {:<9} {}",
+                        ms_to_rfc3339(Some(f.fire_ms)).unwrap_or_default(),
+                        f.outcome,
+                        f.detail.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Dlq { command } => dlq(&src, command).await,
+        Command::Migrate => {
+            let loaded = config::load_daemon(&src)?;
+            let store = open_store(&loaded.store_url).await?;
+            store.close().await;
+            println!(
+                "store at {} is up to date",
+                store::redact(&loaded.store_url)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Loads the one job `name` from the jobs directory, with its own problems
+/// (not other files') when it is invalid.
+fn one_job(cfg: &config::DaemonConfig, name: &str) -> Result<Job, Failure> {
+    let (jobs, problems) = config::load_jobs(cfg);
+    if let Some(j) = jobs.into_iter().find(|j| j.name == name) {
+        return Ok(j);
+    }
+    let mentions: Vec<String> = problems
+        .0
+        .iter()
+        .filter(|d| {
+            d.file
+                .as_ref()
+                .and_then(|f| f.file_stem())
+                .is_some_and(|s| s == name)
+        })
+        .map(|d| d.to_string())
+        .collect();
+    if !mentions.is_empty() {
+        return Err(Failure::Input(format!(
+            "job {name} is invalid:\n{}",
+            mentions.join("\n")
+        )));
+    }
+    let (jobs, _) = config::load_jobs(cfg);
+    let names: Vec<String> = jobs.into_iter().map(|j| j.name).collect();
+    Err(Failure::Input(format!(
+        "unknown job {name:?} in {} (defined: {})",
+        cfg.jobs_dir.display(),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )))
+}
+
+fn read_data(data: Option<String>) -> Result<Vec<u8>, Failure> {
+    match data {
+        Some(d) if d.starts_with('@') => {
+            let path = &d[1..];
+            std::fs::read(path)
+                .map_err(|e| Failure::Input(format!("--data @{path}: cannot read: {e}")))
+        }
+        Some(d) => Ok(d.into_bytes()),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                Failure::Input(format!("cannot read the message from standard input: {e}"))
+            })?;
+            Ok(buf)
+        }
+    }
+}
+
+fn validate(src: &Sources) -> Result<(), Failure> {
+    let loaded = config::load(src)?;
+    if !loaded.job_problems.is_empty() {
+        return Err(loaded.job_problems.into());
+    }
+    println!(
+        "ok: {} job(s) in {}",
+        loaded.jobs.len(),
+        loaded.daemon.jobs_dir.display()
+    );
+    Ok(())
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn ms_to_rfc3339(ms: Option<i64>) -> Option<String> {
+    ms.and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(rfc3339)
+}
+
+fn parse_time(flag: &str, s: &str) -> Result<DateTime<Utc>, Failure> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|e| Failure::Input(format!("{flag}: {s:?} is not an RFC 3339 time ({e})")))
+}
+
+async fn plan_sizing(
+    src: &Sources,
+    name: &str,
+    at: &str,
+    work: Option<f64>,
+    json: bool,
+) -> Result<(), Failure> {
+    let loaded = config::load_daemon(src)?;
+    let at = parse_time("--at", at)?;
+    let job = one_job(&loaded, name)?;
+    let (Some(cfg), Some(deadline)) = (&job.sizing, job.deadline_after(at)) else {
+        return Err(Failure::Input(format!(
+            "job {name} has no `sizing` and `window`: there is nothing to size"
+        )));
+    };
+    if let Some(w) = work {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(Failure::Input(format!(
+                "--work: {w} must be a number of 0 or more"
+            )));
+        }
+    }
+    let store = open_store(&loaded.store_url).await?;
+    let measured = match work {
+        Some(w) => crate::sizer::Measured::given(w),
+        None => crate::sizer::measure_work(&store, &job, cfg)
+            .await
+            .context("measuring the work")?,
+    };
+    let model = crate::sizer::model(&store, &job, cfg)
+        .await
+        .context("reading the job's history")?;
+    store.close().await;
+    let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
+    let d = crate::sizer::decide(&job, cfg, model, measured, at, deadline, max_pods);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?
+        );
+    } else {
+        println!("job              {}", d.job);
+        println!("work             {} {}", d.work, d.unit);
+        println!(
+            "rate per pod     {:.3} {}/h ({})",
+            d.rate_per_pod, d.unit, d.model
+        );
+        println!("overhead         {:.1}s", d.overhead_s);
+        println!(
+            "parallelism      {} (completions {})",
+            d.parallelism, d.completions
+        );
+        println!("deadline         {}", d.deadline);
+        println!("projected finish {}", d.projected_finish);
+        println!("at risk          {}", d.at_risk);
+        println!("why              {}", d.reason);
+        if let Some(n) = &d.probe_note {
+            println!("note             {n}");
+        }
+    }
+    Ok(())
+}
+
+fn plan(
+    src: &Sources,
+    job: Option<String>,
+    from: Option<String>,
+    count: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let loaded = config::load(src)?;
+    let from = match from {
+        None => Utc::now(),
+        Some(s) => DateTime::parse_from_rfc3339(&s)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| Failure::Input(format!("--from: {s:?} is not an RFC 3339 time ({e})")))?,
+    };
+    if let Some(name) = &job {
+        if !loaded.jobs.iter().any(|j| &j.name == name) {
+            one_job(&loaded.daemon, name)?;
+        }
+    }
+    let mut out = Vec::new();
+    for j in &loaded.jobs {
+        if job.as_ref().is_some_and(|n| n != &j.name) {
+            continue;
+        }
+        let Some(c) = j.cron() else { continue };
+        let fires: Vec<String> = c
+            .schedule
+            .upcoming(from, c.timezone, count)
+            .into_iter()
+            .map(rfc3339)
+            .collect();
+        out.push(serde_json::json!({
+            "job": j.name,
+            "timezone": c.timezone.name(),
+            "fires": fires,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?
+        );
+    } else {
+        for e in &out {
+            println!(
+                "{} ({})",
+                e["job"].as_str().unwrap_or(""),
+                e["timezone"].as_str().unwrap_or("")
+            );
+            for f in e["fires"].as_array().into_iter().flatten() {
+                println!("  {}", f.as_str().unwrap_or(""));
+            }
+        }
+        if !loaded.job_problems.is_empty() {
+            eprint!("{}", loaded.job_problems);
+        }
+    }
+    Ok(())
+}
+
+fn print_runs(runs: &[store::Run], json: bool) {
+    if json {
+        let rows: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "job": r.job,
+                    "run_id": r.run_id,
+                    "attempt": r.attempt,
+                    "state": r.state,
+                    "trigger": r.trigger,
+                    "source": r.source,
+                    "message_id": r.message_id,
+                    "scheduled_at": ms_to_rfc3339(Some(r.scheduled_ms)),
+                    "started_at": ms_to_rfc3339(r.started_ms),
+                    "finished_at": ms_to_rfc3339(r.finished_ms),
+                    "launches": r.launches,
+                    "error": r.error,
+                    "deadline": ms_to_rfc3339(r.deadline_ms),
+                    "sizing": r.sizing.as_ref().map(|s| serde_json::json!({
+                        "work": s.work,
+                        "parallelism": s.parallelism,
+                        "completions": s.completions,
+                        "projected_finish": ms_to_rfc3339(Some(s.projected_finish_ms)),
+                        "at_risk": s.at_risk,
+                        "note": s.note,
+                    })),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    println!(
+        "{:<40} {:<24} {:>3} {:<10} {:<25} {:<25} ERROR",
+        "RUN", "JOB", "TRY", "STATE", "SCHEDULED", "FINISHED"
+    );
+    for r in runs {
+        println!(
+            "{:<40} {:<24} {:>3} {:<10} {:<25} {:<25} {}",
+            r.run_id,
+            r.job,
+            r.attempt,
+            r.state,
+            ms_to_rfc3339(Some(r.scheduled_ms)).unwrap_or_default(),
+            ms_to_rfc3339(r.finished_ms).unwrap_or_else(|| "-".into()),
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+async fn dlq(src: &Sources, command: DlqCommand) -> Result<(), Failure> {
+    let loaded = config::load_daemon(src)?;
+    let store = open_store(&loaded.store_url).await?;
+    let result = match command {
+        DlqCommand::List {
+            job,
+            all,
+            limit,
+            json,
+        } => {
+            let letters = store
+                .dead_letters(job.as_deref(), all, limit.max(0))
+                .await
+                .context("listing dead letters")?;
+            if json {
+                let rows: Vec<serde_json::Value> = letters
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.id,
+                            "job": d.job,
+                            "source": d.source,
+                            "message_id": d.message_id,
+                            "payload": d.payload,
+                            "reason": d.reason,
+                            "attempts": d.attempts,
+                            "last_error": d.last_error,
+                            "created_at": ms_to_rfc3339(Some(d.created_ms)),
+                            "replayed_at": ms_to_rfc3339(d.replayed_ms),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<36} {:<24} {:<25} REASON / LAST ERROR",
+                    "ID", "JOB", "DEAD SINCE"
+                );
+                for d in &letters {
+                    println!(
+                        "{:<36} {:<24} {:<25} {} / {}",
+                        d.id,
+                        d.job,
+                        ms_to_rfc3339(Some(d.created_ms)).unwrap_or_default(),
+                        d.reason,
+                        d.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        DlqCommand::Replay { ids, all, job } => {
+            if ids.is_empty() && !all {
+                return Err(Failure::Input(
+                    "dlq replay: name dead letter ids, or --all".into(),
+                ));
+            }
+            let letters = store
+                .dead_letters(job.as_deref(), false, i64::MAX)
+                .await
+                .context("listing dead letters")?;
+            let chosen: Vec<_> = if all {
+                letters
+            } else {
+                let mut chosen = Vec::new();
+                for id in &ids {
+                    match letters.iter().find(|d| &d.id == id) {
+                        Some(d) => chosen.push(d.clone()),
+                        None => {
+                            return Err(Failure::Input(format!(
+                                "dlq replay: no open dead letter with id {id}"
+                            )))
+                        }
+                    }
+                }
+                chosen
+            };
+            let mut replayed = 0;
+            for d in chosen {
+                let last = store
+                    .last_attempt(&d.work_item_id)
+                    .await
+                    .context("reading attempts")?;
+                let next = last + 1;
+                let trigger = if d.source == "cron" {
+                    crate::lifecycle::TriggerKind::Cron
+                } else {
+                    crate::lifecycle::TriggerKind::Queue
+                };
+                let run_id =
+                    crate::lifecycle::attempt_run_name(&d.job, trigger, &d.message_id, next);
+                if store
+                    .replay_dead_letter(&d.id, &run_id, next, store::now_ms())
+                    .await
+                    .context("replaying")?
+                {
+                    println!("replayed {} as run {run_id}", d.id);
+                    replayed += 1;
+                }
+            }
+            println!("{replayed} dead letter(s) replayed");
+            Ok(())
+        }
+    };
+    store.close().await;
+    result
+}
+
+async fn run_daemon(src: &Sources, log_format: Option<LogFormat>) -> Result<(), Failure> {
+    let loaded = config::load(src)?;
+    init_logging(log_format.unwrap_or(loaded.daemon.log_format));
+    for d in &loaded.job_problems.0 {
+        tracing::error!(problem = %d, "job definition rejected; the other jobs keep running");
+    }
+    let cfg = loaded.daemon.clone();
+    let store = open_store(&cfg.store_url).await?;
+    let instance = store
+        .instance_id()
+        .await
+        .context("reading the store's instance id")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let executor = match &cfg.executor {
+        config::ExecutorConfig::Local(local) => LocalExecutor::new(local.clone(), instance, tx),
+    };
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        signal.cancel();
+    });
+    let jobs = loaded.jobs.len();
+    let cron = loaded.jobs.iter().filter(|j| j.cron().is_some()).count();
+    let daemon = crate::daemon::Daemon {
+        config: cfg.clone(),
+        jobs: loaded.jobs,
+        store,
+        executor,
+        outcomes: rx,
+    };
+    let store_url = store::redact(&cfg.store_url);
+    daemon
+        .run(shutdown, || {
+            tracing::info!(jobs, cron, store = %store_url, executor = ?cfg.executor.kind(), "kedge ready");
+        })
+        .await
+        .context("the daemon stopped on a store error")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

@@ -1,0 +1,245 @@
+//! The daemon's own configuration (`config/kedge.yaml`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::diagnostic::FieldPath;
+use super::job::{parse_duration, Problem};
+use super::yaml::{duration_text, string_enum};
+
+/// The configuration kedge uses when no `--config` is given and
+/// `config/kedge.yaml` does not exist: local executor, SQLite under `.kedge/`,
+/// jobs from `jobs/`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    expecting = "a mapping with jobs_dir, store, executor, limits, log_format or shutdown_timeout"
+)]
+pub struct RawDaemon {
+    pub jobs_dir: Option<String>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub executor: RawExecutor,
+    #[serde(default)]
+    pub limits: RawGlobalLimits,
+    pub log_format: Option<LogFormat>,
+    /// Named pools shared across jobs: name → slots (running runs at once).
+    #[serde(default)]
+    pub pools: std::collections::BTreeMap<String, u32>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with url or url_env, and poll_interval")]
+pub struct RawStore {
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub poll_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with kind and local")]
+pub struct RawExecutor {
+    pub kind: Option<ExecutorKind>,
+    #[serde(default)]
+    pub local: RawLocal,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with work_dir, pod_backoff or pod_backoff_max")]
+pub struct RawLocal {
+    pub work_dir: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub pod_backoff: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub pod_backoff_max: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with max_active_runs")]
+pub struct RawGlobalLimits {
+    pub max_active_runs: Option<u32>,
+}
+
+/// Which executor launches runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// Child processes on this machine (the embedded default).
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+string_enum!(ExecutorKind { Local => "local" });
+string_enum!(LogFormat {
+    Pretty => "pretty",
+    Json => "json",
+});
+
+/// The validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub jobs_dir: PathBuf,
+    /// The store URL. May hold a password: never log it, use [`crate::store::redact`].
+    pub store_url: String,
+    /// How often the store is checked for work written by other processes
+    /// (`kedge enqueue`, `kedge trigger`, another replica).
+    pub poll_interval: Duration,
+    pub executor: ExecutorConfig,
+    /// Runs launched at once across all jobs. `None`: no global cap.
+    pub max_active_runs: Option<u32>,
+    pub log_format: LogFormat,
+    /// Named pools: name → slots. A job joins one with `limits.pool`; each
+    /// running run of the pool's jobs takes one slot.
+    pub pools: std::collections::BTreeMap<String, u32>,
+    /// How long a graceful shutdown waits for running processes to stop.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExecutorConfig {
+    Local(LocalConfig),
+}
+
+impl ExecutorConfig {
+    pub fn kind(&self) -> ExecutorKind {
+        match self {
+            ExecutorConfig::Local(_) => ExecutorKind::Local,
+        }
+    }
+}
+
+/// Settings of the local executor.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Per-run folders with each container's stdout/stderr and payload file.
+    pub work_dir: PathBuf,
+    /// Delay before a failed pod is replaced, doubling up to `pod_backoff_max`
+    /// (Kubernetes uses 10 s doubling up to 6 min).
+    pub pod_backoff: Duration,
+    pub pod_backoff_max: Duration,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            work_dir: PathBuf::from(".kedge/runs"),
+            pod_backoff: Duration::from_secs(10),
+            pod_backoff_max: Duration::from_secs(360),
+        }
+    }
+}
+
+/// Validates a parsed daemon config.
+pub fn validate(
+    raw: RawDaemon,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<DaemonConfig, Vec<Problem>> {
+    let mut problems: Vec<Problem> = Vec::new();
+    let root = FieldPath::root();
+    let mut duration = |field: FieldPath, v: &Option<String>, default: Duration| match v {
+        None => default,
+        Some(s) => parse_duration(s).unwrap_or_else(|e| {
+            problems.push((field, e));
+            default
+        }),
+    };
+    let sp = root.key("store");
+    let poll_interval = duration(
+        sp.key("poll_interval"),
+        &raw.store.poll_interval,
+        Duration::from_millis(200),
+    );
+    let lp = root.key("executor").key("local");
+    let defaults = LocalConfig::default();
+    let pod_backoff = duration(
+        lp.key("pod_backoff"),
+        &raw.executor.local.pod_backoff,
+        defaults.pod_backoff,
+    );
+    let pod_backoff_max = duration(
+        lp.key("pod_backoff_max"),
+        &raw.executor.local.pod_backoff_max,
+        defaults.pod_backoff_max,
+    );
+    let shutdown_timeout = duration(
+        root.key("shutdown_timeout"),
+        &raw.shutdown_timeout,
+        Duration::from_secs(30),
+    );
+
+    let store_url = match (&raw.store.url, &raw.store.url_env) {
+        (Some(_), Some(_)) => {
+            problems.push((sp.clone(), "set either `url` or `url_env`, not both".into()));
+            String::new()
+        }
+        (Some(u), None) => u.clone(),
+        (None, Some(name)) => env(name).unwrap_or_else(|| {
+            problems.push((
+                sp.key("url_env"),
+                format!("environment variable {name} is not set"),
+            ));
+            String::new()
+        }),
+        (None, None) => "sqlite://.kedge/kedge.db".to_string(),
+    };
+    if raw.limits.max_active_runs == Some(0) {
+        problems.push((
+            root.key("limits").key("max_active_runs"),
+            "must be at least 1 (0 would never run anything)".into(),
+        ));
+    }
+    let executor = match raw.executor.kind.unwrap_or(ExecutorKind::Local) {
+        ExecutorKind::Local => ExecutorConfig::Local(LocalConfig {
+            work_dir: raw
+                .executor
+                .local
+                .work_dir
+                .map(PathBuf::from)
+                .unwrap_or(defaults.work_dir),
+            pod_backoff,
+            pod_backoff_max,
+        }),
+    };
+    for (name, slots) in &raw.pools {
+        if *slots == 0 {
+            problems.push((
+                root.key("pools").key(name),
+                "must be at least 1 slot (0 would never run anything)".into(),
+            ));
+        }
+        if !super::job::is_dns1123_label(name) {
+            problems.push((
+                root.key("pools").key(name),
+                format!("\"{name}\" is not a valid pool name (lower-case letters, digits and '-')"),
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(DaemonConfig {
+        pools: raw.pools.clone(),
+        jobs_dir: PathBuf::from(raw.jobs_dir.unwrap_or_else(|| "jobs".into())),
+        store_url,
+        poll_interval,
+        executor,
+        max_active_runs: raw.limits.max_active_runs,
+        log_format: raw.log_format.unwrap_or_default(),
+        shutdown_timeout,
+    })
+}

@@ -1,0 +1,814 @@
+//! Job definitions (`jobs/*.yaml`): the file format and its validation.
+//!
+//! A file is read into [`RawJob`] (the shape, straight from YAML), then
+//! [`validate`] checks everything that the shape cannot express and hands
+//! out a [`Job`], the only type the rest of kedge sees. Every problem in a
+//! file is reported, each with the field it is about.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use k8s_openapi::api::batch::v1::JobSpec;
+use serde::Deserialize;
+
+use super::diagnostic::FieldPath;
+use super::sizing::{RawSizing, RawWindow, Sizing, Window};
+use super::yaml::{duration_text, string_enum};
+use super::{DaemonConfig, ExecutorKind};
+use crate::triggers::cron::Schedule;
+
+/// The longest suffix kedge adds to a job name to make a run's Job name:
+/// `-<10 digits>-<2 digits>` for cron fires, `-<10 hex>-<2 digits>` for messages.
+pub const RUN_SUFFIX_MAX: usize = 14;
+/// Kubernetes limits a Job name (it becomes a label value) to 63 characters.
+pub const K8S_NAME_MAX: usize = 63;
+/// The longest job name that still leaves room for [`RUN_SUFFIX_MAX`].
+pub const JOB_NAME_MAX: usize = K8S_NAME_MAX - RUN_SUFFIX_MAX;
+
+/// A job file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a mapping with name, trigger and template")]
+pub struct RawJob {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub trigger: RawTrigger,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub payload: RawPayload,
+    /// Names of the daemon's environment variables copied into every container.
+    #[serde(default)]
+    pub env_from_host: Vec<String>,
+    /// When a run must be finished.
+    pub window: Option<RawWindow>,
+    /// How to size a run to its window.
+    pub sizing: Option<RawSizing>,
+    /// A `batch/v1` JobSpec, exactly as in a Kubernetes manifest.
+    pub template: JobSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with `cron` or `queue`")]
+pub struct RawTrigger {
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub overlap: Option<Overlap>,
+    pub catchup: Option<Catchup>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub starting_deadline: Option<String>,
+    pub queue: Option<RawQueue>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with the queue source, such as `builtin: {}`")]
+pub struct RawQueue {
+    pub builtin: Option<BuiltinQueue>,
+}
+
+/// `trigger.queue.builtin: {}` — the queue table in kedge's own store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "an empty mapping, `{}`")]
+pub struct BuiltinQueue {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with max_attempts, backoff or max_backoff")]
+pub struct RawRetry {
+    pub max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub backoff: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub max_backoff: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with max_active, max_pods, pool or pending_timeout")]
+pub struct RawLimits {
+    pub max_active: Option<u32>,
+    pub max_pods: Option<u32>,
+    pub pool: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub pending_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with format or max_bytes")]
+pub struct RawPayload {
+    pub format: Option<PayloadFormat>,
+    pub max_bytes: Option<u64>,
+}
+
+/// What happens when a cron fire comes while an earlier run of the job is
+/// still active (pending, running or waiting for a retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Start another run alongside.
+    Allow,
+    /// Skip the new fire (recorded as skipped). The default.
+    Forbid,
+    /// Stop the active run, then start the new one.
+    Replace,
+    /// Keep at most one fire waiting behind the active run; skip further ones.
+    BufferOne,
+}
+
+/// Which fires missed while kedge was down (or asleep) run when it is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Catchup {
+    /// Run none of them (Debian cron's behaviour).
+    None,
+    /// Run only the most recent one (Kubernetes CronJob's behaviour). The default.
+    Latest,
+    /// Run every one of them, oldest first.
+    All,
+}
+
+/// How a message payload must look for this job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// Any UTF-8 text.
+    Text,
+    /// A JSON document (the default).
+    Json,
+}
+
+string_enum!(Overlap {
+    Allow => "allow",
+    Forbid => "forbid",
+    Replace => "replace",
+    BufferOne => "buffer_one",
+});
+string_enum!(Catchup {
+    None => "none",
+    Latest => "latest",
+    All => "all",
+});
+string_enum!(PayloadFormat {
+    Text => "text",
+    Json => "json",
+});
+
+/// A validated job definition.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub description: Option<String>,
+    /// The file it came from.
+    pub file: PathBuf,
+    pub trigger: Trigger,
+    pub retry: RetryPolicy,
+    pub limits: JobLimits,
+    pub payload: PayloadPolicy,
+    /// `(name, value)` copied from the daemon's environment at load time.
+    pub host_env: Vec<(String, String)>,
+    pub window: Option<Window>,
+    pub sizing: Option<Sizing>,
+    pub spec: JobSpec,
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Cron(CronTrigger),
+    Queue(QueueTrigger),
+}
+
+#[derive(Debug, Clone)]
+pub struct CronTrigger {
+    pub schedule: Schedule,
+    pub timezone: Tz,
+    pub overlap: Overlap,
+    pub catchup: Catchup,
+    /// A missed fire older than this is not caught up. `None`: no bound.
+    pub starting_deadline: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueTrigger {
+    Builtin,
+}
+
+/// Retries of a failed run: `max_attempts` runs in all, the n-th retry
+/// waiting `backoff × 2^(n-1)`, capped at `max_backoff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next_attempt` (2 for the first retry).
+    pub fn delay_before(&self, next_attempt: u32) -> Duration {
+        let doublings = next_attempt.saturating_sub(2).min(30);
+        self.backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Runs of this job launched at once. `None`: only the global cap.
+    pub max_active: Option<u32>,
+    /// Pods (the sum of running runs' parallelism) of this job at once.
+    pub max_pods: Option<u32>,
+    /// A pool from the daemon config whose slots this job's runs take (one
+    /// slot per running run), shared with the other jobs of the pool.
+    pub pool: Option<String>,
+    /// Pods Pending longer than this stop new launches of the job until
+    /// they schedule (pending-pod backpressure). Default 5 minutes.
+    pub pending_timeout: Duration,
+}
+
+impl JobLimits {
+    /// `limits.pending_timeout` when the file does not set it.
+    pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(300);
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            max_active: None,
+            max_pods: None,
+            pool: None,
+            pending_timeout: Self::DEFAULT_PENDING_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadPolicy {
+    pub format: PayloadFormat,
+    pub max_bytes: u64,
+}
+
+impl Default for PayloadPolicy {
+    fn default() -> Self {
+        PayloadPolicy {
+            format: PayloadFormat::Json,
+            max_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Job {
+    /// The limit on active runs, including the one the overlap policy implies.
+    pub fn effective_max_active(&self) -> Option<u32> {
+        let overlap_cap = match &self.trigger {
+            Trigger::Cron(c) if c.overlap != Overlap::Allow => Some(1),
+            _ => None,
+        };
+        match (self.limits.max_active, overlap_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The job's time zone (its cron trigger's; UTC for queue jobs).
+    pub fn timezone(&self) -> Tz {
+        self.cron().map(|c| c.timezone).unwrap_or(Tz::UTC)
+    }
+
+    /// The deadline of a run triggered at `t`, when the job has a window.
+    pub fn deadline_after(
+        &self,
+        t: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.window.map(|w| w.deadline_after(t, self.timezone()))
+    }
+
+    pub fn cron(&self) -> Option<&CronTrigger> {
+        match &self.trigger {
+            Trigger::Cron(c) => Some(c),
+            Trigger::Queue(_) => None,
+        }
+    }
+}
+
+/// One problem found by [`validate`]: the field and what is wrong.
+pub type Problem = (FieldPath, String);
+
+/// Parses a duration written like `30s`, `15m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("\"{s}\" is not a duration (examples: 500ms, 30s, 15m, 1h30m)"))
+}
+
+/// Checks a DNS-1123 label (lower-case alphanumerics and '-', alphanumeric at
+/// both ends, at most 63 characters).
+pub fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= K8S_NAME_MAX && has_dns1123_characters(s)
+}
+
+/// The DNS-1123 label rule without the length limit (checked on its own, so
+/// a name that is both too long and badly spelt gets both problems reported).
+fn has_dns1123_characters(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Validates a parsed job file. `env` looks up the daemon's environment.
+pub fn validate(
+    raw: RawJob,
+    file: PathBuf,
+    daemon: &DaemonConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Job, Vec<Problem>> {
+    let executor = daemon.executor.kind();
+    let mut problems: Vec<Problem> = Vec::new();
+    let root = FieldPath::root();
+    let mut bad = |path: FieldPath, msg: String| problems.push((path, msg));
+
+    // name: the characters and the length are separate problems.
+    if !has_dns1123_characters(&raw.name) {
+        bad(
+            root.key("name"),
+            format!(
+                "\"{}\" is not a valid Kubernetes name: use lower-case letters, digits and '-', starting and ending with a letter or digit",
+                raw.name
+            ),
+        );
+    }
+    let name_chars = raw.name.chars().count();
+    if name_chars > JOB_NAME_MAX {
+        bad(
+            root.key("name"),
+            format!(
+                "\"{}\" is {name_chars} characters; with the run suffix kedge adds (up to {RUN_SUFFIX_MAX}) a Job name must stay within {K8S_NAME_MAX}, so at most {JOB_NAME_MAX}",
+                raw.name,
+            ),
+        );
+    }
+
+    // trigger
+    let t = &raw.trigger;
+    let tp = root.key("trigger");
+    let trigger = match (&t.cron, &t.queue) {
+        (Some(_), Some(_)) => {
+            bad(tp.clone(), "set either `cron` or `queue`, not both".into());
+            None
+        }
+        (None, None) => {
+            bad(tp.clone(), "needs `cron` or `queue`".into());
+            None
+        }
+        (Some(expr), None) => {
+            let schedule = Schedule::parse(expr)
+                .map_err(|e| bad(tp.key("cron"), e.to_string()))
+                .ok();
+            let timezone = match &t.timezone {
+                None => Some(Tz::UTC),
+                Some(name) => name
+                    .parse::<Tz>()
+                    .map_err(|_| {
+                        bad(
+                            tp.key("timezone"),
+                            format!("unknown time zone \"{name}\" (use an IANA name such as Europe/Berlin or UTC)"),
+                        )
+                    })
+                    .ok(),
+            };
+            let starting_deadline = match &t.starting_deadline {
+                None => Some(None),
+                Some(s) => parse_duration(s)
+                    .map_err(|e| bad(tp.key("starting_deadline"), e))
+                    .ok()
+                    .map(Some),
+            };
+            match (schedule, timezone, starting_deadline) {
+                (Some(schedule), Some(timezone), Some(starting_deadline)) => {
+                    Some(Trigger::Cron(CronTrigger {
+                        schedule,
+                        timezone,
+                        overlap: t.overlap.unwrap_or(Overlap::Forbid),
+                        catchup: t.catchup.unwrap_or(Catchup::Latest),
+                        starting_deadline,
+                    }))
+                }
+                _ => None,
+            }
+        }
+        (None, Some(q)) => {
+            for (field, set) in [
+                ("timezone", t.timezone.is_some()),
+                ("overlap", t.overlap.is_some()),
+                ("catchup", t.catchup.is_some()),
+                ("starting_deadline", t.starting_deadline.is_some()),
+            ] {
+                if set {
+                    bad(tp.key(field), "only applies to cron triggers".into());
+                }
+            }
+            match q.builtin {
+                Some(_) => Some(Trigger::Queue(QueueTrigger::Builtin)),
+                None => {
+                    bad(tp.key("queue"), "needs a source: `builtin: {}`".into());
+                    None
+                }
+            }
+        }
+    };
+
+    // retry
+    let rp = root.key("retry");
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = raw.retry.max_attempts {
+        if (1..=99).contains(&n) {
+            retry.max_attempts = n;
+        } else {
+            bad(rp.key("max_attempts"), format!("{n} is out of range 1-99"));
+        }
+    }
+    if let Some(s) = &raw.retry.backoff {
+        match parse_duration(s) {
+            Ok(d) => retry.backoff = d,
+            Err(e) => bad(rp.key("backoff"), e),
+        }
+    }
+    if let Some(s) = &raw.retry.max_backoff {
+        match parse_duration(s) {
+            Ok(d) => retry.max_backoff = d,
+            Err(e) => bad(rp.key("max_backoff"), e),
+        }
+    }
+    if retry.max_backoff < retry.backoff {
+        bad(
+            rp.key("max_backoff"),
+            "must not be shorter than `backoff`".into(),
+        );
+    }
+
+    // limits
+    let lp = root.key("limits");
+    for (field, v) in [
+        ("max_active", raw.limits.max_active),
+        ("max_pods", raw.limits.max_pods),
+    ] {
+        if v == Some(0) {
+            bad(
+                lp.key(field),
+                "must be at least 1 (0 would never run anything)".into(),
+            );
+        }
+    }
+    if let Some(pool) = &raw.limits.pool {
+        if !daemon.pools.contains_key(pool) {
+            let known: Vec<&str> = daemon.pools.keys().map(String::as_str).collect();
+            bad(
+                lp.key("pool"),
+                format!(
+                    "unknown pool \"{pool}\" (the daemon config defines: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+
+    if raw.sizing.is_none() {
+        if let Some(mp) = raw.limits.max_pods {
+            let p = raw.template.parallelism.unwrap_or(1);
+            if i64::from(p) > i64::from(mp) {
+                bad(
+                    lp.key("max_pods"),
+                    format!("{mp} is less than template.parallelism {p}: no run could ever start"),
+                );
+            }
+        }
+    }
+
+    let pending_timeout = match &raw.limits.pending_timeout {
+        None => JobLimits::DEFAULT_PENDING_TIMEOUT,
+        Some(t) => parse_duration(t).unwrap_or_else(|e| {
+            bad(lp.key("pending_timeout"), e);
+            JobLimits::DEFAULT_PENDING_TIMEOUT
+        }),
+    };
+
+    // window and sizing
+    let window = match &raw.window {
+        None => None,
+        Some(w) => match super::sizing::validate_window(w) {
+            Ok(w) => Some(w),
+            Err(ps) => {
+                ps.into_iter().for_each(|(p, m)| bad(p, m));
+                None
+            }
+        },
+    };
+    let sizing = match &raw.sizing {
+        None => None,
+        Some(s) => {
+            if raw.window.is_none() {
+                bad(
+                    root.key("sizing"),
+                    "needs a `window` to size against".into(),
+                );
+            }
+            match super::sizing::validate_sizing(s, env) {
+                Ok(s) => {
+                    if let Some(mp) = raw.limits.max_pods {
+                        if mp < s.min {
+                            bad(
+                                lp.key("max_pods"),
+                                format!("{mp} is less than sizing.parallelism.min {}", s.min),
+                            );
+                        }
+                    }
+                    Some(s)
+                }
+                Err(ps) => {
+                    ps.into_iter().for_each(|(p, m)| bad(p, m));
+                    None
+                }
+            }
+        }
+    };
+
+    // payload
+    let mut payload = PayloadPolicy::default();
+    if let Some(f) = raw.payload.format {
+        payload.format = f;
+    }
+    if let Some(m) = raw.payload.max_bytes {
+        if m == 0 {
+            bad(
+                root.key("payload").key("max_bytes"),
+                "must be at least 1".into(),
+            );
+        }
+        payload.max_bytes = m;
+    }
+
+    // env_from_host
+    let mut host_env = Vec::new();
+    for (i, name) in raw.env_from_host.iter().enumerate() {
+        match env(name) {
+            Some(v) => host_env.push((name.clone(), v)),
+            None => bad(
+                root.key("env_from_host").index(i),
+                format!("environment variable {name} is not set"),
+            ),
+        }
+    }
+
+    // template
+    for (path, msg) in check_job_spec(&raw.template, executor) {
+        bad(root.key("template").join(&path), msg);
+    }
+
+    match (problems.is_empty(), trigger) {
+        (true, Some(trigger)) => Ok(Job {
+            name: raw.name,
+            description: raw.description,
+            file,
+            trigger,
+            retry,
+            limits: JobLimits {
+                max_active: raw.limits.max_active,
+                max_pods: raw.limits.max_pods,
+                pool: raw.limits.pool,
+                pending_timeout,
+            },
+            payload,
+            host_env,
+            window,
+            sizing,
+            spec: raw.template,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// What a Kubernetes API server would reject in a JobSpec, plus what the
+/// local executor cannot do. Paths are relative to the JobSpec.
+fn check_job_spec(spec: &JobSpec, executor: ExecutorKind) -> Vec<Problem> {
+    let mut out: Vec<Problem> = Vec::new();
+    let root = FieldPath::root();
+    let nonneg = |v: Option<i32>, field: &str, out: &mut Vec<Problem>| {
+        if let Some(n) = v {
+            if n < 0 {
+                out.push((root.key(field), format!("{n} must be 0 or more")));
+            }
+        }
+    };
+    nonneg(spec.parallelism, "parallelism", &mut out);
+    nonneg(spec.completions, "completions", &mut out);
+    nonneg(spec.backoff_limit, "backoffLimit", &mut out);
+    if let Some(d) = spec.active_deadline_seconds {
+        if d <= 0 {
+            out.push((
+                root.key("activeDeadlineSeconds"),
+                format!("{d} must be greater than 0"),
+            ));
+        }
+    }
+    match spec.completion_mode.as_deref() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if spec.completions.is_none() {
+                out.push((
+                    root.key("completions"),
+                    "is required when completionMode is Indexed".into(),
+                ));
+            }
+        }
+        Some(other) => out.push((
+            root.key("completionMode"),
+            format!("\"{other}\" is not one of NonIndexed, Indexed"),
+        )),
+    }
+
+    let pod = root.key("template").key("spec");
+    let Some(pod_spec) = &spec.template.spec else {
+        out.push((pod, "is required: the pod template needs a spec".into()));
+        return out;
+    };
+    match pod_spec.restart_policy.as_deref() {
+        Some("Never") | Some("OnFailure") => {}
+        None => out.push((
+            pod.key("restartPolicy"),
+            "is required for a Job: Never or OnFailure".into(),
+        )),
+        Some(other) => out.push((
+            pod.key("restartPolicy"),
+            format!("\"{other}\" is not allowed for a Job: use Never or OnFailure"),
+        )),
+    }
+    if pod_spec.containers.is_empty() {
+        out.push((pod.key("containers"), "needs at least one container".into()));
+    }
+    let mut names = BTreeSet::new();
+    // Init containers share the name space with the app containers and
+    // need the same things from the local executor.
+    let all = pod_spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| (pod.key("initContainers").index(i), c))
+        .chain(
+            pod_spec
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (pod.key("containers").index(i), c)),
+        );
+    for (cp, c) in all {
+        if c.name.is_empty() {
+            // k8s-openapi reads a missing required string as "".
+            out.push((cp.key("name"), "is required".into()));
+        } else if !is_dns1123_label(&c.name) {
+            out.push((
+                cp.key("name"),
+                format!(
+                    "\"{}\" is not a valid container name (DNS-1123 label)",
+                    c.name
+                ),
+            ));
+        } else if !names.insert(c.name.clone()) {
+            out.push((
+                cp.key("name"),
+                format!("\"{}\" is used by another container", c.name),
+            ));
+        }
+        for (j, e) in c.env.iter().flatten().enumerate() {
+            if e.name.is_empty() {
+                out.push((cp.key("env").index(j).key("name"), "is required".into()));
+            }
+        }
+        if executor == ExecutorKind::Local {
+            if c.command.as_ref().is_none_or(|v| v.is_empty()) {
+                out.push((
+                    cp.key("command"),
+                    "the local executor needs an explicit command (it cannot run an image's entrypoint)".into(),
+                ));
+            }
+            for (j, e) in c.env.iter().flatten().enumerate() {
+                if e.value_from.is_some() {
+                    out.push((
+                        cp.key("env").index(j).key("valueFrom"),
+                        "is not supported by the local executor; use value or env_from_host".into(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backoff_doubles_and_caps() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(35),
+        };
+        assert_eq!(p.delay_before(2), Duration::from_secs(10));
+        assert_eq!(p.delay_before(3), Duration::from_secs(20));
+        assert_eq!(p.delay_before(4), Duration::from_secs(35));
+        assert_eq!(p.delay_before(60), Duration::from_secs(35));
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "a-b", "0abc", "x1"] {
+            assert!(is_dns1123_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(bad), "{bad}");
+        }
+    }
+
+    /// The problems `validate` finds in `yaml`, as `field: message`.
+    fn problems(yaml: &str) -> Vec<String> {
+        let doc = super::super::yaml::Located::parse(yaml).expect("parses");
+        let (raw, diags) = doc.deserialize::<RawJob>(&FieldPath::root());
+        assert!(diags.is_empty(), "{diags:?}");
+        let env = |name: &str| (name == "SET_VAR").then(|| "x".to_string());
+        let daemon = super::super::daemon::validate(Default::default(), &|_| None)
+            .expect("the default daemon config is valid");
+        assert_eq!(daemon.executor.kind(), ExecutorKind::Local);
+        match validate(raw.expect("shape"), "t.yaml".into(), &daemon, &env) {
+            Ok(_) => Vec::new(),
+            Err(ps) => ps.into_iter().map(|(p, m)| format!("{p}: {m}")).collect(),
+        }
+    }
+
+    fn job_yaml(name: &str, container: &str) -> String {
+        format!(
+            "name: {name}\ntrigger: {{cron: '0 1 * * *'}}\nenv_from_host: [SET_VAR]\n\
+             template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n{container}"
+        )
+    }
+
+    #[test]
+    fn validation_table() {
+        let ok = "        - name: main\n          command: [x]\n";
+        let long_ok = "a".repeat(JOB_NAME_MAX);
+        let too_long = "a".repeat(JOB_NAME_MAX + 1);
+        let too_long_bad = "A".repeat(K8S_NAME_MAX + 1);
+        let long_msg = |n: &str| {
+            format!(
+                "name: \"{n}\" is {} characters; with the run suffix kedge adds (up to {RUN_SUFFIX_MAX}) a Job name must stay within {K8S_NAME_MAX}, so at most {JOB_NAME_MAX}",
+                n.len()
+            )
+        };
+        let chars_msg = |n: &str| {
+            format!("name: \"{n}\" is not a valid Kubernetes name: use lower-case letters, digits and '-', starting and ending with a letter or digit")
+        };
+        let cases: Vec<(String, &str, Vec<String>)> = vec![
+            ("ok".into(), ok, vec![]),
+            (long_ok, ok, vec![]),
+            (too_long.clone(), ok, vec![long_msg(&too_long)]),
+            // Too long and badly spelt: both reported.
+            (
+                too_long_bad.clone(),
+                ok,
+                vec![chars_msg(&too_long_bad), long_msg(&too_long_bad)],
+            ),
+            ("-a".into(), ok, vec![chars_msg("-a")]),
+            (
+                "ok".into(),
+                "        - command: [x]\n",
+                vec!["template.template.spec.containers[0].name: is required".into()],
+            ),
+            (
+                "ok".into(),
+                "        - name: main\n          command: [x]\n          env: [{value: v}]\n",
+                vec!["template.template.spec.containers[0].env[0].name: is required".into()],
+            ),
+        ];
+        for (name, container, want) in cases {
+            assert_eq!(problems(&job_yaml(&name, container)), want, "name {name:?}");
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Configuration: the daemon config file and the job definitions.
+//!
+//! Parse, validate everything, then hand out validated types
+//! ([`DaemonConfig`], [`Job`]). Problems come back as [`Diagnostics`], all of
+//! them at once, each as `path:line:column: field: message`.
+
+pub mod daemon;
+pub mod diagnostic;
+pub mod job;
+pub mod sizing;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+pub use daemon::{DaemonConfig, ExecutorConfig, ExecutorKind, LocalConfig, LogFormat};
+pub use diagnostic::{Diagnostic, Diagnostics, FieldPath, Position};
+pub use job::{Job, Trigger};
+
+use yaml::Located;
+
+/// Where the configuration comes from; command-line flags win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The daemon config file. `None`: `config/kedge.yaml` if it exists,
+    /// else the embedded default.
+    pub config: Option<PathBuf>,
+    /// Overrides `jobs_dir`.
+    pub jobs: Option<PathBuf>,
+    /// Overrides the store URL.
+    pub store: Option<String>,
+}
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/kedge.yaml";
+
+/// Reads and validates the daemon config (no job files).
+pub fn load_daemon(sources: &Sources) -> Result<DaemonConfig, Diagnostics> {
+    let (name, text) = match &sources.config {
+        Some(p) => (p.clone(), read(p)?),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+            (p.clone(), read(&p)?)
+        }
+        None => (
+            PathBuf::from("<embedded config/kedge.yaml>"),
+            daemon::EMBEDDED_DEFAULT.to_string(),
+        ),
+    };
+    let doc = Located::parse(&text).map_err(|d| Diagnostics(vec![d.in_file(&name)]))?;
+    let (raw, diags) = doc.deserialize::<daemon::RawDaemon>(&FieldPath::root());
+    let mut out = Diagnostics::default();
+    out.extend(diags.into_iter().map(|d| d.in_file(&name)));
+    let Some(raw) = raw else {
+        out.sort_by_position();
+        return Err(out);
+    };
+    let result = match daemon::validate(raw, &env_var) {
+        Ok(mut cfg) if out.is_empty() => {
+            if let Some(j) = &sources.jobs {
+                cfg.jobs_dir = j.clone();
+            }
+            if let Some(s) = &sources.store {
+                cfg.store_url = s.clone();
+            }
+            Ok(cfg)
+        }
+        Ok(_) => Err(out),
+        Err(problems) => {
+            out.extend(
+                problems
+                    .into_iter()
+                    .map(|(p, m)| Diagnostic::new(p.clone(), doc.locate(&p), m).in_file(&name)),
+            );
+            Err(out)
+        }
+    };
+    result.map_err(|mut ds| {
+        ds.sort_by_position();
+        ds
+    })
+}
+
+fn read(path: &Path) -> Result<String, Diagnostics> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic::new(
+            FieldPath::root(),
+            Position::start(),
+            format!("cannot read: {e}"),
+        )
+        .in_file(path)])
+    })
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Loads every `*.yaml` / `*.yml` in `dir` (sorted by file name). Returns the
+/// valid jobs and the diagnostics of the invalid ones: a bad file never
+/// stops the good ones from loading.
+pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
+    let dir = daemon.jobs_dir.as_path();
+    let mut diags = Diagnostics::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(
+                Diagnostic::new(
+                    FieldPath::root(),
+                    Position::start(),
+                    format!("cannot read the jobs directory: {e}"),
+                )
+                .in_file(dir),
+            );
+            return (Vec::new(), diags);
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    files.sort();
+
+    let mut jobs: Vec<Job> = Vec::new();
+    // name → where it was first defined, for the duplicate check.
+    let mut seen: std::collections::HashMap<String, (PathBuf, Position)> =
+        std::collections::HashMap::new();
+    for file in files {
+        match load_job_file(&file, daemon, &env_var) {
+            Ok((job, name_pos)) => {
+                if let Some((first, pos)) = seen.get(&job.name) {
+                    diags.push(
+                        Diagnostic::new(
+                            FieldPath::root().key("name"),
+                            name_pos,
+                            format!(
+                                "\"{}\" is already defined in {}:{}:{}",
+                                job.name,
+                                first.display(),
+                                pos.line,
+                                pos.column
+                            ),
+                        )
+                        .in_file(&file),
+                    );
+                    continue;
+                }
+                seen.insert(job.name.clone(), (file.clone(), name_pos));
+                jobs.push(job);
+            }
+            Err(ds) => diags.extend(ds.0),
+        }
+    }
+    jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    (jobs, diags)
+}
+
+/// Loads one job file; on success also returns where its `name` is.
+pub fn load_job_file(
+    file: &Path,
+    daemon: &DaemonConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Job, Position), Diagnostics> {
+    let text = read(file)?;
+    let doc = Located::parse(&text).map_err(|d| Diagnostics(vec![d.in_file(file)]))?;
+    let mut out = Diagnostics::default();
+    if !doc.value.is_object() {
+        // Point at where the value starts (a list's first item); a file of
+        // nothing but comments has no value, and its end is no help.
+        let position = if doc.value.is_null() {
+            Position::start()
+        } else {
+            doc.locate(&FieldPath::root())
+        };
+        out.push(
+            Diagnostic::new(
+                FieldPath::root(),
+                position,
+                "expected a mapping with name, trigger and template",
+            )
+            .in_file(file),
+        );
+        return Err(out);
+    }
+    let (raw, diags) = doc.deserialize::<job::RawJob>(&FieldPath::root());
+    out.extend(diags.into_iter().map(|d| d.in_file(file)));
+    let Some(raw) = raw else {
+        out.sort_by_position();
+        return Err(out);
+    };
+    let name_pos = doc.locate(&FieldPath::root().key("name"));
+    let result = match job::validate(raw, file.to_path_buf(), daemon, env) {
+        Ok(job) if out.is_empty() => Ok((job, name_pos)),
+        Ok(_) => Err(out),
+        Err(problems) => {
+            out.extend(
+                problems
+                    .into_iter()
+                    .map(|(p, m)| Diagnostic::new(p.clone(), doc.locate(&p), m).in_file(file)),
+            );
+            Err(out)
+        }
+    };
+    result.map_err(|mut ds| {
+        ds.sort_by_position();
+        ds
+    })
+}
+
+/// The daemon config and the job definitions, loaded together.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub daemon: DaemonConfig,
+    /// The valid jobs, sorted by name.
+    pub jobs: Vec<Job>,
+    /// Problems in job files (those jobs are left out of `jobs`).
+    pub job_problems: Diagnostics,
+}
+
+/// Loads the daemon config (fatal when invalid) and the jobs (bad files are
+/// reported in `job_problems`, the rest load).
+pub fn load(sources: &Sources) -> Result<Loaded, Diagnostics> {
+    let daemon = load_daemon(sources)?;
+    let (jobs, job_problems) = load_jobs(&daemon);
+    Ok(Loaded {
+        daemon,
+        jobs,
+        job_problems,
+    })
+}

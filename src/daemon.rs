@@ -1,0 +1,442 @@
+//! The daemon: wires triggers, the dispatcher, the executor and the
+//! finalizer together and runs them until shutdown.
+//!
+//! One loop owns dispatching and settling, so the two never race: it wakes
+//! when a trigger stored work, when an outcome arrives, when the next pending
+//! run becomes due, or every `poll_interval` (to see work other processes —
+//! `kedge enqueue`, `kedge trigger` — wrote to the store).
+//!
+//! # Shutdown
+//!
+//! On the shutdown signal: the cron loops stop, no new run is launched, the
+//! executor stops its runs (local processes get SIGTERM, then SIGKILL after
+//! their grace period) and each interrupted run goes back to `pending`, to be
+//! launched again by the next daemon. Outcomes that arrived meanwhile are
+//! settled before the store is closed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::sizing::AtRiskAction;
+use crate::config::{DaemonConfig, Job};
+use crate::executor::{render, Executor, Outcome};
+use crate::executor::{OutcomeKind, Progress};
+use crate::finalizer;
+use crate::lifecycle::RunState;
+use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
+use crate::sizer;
+use crate::store::{Store, StoreError};
+use crate::triggers::scheduler::{self, SchedulerContext};
+
+/// How often running sized runs are checked against their deadline.
+const REPLAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs launched per dispatch pass at most.
+const DISPATCH_BATCH: i64 = 256;
+
+/// A running daemon's parts.
+pub struct Daemon<E: Executor> {
+    pub config: DaemonConfig,
+    pub jobs: Vec<Job>,
+    pub store: Store,
+    pub executor: E,
+    pub outcomes: mpsc::Receiver<Outcome>,
+}
+
+impl<E: Executor> Daemon<E> {
+    /// Runs until `shutdown` is cancelled, then drains. `ready` is called
+    /// once recovery is done and triggers are running.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        ready: impl FnOnce(),
+    ) -> Result<(), StoreError> {
+        let Daemon {
+            config,
+            jobs,
+            store,
+            executor,
+            mut outcomes,
+        } = self;
+        let jobs: HashMap<String, Arc<Job>> = jobs
+            .into_iter()
+            .map(|j| (j.name.clone(), Arc::new(j)))
+            .collect();
+        let mut limits = limits_of(&jobs, &config);
+
+        // Recovery: runs the previous daemon left running.
+        let interrupted: Vec<String> = store
+            .runs_in_state(RunState::Running)
+            .await?
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        if !interrupted.is_empty() {
+            let relaunch = executor.recover(interrupted).await;
+            for run_id in &relaunch {
+                store
+                    .requeue_run(run_id, "interrupted: the daemon stopped during the run")
+                    .await?;
+            }
+            tracing::warn!(
+                runs = relaunch.len(),
+                "runs interrupted by the previous daemon will be launched again"
+            );
+        }
+
+        let wake = Arc::new(Notify::new());
+        let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel::<String>();
+        let triggers_stop = shutdown.child_token();
+        let mut cron_tasks = tokio::task::JoinSet::new();
+        for job in jobs.values().filter(|j| j.cron().is_some()) {
+            let ctx = SchedulerContext {
+                store: store.clone(),
+                wake: wake.clone(),
+                cancel: cancel_tx.clone(),
+                shutdown: triggers_stop.clone(),
+            };
+            cron_tasks.spawn(scheduler::run(job.clone(), ctx));
+        }
+        ready();
+
+        let mut warned_unknown: HashSet<String> = HashSet::new();
+        let mut store_failures: u32 = 0;
+        let mut replan_tick = tokio::time::interval(REPLAN_EVERY);
+        replan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let pass = dispatch(&store, &executor, &jobs, &limits, &mut warned_unknown).await;
+            let wait = match pass {
+                Ok(next_due) => {
+                    store_failures = 0;
+                    next_due.min(config.poll_interval)
+                }
+                Err(e) => {
+                    store_failures += 1;
+                    let backoff = Duration::from_millis(200 * 2u64.pow(store_failures.min(6)));
+                    tracing::error!(error = %crate::error_chain(&e), retry_in = ?backoff, "dispatch failed");
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Some(outcome) = outcomes.recv() => {
+                    settle(&store, &jobs, &outcome).await;
+                    // Settle everything already queued before dispatching again.
+                    while let Ok(o) = outcomes.try_recv() {
+                        settle(&store, &jobs, &o).await;
+                    }
+                }
+                Some(run_id) = cancel_rx.recv() => {
+                    executor.cancel(&run_id).await;
+                }
+                _ = replan_tick.tick() => {
+                    match observe(&store, &executor, &jobs).await {
+                        Ok(stuck) => limits.backpressured = stuck,
+                        Err(e) => tracing::error!(error = %crate::error_chain(&e), "re-planning failed"),
+                    }
+                }
+            }
+        }
+
+        tracing::info!("shutting down: stopping triggers and runs");
+        triggers_stop.cancel();
+        while cron_tasks.join_next().await.is_some() {}
+        let stopped = tokio::time::timeout(config.shutdown_timeout, executor.shutdown()).await;
+        match stopped {
+            Ok(interrupted) => {
+                for run_id in interrupted {
+                    store
+                        .requeue_run(&run_id, "interrupted: kedge shut down during the run")
+                        .await?;
+                }
+            }
+            Err(_) => tracing::error!(
+                timeout = ?config.shutdown_timeout,
+                "runs did not stop in time; they will be recovered at the next start"
+            ),
+        }
+        outcomes.close();
+        while let Some(o) = outcomes.recv().await {
+            settle(&store, &jobs, &o).await;
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// One dispatch pass: launches what the planner admits. Returns how long
+/// until the next pending run becomes due (capped by the caller).
+async fn dispatch<E: Executor>(
+    store: &Store,
+    executor: &E,
+    jobs: &HashMap<String, Arc<Job>>,
+    limits: &Limits,
+    warned_unknown: &mut HashSet<String>,
+) -> Result<Duration, StoreError> {
+    let now = Utc::now().timestamp_millis();
+    let due = store.due_runs(now, DISPATCH_BATCH).await?;
+    let mut launched = 0;
+    if !due.is_empty() {
+        let usage = Usage {
+            running: store
+                .active_counts()
+                .await?
+                .into_iter()
+                .map(|(job, running, _)| (job, running.max(0) as u32))
+                .collect(),
+            pods: store
+                .running_pods()
+                .await?
+                .into_iter()
+                .map(|(job, pods)| (job, pods.clamp(0, u32::MAX as i64) as u32))
+                .collect(),
+        };
+        let candidates: Vec<Candidate> = due
+            .iter()
+            .map(|r| Candidate {
+                run_id: &r.run_id,
+                job: &r.job,
+            })
+            .collect();
+        let admission = planner::admit(&candidates, &usage, limits);
+        for (run_id, hold) in &admission.hold {
+            if *hold == Hold::UnknownJob {
+                let job = due
+                    .iter()
+                    .find(|r| r.run_id == *run_id)
+                    .map(|r| r.job.clone());
+                if let Some(job) = job {
+                    if warned_unknown.insert(job.clone()) {
+                        tracing::warn!(%job, "runs of a job that is not loaded wait until its definition is valid again");
+                    }
+                }
+            }
+        }
+        for grant in admission.launch {
+            let Some(run) = due.iter().find(|r| r.run_id == grant.run_id) else {
+                continue;
+            };
+            let Some(job) = jobs.get(&run.job) else {
+                continue;
+            };
+            if !store
+                .claim_run(&run.run_id, Utc::now().timestamp_millis())
+                .await?
+            {
+                continue;
+            }
+            let sized;
+            let job: &Job = match &job.sizing {
+                None => job,
+                Some(cfg) => match size_run(store, job, cfg, run, grant.max_pods).await? {
+                    Some(j) => {
+                        sized = j;
+                        &sized
+                    }
+                    None => continue,
+                },
+            };
+            let launch = render(job, run);
+            match executor.launch(launch).await {
+                Ok(()) => {
+                    launched += 1;
+                    tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched")
+                }
+                Err(e) => {
+                    tracing::error!(run = %run.run_id, error = %crate::error_chain(&e), "launch failed; the run waits for the next pass");
+                    store
+                        .requeue_run(&run.run_id, &format!("launch failed: {e}"))
+                        .await?;
+                }
+            }
+        }
+    }
+    if due.len() as i64 == DISPATCH_BATCH && launched > 0 {
+        // More due runs than one pass takes: go again at once.
+        return Ok(Duration::ZERO);
+    }
+    let next = store.next_due_ms().await?;
+    let now = Utc::now().timestamp_millis();
+    Ok(match next {
+        Some(ms) if ms > now => Duration::from_millis((ms - now) as u64),
+        // Due but held back by a limit: an outcome frees the slot and wakes
+        // the loop, so there is no need to spin; the caller's poll interval
+        // bounds the wait.
+        Some(_) | None => Duration::from_secs(3600),
+    })
+}
+
+async fn settle(store: &Store, jobs: &HashMap<String, Arc<Job>>, outcome: &Outcome) {
+    // The outcome is in memory only until settled: retry store errors
+    // rather than drop it (a crash meanwhile is covered by recovery).
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let job = match store.get_run(&outcome.run_id).await {
+            Ok(Some(run)) => jobs.get(&run.job).cloned(),
+            Ok(None) => None,
+            Err(_) => None,
+        };
+        match finalizer::finalize(store, job.as_deref(), outcome).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(run = %outcome.run_id, error = %crate::error_chain(&e), "cannot settle; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The limits of the loaded jobs and the daemon config.
+fn limits_of(jobs: &HashMap<String, Arc<Job>>, config: &DaemonConfig) -> Limits {
+    Limits {
+        jobs: jobs
+            .iter()
+            .map(|(n, j)| {
+                let fixed = j.spec.parallelism.unwrap_or(1).max(1) as u32;
+                let (min_pods, want_pods) = match &j.sizing {
+                    Some(s) => (s.min, s.max),
+                    None => (fixed, fixed),
+                };
+                let caps = JobCaps {
+                    max_active: j.effective_max_active(),
+                    max_pods: j.limits.max_pods,
+                    pool: j.limits.pool.clone(),
+                    min_pods,
+                    want_pods,
+                };
+                (n.clone(), caps)
+            })
+            .collect(),
+        pools: config.pools.clone().into_iter().collect(),
+        global: config.max_active_runs,
+        backpressured: HashSet::new(),
+    }
+}
+
+/// Sizes a claimed run of a job with `sizing`; returns the job with its
+/// JobSpec sized, or `None` when the run was settled instead (at risk with
+/// `when_at_risk: skip | fail`).
+async fn size_run(
+    store: &Store,
+    job: &Job,
+    cfg: &crate::config::sizing::Sizing,
+    run: &crate::store::Run,
+    max_pods: u32,
+) -> Result<Option<Job>, StoreError> {
+    let now = Utc::now();
+    let deadline = run
+        .deadline_ms
+        .and_then(chrono::DateTime::<Utc>::from_timestamp_millis)
+        .or_else(|| job.deadline_after(now))
+        .unwrap_or(now);
+    let measured = sizer::measure_work(store, job, cfg).await?;
+    let model = sizer::model(store, job, cfg).await?;
+    let d = sizer::decide(job, cfg, model, measured, now, deadline, max_pods);
+    store.record_sizing(&run.run_id, &sizer::record(&d)).await?;
+    tracing::info!(run = %run.run_id, job = %job.name, parallelism = d.parallelism,
+        completions = d.completions, deadline = %d.deadline, projected_finish = %d.projected_finish,
+        reason = %d.reason, "run sized");
+    if d.at_risk {
+        sizer::signal_at_risk(&run.run_id, &d, cfg.at_risk_webhook.as_deref());
+        let kind = match cfg.when_at_risk {
+            AtRiskAction::Run => None,
+            AtRiskAction::Skip => Some(OutcomeKind::Skipped {
+                reason: format!("skipped: at risk: {}", d.reason),
+            }),
+            AtRiskAction::Fail => Some(OutcomeKind::Failed {
+                reason: "AtRisk".into(),
+                message: d.reason.clone(),
+            }),
+        };
+        if let Some(kind) = kind {
+            let outcome = Outcome {
+                run_id: run.run_id.clone(),
+                kind,
+            };
+            finalizer::finalize(store, Some(job), &outcome).await?;
+            return Ok(None);
+        }
+    }
+    Ok(Some(sizer::apply(job, &d, now)))
+}
+
+/// Watches running runs, every [`REPLAN_EVERY`]:
+/// - pending-pod backpressure: returns the jobs with a pod Pending longer
+///   than their `limits.pending_timeout`;
+/// - in-flight re-planning: for each running run of a sized job, compares
+///   its pace with its deadline and raises its parallelism when it falls
+///   behind, within `sizing.parallelism.max` and the job's `max_pods`.
+async fn observe<E: Executor>(
+    store: &Store,
+    executor: &E,
+    jobs: &HashMap<String, Arc<Job>>,
+) -> Result<HashSet<String>, StoreError> {
+    let pods: HashMap<String, i64> = store.running_pods().await?.into_iter().collect();
+    let mut stuck = HashSet::new();
+    for run in store.runs_in_state(RunState::Running).await? {
+        let Some(job) = jobs.get(&run.job) else {
+            continue;
+        };
+        let Some(progress) = executor.progress(&run.run_id).await else {
+            continue;
+        };
+        if progress
+            .pending_for
+            .is_some_and(|p| p > job.limits.pending_timeout)
+            && stuck.insert(job.name.clone())
+        {
+            tracing::warn!(job = %job.name, run = %run.run_id,
+                "pods stuck Pending: no new launches of this job until they schedule");
+        }
+        let (Some(cfg), Some(sized), Some(deadline)) = (
+            &job.sizing,
+            &run.sizing,
+            run.deadline_ms
+                .and_then(chrono::DateTime::<Utc>::from_timestamp_millis),
+        ) else {
+            continue;
+        };
+        let Progress {
+            completed,
+            total,
+            parallelism,
+            elapsed,
+            ..
+        } = progress;
+        let others = pods.get(&run.job).copied().unwrap_or(0) - i64::from(parallelism);
+        let max = match job.limits.max_pods {
+            Some(mp) => cfg
+                .max
+                .min((i64::from(mp) - others).clamp(0, u32::MAX as i64) as u32),
+            None => cfg.max,
+        };
+        let now = Utc::now();
+        let Some(p) = sizer::replan(completed, total, elapsed, parallelism, max, deadline, now)
+        else {
+            continue;
+        };
+        if !executor.set_parallelism(&run.run_id, p).await {
+            continue;
+        }
+        let why = format!(
+            "raised from {parallelism} to {p} pods after {:.0}s: {completed} of {total} done, behind the pace for {}",
+            elapsed.as_secs_f64(),
+            deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        tracing::warn!(run = %run.run_id, job = %run.job, %why, "run behind its deadline; parallelism raised");
+        let mut record = sized.clone();
+        record.parallelism = i64::from(p);
+        record.note = format!("{}; {why}", record.note);
+        store.record_sizing(&run.run_id, &record).await?;
+    }
+    Ok(stuck)
+}

@@ -1,0 +1,114 @@
+//! Executors: where a run's Job actually runs.
+//!
+//! Every executor takes a rendered [`Launch`] (the job's JobSpec with
+//! kedge's env and labels, see [`render`]) and later reports exactly one
+//! [`Outcome`] per launch on the channel it was built with — unless the
+//! daemon shuts down first, in which case [`Executor::shutdown`] returns the
+//! interrupted run ids instead. All executors pass the shared conformance
+//! suite in `tests/executor_conformance.rs`.
+
+pub mod local;
+pub mod render;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::JobSpec;
+
+pub use local::LocalExecutor;
+pub use render::render;
+
+/// Everything an executor needs to start one run.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Deterministic run id; on Kubernetes also the Job name.
+    pub run_id: String,
+    pub job: String,
+    pub attempt: i64,
+    /// The job's JobSpec with kedge's env and labels added.
+    pub spec: JobSpec,
+    /// A payload too large for an env var, delivered as a file instead
+    /// (`KEDGE_PAYLOAD_FILE`).
+    pub payload_file: Option<String>,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// How a launched run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// The Job completed (all completions succeeded).
+    Succeeded,
+    /// The Job failed; `reason` is a Kubernetes-style reason
+    /// (`BackoffLimitExceeded`, `DeadlineExceeded`, `StartError`).
+    Failed { reason: String, message: String },
+    /// The run was stopped by [`Executor::cancel`].
+    Cancelled,
+    /// The run was not started on purpose (at risk with `when_at_risk: skip`).
+    Skipped { reason: String },
+}
+
+/// One run's end, reported by an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub run_id: String,
+    pub kind: OutcomeKind,
+}
+
+/// A running run's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Successful completions (pods, or indexes for Indexed Jobs) so far.
+    pub completed: u32,
+    /// Completions needed.
+    pub total: u32,
+    pub parallelism: u32,
+    /// Since the run was launched.
+    pub elapsed: std::time::Duration,
+    /// How long the longest-waiting of its pods has been Pending (not
+    /// scheduled); `None` when none is. The local executor starts pods at
+    /// once, so it always reports `None`.
+    pub pending_for: Option<std::time::Duration>,
+}
+
+/// Errors starting a run. The run is not running after one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// Could not prepare the run's folder or payload file; retry later.
+    #[error("cannot prepare run {run_id}")]
+    Prepare {
+        run_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The executor is shutting down and takes no new runs.
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+}
+
+/// A place where runs run. See the module docs for the contract.
+pub trait Executor: Send + Sync + 'static {
+    /// Starts a run. Returns once it is started (not finished); the outcome
+    /// comes later on the outcome channel.
+    fn launch(&self, launch: Launch) -> impl Future<Output = Result<(), ExecutorError>> + Send;
+
+    /// Stops a run; its outcome is reported as [`OutcomeKind::Cancelled`].
+    /// Unknown or finished runs are ignored.
+    fn cancel(&self, run_id: &str) -> impl Future<Output = ()> + Send;
+
+    /// How far a running run is: completions done of the total, and its
+    /// parallelism now. `None` for runs this executor does not track.
+    fn progress(&self, run_id: &str) -> impl Future<Output = Option<Progress>> + Send;
+
+    /// Changes a running run's parallelism (Kubernetes lets `spec.parallelism`
+    /// of a running Job change). False when the run is not running here.
+    fn set_parallelism(&self, run_id: &str, parallelism: u32) -> impl Future<Output = bool> + Send;
+
+    /// At start-up: runs the store says were running when the previous
+    /// daemon stopped. Returns the ids that are no longer running anywhere
+    /// and must be launched again; the rest the executor tracks (adopts).
+    fn recover(&self, run_ids: Vec<String>) -> impl Future<Output = Vec<String>> + Send;
+
+    /// Stops taking runs and stops (or lets go of) the running ones. Returns
+    /// the run ids that were interrupted and need launching again.
+    fn shutdown(&self) -> impl Future<Output = Vec<String>> + Send;
+}

@@ -1,0 +1,107 @@
+//! Rendering: a job's JobSpec template plus one run → the JobSpec to launch.
+//!
+//! The Job's containers receive their input explicitly (DESIGN §4), in this
+//! order (later entries win, as in Kubernetes): `env_from_host`, the
+//! template's own env, then kedge's `KEDGE_*` variables. Payload bytes go
+//! into an env var or a file, never into a command line or a field name.
+//!
+//! Kubernetes expands `$(VAR)` and `$$` in an env var's `value` (the kubelet
+//! does, and so does the local executor). The values kedge adds — host env,
+//! `KEDGE_*`, the payload — are data, not templates, so they are written with
+//! every `$` doubled ([`literal`]) and reach the container byte for byte.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+
+use super::Launch;
+use crate::config::Job;
+use crate::store::Run;
+
+/// Payloads up to this size go in `KEDGE_PAYLOAD`; larger ones in a file.
+pub const PAYLOAD_ENV_MAX: usize = 32 * 1024;
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_JOB: &str = "kedge.dev/job";
+pub const LABEL_RUN: &str = "kedge.dev/run";
+
+/// Renders `run` of `job`.
+pub fn render(job: &Job, run: &Run) -> Launch {
+    let mut spec = job.spec.clone();
+    let deadline = run
+        .deadline_ms
+        .and_then(DateTime::<Utc>::from_timestamp_millis);
+    let shards = spec.completions.unwrap_or(1).max(1);
+    let (payload_env, payload_file) = match &run.payload {
+        Some(p) if p.len() <= PAYLOAD_ENV_MAX => (Some(p.clone()), None),
+        Some(p) => (None, Some(p.clone())),
+        None => (None, None),
+    };
+
+    let mut kedge_env = vec![
+        env("KEDGE_JOB", &job.name),
+        env("KEDGE_RUN_ID", &run.run_id),
+        env("KEDGE_ATTEMPT", &run.attempt.to_string()),
+        env("KEDGE_SHARDS", &shards.to_string()),
+        env("KEDGE_TRIGGER", run.trigger.as_str()),
+        env("KEDGE_MESSAGE_ID", &run.message_id),
+    ];
+    if let Some(d) = deadline {
+        kedge_env.push(env(
+            "KEDGE_DEADLINE",
+            &d.to_rfc3339_opts(SecondsFormat::Secs, true),
+        ));
+    }
+    if let Some(p) = &payload_env {
+        kedge_env.push(env("KEDGE_PAYLOAD", p));
+    }
+
+    let labels: BTreeMap<String, String> = [
+        (LABEL_MANAGED_BY, "kedge"),
+        (LABEL_JOB, job.name.as_str()),
+        (LABEL_RUN, run.run_id.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let meta = spec.template.metadata.get_or_insert_with(Default::default);
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(labels);
+
+    if let Some(pod) = spec.template.spec.as_mut() {
+        let add = |c: &mut Container| {
+            let mut all: Vec<EnvVar> = job.host_env.iter().map(|(k, v)| env(k, v)).collect();
+            all.extend(c.env.take().unwrap_or_default());
+            all.extend(kedge_env.iter().cloned());
+            c.env = Some(all);
+        };
+        pod.containers.iter_mut().for_each(add);
+        pod.init_containers.iter_mut().flatten().for_each(add);
+    }
+
+    Launch {
+        run_id: run.run_id.clone(),
+        job: job.name.clone(),
+        attempt: run.attempt,
+        spec,
+        payload_file,
+        deadline,
+    }
+}
+
+/// An env var whose value the container sees exactly as `value`.
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(literal(value)),
+        value_from: None,
+    }
+}
+
+/// `value` escaped from Kubernetes' `$(VAR)` expansion: `$$` expands to `$`
+/// and a `$` before anything else stays, so doubling every `$` round-trips.
+pub(crate) fn literal(value: &str) -> String {
+    value.replace('$', "$$")
+}

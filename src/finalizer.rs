@@ -1,0 +1,192 @@
+//! The finalizer: turns an executor's [`Outcome`] into the run's final state
+//! — succeeded, retried after backoff, dead-lettered, or cancelled — and
+//! writes it in one store transaction ([`Store::settle`]).
+//!
+//! [`decide`] is pure; [`finalize`] applies it.
+
+use chrono::Utc;
+
+use crate::config::job::RetryPolicy;
+use crate::config::Job;
+use crate::executor::{Outcome, OutcomeKind};
+use crate::lifecycle::{attempt_run_name, RunState};
+use crate::store::{Run, Settlement, Store, StoreError};
+
+/// What to do with `run` after `outcome`, under `retry`.
+pub fn decide(run: &Run, outcome: &OutcomeKind, retry: &RetryPolicy, now_ms: i64) -> Settlement {
+    let error = match outcome {
+        OutcomeKind::Succeeded => return Settlement::Succeeded,
+        OutcomeKind::Cancelled => {
+            return Settlement::Cancelled {
+                error: "cancelled: replaced by a newer cron fire".into(),
+            }
+        }
+        OutcomeKind::Skipped { reason } => {
+            return Settlement::Cancelled {
+                error: reason.clone(),
+            }
+        }
+        OutcomeKind::Failed { reason, message } => format!("{reason}: {message}"),
+    };
+    let used = run.attempt - run.attempt_base;
+    if used < i64::from(retry.max_attempts) {
+        let next_attempt = run.attempt + 1;
+        let delay = retry.delay_before((used + 1).clamp(0, u32::MAX as i64) as u32);
+        Settlement::Retry {
+            error,
+            next_run_id: next_run_id(run, next_attempt),
+            next_attempt,
+            not_before_ms: now_ms + delay.as_millis().min(i64::MAX as u128) as i64,
+        }
+    } else {
+        Settlement::Dead {
+            reason: format!("failed {used} of {} attempts", retry.max_attempts),
+            error,
+        }
+    }
+}
+
+/// The id of attempt `attempt` of the same work item as `run`.
+pub fn next_run_id(run: &Run, attempt: i64) -> String {
+    attempt_run_name(&run.job, run.trigger, &run.message_id, attempt)
+}
+
+/// Settles `outcome`. `job` is `None` when the run's job is no longer
+/// loaded (its default retry policy applies). Returns the run's new state,
+/// or `None` when it was already settled (an outcome reported twice).
+pub async fn finalize(
+    store: &Store,
+    job: Option<&Job>,
+    outcome: &Outcome,
+) -> Result<Option<RunState>, StoreError> {
+    let Some(run) = store.get_run(&outcome.run_id).await? else {
+        tracing::warn!(run = %outcome.run_id, "outcome for a run the store does not know; ignored");
+        return Ok(None);
+    };
+    let retry = job.map(|j| j.retry).unwrap_or_default();
+    let now = Utc::now().timestamp_millis();
+    let settlement = decide(&run, &outcome.kind, &retry, now);
+    if !store.settle(&run.run_id, &settlement, now).await? {
+        return Ok(None);
+    }
+    let state = match &settlement {
+        Settlement::Succeeded => {
+            tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run succeeded");
+            RunState::Succeeded
+        }
+        Settlement::Retry {
+            error,
+            next_run_id,
+            not_before_ms,
+            ..
+        } => {
+            tracing::warn!(run = %run.run_id, job = %run.job, attempt = run.attempt, %error,
+                next = %next_run_id, retry_in_ms = not_before_ms - now, "run failed; will retry");
+            RunState::Failed
+        }
+        Settlement::Dead { error, reason } => {
+            tracing::error!(run = %run.run_id, job = %run.job, attempt = run.attempt, %error, %reason,
+                "run failed for the last time; dead-lettered");
+            RunState::Dead
+        }
+        Settlement::Cancelled { error } => {
+            tracing::info!(run = %run.run_id, job = %run.job, %error, "run cancelled");
+            RunState::Failed
+        }
+    };
+    Ok(Some(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{run_name, RunKey, TriggerKind};
+    use std::time::Duration;
+
+    fn run(attempt: i64, base: i64) -> Run {
+        Run {
+            run_id: "j-abc".into(),
+            work_item_id: "w".into(),
+            job: "j".into(),
+            attempt,
+            state: RunState::Running,
+            trigger: TriggerKind::Queue,
+            scheduled_ms: 0,
+            started_ms: Some(0),
+            finished_ms: None,
+            launches: 1,
+            error: None,
+            source: "builtin".into(),
+            message_id: "m1".into(),
+            payload: None,
+            deadline_ms: None,
+            attempt_base: base,
+            sizing: None,
+        }
+    }
+
+    fn fail() -> OutcomeKind {
+        OutcomeKind::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "boom".into(),
+        }
+    }
+
+    const RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        backoff: Duration::from_secs(10),
+        max_backoff: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn failures_retry_with_backoff_then_die() {
+        match decide(&run(1, 0), &fail(), &RETRY, 1000) {
+            Settlement::Retry {
+                next_attempt,
+                not_before_ms,
+                next_run_id,
+                ..
+            } => {
+                assert_eq!(next_attempt, 2);
+                assert_eq!(not_before_ms, 11_000);
+                assert_eq!(next_run_id, run_name("j", RunKey::Message("m1"), 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        match decide(&run(2, 0), &fail(), &RETRY, 0) {
+            Settlement::Retry { not_before_ms, .. } => assert_eq!(not_before_ms, 20_000),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide(&run(3, 0), &fail(), &RETRY, 0),
+            Settlement::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn a_replay_restarts_the_budget() {
+        assert!(matches!(
+            decide(&run(4, 3), &fail(), &RETRY, 0),
+            Settlement::Retry {
+                next_attempt: 5,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(&run(6, 3), &fail(), &RETRY, 0),
+            Settlement::Dead { .. }
+        ));
+    }
+
+    #[test]
+    fn success_and_cancel() {
+        assert_eq!(
+            decide(&run(1, 0), &OutcomeKind::Succeeded, &RETRY, 0),
+            Settlement::Succeeded
+        );
+        assert!(matches!(
+            decide(&run(1, 0), &OutcomeKind::Cancelled, &RETRY, 0),
+            Settlement::Cancelled { .. }
+        ));
+    }
+}

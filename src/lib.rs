@@ -1,0 +1,61 @@
+//! kedge turns events into Kubernetes Jobs: it watches queues and cron
+//! calendars, creates one Job per message (or batch, or fire), tracks it to
+//! completion, settles the message and cleans up.
+//!
+//! # Layout
+//!
+//! Work flows left to right; each stage has one module.
+//!
+//! ```text
+//! triggers ──▶ intake ──▶ planner ──▶ executor ──▶ (tracking) ──▶ finalizer
+//!   cron        durable     limits      local        outcomes       succeed / retry /
+//!   builtin q.  work items  (pure)      processes    per run        dead-letter
+//! ```
+//!
+//! - [`config`] — the daemon config and job definitions: parse, validate
+//!   every field, report all problems as `path:line:column: field: message`.
+//! - [`triggers`] — where work comes from: [`triggers::cron`] (Debian cron
+//!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop per
+//!   cron job; overlap and catch-up policies).
+//! - [`intake`] — every message, fire and manual trigger becomes a work item
+//!   and a pending run in the store before it is acknowledged.
+//! - [`planner`] — pure: which due runs may launch under the limits (per
+//!   job, pools, global) and [`planner::sizing`], the parallelism that
+//!   finishes a run inside its window.
+//! - [`probes`] — measure how much work a run has (`sizing.work`).
+//! - [`sizer`] — the I/O around sizing: probe, history, decision applied to
+//!   the JobSpec with its annotations, the at-risk signal, re-planning.
+//! - [`executor`] — where runs run, behind the [`executor::Executor`] trait:
+//!   [`executor::render`] builds the JobSpec with kedge's env,
+//!   [`executor::local`] runs it as processes and tracks them to an outcome.
+//! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter.
+//! - [`lifecycle`] — the run state machine, documented, and run names.
+//! - [`store`] — SQLite or PostgreSQL through sqlx: work items, runs, cron
+//!   fires, dead letters; migrations in `migrations/`.
+//! - [`daemon`] — wires the stages together and runs until a signal.
+//! - [`cli`] — the `kedge` command line (`main.rs` only calls it).
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod executor;
+pub mod finalizer;
+pub mod intake;
+pub mod lifecycle;
+pub mod planner;
+pub mod probes;
+pub mod sizer;
+pub mod store;
+pub mod triggers;
+
+/// An error and its causes, joined with ": " (for logs).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,227 @@
+//! The lifecycle of work items and runs: states, who moves them, and names.
+//!
+//! # Expected flow
+//!
+//! A trigger hands a message, cron fire or manual request to intake, which
+//! stores a **work item** and its first **run** (attempt 1) as `pending`, in
+//! one transaction. The dispatcher claims due pending runs (`pending →
+//! running`) within the planner's limits and launches them on the executor.
+//! The executor reports an outcome; the finalizer settles the run:
+//!
+//! ```text
+//!            intake                dispatcher              finalizer
+//!   (none) ─────────▶ pending ───────────────▶ running ──┬──▶ succeeded
+//!                        ▲                       │       ├──▶ failed ──▶ (next attempt: new pending run)
+//!                        │ shutdown / crash      │       ├──▶ dead   ──▶ dead letter written
+//!                        └───────────────────────┘       └──▶ failed (cancelled: replaced by a newer cron fire)
+//! ```
+//!
+//! | run state   | meaning                                        | moved out by |
+//! |-------------|------------------------------------------------|--------------|
+//! | `pending`   | waiting for its time (`scheduled_at`, retry backoff) and for a slot | the dispatcher |
+//! | `running`   | launched on the executor                       | the finalizer; start-up recovery |
+//! | `succeeded` | finished well (final)                          | nobody |
+//! | `failed`    | this attempt failed; a later attempt exists, or the run was cancelled (final) | nobody |
+//! | `dead`      | the last attempt failed; the work item was dead-lettered (final) | nobody |
+//!
+//! # Guarantees
+//!
+//! - A work item is unique per (source, job, message id): a redelivered
+//!   message or a re-recorded cron fire is a no-op.
+//! - A work item ends as exactly one `succeeded` run or one dead letter; each
+//!   settlement happens in one transaction guarded on the run being `running`,
+//!   so an outcome reported twice settles once.
+//! - Run ids are deterministic ([`run_name`]), so a re-launch after a crash
+//!   reuses the same name (on Kubernetes: 409 AlreadyExists means "already
+//!   launched").
+//!
+//! # Assumptions
+//!
+//! One daemon dispatches from a store at a time (the Kubernetes executor adds
+//! a Lease for that); CLI commands may write to the store concurrently.
+//!
+//! # Caveats
+//!
+//! Execution is at-least-once: a run interrupted by a crash or shutdown goes
+//! back to `pending` and is launched again under the same run id, so its
+//! containers may have run partly before.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+/// The state of one run (one attempt). See the module docs for the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Dead => "dead",
+        }
+    }
+    /// True for states nothing moves out of.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Dead
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => RunState::Pending,
+            "running" => RunState::Running,
+            "succeeded" => RunState::Succeeded,
+            "failed" => RunState::Failed,
+            "dead" => RunState::Dead,
+            other => return Err(format!("unknown run state {other:?}")),
+        })
+    }
+}
+
+/// The state of a work item: `queued` (a run is pending or running, or a
+/// retry is waiting), then exactly one of `succeeded`, `dead`, `cancelled`.
+/// A replayed dead letter goes back to `queued`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkState {
+    Queued,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl WorkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkState::Queued => "queued",
+            WorkState::Succeeded => "succeeded",
+            WorkState::Dead => "dead",
+            WorkState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a work item came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    Cron,
+    Queue,
+    Manual,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Cron => "cron",
+            TriggerKind::Queue => "queue",
+            TriggerKind::Manual => "manual",
+        }
+    }
+}
+
+impl FromStr for TriggerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "cron" => TriggerKind::Cron,
+            "queue" => TriggerKind::Queue,
+            "manual" => TriggerKind::Manual,
+            other => return Err(format!("unknown trigger kind {other:?}")),
+        })
+    }
+}
+
+/// What a run's name is derived from.
+#[derive(Debug, Clone, Copy)]
+pub enum RunKey<'a> {
+    /// A cron fire at this Unix time (seconds).
+    CronFire(i64),
+    /// A message (or manual trigger) with this id.
+    Message(&'a str),
+}
+
+/// The deterministic run id, also the Kubernetes Job name (DESIGN §4):
+/// `<job>-<unix minutes>` for a cron fire on a minute (`<unix seconds>` when
+/// the schedule has seconds), `<job>-<10 hex of sha256(message id)>` for a
+/// message; attempts after the first append `-<attempt>`. At most
+/// `job.len() + 14` characters, DNS-1123.
+pub fn run_name(job: &str, key: RunKey<'_>, attempt: u32) -> String {
+    let base = match key {
+        RunKey::CronFire(secs) if secs % 60 == 0 => format!("{job}-{}", secs / 60),
+        RunKey::CronFire(secs) => format!("{job}-{secs}"),
+        RunKey::Message(id) => {
+            let digest = Sha256::digest(id.as_bytes());
+            let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+            format!("{job}-{hex}")
+        }
+    };
+    if attempt <= 1 {
+        base
+    } else {
+        format!("{base}-{attempt}")
+    }
+}
+
+/// The run id of attempt `attempt` of a work item, from what the work item
+/// stores: cron work items keep their fire time (Unix ms) as message id.
+pub fn attempt_run_name(job: &str, trigger: TriggerKind, message_id: &str, attempt: i64) -> String {
+    let attempt = attempt.clamp(1, u32::MAX as i64) as u32;
+    match (trigger, message_id.parse::<i64>()) {
+        (TriggerKind::Cron, Ok(fire_ms)) => {
+            run_name(job, RunKey::CronFire(fire_ms / 1000), attempt)
+        }
+        _ => run_name(job, RunKey::Message(message_id), attempt),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_are_deterministic_and_short() {
+        // A fire off the minute (6-field schedules) is named by its second.
+        assert_eq!(
+            run_name("backup", RunKey::CronFire(1_800_000_001), 1),
+            "backup-1800000001"
+        );
+        assert_eq!(
+            run_name("backup", RunKey::CronFire(1_799_999_940), 1),
+            "backup-29999999"
+        );
+        assert_eq!(
+            run_name("backup", RunKey::CronFire(1_799_999_940), 2),
+            "backup-29999999-2"
+        );
+        let a = run_name("q", RunKey::Message("m-1"), 1);
+        assert_eq!(a, run_name("q", RunKey::Message("m-1"), 1));
+        assert_ne!(a, run_name("q", RunKey::Message("m-2"), 1));
+        assert_eq!(a.len(), "q-".len() + 10);
+        let longest = run_name(&"j".repeat(49), RunKey::Message("x"), 99);
+        assert_eq!(longest.len(), 63);
+        assert!(crate::config::job::is_dns1123_label(&longest));
+    }
+}

@@ -1,0 +1,295 @@
+//! The sizer: the I/O around the pure [`planner::sizing`] — measure the work
+//! (probes, with the configured fallback), read the job's history from the
+//! store, ask the planner, and apply the decision to the JobSpec with the
+//! annotations that explain it. Also raises the at-risk signal.
+//!
+//! A decision is made once per run, at launch; in-flight re-planning
+//! ([`replan`]) may later raise the run's parallelism.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::config::sizing::{ProbeFallback, Sizing as SizingConfig};
+use crate::config::Job;
+use crate::planner::sizing::{self, RateModel, Sample};
+use crate::probes::{self, ProbeContext};
+use crate::store::{RunSizing, Store, StoreError};
+
+/// Runs flagged at risk since the daemon started (a counter for operators).
+pub static AT_RISK_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// History rows the rate model reads.
+const HISTORY: i64 = 50;
+
+pub const ANNOTATION_PREFIX: &str = "kedge.dev/";
+
+/// A sizing decision and everything that explains it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub job: String,
+    pub work: f64,
+    pub unit: String,
+    pub rate_per_pod: f64,
+    pub overhead_s: f64,
+    /// `initial` or `fitted from N runs`.
+    pub model: String,
+    pub parallelism: u32,
+    pub completions: u32,
+    pub deadline: String,
+    pub projected_finish: String,
+    pub margin: f64,
+    pub at_risk: bool,
+    pub reason: String,
+    /// Set when the probe failed and a fallback was used.
+    pub probe_note: Option<String>,
+    #[serde(skip)]
+    pub deadline_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub projected_at: DateTime<Utc>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The work of a run as measured, or why it is not known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Measured {
+    /// `None`: unknown (the probe failed and there was nothing to fall back
+    /// to, or the fallback is maximum parallelism).
+    pub work: Option<f64>,
+    /// Set when the probe failed and a fallback was used.
+    pub note: Option<String>,
+}
+
+impl Measured {
+    /// Work given by hand (`kedge plan --work`).
+    pub fn given(work: f64) -> Measured {
+        Measured {
+            work: Some(work),
+            note: None,
+        }
+    }
+}
+
+/// Measures the work of `job` now, falling back as configured. `Err` only
+/// for store errors.
+pub async fn measure_work(
+    store: &Store,
+    job: &Job,
+    cfg: &SizingConfig,
+) -> Result<Measured, StoreError> {
+    let ctx = ProbeContext {
+        store,
+        job: &job.name,
+    };
+    match probes::measure(&cfg.work, &ctx, cfg.probe_timeout).await {
+        Ok(w) => Ok(Measured::given(w)),
+        Err(e) => {
+            let err = crate::error_chain(&e);
+            let (work, note) = match cfg.on_probe_failure {
+                ProbeFallback::LastKnown => match store.last_work(&job.name).await? {
+                    Some(w) => (
+                        Some(w),
+                        format!("work probe failed ({err}); using the last known work {w}"),
+                    ),
+                    None => (
+                        None,
+                        format!(
+                            "work probe failed ({err}); no work known yet, so maximum parallelism"
+                        ),
+                    ),
+                },
+                ProbeFallback::MaxParallelism => (
+                    None,
+                    format!("work probe failed ({err}); maximum parallelism"),
+                ),
+            };
+            tracing::warn!(job = %job.name, probe = cfg.work.kind(), note = %note, "work probe failed");
+            Ok(Measured {
+                work,
+                note: Some(note),
+            })
+        }
+    }
+}
+
+/// The rate model of `job` from its history in the store.
+pub async fn model(store: &Store, job: &Job, cfg: &SizingConfig) -> Result<RateModel, StoreError> {
+    let samples: Vec<Sample> = store
+        .sizing_history(&job.name, HISTORY)
+        .await?
+        .into_iter()
+        .map(|h| Sample {
+            work: h.work,
+            parallelism: h.parallelism.clamp(1, u32::MAX as i64) as u32,
+            duration_s: h.duration_ms as f64 / 1000.0,
+        })
+        .collect();
+    Ok(sizing::fit(
+        &samples,
+        cfg.initial_rate_per_pod,
+        cfg.initial_overhead.as_secs_f64(),
+    ))
+}
+
+/// Decides the size of a run of `job` at `now` with `deadline`, using at
+/// most `max_pods` pods. `work` is `None` when it could not be measured:
+/// the run gets the maximum.
+pub fn decide(
+    job: &Job,
+    cfg: &SizingConfig,
+    model: RateModel,
+    measured: Measured,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    max_pods: u32,
+) -> Decision {
+    let Measured {
+        work,
+        note: probe_note,
+    } = measured;
+    let max = cfg.max.min(max_pods).max(1);
+    let mut s = sizing::size(&sizing::SizingInput {
+        work: work.unwrap_or(0.0),
+        now,
+        deadline,
+        margin: cfg.margin,
+        min: cfg.min,
+        max,
+        model,
+    });
+    if work.is_none() {
+        s.parallelism = max;
+        s.reason = format!("{max} pod(s): work unknown, so the maximum");
+    }
+    let completions = cfg.shards.unwrap_or(s.parallelism).max(s.parallelism);
+    Decision {
+        job: job.name.clone(),
+        work: work.unwrap_or(f64::NAN),
+        unit: cfg.unit.clone(),
+        rate_per_pod: model.rate_per_pod_hour,
+        overhead_s: model.overhead_s,
+        model: match model.source {
+            sizing::ModelSource::Initial => "initial".into(),
+            sizing::ModelSource::Fitted(n) => format!("fitted from {n} runs"),
+        },
+        parallelism: s.parallelism,
+        completions,
+        deadline: rfc3339(deadline),
+        projected_finish: rfc3339(s.projected_finish),
+        margin: cfg.margin,
+        at_risk: s.at_risk,
+        reason: s.reason,
+        probe_note,
+        deadline_at: deadline,
+        projected_at: s.projected_finish,
+    }
+}
+
+/// `job` with its JobSpec sized by `d`: Indexed, `parallelism`,
+/// `completions`, `activeDeadlineSeconds` = seconds to the deadline, and
+/// annotations recording the decision.
+pub fn apply(job: &Job, d: &Decision, now: DateTime<Utc>) -> Job {
+    let mut job = job.clone();
+    let spec = &mut job.spec;
+    spec.parallelism = Some(d.parallelism as i32);
+    spec.completions = Some(d.completions as i32);
+    spec.completion_mode = Some("Indexed".into());
+    let left = (d.deadline_at - now).num_seconds().max(1);
+    spec.active_deadline_seconds = Some(left);
+    let meta = spec.template.metadata.get_or_insert_with(Default::default);
+    let ann = meta.annotations.get_or_insert_with(Default::default);
+    for (k, v) in annotations(d) {
+        ann.insert(k, v);
+    }
+    // The containers learn the measured work (each shard takes its part of
+    // it by JOB_COMPLETION_INDEX of KEDGE_SHARDS).
+    if d.work.is_finite() {
+        job.host_env.push(("KEDGE_WORK".into(), d.work.to_string()));
+    }
+    job
+}
+
+/// The annotations that explain a decision.
+pub fn annotations(d: &Decision) -> Vec<(String, String)> {
+    let a = |k: &str, v: String| (format!("{ANNOTATION_PREFIX}{k}"), v);
+    vec![
+        a("work", format!("{} {}", d.work, d.unit)),
+        a("rate-per-pod-hour", format!("{:.3}", d.rate_per_pod)),
+        a("overhead-seconds", format!("{:.1}", d.overhead_s)),
+        a("parallelism", d.parallelism.to_string()),
+        a("deadline", d.deadline.clone()),
+        a("projected-finish", d.projected_finish.clone()),
+        a("margin", d.margin.to_string()),
+        a("at-risk", d.at_risk.to_string()),
+        a("sizing-reason", d.reason.clone()),
+    ]
+}
+
+/// What the store keeps of a decision.
+pub fn record(d: &Decision) -> RunSizing {
+    RunSizing {
+        work: if d.work.is_finite() { d.work } else { -1.0 },
+        parallelism: i64::from(d.parallelism),
+        completions: i64::from(d.completions),
+        projected_finish_ms: d.projected_at.timestamp_millis(),
+        at_risk: d.at_risk,
+        note: match &d.probe_note {
+            Some(n) => format!("{}; {n}", d.reason),
+            None => d.reason.clone(),
+        },
+    }
+}
+
+/// Raises the at-risk signal for `run_id`: a warning in the log, the
+/// [`AT_RISK_TOTAL`] counter, and the webhook (POST of the decision as JSON,
+/// in the background, 10 s timeout; failures are logged).
+pub fn signal_at_risk(run_id: &str, d: &Decision, webhook: Option<&str>) {
+    AT_RISK_TOTAL.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(run = %run_id, job = %d.job, deadline = %d.deadline,
+        projected_finish = %d.projected_finish, parallelism = d.parallelism,
+        reason = %d.reason, "run at risk: it cannot finish before its deadline");
+    let Some(url) = webhook else { return };
+    let body = serde_json::json!({
+        "event": "at_risk",
+        "run_id": run_id,
+        "decision": d,
+    });
+    let url = url.to_string();
+    tokio::spawn(async move {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the webhook client");
+                return;
+            }
+        };
+        match client.post(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => tracing::error!(status = %r.status(), "at-risk webhook refused the event"),
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "at-risk webhook failed"),
+        }
+    });
+}
+
+/// In-flight re-planning for one running Indexed run: a higher parallelism
+/// when its observed pace misses `deadline`, within `max`.
+pub fn replan(
+    completed: u32,
+    total: u32,
+    elapsed: Duration,
+    current: u32,
+    max: u32,
+    deadline: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<u32> {
+    let left = (deadline - now).num_milliseconds() as f64 / 1000.0;
+    sizing::replan(completed, total, elapsed.as_secs_f64(), current, max, left)
+}

@@ -1,0 +1,959 @@
+//! The state store: work items, runs (one per attempt, with timings), cron
+//! fires and dead letters, in SQLite (the embedded default) or PostgreSQL.
+//!
+//! One set of queries serves both through `sqlx::Any`; the schema in
+//! `migrations/` is portable SQL and times are Unix milliseconds. Every
+//! state change that must not be half-done (intake, settlement, replay) is
+//! one transaction, guarded on the state it expects, so concurrent or
+//! repeated calls settle once. See [`crate::lifecycle`] for the states.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::lifecycle::{RunState, TriggerKind, WorkState};
+
+/// Store errors. All are worth retrying after a pause unless noted.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither `sqlite:` nor `postgres:`/`postgresql:` (not retryable).
+    #[error("unsupported store URL {0} (use sqlite://PATH, sqlite::memory: or postgres://…)")]
+    UnsupportedUrl(String),
+    /// Could not connect or open the database.
+    #[error("cannot open the store at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed (not retryable without a fix).
+    #[error("cannot apply migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("store query failed")]
+    Query(#[from] sqlx::Error),
+    /// A value in the store is not what kedge wrote (not retryable).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Returns `url` with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_string()
+    };
+    format!("{}://{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A new work item and its first run, written by intake.
+#[derive(Debug, Clone)]
+pub struct NewWorkItem {
+    pub job: String,
+    /// `builtin`, `cron`, `manual`, or a broker source name.
+    pub source: String,
+    pub message_id: String,
+    pub payload: Option<String>,
+    pub deadline_ms: Option<i64>,
+    pub trigger: TriggerKind,
+    /// The first run's id ([`crate::lifecycle::run_name`], attempt 1).
+    pub run_id: String,
+    /// When the first run may start.
+    pub scheduled_ms: i64,
+}
+
+/// A run joined with its work item: everything needed to launch or settle it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Run {
+    pub run_id: String,
+    pub work_item_id: String,
+    pub job: String,
+    pub attempt: i64,
+    pub state: RunState,
+    pub trigger: TriggerKind,
+    pub scheduled_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub launches: i64,
+    pub error: Option<String>,
+    pub source: String,
+    pub message_id: String,
+    #[serde(skip)]
+    pub payload: Option<String>,
+    pub deadline_ms: Option<i64>,
+    /// Attempts made before the last dlq replay (the retry budget restarts there).
+    pub attempt_base: i64,
+    /// The planner's decision, once the run was sized (jobs with `sizing`).
+    pub sizing: Option<RunSizing>,
+}
+
+/// What the planner decided for a run, recorded at launch (and updated when
+/// in-flight re-planning raises the parallelism).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunSizing {
+    pub work: f64,
+    pub parallelism: i64,
+    pub completions: i64,
+    pub projected_finish_ms: i64,
+    pub at_risk: bool,
+    pub note: String,
+}
+
+/// One finished, successful sized run: what the rate model learns from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistoryRow {
+    pub work: f64,
+    pub parallelism: i64,
+    pub duration_ms: i64,
+}
+
+/// How a run ends, decided by the finalizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// The run succeeded; the work item is done.
+    Succeeded,
+    /// The run failed and another attempt is scheduled.
+    Retry {
+        error: String,
+        next_run_id: String,
+        next_attempt: i64,
+        not_before_ms: i64,
+    },
+    /// The run failed for the last time: dead-letter the work item.
+    Dead { error: String, reason: String },
+    /// The run was stopped on purpose (a newer cron fire replaced it).
+    Cancelled { error: String },
+}
+
+/// A dead-lettered work item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub work_item_id: String,
+    pub job: String,
+    pub source: String,
+    pub message_id: String,
+    pub payload: Option<String>,
+    pub reason: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_ms: i64,
+    pub replayed_ms: Option<i64>,
+}
+
+/// A recorded cron fire.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CronFire {
+    pub job: String,
+    pub fire_ms: i64,
+    /// `launched`, `skipped` (overlap policy), `missed` (catch-up policy), `replaced`.
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub work_item_id: Option<String>,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const RUN_COLUMNS: &str = "r.run_id, r.work_item_id, r.job, r.attempt, r.state, r.trigger_kind, \
+     r.scheduled_ms, r.started_ms, r.finished_ms, r.launches, r.error, \
+     w.source, w.message_id, w.payload, w.deadline_ms, w.attempt_base, \
+     r.work, r.parallelism, r.completions, r.projected_finish_ms, r.at_risk, r.sizing_note";
+
+impl Store {
+    /// Opens the store at `url` (`sqlite://path`, `sqlite::memory:`,
+    /// `postgres://…`). Does not migrate: call [`Store::migrate`].
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact(url)));
+        };
+        let connect_err = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let memory = url.contains(":memory:") || url.contains("mode=memory");
+                let mut url = url.to_string();
+                if !memory {
+                    if let Some(path) = sqlite_path(&url) {
+                        if let Some(parent) = std::path::Path::new(&path).parent() {
+                            if !parent.as_os_str().is_empty() {
+                                std::fs::create_dir_all(parent)
+                                    .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                            }
+                        }
+                    }
+                    if !url.contains("mode=") {
+                        url.push_str(if url.contains('?') {
+                            "&mode=rwc"
+                        } else {
+                            "?mode=rwc"
+                        });
+                    }
+                }
+                // SQLite has one writer; one connection per process keeps
+                // transactions from upgrading read locks into SQLITE_BUSY, and
+                // an in-memory database lives only as long as its connection.
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            conn.execute("PRAGMA busy_timeout = 15000").await?;
+                            if !memory {
+                                conn.execute("PRAGMA journal_mode = WAL").await?;
+                                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            }
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(connect_err)?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(connect_err)?,
+        };
+        Ok(Store { pool, backend })
+    }
+
+    /// Applies pending migrations from `migrations/` (embedded in the binary).
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(StoreError::Migrate)?;
+        sqlx::query(
+            "INSERT INTO kedge_meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A random id fixed when the store was created; tells this store's
+    /// processes apart from another store's on the same machine.
+    pub async fn instance_id(&self) -> Result<String> {
+        let row = sqlx::query("SELECT value FROM kedge_meta WHERE key = 'instance_id'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<String, _>(0)?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock first (waiting on `busy_timeout`) so it can never fail later
+    /// with a lock upgrade conflict against another process.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("UPDATE kedge_meta SET value = value WHERE key = 'instance_id'")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    // ----- intake -----------------------------------------------------------
+
+    /// Stores a work item and its first run. Returns `false` (and writes
+    /// nothing) when the (source, job, message id) is already stored.
+    pub async fn insert_work_item(&self, item: &NewWorkItem) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let inserted = insert_item_tx(&mut tx, item, &uuid::Uuid::new_v4().to_string()).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Records a cron fire; when `item` is given, also stores its work item
+    /// and first run in the same transaction. Returns `false` when the fire
+    /// was already recorded (nothing written).
+    pub async fn record_cron_fire(
+        &self,
+        job: &str,
+        fire_ms: i64,
+        outcome: &str,
+        detail: Option<&str>,
+        item: Option<&NewWorkItem>,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let work_item_id = item.map(|_| uuid::Uuid::new_v4().to_string());
+        let res = sqlx::query(
+            "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, recorded_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, fire_ms) DO NOTHING",
+        )
+        .bind(job)
+        .bind(fire_ms)
+        .bind(outcome)
+        .bind(detail)
+        .bind(work_item_id.clone())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let (Some(item), Some(id)) = (item, work_item_id) {
+            insert_item_tx(&mut tx, item, &id).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records fires that will not run (catch-up policy), in one transaction.
+    pub async fn record_missed_fires(&self, job: &str, fires: &[(i64, String)]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        for (fire_ms, why) in fires {
+            sqlx::query(
+                "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, recorded_ms) \
+                 VALUES ($1, $2, 'missed', $3, NULL, $4) ON CONFLICT (job, fire_ms) DO NOTHING",
+            )
+            .bind(job)
+            .bind(*fire_ms)
+            .bind(why)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest recorded fire of `job`, if any.
+    pub async fn last_cron_fire(&self, job: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(fire_ms) FROM cron_fires WHERE job = $1")
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Recorded fires of `job`, oldest first.
+    pub async fn cron_fires(&self, job: &str) -> Result<Vec<CronFire>> {
+        let rows = sqlx::query(
+            "SELECT job, fire_ms, outcome, detail, work_item_id FROM cron_fires \
+             WHERE job = $1 ORDER BY fire_ms",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CronFire {
+                    job: r.try_get(0)?,
+                    fire_ms: r.try_get(1)?,
+                    outcome: r.try_get(2)?,
+                    detail: r.try_get(3)?,
+                    work_item_id: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    // ----- dispatch ---------------------------------------------------------
+
+    /// Pending runs whose time has come, earliest deadline first, then oldest.
+    pub async fn due_runs(&self, now_ms: i64, limit: i64) -> Result<Vec<Run>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
+             WHERE r.state = 'pending' AND r.scheduled_ms <= $1 \
+             ORDER BY CASE WHEN w.deadline_ms IS NULL THEN 1 ELSE 0 END, w.deadline_ms, \
+                      r.scheduled_ms, r.run_id \
+             LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// When the next pending run becomes due, if any is waiting.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(scheduled_ms) FROM runs WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// `(job, running, pending)` for every job with active runs.
+    pub async fn active_counts(&self) -> Result<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT job, \
+                    SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), \
+                    SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) \
+             FROM runs WHERE state IN ('pending', 'running') GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// `pending → running`. False when the run was not pending (someone else
+    /// claimed or settled it).
+    pub async fn claim_run(&self, run_id: &str, now_ms: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE runs SET state = 'running', started_ms = $1, launches = launches + 1 \
+             WHERE run_id = $2 AND state = 'pending'",
+        )
+        .bind(now_ms)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Ids of `job`'s running runs.
+    pub async fn active_runs_of(&self, job: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT run_id FROM runs WHERE job = $1 AND state = 'running'")
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Cancels `job`'s pending runs (`pending → failed`, work item
+    /// `cancelled`): for overlap `replace`. Returns how many.
+    pub async fn cancel_pending_runs(&self, job: &str, note: &str, now_ms: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        // Runs first, then the work items of exactly the runs this UPDATE
+        // failed. (Two statements that each select `pending` runs would, on
+        // PostgreSQL's READ COMMITTED, see different sets when a claim,
+        // requeue or intake commits in between: a cancelled work item with
+        // a running run, or a failed run whose work item stays queued.)
+        // RETURNING is portable: PostgreSQL, and SQLite >= 3.35 (sqlx bundles 3.46).
+        let rows = sqlx::query(
+            "UPDATE runs SET state = 'failed', finished_ms = $1, error = $2 \
+             WHERE job = $3 AND state = 'pending' RETURNING work_item_id",
+        )
+        .bind(now_ms)
+        .bind(note)
+        .bind(job)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let work_item_id: String = row.try_get(0)?;
+            sqlx::query("UPDATE work_items SET state = 'cancelled', updated_ms = $1 WHERE id = $2")
+                .bind(now_ms)
+                .bind(&work_item_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// `running → pending` (same attempt, launched again later): for runs a
+    /// shutdown or crash interrupted. False when the run was not running.
+    pub async fn requeue_run(&self, run_id: &str, note: &str) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE runs SET state = 'pending', started_ms = NULL, error = $1 \
+             WHERE run_id = $2 AND state = 'running'",
+        )
+        .bind(note)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Runs in a state, oldest first (start-up recovery uses `running`).
+    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<Run>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
+             WHERE r.state = $1 ORDER BY r.scheduled_ms, r.run_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Records the planner's decision for a run (at launch).
+    pub async fn record_sizing(&self, run_id: &str, s: &RunSizing) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET work = $1, parallelism = $2, completions = $3, \
+             projected_finish_ms = $4, at_risk = $5, sizing_note = $6 WHERE run_id = $7",
+        )
+        .bind(s.work)
+        .bind(s.parallelism)
+        .bind(s.completions)
+        .bind(s.projected_finish_ms)
+        .bind(i64::from(s.at_risk))
+        .bind(&s.note)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` succeeded, sized runs of `job`, newest first.
+    pub async fn sizing_history(&self, job: &str, limit: i64) -> Result<Vec<HistoryRow>> {
+        let rows = sqlx::query(
+            "SELECT work, parallelism, finished_ms - started_ms FROM runs \
+             WHERE job = $1 AND state = 'succeeded' AND work IS NOT NULL \
+               AND parallelism IS NOT NULL AND started_ms IS NOT NULL AND finished_ms IS NOT NULL \
+             ORDER BY finished_ms DESC LIMIT $2",
+        )
+        .bind(job)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryRow {
+                    work: r.try_get(0)?,
+                    parallelism: r.try_get(1)?,
+                    duration_ms: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The work measured for `job`'s most recent sized run, if any.
+    pub async fn last_work(&self, job: &str) -> Result<Option<f64>> {
+        let row = sqlx::query(
+            "SELECT work FROM runs WHERE job = $1 AND work IS NOT NULL \
+             ORDER BY started_ms DESC LIMIT 1",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<f64>, _>(0)?,
+            None => None,
+        })
+    }
+
+    /// How many runs of `job` are pending: waiting to launch, whether their
+    /// time has come or not (a retry waiting out its backoff counts). The
+    /// `queue_length` work probe.
+    pub async fn pending_runs(&self, job: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM runs WHERE job = $1 AND state = 'pending'")
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// Pods in use per job: the sum of running runs' parallelism (1 for
+    /// runs that were not sized).
+    pub async fn running_pods(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT job, SUM(COALESCE(parallelism, 1)) FROM runs WHERE state = 'running' GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<Run>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
+             WHERE r.run_id = $1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    // ----- settlement -------------------------------------------------------
+
+    /// Ends a running run as `settlement` says, in one transaction. Returns
+    /// `false` (and changes nothing) when the run is not `running`, so an
+    /// outcome reported twice settles once.
+    pub async fn settle(&self, run_id: &str, settlement: &Settlement, now_ms: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
+             WHERE r.run_id = $1"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let run = run_from_row(&row)?;
+        if run.state != RunState::Running {
+            return Ok(false);
+        }
+        let (run_state, work_state, error) = match settlement {
+            Settlement::Succeeded => (RunState::Succeeded, WorkState::Succeeded, None),
+            Settlement::Retry { error, .. } => (RunState::Failed, WorkState::Queued, Some(error)),
+            Settlement::Dead { error, .. } => (RunState::Dead, WorkState::Dead, Some(error)),
+            Settlement::Cancelled { error } => {
+                (RunState::Failed, WorkState::Cancelled, Some(error))
+            }
+        };
+        // Guarded on `running` again: the SELECT above takes no row lock, so
+        // on PostgreSQL (READ COMMITTED) two concurrent settlements could
+        // both read `running`. This UPDATE waits for the other one's row
+        // lock and re-checks the guard, so only one of them settles.
+        let res = sqlx::query(
+            "UPDATE runs SET state = $1, finished_ms = $2, error = $3 \
+             WHERE run_id = $4 AND state = 'running'",
+        )
+        .bind(run_state.as_str())
+        .bind(now_ms)
+        .bind(error.cloned())
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE work_items SET state = $1, updated_ms = $2 WHERE id = $3")
+            .bind(work_state.as_str())
+            .bind(now_ms)
+            .bind(&run.work_item_id)
+            .execute(&mut *tx)
+            .await?;
+        match settlement {
+            Settlement::Retry {
+                next_run_id,
+                next_attempt,
+                not_before_ms,
+                ..
+            } => {
+                sqlx::query(
+                    "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+                )
+                .bind(next_run_id)
+                .bind(&run.work_item_id)
+                .bind(&run.job)
+                .bind(*next_attempt)
+                .bind(run.trigger.as_str())
+                .bind(*not_before_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Settlement::Dead { error, reason } => {
+                sqlx::query(
+                    "INSERT INTO dead_letters (id, work_item_id, job, source, message_id, payload, \
+                     reason, attempts, last_error, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&run.work_item_id)
+                .bind(&run.job)
+                .bind(&run.source)
+                .bind(&run.message_id)
+                .bind(run.payload.clone())
+                .bind(reason)
+                .bind(run.attempt - run.attempt_base)
+                .bind(error)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Settlement::Succeeded | Settlement::Cancelled { .. } => {}
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    // ----- reading ----------------------------------------------------------
+
+    /// The latest runs (by scheduled time), optionally of one job and/or state.
+    pub async fn list_runs(
+        &self,
+        job: Option<&str>,
+        state: Option<RunState>,
+        limit: i64,
+    ) -> Result<Vec<Run>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
+             WHERE ($1 IS NULL OR r.job = $1) AND ($2 IS NULL OR r.state = $2) \
+             ORDER BY r.scheduled_ms DESC, r.run_id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(job)
+            .bind(state.map(|s| s.as_str()))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    // ----- dead letters -----------------------------------------------------
+
+    /// Dead letters, newest first; replayed ones only when `include_replayed`.
+    pub async fn dead_letters(
+        &self,
+        job: Option<&str>,
+        include_replayed: bool,
+        limit: i64,
+    ) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT id, work_item_id, job, source, message_id, payload, reason, attempts, \
+                    last_error, created_ms, replayed_ms \
+             FROM dead_letters \
+             WHERE ($1 IS NULL OR job = $1) AND ($2 = 1 OR replayed_ms IS NULL) \
+             ORDER BY created_ms DESC, id LIMIT $3",
+        )
+        .bind(job)
+        .bind(i64::from(include_replayed))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    id: r.try_get(0)?,
+                    work_item_id: r.try_get(1)?,
+                    job: r.try_get(2)?,
+                    source: r.try_get(3)?,
+                    message_id: r.try_get(4)?,
+                    payload: r.try_get(5)?,
+                    reason: r.try_get(6)?,
+                    attempts: r.try_get(7)?,
+                    last_error: r.try_get(8)?,
+                    created_ms: r.try_get(9)?,
+                    replayed_ms: r.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest attempt number of a work item's runs.
+    pub async fn last_attempt(&self, work_item_id: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT MAX(attempt) FROM runs WHERE work_item_id = $1")
+            .bind(work_item_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    }
+
+    /// Returns a dead letter to its queue: the work item is queued again with
+    /// a fresh retry budget and a new pending run (`run_id`, `attempt`).
+    /// False when the letter does not exist or was already replayed.
+    pub async fn replay_dead_letter(
+        &self,
+        id: &str,
+        run_id: &str,
+        attempt: i64,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let res = sqlx::query(
+            "UPDATE dead_letters SET replayed_ms = $1 WHERE id = $2 AND replayed_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT w.id, w.job, r.trigger_kind FROM dead_letters d \
+             JOIN work_items w ON w.id = d.work_item_id \
+             JOIN runs r ON r.work_item_id = w.id \
+             WHERE d.id = $1 ORDER BY r.attempt DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let work_item_id: String = row.try_get(0)?;
+        let job: String = row.try_get(1)?;
+        let trigger: String = row.try_get(2)?;
+        sqlx::query(
+            "UPDATE work_items SET state = 'queued', attempt_base = $1, updated_ms = $2 WHERE id = $3",
+        )
+        .bind(attempt - 1)
+        .bind(now_ms)
+        .bind(&work_item_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+        )
+        .bind(run_id)
+        .bind(&work_item_id)
+        .bind(&job)
+        .bind(attempt)
+        .bind(&trigger)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+async fn insert_item_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    item: &NewWorkItem,
+    id: &str,
+) -> Result<bool> {
+    let now = now_ms();
+    let res = sqlx::query(
+        "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8) \
+         ON CONFLICT (source, job, message_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&item.job)
+    .bind(&item.source)
+    .bind(&item.message_id)
+    .bind(item.payload.clone())
+    .bind(item.deadline_ms)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
+         VALUES ($1, $2, $3, 1, 'pending', $4, $5)",
+    )
+    .bind(&item.run_id)
+    .bind(id)
+    .bind(&item.job)
+    .bind(item.trigger.as_str())
+    .bind(item.scheduled_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+fn run_from_row(r: &AnyRow) -> Result<Run> {
+    let state: String = r.try_get(4)?;
+    let trigger: String = r.try_get(5)?;
+    Ok(Run {
+        run_id: r.try_get(0)?,
+        work_item_id: r.try_get(1)?,
+        job: r.try_get(2)?,
+        attempt: r.try_get(3)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        trigger: trigger.parse().map_err(StoreError::Corrupt)?,
+        scheduled_ms: r.try_get(6)?,
+        started_ms: r.try_get(7)?,
+        finished_ms: r.try_get(8)?,
+        launches: r.try_get(9)?,
+        error: r.try_get(10)?,
+        source: r.try_get(11)?,
+        message_id: r.try_get(12)?,
+        payload: r.try_get(13)?,
+        deadline_ms: r.try_get(14)?,
+        attempt_base: r.try_get(15)?,
+        sizing: match (
+            r.try_get::<Option<f64>, _>(16)?,
+            r.try_get::<Option<i64>, _>(17)?,
+        ) {
+            (Some(work), Some(parallelism)) => Some(RunSizing {
+                work,
+                parallelism,
+                completions: r.try_get::<Option<i64>, _>(18)?.unwrap_or(parallelism),
+                projected_finish_ms: r.try_get::<Option<i64>, _>(19)?.unwrap_or(0),
+                at_risk: r.try_get::<Option<i64>, _>(20)?.unwrap_or(0) != 0,
+                note: r.try_get::<Option<String>, _>(21)?.unwrap_or_default(),
+            }),
+            _ => None,
+        },
+    })
+}
+
+/// The file path of a `sqlite://path` URL.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty()).then(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("postgres://kedge:s3cret@db:5432/kedge"),
+            "postgres://kedge:***@db:5432/kedge"
+        );
+        assert_eq!(
+            redact("postgres://kedge@db/kedge"),
+            "postgres://kedge@db/kedge"
+        );
+        assert_eq!(
+            redact("sqlite://.kedge/kedge.db"),
+            "sqlite://.kedge/kedge.db"
+        );
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://.kedge/k.db?mode=rwc").as_deref(),
+            Some(".kedge/k.db")
+        );
+        assert_eq!(sqlite_path("sqlite:k.db").as_deref(), Some("k.db"));
+    }
+}

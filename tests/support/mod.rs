@@ -1,0 +1,260 @@
+//! Shared helpers for kedge's integration tests.
+//!
+//! - [`Workspace`]: a temp dir with `config/kedge.yaml` and `jobs/`, to run
+//!   the built binary in as a user would.
+//! - [`wait_until`]: poll a condition with a deadline instead of sleeping.
+//! - [`postgres_database`]: a fresh database on the real PostgreSQL server,
+//!   dropped afterwards; when the server is unreachable the test fails under
+//!   `CI` and is skipped loudly elsewhere.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The built `kedge` binary.
+pub fn kedge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kedge"))
+}
+
+/// A directory laid out like a kedge checkout: `config/kedge.yaml`, `jobs/`.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A workspace whose config uses a SQLite store inside it, the local
+    /// executor with short pod backoff, and fast polling.
+    pub fn new() -> Workspace {
+        let ws = Workspace {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        std::fs::create_dir_all(ws.path().join("jobs")).expect("jobs dir");
+        ws.write_config(
+            "jobs_dir: jobs\n\
+             store:\n  url: sqlite://state/kedge.db\n  poll_interval: 50ms\n\
+             executor:\n  kind: local\n  local:\n    work_dir: runs\n    pod_backoff: 100ms\n    pod_backoff_max: 1s\n\
+             shutdown_timeout: 10s\n",
+        );
+        ws
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::create_dir_all(self.path().join("config")).expect("config dir");
+        std::fs::write(self.path().join("config/kedge.yaml"), yaml).expect("write config");
+    }
+
+    /// Writes `jobs/<name>.yaml`.
+    pub fn write_job(&self, name: &str, yaml: &str) {
+        std::fs::write(self.path().join("jobs").join(format!("{name}.yaml")), yaml)
+            .expect("write job");
+    }
+
+    /// A `kedge` command running in this workspace.
+    pub fn kedge(&self) -> Command {
+        let mut c = Command::new(kedge_bin());
+        c.current_dir(self.path())
+            .env_remove("KEDGE_CONFIG")
+            .env_remove("KEDGE_JOBS")
+            .env_remove("KEDGE_STORE")
+            .env("KEDGE_LOG", "info");
+        c
+    }
+
+    /// Runs `kedge ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.kedge().args(args).output().expect("run kedge")
+    }
+
+    /// Runs `kedge ARGS`, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kedge {args:?} failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kedge runs --json --limit 100000` parsed.
+    pub fn runs(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["runs", "--json", "--limit", "100000"]);
+        serde_json::from_str(&out).expect("runs --json is JSON")
+    }
+
+    /// `kedge dlq list --json` parsed.
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["dlq", "list", "--json"]);
+        serde_json::from_str(&out).expect("dlq list --json is JSON")
+    }
+
+    /// Starts `kedge run` in the background; its log goes to `daemon-N.log`.
+    pub fn start_daemon(&self) -> Daemon {
+        let n = std::fs::read_dir(self.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log_path = self.path().join(format!("daemon-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("daemon log");
+        let child = self
+            .kedge()
+            .args(["run", "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kedge run");
+        let d = Daemon { child, log_path };
+        wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+            d.log().contains("kedge ready")
+        });
+        d
+    }
+}
+
+/// A background `kedge run`.
+pub struct Daemon {
+    pub child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        wait_child(&mut self.child, Duration::from_secs(30))
+    }
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill9(mut self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` every 25 ms until it holds; panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The async version of [`wait_until`].
+pub async fn wait_until_async<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Base URL of the PostgreSQL server used by tests (a maintenance database).
+pub fn postgres_admin_url() -> String {
+    std::env::var("KEDGE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A throwaway database on the real PostgreSQL server; dropped on `drop`.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+/// Creates a fresh database for one test. Returns `None` (after a loud
+/// message) when the server is unreachable on a developer machine; panics
+/// when `CI` is set, because CI must run every test.
+pub async fn postgres_database() -> Option<PgDatabase> {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("PostgreSQL at {admin} is unreachable and CI is set: {e}");
+            }
+            eprintln!("\n!!! SKIPPING: PostgreSQL at {admin} is unreachable ({e}); set it up or run under CI to enforce\n");
+            return None;
+        }
+    };
+    let name = format!("kedge_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    Some(PgDatabase {
+        url: format!("{base}/{name}"),
+        name,
+    })
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop on a separate thread with its own runtime: Drop may run
+        // inside a tokio runtime, where blocking on another is not allowed.
+        let admin = postgres_admin_url();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
