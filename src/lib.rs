@@ -45,6 +45,7 @@ pub mod lifecycle;
 pub mod planner;
 pub mod probes;
 pub mod sizer;
+pub mod sources;
 pub mod store;
 pub mod triggers;
 

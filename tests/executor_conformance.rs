@@ -345,7 +345,7 @@ impl TestRun {
             name: "conformance".into(),
             description: None,
             file: PathBuf::from("jobs/conformance.yaml"),
-            trigger: Trigger::Queue(QueueTrigger::Builtin),
+            trigger: Trigger::Queue(QueueTrigger::builtin()),
             retry: RetryPolicy::default(),
             limits: JobLimits::default(),
             payload: PayloadPolicy::default(),

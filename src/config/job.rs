@@ -14,6 +14,8 @@ use k8s_openapi::api::batch::v1::JobSpec;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
+pub use super::queue::QueueTrigger;
+use super::queue::{RawBatch, RawDeadLetter, RawQueue};
 use super::sizing::{RawSizing, RawWindow, Sizing, Window};
 use super::yaml::{duration_text, string_enum};
 use super::{DaemonConfig, ExecutorKind};
@@ -48,6 +50,10 @@ pub struct RawJob {
     pub window: Option<RawWindow>,
     /// How to size a run to its window.
     pub sizing: Option<RawSizing>,
+    /// Queue jobs: how many messages one run takes.
+    pub batch: Option<RawBatch>,
+    /// Queue jobs: where dead letters are published besides kedge's store.
+    pub dead_letter: Option<RawDeadLetter>,
     /// A `batch/v1` JobSpec, exactly as in a Kubernetes manifest.
     pub template: JobSpec,
 }
@@ -63,17 +69,6 @@ pub struct RawTrigger {
     pub starting_deadline: Option<String>,
     pub queue: Option<RawQueue>,
 }
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(expecting = "a mapping with the queue source, such as `builtin: {}`")]
-pub struct RawQueue {
-    pub builtin: Option<BuiltinQueue>,
-}
-
-/// `trigger.queue.builtin: {}` — the queue table in kedge's own store.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(expecting = "an empty mapping, `{}`")]
-pub struct BuiltinQueue {}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(expecting = "a mapping with max_attempts, backoff or max_backoff")]
@@ -187,11 +182,6 @@ pub struct CronTrigger {
     pub catchup: Catchup,
     /// A missed fire older than this is not caught up. `None`: no bound.
     pub starting_deadline: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueTrigger {
-    Builtin,
 }
 
 /// Retries of a failed run: `max_attempts` runs in all, the n-th retry
@@ -420,15 +410,32 @@ pub fn validate(
                     bad(tp.key(field), "only applies to cron triggers".into());
                 }
             }
-            match q.builtin {
-                Some(_) => Some(Trigger::Queue(QueueTrigger::Builtin)),
-                None => {
-                    bad(tp.key("queue"), "needs a source: `builtin: {}`".into());
-                    None
-                }
+            let mut found = Vec::new();
+            let q = super::queue::validate(
+                q,
+                raw.batch.as_ref(),
+                raw.dead_letter.as_ref(),
+                &tp.key("queue"),
+                &root,
+                env,
+                &mut found,
+            );
+            for (path, msg) in found {
+                bad(path, msg);
             }
+            q.map(Trigger::Queue)
         }
     };
+    if t.queue.is_none() {
+        for (field, set) in [
+            ("batch", raw.batch.is_some()),
+            ("dead_letter", raw.dead_letter.is_some()),
+        ] {
+            if set {
+                bad(root.key(field), "only applies to queue triggers".into());
+            }
+        }
+    }
 
     // retry
     let rp = root.key("retry");

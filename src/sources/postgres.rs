@@ -1,0 +1,37 @@
+//! STUB — being written; replaced by the real source.
+
+use std::time::Duration;
+
+use super::{Delivery, Letter, Outbox, Source, SourceError};
+use crate::config::queue::{DeadLetterTarget, PostgresSource};
+
+pub struct PostgresTable {
+    cfg: PostgresSource,
+}
+
+impl PostgresTable {
+    pub fn new(cfg: PostgresSource, _consumer: &str) -> Self {
+        PostgresTable { cfg }
+    }
+}
+
+impl Source for PostgresTable {
+    async fn connect(&mut self) -> Result<(), SourceError> {
+        Err(SourceError::new("connecting", self.cfg.url.shown(), "not written yet"))
+    }
+    async fn claim(&mut self, _max: usize, _wait: Duration) -> Result<Vec<Delivery>, SourceError> {
+        Err(SourceError::new("claiming", self.cfg.url.shown(), "not written yet"))
+    }
+    async fn settle(&mut self, _done: &[Delivery]) -> Result<(), SourceError> {
+        Err(SourceError::new("settling", self.cfg.url.shown(), "not written yet"))
+    }
+}
+
+impl Outbox for PostgresTable {
+    async fn dead_letter(&mut self, _t: &DeadLetterTarget, _l: &Letter) -> Result<(), SourceError> {
+        Err(SourceError::new("dead-lettering", self.cfg.url.shown(), "not written yet"))
+    }
+    async fn replay(&mut self, _id: &str, _p: &[u8]) -> Result<(), SourceError> {
+        Err(SourceError::new("replaying", self.cfg.url.shown(), "not written yet"))
+    }
+}

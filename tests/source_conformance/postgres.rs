@@ -1,0 +1,1 @@
+//! STUB: the postgres harness is being written.

@@ -1,0 +1,1 @@
+//! STUB: the rabbitmq harness is being written.

@@ -1,0 +1,1 @@
+//! STUB: the redis_list harness is being written.

@@ -1,0 +1,1 @@
+//! STUB: the redis_stream harness is being written.
