@@ -342,8 +342,10 @@ template:
     });
     d.kill9();
     let d = ws.start_daemon();
-    // Ready means recovered: whatever the killed daemon left is dead by now.
-    let restarted_at = Utc::now().timestamp_micros() as f64 / 1e6;
+    // The daemon logs "kedge ready" after recovery (which kills what the
+    // killed daemon left running) and before its first launch: the
+    // interrupted runs' processes were dead by then.
+    let restarted_at = ready_at(&d.log());
     wait_until(Duration::from_secs(60), "all 10 runs", || {
         succeeded(&ws).len() == 10
     });
@@ -355,4 +357,16 @@ template:
     let open = all.iter().filter(|(_, e)| e.is_none()).count();
     assert!(open <= 2, "{all:?}");
     assert_eq!(max_overlap(&all, restarted_at), 2, "{all:?}");
+}
+
+/// The time of the "kedge ready" line of a JSON daemon log, in Unix seconds.
+fn ready_at(log: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("kedge ready"))
+        .unwrap_or_else(|| panic!("no ready line in {log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    let ts = v["timestamp"].as_str().expect("timestamp");
+    let t = chrono::DateTime::parse_from_rfc3339(ts).expect("RFC 3339 timestamp");
+    t.timestamp_micros() as f64 / 1e6
 }
