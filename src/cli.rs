@@ -610,6 +610,56 @@ fn print_runs(runs: &[store::Run], json: bool) {
     }
 }
 
+/// Publishes a dead letter's message back into its broker source. The
+/// work item is marked `replayed` first, so the source's delivery of it
+/// revives the item rather than being dropped as a duplicate; if the
+/// publish fails the item is dead again and the letter stays open.
+async fn replay_to_source(
+    store: &Store,
+    outbox: &mut crate::sources::AnySource,
+    d: &store::DeadLetter,
+) -> Result<(), Failure> {
+    use crate::sources::Outbox;
+    let Some(letter) = store
+        .begin_source_replay(&d.id, store::now_ms())
+        .await
+        .context("replaying")?
+    else {
+        return Err(Failure::Input(format!(
+            "dlq replay: dead letter {} was replayed meanwhile",
+            d.id
+        )));
+    };
+    let payload: Vec<u8> = match letter.payload.as_deref() {
+        Some(p) => match p.strip_prefix("base64:") {
+            Some(b) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .unwrap_or_else(|_| p.as_bytes().to_vec())
+            }
+            None => p.as_bytes().to_vec(),
+        },
+        None => Vec::new(),
+    };
+    if let Err(e) = outbox.replay(&letter.message_id, &payload).await {
+        let _ = store
+            .abort_source_replay(&letter.work_item_id, store::now_ms())
+            .await;
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "dlq replay: cannot return {} to {}: {}",
+            d.id,
+            d.source,
+            crate::error_chain(&e)
+        )));
+    }
+    store
+        .finish_source_replay(&d.id, store::now_ms())
+        .await
+        .context("replaying")?;
+    Ok(())
+}
+
 async fn dlq(src: &Sources, command: DlqCommand) -> Result<(), Failure> {
     let loaded = config::load_daemon(src)?;
     let store = open_store(&loaded.store_url).await?;
@@ -687,8 +737,24 @@ async fn dlq(src: &Sources, command: DlqCommand) -> Result<(), Failure> {
                 }
                 chosen
             };
+            let (jobs, _) = config::load_jobs(&loaded);
             let mut replayed = 0;
             for d in chosen {
+                // A broker message goes back into its broker (when the job
+                // still reads from that source); everything else is queued
+                // again in the store.
+                let broker = jobs.iter().find(|j| j.name == d.job).and_then(|j| match &j.trigger {
+                    crate::config::job::Trigger::Queue(q) if q.source.name() == d.source => {
+                        crate::sources::AnySource::new(&q.source, "kedge-dlq-replay")
+                    }
+                    _ => None,
+                });
+                if let Some(mut outbox) = broker {
+                    replay_to_source(&store, &mut outbox, &d).await?;
+                    println!("replayed {} into {}", d.id, d.source);
+                    replayed += 1;
+                    continue;
+                }
                 let last = store
                     .last_attempt(&d.work_item_id)
                     .await

@@ -23,7 +23,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::sizing::AtRiskAction;
+use crate::config::job::Trigger;
+use crate::config::queue::OnExpired;
 use crate::config::{DaemonConfig, Job};
+use crate::health::Health;
+use crate::intake;
+use crate::sources::{AnySource, Letter, Outbox};
 use crate::executor::{render, Executor, Outcome};
 use crate::executor::{OutcomeKind, Progress};
 use crate::finalizer;
@@ -92,7 +97,35 @@ impl<E: Executor> Daemon<E> {
         let wake = Arc::new(Notify::new());
         let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel::<String>();
         let triggers_stop = shutdown.child_token();
+        let health = Health::default();
+        if let Some(addr) = config.http_listen {
+            match crate::health::serve(addr, health.clone(), shutdown.child_token()).await {
+                Ok(bound) => tracing::info!(%bound, "http listening (/healthz, /readyz, /metrics)"),
+                Err(e) => tracing::error!(%addr, error = %e, "cannot serve http; continuing without it"),
+            }
+        }
         let mut cron_tasks = tokio::task::JoinSet::new();
+        let consumer = consumer_name(&store).await;
+        for job in jobs.values() {
+            let Trigger::Queue(q) = &job.trigger else { continue };
+            let Some(source) = AnySource::new(&q.source, &consumer) else {
+                continue;
+            };
+            cron_tasks.spawn(intake::consume(
+                source,
+                job.clone(),
+                store.clone(),
+                wake.clone(),
+                health.clone(),
+                triggers_stop.clone(),
+            ));
+        }
+        cron_tasks.spawn(forward_dead_letters(
+            jobs.clone(),
+            consumer.clone(),
+            store.clone(),
+            triggers_stop.clone(),
+        ));
         for job in jobs.values().filter(|j| j.cron().is_some()) {
             let ctx = SchedulerContext {
                 store: store.clone(),
@@ -182,7 +215,21 @@ async fn dispatch<E: Executor>(
     warned_unknown: &mut HashSet<String>,
 ) -> Result<Duration, StoreError> {
     let now = Utc::now().timestamp_millis();
-    let due = store.due_runs(now, DISPATCH_BATCH).await?;
+    let mut due = store.due_runs(now, DISPATCH_BATCH).await?;
+    // Messages whose own deadline passed while they waited: dead-letter
+    // them (`on_expired: dead_letter`) rather than launch late work.
+    let mut expired = Vec::new();
+    for r in &due {
+        let expires = jobs.get(&r.job).is_some_and(|j| match &j.trigger {
+            Trigger::Queue(q) => q.deadline.is_some() && q.on_expired == OnExpired::DeadLetter,
+            Trigger::Cron(_) => false,
+        });
+        if expires && r.deadline_ms.is_some_and(|d| d <= now) && store.expire_run(&r.run_id, now).await? {
+            tracing::warn!(run = %r.run_id, job = %r.job, message = %r.message_id, "message expired before it could run; dead-lettered");
+            expired.push(r.run_id.clone());
+        }
+    }
+    due.retain(|r| !expired.contains(&r.run_id));
     let mut launched = 0;
     if !due.is_empty() {
         let usage = Usage {
@@ -290,6 +337,96 @@ async fn settle(store: &Store, jobs: &HashMap<String, Arc<Job>>, outcome: &Outco
                 tracing::error!(run = %outcome.run_id, error = %crate::error_chain(&e), "cannot settle; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// This daemon's name among a source's consumers: host, store instance
+/// and a per-process suffix, so a restarted daemon is a new consumer and
+/// recovers what the dead one left claimed.
+async fn consumer_name(store: &Store) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "kedge".into());
+    let instance = store.instance_id().await.unwrap_or_default();
+    let short: String = instance.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+    let process = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{short}-{}", &process[..8])
+}
+
+/// How often dead letters waiting for their broker target are published.
+const FORWARD_EVERY: Duration = Duration::from_millis(500);
+
+/// Publishes stored dead letters to their source's dead-letter target
+/// (`dead_letter:` in the job), oldest first, and marks each forwarded
+/// once the broker confirmed it. An unreachable broker only delays them:
+/// the error is recorded on the letter and it is tried again.
+async fn forward_dead_letters(
+    jobs: HashMap<String, Arc<Job>>,
+    consumer: String,
+    store: Store,
+    shutdown: CancellationToken,
+) {
+    let mut targets: Vec<(Arc<Job>, crate::config::queue::DeadLetterTarget, AnySource)> = jobs
+        .values()
+        .filter_map(|j| match &j.trigger {
+            Trigger::Queue(q) => {
+                let target = q.dead_letter.clone()?;
+                let outbox = AnySource::new(&q.source, &format!("{consumer}-dlq"))?;
+                Some((j.clone(), target, outbox))
+            }
+            Trigger::Cron(_) => None,
+        })
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(FORWARD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (job, target, outbox) in &mut targets {
+            let letters = match store.dead_letters_to_forward(&job.name, 100).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(job = %job.name, error = %crate::error_chain(&e), "cannot read dead letters to forward");
+                    continue;
+                }
+            };
+            for l in letters {
+                let letter = Letter {
+                    job: l.job.clone(),
+                    message_id: l.message_id.clone(),
+                    payload: l.payload.clone(),
+                    reason: l.reason.clone(),
+                    attempts: l.attempts,
+                    last_error: l.last_error.clone(),
+                    dead_at: chrono::DateTime::from_timestamp_millis(l.created_ms)
+                        .unwrap_or_default()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                };
+                let sent = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = outbox.dead_letter(target, &letter) => r,
+                };
+                let now = Utc::now().timestamp_millis();
+                match sent {
+                    Ok(()) => {
+                        if let Err(e) = store.mark_forwarded(&l.id, None, now).await {
+                            tracing::error!(error = %crate::error_chain(&e), "cannot record a forwarded dead letter; it may be published again");
+                        }
+                    }
+                    Err(e) => {
+                        let error = crate::error_chain(&e);
+                        tracing::warn!(job = %job.name, letter = %l.id, %error, "cannot publish a dead letter to its target yet; will retry");
+                        let _ = store.mark_forwarded(&l.id, Some(&error), now).await;
+                        break;
+                    }
+                }
             }
         }
     }

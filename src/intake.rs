@@ -6,13 +6,26 @@
 //!   stored half-valid;
 //! - manual triggers (`kedge trigger`);
 //! - cron fires (from [`crate::triggers::scheduler`]), recorded together
-//!   with their work item so a restart neither repeats nor drops one.
+//!   with their work item so a restart neither repeats nor drops one;
+//! - broker messages ([`consume`] drives one [`Source`] per queue job):
+//!   stored first, settled with the broker after. A message that cannot be
+//!   run (not UTF-8, not JSON where the job takes JSON, too large, a bad or
+//!   passed deadline) is stored as a dead letter with that reason and
+//!   settled too: it never crashes the loop and never blocks the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::job::{PayloadFormat, PayloadPolicy};
+use crate::config::queue::{DeadlineFrom, OnExpired, QueueTrigger};
 use crate::config::Job;
+use crate::health::Health;
 use crate::lifecycle::{run_name, RunKey, TriggerKind};
+use crate::sources::{Delivery, Source};
 use crate::store::{NewWorkItem, Store, StoreError};
 
 /// Why a message was refused. None of these is worth retrying as is.
@@ -67,6 +80,271 @@ pub fn check_payload(
         })?;
     }
     Ok(text.to_string())
+}
+
+/// Why a message is dead-lettered at intake: the dead letter's `reason`.
+impl IntakeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IntakeError::NotUtf8 { .. } => "not_utf8",
+            IntakeError::NotJson { .. } => "not_json",
+            IntakeError::TooLarge { .. } => "too_large",
+            IntakeError::Store(_) => "store",
+        }
+    }
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    /// Stored as a new work item (or a replayed one revived).
+    Stored,
+    /// Stored before: a redelivery, nothing written.
+    Duplicate,
+    /// Refused and stored as a dead letter with this reason.
+    Rejected(String),
+}
+
+/// The deadline a message carries, read as `from` says: RFC 3339 text, or
+/// a number of Unix milliseconds. `Ok(None)` when the message has none.
+pub fn message_deadline(
+    from: &DeadlineFrom,
+    payload: &str,
+    headers: &[(String, String)],
+) -> Result<Option<DateTime<Utc>>, String> {
+    let value: Option<serde_json::Value> = match from {
+        DeadlineFrom::JsonPointer(ptr) => match serde_json::from_str::<serde_json::Value>(payload) {
+            Ok(v) => v.pointer(ptr).cloned(),
+            Err(_) => return Err(format!("the payload is not JSON, so it has no {ptr}")),
+        },
+        DeadlineFrom::Header(h) => headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(h))
+            .map(|(_, v)| serde_json::Value::String(v.clone())),
+    };
+    let what = match from {
+        DeadlineFrom::JsonPointer(p) => format!("deadline at {p}"),
+        DeadlineFrom::Header(h) => format!("deadline header {h}"),
+    };
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .and_then(DateTime::from_timestamp_millis)
+            .map(Some)
+            .ok_or_else(|| format!("{what}: {n} is not Unix milliseconds")),
+        Some(serde_json::Value::String(t)) => {
+            if let Ok(ms) = t.trim().parse::<i64>() {
+                return DateTime::from_timestamp_millis(ms)
+                    .map(Some)
+                    .ok_or_else(|| format!("{what}: {t} is not Unix milliseconds"));
+            }
+            DateTime::parse_from_rfc3339(t.trim())
+                .map(|d| Some(d.with_timezone(&Utc)))
+                .map_err(|e| format!("{what}: {t:?} is not an RFC 3339 time ({e})"))
+        }
+        Some(other) => Err(format!(
+            "{what}: {other} is neither RFC 3339 text nor Unix milliseconds"
+        )),
+    }
+}
+
+/// Stores one broker delivery for `job` (whose trigger is `queue`), or its
+/// dead letter when it cannot run. Only a store error is an `Err`: then
+/// nothing was written and the delivery must not be settled.
+pub async fn offer(
+    store: &Store,
+    job: &Job,
+    queue: &QueueTrigger,
+    source: &str,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Offered, StoreError> {
+    let mut item = NewWorkItem {
+        job: job.name.clone(),
+        source: source.to_string(),
+        run_id: run_name(&job.name, RunKey::Message(&d.message_id), 1),
+        message_id: d.message_id.clone(),
+        payload: None,
+        deadline_ms: None,
+        trigger: TriggerKind::Queue,
+        scheduled_ms: now.timestamp_millis(),
+    };
+    let refuse = |item: &mut NewWorkItem, reason: &str, error: String| {
+        // Keep the payload as it came: text as is, other bytes base64.
+        item.payload = Some(match std::str::from_utf8(&d.body) {
+            Ok(t) => t.to_string(),
+            Err(_) => {
+                use base64::Engine;
+                format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(&d.body))
+            }
+        });
+        (reason.to_string(), error)
+    };
+    let refused = match check_payload(&job.name, &job.payload, &d.body) {
+        Err(IntakeError::Store(e)) => return Err(e),
+        Err(e) => Some(refuse(&mut item, e.reason(), e.to_string())),
+        Ok(payload) => {
+            let deadline = match &queue.deadline {
+                None => Ok(None),
+                Some(from) => message_deadline(from, &payload, &d.headers),
+            };
+            item.payload = Some(payload);
+            match deadline {
+                Err(why) => Some(("bad_deadline".to_string(), why)),
+                Ok(Some(t)) if t <= now && queue.on_expired == OnExpired::DeadLetter => {
+                    item.deadline_ms = Some(t.timestamp_millis());
+                    Some((
+                        "expired".to_string(),
+                        format!(
+                            "the message's deadline {} had passed when it arrived",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        ),
+                    ))
+                }
+                Ok(t) => {
+                    item.deadline_ms = t.or_else(|| job.deadline_after(now)).map(|t| t.timestamp_millis());
+                    None
+                }
+            }
+        }
+    };
+    match refused {
+        Some((reason, error)) => {
+            if store.insert_dead_item(&item, &reason, &error).await? {
+                tracing::warn!(job = %job.name, message = %d.message_id, %reason, %error, "message dead-lettered at intake");
+                Ok(Offered::Rejected(reason))
+            } else {
+                Ok(Offered::Duplicate)
+            }
+        }
+        None => Ok(if store.insert_work_item(&item).await? {
+            Offered::Stored
+        } else {
+            Offered::Duplicate
+        }),
+    }
+}
+
+/// The wait before reconnect number `n` (1-based): 200 ms doubling to at
+/// most 30 s, with "equal jitter" (half fixed, half random) so many
+/// daemons do not reconnect in step.
+pub fn reconnect_backoff(n: u32) -> Duration {
+    let cap = Duration::from_millis(200)
+        .saturating_mul(1u32 << n.saturating_sub(1).min(8))
+        .min(Duration::from_secs(30));
+    let half = cap / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Drives `source` for `job` until `shutdown`: claim, store, settle,
+/// wake the dispatcher; on a broker error, mark the source degraded,
+/// back off and reconnect.
+///
+/// # Guarantees
+///
+/// A delivery is settled only after [`offer`] stored it (or its dead
+/// letter). A store error stops settling: the deliveries stay claimed and
+/// the store is retried with backoff; on shutdown meanwhile they are left
+/// to the broker's redelivery. A settle error loses nothing either: the
+/// broker hands the messages out again and [`offer`] sees duplicates.
+pub async fn consume<S: Source>(
+    mut source: S,
+    job: Arc<Job>,
+    store: Store,
+    wake: Arc<Notify>,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let crate::config::job::Trigger::Queue(queue) = &job.trigger else {
+        return;
+    };
+    let name = queue.source.name();
+    health.register(&job.name, &name);
+    let max = queue.batch.map_or(64, |b| b.max_messages as usize).max(1);
+    let mut failures: u32 = 0;
+    let mut connected = false;
+    while !shutdown.is_cancelled() {
+        if !connected {
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = source.connect() => r,
+            };
+            match r {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(job = %job.name, source = %name, "queue source reconnected");
+                    }
+                    failures = 0;
+                    connected = true;
+                    health.up(&job.name);
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = reconnect_backoff(failures);
+                    let error = crate::error_chain(&e);
+                    tracing::warn!(job = %job.name, source = %name, %error, retry_in = ?wait, "queue source unavailable");
+                    health.degraded(&job.name, &error);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            }
+        }
+        let claimed = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = source.claim(max, Duration::from_secs(1)) => r,
+        };
+        let deliveries = match claimed {
+            Ok(d) => d,
+            Err(e) => {
+                connected = false;
+                failures += 1;
+                let error = crate::error_chain(&e);
+                tracing::warn!(job = %job.name, source = %name, %error, "lost the queue source; reconnecting");
+                health.degraded(&job.name, &error);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(reconnect_backoff(failures)) => continue,
+                }
+            }
+        };
+        if deliveries.is_empty() {
+            continue;
+        }
+        let (mut stored, mut dups, mut rejected) = (0u64, 0u64, 0u64);
+        let mut store_failures = 0u32;
+        let mut i = 0;
+        while i < deliveries.len() {
+            match offer(&store, &job, queue, &name, &deliveries[i], Utc::now()).await {
+                Ok(Offered::Stored) => stored += 1,
+                Ok(Offered::Duplicate) => dups += 1,
+                Ok(Offered::Rejected(_)) => rejected += 1,
+                Err(e) => {
+                    store_failures += 1;
+                    let wait = reconnect_backoff(store_failures);
+                    tracing::error!(job = %job.name, error = %crate::error_chain(&e), retry_in = ?wait, "cannot store a message; it stays claimed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            }
+            i += 1;
+        }
+        health.count(&job.name, deliveries.len() as u64, stored, dups, rejected);
+        if stored > 0 {
+            wake.notify_one();
+        }
+        if let Err(e) = source.settle(&deliveries).await {
+            connected = false;
+            failures += 1;
+            let error = crate::error_chain(&e);
+            tracing::warn!(job = %job.name, source = %name, %error, "cannot settle stored messages; they will be redelivered and recognised");
+            health.degraded(&job.name, &error);
+        }
+    }
 }
 
 /// Stores a builtin-queue message for `job`. `message_id` defaults to a

@@ -40,6 +40,7 @@ pub mod config;
 pub mod daemon;
 pub mod executor;
 pub mod finalizer;
+pub mod health;
 pub mod intake;
 pub mod lifecycle;
 pub mod planner;

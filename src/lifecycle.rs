@@ -103,13 +103,19 @@ impl FromStr for RunState {
 
 /// The state of a work item: `queued` (a run is pending or running, or a
 /// retry is waiting), then exactly one of `succeeded`, `dead`, `cancelled`.
-/// A replayed dead letter goes back to `queued`.
+/// A replayed dead letter goes back to `queued`. A broker message's dead
+/// letter replayed into its source is `replayed` until the source delivers
+/// it again; that delivery (same source and message id) revives the item
+/// instead of being dropped as a duplicate. Who moves items out of:
+/// `queued` — the finalizer; `replayed` — intake; the others are final
+/// until `kedge dlq replay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkState {
     Queued,
     Succeeded,
     Dead,
     Cancelled,
+    Replayed,
 }
 
 impl WorkState {
@@ -119,6 +125,7 @@ impl WorkState {
             WorkState::Succeeded => "succeeded",
             WorkState::Dead => "dead",
             WorkState::Cancelled => "cancelled",
+            WorkState::Replayed => "replayed",
         }
     }
 }

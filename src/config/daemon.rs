@@ -16,7 +16,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(
-    expecting = "a mapping with jobs_dir, store, executor, limits, log_format or shutdown_timeout"
+    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, log_format or shutdown_timeout"
 )]
 pub struct RawDaemon {
     pub jobs_dir: Option<String>,
@@ -32,6 +32,15 @@ pub struct RawDaemon {
     pub pools: std::collections::BTreeMap<String, u32>,
     #[serde(default, deserialize_with = "duration_text")]
     pub shutdown_timeout: Option<String>,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with listen")]
+pub struct RawHttp {
+    /// `HOST:PORT` for /healthz, /readyz and /metrics; port 0 picks a free one.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -108,6 +117,8 @@ pub struct DaemonConfig {
     pub pools: std::collections::BTreeMap<String, u32>,
     /// How long a graceful shutdown waits for running processes to stop.
     pub shutdown_timeout: Duration,
+    /// Where /healthz, /readyz and /metrics are served. `None`: not served.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,10 +240,19 @@ pub fn validate(
             ));
         }
     }
+    let http_listen = raw.http.listen.as_deref().and_then(|l| {
+        l.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+            problems.push((
+                root.key("http").key("listen"),
+                format!("\"{l}\" is not HOST:PORT with an IP address (for example 127.0.0.1:9464)"),
+            ))
+        }).ok()
+    });
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(DaemonConfig {
+        http_listen,
         pools: raw.pools.clone(),
         jobs_dir: PathBuf::from(raw.jobs_dir.unwrap_or_else(|| "jobs".into())),
         store_url,

@@ -757,23 +757,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetter {
-                    id: r.try_get(0)?,
-                    work_item_id: r.try_get(1)?,
-                    job: r.try_get(2)?,
-                    source: r.try_get(3)?,
-                    message_id: r.try_get(4)?,
-                    payload: r.try_get(5)?,
-                    reason: r.try_get(6)?,
-                    attempts: r.try_get(7)?,
-                    last_error: r.try_get(8)?,
-                    created_ms: r.try_get(9)?,
-                    replayed_ms: r.try_get(10)?,
-                })
-            })
-            .collect()
+rows.iter().map(dead_letter_from_row).collect()
     }
 
     /// The highest attempt number of a work item's runs.
@@ -783,6 +767,196 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
+    }
+
+    /// Stores a message that is refused at intake (bad payload, expired) as
+    /// a dead work item with its dead letter, in one transaction. `false`
+    /// (nothing written) when the message was stored before.
+    pub async fn insert_dead_item(
+        &self,
+        item: &NewWorkItem,
+        reason: &str,
+        error: &str,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let id = uuid::Uuid::new_v4().to_string();
+        let res = sqlx::query(
+            "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, 'dead', $6, $7, $8) \
+             ON CONFLICT (source, job, message_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&item.job)
+        .bind(&item.source)
+        .bind(&item.message_id)
+        .bind(item.payload.clone())
+        .bind(item.deadline_ms)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_dead_letter_tx(&mut tx, &id, item, reason, 0, error, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Dead-letters a pending run whose message's own deadline passed
+    /// before it could launch (reason `expired`). `false` when the run is no
+    /// longer pending.
+    pub async fn expire_run(&self, run_id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
+             WHERE r.run_id = $1"
+        );
+        let Some(row) = sqlx::query(&sql).bind(run_id).fetch_optional(&mut *tx).await? else {
+            return Ok(false);
+        };
+        let run = run_from_row(&row)?;
+        let error = match run.deadline_ms {
+            Some(d) => format!(
+                "the message's deadline {} passed before the run could launch",
+                chrono::DateTime::from_timestamp_millis(d)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_else(|| d.to_string())
+            ),
+            None => "the message's deadline passed before the run could launch".into(),
+        };
+        let res = sqlx::query(
+            "UPDATE runs SET state = 'dead', finished_ms = $1, error = $2 \
+             WHERE run_id = $3 AND state = 'pending'",
+        )
+        .bind(now_ms)
+        .bind(&error)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE work_items SET state = 'dead', updated_ms = $1 WHERE id = $2")
+            .bind(now_ms)
+            .bind(&run.work_item_id)
+            .execute(&mut *tx)
+            .await?;
+        let item = NewWorkItem {
+            job: run.job.clone(),
+            source: run.source.clone(),
+            message_id: run.message_id.clone(),
+            payload: run.payload.clone(),
+            deadline_ms: run.deadline_ms,
+            trigger: run.trigger,
+            run_id: run.run_id.clone(),
+            scheduled_ms: run.scheduled_ms,
+        };
+        insert_dead_letter_tx(
+            &mut tx,
+            &run.work_item_id,
+            &item,
+            "expired",
+            run.attempt - 1 - run.attempt_base,
+            &error,
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One dead letter by id.
+    pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(dead_letter_from_row).transpose()
+    }
+
+    /// Dead letters of `job` not yet published to its source's dead-letter
+    /// target, oldest first.
+    pub async fn dead_letters_to_forward(&self, job: &str, limit: i64) -> Result<Vec<DeadLetter>> {
+        let sql = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
+             WHERE job = $1 AND forwarded_ms IS NULL ORDER BY created_ms, id LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(job)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(dead_letter_from_row).collect()
+    }
+
+    /// Records that a dead letter was published to its target (`error`
+    /// `None`), or why publishing failed this time (it is tried again).
+    pub async fn mark_forwarded(&self, id: &str, error: Option<&str>, now_ms: i64) -> Result<()> {
+        let q = match error {
+            None => sqlx::query(
+                "UPDATE dead_letters SET forwarded_ms = $1, forward_error = NULL WHERE id = $2",
+            )
+            .bind(now_ms)
+            .bind(id),
+            Some(e) => sqlx::query("UPDATE dead_letters SET forward_error = $1 WHERE id = $2")
+                .bind(e.to_string())
+                .bind(id),
+        };
+        let mut tx = self.begin_write().await?;
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// First step of replaying a broker message's dead letter into its
+    /// source: its work item becomes `replayed`, so the source's next
+    /// delivery of it revives the item. The letter stays open until
+    /// [`Store::finish_source_replay`]; if publishing fails,
+    /// [`Store::abort_source_replay`] puts things back.
+    pub async fn begin_source_replay(&self, id: &str, now_ms: i64) -> Result<Option<DeadLetter>> {
+        let Some(letter) = self.dead_letter(id).await? else {
+            return Ok(None);
+        };
+        if letter.replayed_ms.is_some() {
+            return Ok(None);
+        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE work_items SET state = 'replayed', updated_ms = $1 \
+             WHERE id = $2 AND state IN ('dead', 'replayed')",
+        )
+        .bind(now_ms)
+        .bind(&letter.work_item_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(letter))
+    }
+
+    /// The message is back in its source: close the letter.
+    pub async fn finish_source_replay(&self, id: &str, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE dead_letters SET replayed_ms = $1 WHERE id = $2 AND replayed_ms IS NULL")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Publishing the replay failed: the work item is dead again.
+    pub async fn abort_source_replay(&self, work_item_id: &str, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE work_items SET state = 'dead', updated_ms = $1 WHERE id = $2 AND state = 'replayed'",
+        )
+        .bind(now_ms)
+        .bind(work_item_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Returns a dead letter to its queue: the work item is queued again with
@@ -806,10 +980,11 @@ impl Store {
         if res.rows_affected() != 1 {
             return Ok(false);
         }
+        // LEFT JOIN: a message dead-lettered at intake has no run yet.
         let row = sqlx::query(
-            "SELECT w.id, w.job, r.trigger_kind FROM dead_letters d \
+            "SELECT w.id, w.job, COALESCE(r.trigger_kind, 'queue') FROM dead_letters d \
              JOIN work_items w ON w.id = d.work_item_id \
-             JOIN runs r ON r.work_item_id = w.id \
+             LEFT JOIN runs r ON r.work_item_id = w.id \
              WHERE d.id = $1 ORDER BY r.attempt DESC LIMIT 1",
         )
         .bind(id)
@@ -843,6 +1018,35 @@ impl Store {
     }
 }
 
+async fn insert_dead_letter_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    work_item_id: &str,
+    item: &NewWorkItem,
+    reason: &str,
+    attempts: i64,
+    error: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dead_letters (id, work_item_id, job, source, message_id, payload, \
+         reason, attempts, last_error, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(work_item_id)
+    .bind(&item.job)
+    .bind(&item.source)
+    .bind(&item.message_id)
+    .bind(item.payload.clone())
+    .bind(reason)
+    .bind(attempts)
+    .bind(error)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn insert_item_tx(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     item: &NewWorkItem,
@@ -865,7 +1069,7 @@ async fn insert_item_tx(
     .execute(&mut **tx)
     .await?;
     if res.rows_affected() == 0 {
-        return Ok(false);
+        return revive_replayed_tx(tx, item, now).await;
     }
     sqlx::query(
         "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
@@ -880,6 +1084,84 @@ async fn insert_item_tx(
     .await?;
     Ok(true)
 }
+
+/// A delivery of a message whose work item is `replayed` (its dead letter
+/// was sent back to the source): queue the item again with a fresh retry
+/// budget and a new pending run. Any other existing item: a duplicate,
+/// nothing written.
+async fn revive_replayed_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    item: &NewWorkItem,
+    now: i64,
+) -> Result<bool> {
+    let Some(row) = sqlx::query(
+        "SELECT w.id, (SELECT MAX(attempt) FROM runs r WHERE r.work_item_id = w.id) \
+         FROM work_items w WHERE w.source = $1 AND w.job = $2 AND w.message_id = $3 \
+         AND w.state = 'replayed'",
+    )
+    .bind(&item.source)
+    .bind(&item.job)
+    .bind(&item.message_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let id: String = row.try_get(0)?;
+    let last: i64 = row.try_get::<Option<i64>, _>(1)?.unwrap_or(0);
+    let attempt = last + 1;
+    let res = sqlx::query(
+        "UPDATE work_items SET state = 'queued', attempt_base = $1, payload = $2, \
+         deadline_ms = $3, updated_ms = $4 WHERE id = $5 AND state = 'replayed'",
+    )
+    .bind(last)
+    .bind(item.payload.clone())
+    .bind(item.deadline_ms)
+    .bind(now)
+    .bind(&id)
+    .execute(&mut **tx)
+    .await?;
+    if res.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+    )
+    .bind(crate::lifecycle::attempt_run_name(
+        &item.job,
+        item.trigger,
+        &item.message_id,
+        attempt,
+    ))
+    .bind(&id)
+    .bind(&item.job)
+    .bind(attempt)
+    .bind(item.trigger.as_str())
+    .bind(item.scheduled_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(true)
+}
+
+fn dead_letter_from_row(r: &AnyRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: r.try_get(0)?,
+        work_item_id: r.try_get(1)?,
+        job: r.try_get(2)?,
+        source: r.try_get(3)?,
+        message_id: r.try_get(4)?,
+        payload: r.try_get(5)?,
+        reason: r.try_get(6)?,
+        attempts: r.try_get(7)?,
+        last_error: r.try_get(8)?,
+        created_ms: r.try_get(9)?,
+        replayed_ms: r.try_get(10)?,
+    })
+}
+
+const DEAD_LETTER_COLUMNS: &str = "id, work_item_id, job, source, message_id, payload, reason, \
+     attempts, last_error, created_ms, replayed_ms";
 
 fn run_from_row(r: &AnyRow) -> Result<Run> {
     let state: String = r.try_get(4)?;

@@ -1,0 +1,183 @@
+//! What the daemon says about itself: each queue source's state and
+//! counters, served as `/healthz`, `/readyz` and `/metrics` (Prometheus
+//! text) when `http.listen` is configured.
+//!
+//! `/healthz` answers 200 while the daemon runs, with a JSON body naming
+//! every source and its state; `/readyz` answers 503 while any source is
+//! degraded (its broker unreachable: intake for that job is paused and
+//! reconnecting, nothing is lost).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// One queue source's state as intake sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceStatus {
+    /// `builtin`, `redis_list:orders`, … (the work items' `source`).
+    pub source: String,
+    /// `up`, `connecting` or `degraded`.
+    pub state: &'static str,
+    /// Why it is degraded (URLs redacted).
+    pub error: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub claimed: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Refused at intake (bad payload, expired) and dead-lettered.
+    pub rejected: u64,
+    pub reconnects: u64,
+}
+
+/// Shared by intake tasks (writers) and the HTTP server (reader).
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    sources: Arc<Mutex<BTreeMap<String, SourceStatus>>>,
+}
+
+impl Health {
+    fn with<R>(&self, job: &str, f: impl FnOnce(&mut SourceStatus) -> R) -> R {
+        let mut map = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        f(map.entry(job.to_string()).or_default())
+    }
+
+    /// Registers `job`'s source, not yet connected.
+    pub fn register(&self, job: &str, source: &str) {
+        self.with(job, |s| {
+            s.source = source.to_string();
+            s.state = "connecting";
+            s.since = Some(Utc::now());
+        });
+    }
+
+    pub fn up(&self, job: &str) {
+        self.with(job, |s| {
+            if s.state != "up" {
+                s.state = "up";
+                s.error = None;
+                s.since = Some(Utc::now());
+            }
+        });
+    }
+
+    pub fn degraded(&self, job: &str, error: &str) {
+        self.with(job, |s| {
+            if s.state != "degraded" {
+                s.since = Some(Utc::now());
+            }
+            s.state = "degraded";
+            s.error = Some(error.to_string());
+            s.reconnects += 1;
+        });
+    }
+
+    /// Adds to `job`'s counters.
+    pub fn count(&self, job: &str, claimed: u64, stored: u64, duplicates: u64, rejected: u64) {
+        self.with(job, |s| {
+            s.claimed += claimed;
+            s.stored += stored;
+            s.duplicates += duplicates;
+            s.rejected += rejected;
+        });
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, SourceStatus> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn any_degraded(&self) -> bool {
+        self.snapshot().values().any(|s| s.state != "up")
+    }
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    sources: BTreeMap<String, SourceStatus>,
+}
+
+async fn healthz(State(h): State<Health>) -> impl IntoResponse {
+    let sources = h.snapshot();
+    let status = if sources.values().all(|s| s.state == "up") {
+        "ok"
+    } else {
+        "degraded"
+    };
+    Json(HealthBody { status, sources })
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.any_degraded() {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded: a queue source is unreachable\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let sources = h.snapshot();
+    let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(&SourceStatus) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (job, s) in &sources {
+            let _ = writeln!(
+                out,
+                "{name}{{job=\"{job}\",source=\"{}\"}} {}",
+                s.source.replace('"', "'"),
+                value(s)
+            );
+        }
+    };
+    family("kedge_source_up", "1 when the queue source is connected.", "gauge", &|s| u64::from(s.state == "up"));
+    family("kedge_messages_claimed_total", "Messages claimed from the source.", "counter", &|s| s.claimed);
+    family("kedge_messages_stored_total", "Messages stored as new work items.", "counter", &|s| s.stored);
+    family("kedge_messages_duplicate_total", "Redeliveries of messages already stored.", "counter", &|s| s.duplicates);
+    family("kedge_messages_rejected_total", "Messages dead-lettered at intake (bad payload, expired).", "counter", &|s| s.rejected);
+    family("kedge_source_reconnects_total", "Times the source was lost and reconnected.", "counter", &|s| s.reconnects);
+    let _ = writeln!(
+        out,
+        "# HELP kedge_runs_at_risk_total Runs that even the maximum parallelism cannot finish by their deadline.\n\
+         # TYPE kedge_runs_at_risk_total counter\nkedge_runs_at_risk_total {}",
+        crate::sizer::AT_RISK_TOTAL.load(Ordering::Relaxed)
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Binds `addr` and serves until `shutdown`. Returns the bound address
+/// (port 0 picks one).
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    Ok(bound)
+}
