@@ -9,7 +9,8 @@
 //! ```text
 //! triggers ──▶ intake ──▶ planner ──▶ executor ──▶ (tracking) ──▶ finalizer
 //!   cron        durable     limits      local        outcomes       succeed / retry /
-//!   builtin q.  work items  (pure)      processes    per run        dead-letter
+//!   sources     work items  (pure)      processes    per run        dead-letter
+//!   builtin q.
 //! ```
 //!
 //! - [`config`] — the daemon config and job definitions: parse, validate
@@ -17,8 +18,13 @@
 //! - [`triggers`] — where work comes from: [`triggers::cron`] (Debian cron
 //!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop per
 //!   cron job; overlap and catch-up policies).
+//! - [`sources`] — queue sources behind [`sources::Source`] (claim,
+//!   settle): `redis_list`, `redis_stream`, `rabbitmq`, `postgres`; their
+//!   dead-letter targets and replays behind [`sources::Outbox`].
 //! - [`intake`] — every message, fire and manual trigger becomes a work item
-//!   and a pending run in the store before it is acknowledged.
+//!   and a pending run in the store before it is acknowledged;
+//!   [`intake::consume`] drives a source (claim → store → settle,
+//!   reconnect with backoff); bad messages become dead letters.
 //! - [`planner`] — pure: which due runs may launch under the limits (per
 //!   job, pools, global) and [`planner::sizing`], the parallelism that
 //!   finishes a run inside its window.
@@ -32,7 +38,10 @@
 //! - [`lifecycle`] — the run state machine, documented, and run names.
 //! - [`store`] — SQLite or PostgreSQL through sqlx: work items, runs, cron
 //!   fires, dead letters; migrations in `migrations/`.
-//! - [`daemon`] — wires the stages together and runs until a signal.
+//! - [`daemon`] — wires the stages together and runs until a signal; also
+//!   publishes stored dead letters to their broker target (an outbox).
+//! - [`health`] — source states and counters: `/healthz`, `/readyz`,
+//!   `/metrics`.
 //! - [`cli`] — the `kedge` command line (`main.rs` only calls it).
 
 pub mod cli;

@@ -91,12 +91,17 @@ impl Workspace {
 
     /// `kedge dlq list --json` parsed.
     pub fn dead_letters(&self) -> Vec<serde_json::Value> {
-        let out = self.ok(&["dlq", "list", "--json"]);
+        let out = self.ok(&["dlq", "list", "--json", "--limit", "100000"]);
         serde_json::from_str(&out).expect("dlq list --json is JSON")
     }
 
     /// Starts `kedge run` in the background; its log goes to `daemon-N.log`.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// [`Workspace::start_daemon`] with extra environment variables.
+    pub fn start_daemon_with(&self, env: &[(String, String)]) -> Daemon {
         let n = std::fs::read_dir(self.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -105,6 +110,7 @@ impl Workspace {
         let child = self
             .kedge()
             .args(["run", "--log-format", "json"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
