@@ -90,12 +90,15 @@ pub enum Command {
         #[arg(long, requires = "at")]
         work: Option<f64>,
     },
-    /// Put a message on a job's builtin queue.
+    /// Put a message on a queue job's queue.
     ///
     /// The message is the --data value, the contents of --data @FILE, or
     /// standard input. Jobs with payload.format: json (the default) only take JSON.
+    /// A builtin-queue job's message is stored in kedge's store; a broker
+    /// job's (redis_list, redis_stream, rabbitmq, postgres) is published to
+    /// its broker, where the daemon claims it like any producer's.
     Enqueue {
-        /// The job (its trigger must be queue.builtin)
+        /// The job (a queue job)
         job: String,
         /// The message: JSON text, or @FILE to read it from a file
         #[arg(long)]
@@ -267,6 +270,29 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let bytes = read_data(data)?;
+            // A broker job's messages go into its broker, where the
+            // daemon claims them like any other producer's.
+            let broker = match &job.trigger {
+                crate::config::job::Trigger::Queue(q) => {
+                    crate::sources::AnySource::new(&q.source, "kedge-enqueue")
+                        .map(|s| (s, q.source.name()))
+                }
+                _ => None,
+            };
+            if let Some((mut outbox, name)) = broker {
+                use crate::sources::Outbox;
+                intake::check_payload(&job.name, &job.payload, &bytes)
+                    .map_err(|e| Failure::Input(format!("--data: {e}")))?;
+                let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                outbox.replay(&id, &bytes).await.map_err(|e| {
+                    Failure::Runtime(anyhow::anyhow!(
+                        "cannot publish to {name}: {}",
+                        crate::error_chain(&e)
+                    ))
+                })?;
+                println!("published to {name}");
+                return Ok(());
+            }
             let store = open_store(&loaded.store_url).await?;
             match intake::enqueue(&store, &job, &bytes, id, None).await {
                 Ok(Accepted::New { run_id }) => println!("enqueued: run {run_id}"),

@@ -50,7 +50,8 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 use tokio::time::Instant;
 
@@ -64,11 +65,13 @@ pub struct PostgresTable {
     /// in `pg_stat_activity`.
     app_name: String,
     /// Set by [`Source::connect`], or lazily by [`Outbox`] calls.
-    db: Option<Db>,
+    /// (This and the next two are boxed to keep [`super::AnySource`]
+    /// small.)
+    db: Option<Box<Db>>,
     /// With `channel`: a connection `LISTEN`ing on it, set by connect.
-    listener: Option<PgListener>,
+    listener: Option<Box<PgListener>>,
     /// The last claim's transaction, holding its rows' locks until settle.
-    open: Option<OpenClaim>,
+    open: Option<Box<OpenClaim>>,
     /// Dead-letter tables created (if missing) by this instance.
     dead_letter_tables: HashSet<String>,
 }
@@ -147,9 +150,11 @@ impl PostgresTable {
     /// The pool for Outbox calls, opened on first use.
     async fn db(&mut self) -> Result<&Db, BoxError> {
         if self.db.is_none() {
-            self.db = Some(self.open_db().await?);
+            self.db = Some(Box::new(self.open_db().await?));
         }
-        self.db.as_ref().ok_or_else(|| "no database connection".into())
+        self.db
+            .as_deref()
+            .ok_or_else(|| "no database connection".into())
     }
 
     /// Locks up to `max` claimable rows. `Ok(None)` when there are none
@@ -266,10 +271,10 @@ impl Source for PostgresTable {
             }
             .await
             .map_err(|e| self.error(format!("listening on channel {channel}"), e))?;
-            self.listener = Some(listener);
+            self.listener = Some(Box::new(listener));
         }
         tracing::debug!(table = %table, channel = ?self.cfg.channel, url = %self.cfg.url, "claiming rows");
-        self.db = Some(db);
+        self.db = Some(Box::new(db));
         Ok(())
     }
 
@@ -295,7 +300,7 @@ impl Source for PostgresTable {
                     // Cancel safety: nothing is awaited from the lock to
                     // here; a claim cancelled earlier drops the
                     // transaction, which rolls back.
-                    self.open = Some(open);
+                    self.open = Some(Box::new(open));
                     return Ok(got);
                 }
                 Ok(None) => {}
@@ -336,7 +341,7 @@ impl Source for PostgresTable {
         let Some(db) = self.db.as_ref() else {
             return Err(self.error(what, "not connected"));
         };
-        let OpenClaim { mut tx, .. } = open;
+        let OpenClaim { mut tx, .. } = *open;
         let result = async {
             if !keys.is_empty() {
                 sqlx::query(&db.sql.settle)
@@ -419,23 +424,18 @@ impl Outbox for PostgresTable {
         );
         let result = async {
             let db = self.db().await?;
+            let kind = db.sql.payload;
             let mut tx = db.pool.begin().await?;
-            let bind_payload = |q: sqlx::query::Query<'static, Postgres, _>| match db.sql.payload {
-                PayloadKind::Bytea => Ok(q.bind(payload.to_vec())),
-                PayloadKind::Text | PayloadKind::Jsonb => match std::str::from_utf8(payload) {
-                    Ok(text) => Ok(q.bind(text.to_string())),
-                    Err(e) => Err(format!("the payload is not UTF-8 text: {e}")),
-                },
-            };
             let mut done = false;
             if let Some(update) = &db.sql.replay_update {
-                let q = sqlx::query(sqlx::AssertSqlSafe(update.clone())).bind(message_id.to_string());
-                done = bind_payload(q)?.execute(&mut *tx).await?.rows_affected() > 0;
+                let q = sqlx::query(update).bind(message_id);
+                let q = bind_payload(q, kind, payload)?;
+                done = q.execute(&mut *tx).await?.rows_affected() > 0;
             }
             if !done {
-                let q = sqlx::query(sqlx::AssertSqlSafe(db.sql.replay_insert.clone()))
-                    .bind(message_id.to_string());
-                bind_payload(q)?.execute(&mut *tx).await?;
+                let q = sqlx::query(&db.sql.replay_insert).bind(message_id);
+                let q = bind_payload(q, kind, payload)?;
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<_, BoxError>(())
@@ -443,6 +443,21 @@ impl Outbox for PostgresTable {
         .await;
         result.map_err(|e| self.error(what, e))
     }
+}
+
+/// Binds the payload as `$2`: bytes for `bytea`, else text.
+fn bind_payload<'q>(
+    q: Query<'q, Postgres, PgArguments>,
+    kind: PayloadKind,
+    payload: &[u8],
+) -> Result<Query<'q, Postgres, PgArguments>, BoxError> {
+    Ok(match kind {
+        PayloadKind::Bytea => q.bind(payload.to_vec()),
+        PayloadKind::Text | PayloadKind::Jsonb => match std::str::from_utf8(payload) {
+            Ok(text) => q.bind(text.to_string()),
+            Err(e) => return Err(format!("the payload is not UTF-8 text: {e}").into()),
+        },
+    })
 }
 
 /// Looks up the id and payload column types and builds the statements.
@@ -584,7 +599,10 @@ mod tests {
 
     #[test]
     fn jsonb_text_is_compacted_outside_strings() {
-        assert_eq!(compact_json(r#"{"a": [1, 2.50], "b": null}"#), r#"{"a":[1,2.50],"b":null}"#);
+        assert_eq!(
+            compact_json(r#"{"a": [1, 2.50], "b": null}"#),
+            r#"{"a":[1,2.50],"b":null}"#
+        );
         assert_eq!(
             compact_json(r#"{"s": "a, b: \"c \\\" d\" "}"#),
             r#"{"s":"a, b: \"c \\\" d\" "}"#

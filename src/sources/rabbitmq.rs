@@ -69,11 +69,12 @@ pub struct Rabbitmq {
     consumer: String,
     /// The one connection both channels live on. `None` before the first
     /// connect (or lazy Outbox use) and after an Outbox call found it dead.
-    conn: Option<Connection>,
+    /// (The lapin handles are boxed to keep [`super::AnySource`] small.)
+    conn: Option<Box<Connection>>,
     /// The consuming channel, set by a successful [`Source::connect`].
-    consuming: Option<Consuming>,
+    consuming: Option<Box<Consuming>>,
     /// The confirm-mode channel for [`Outbox`], opened on first use.
-    publisher: Option<Channel>,
+    publisher: Option<Box<Channel>>,
 }
 
 /// Everything that belongs to one `basic.consume`: delivery tags are only
@@ -129,7 +130,7 @@ impl Rabbitmq {
     async fn publisher(&mut self) -> Result<Channel, lapin::Error> {
         if let Some(ch) = &self.publisher {
             if ch.status().connected() {
-                return Ok(ch.clone());
+                return Ok(Channel::clone(ch));
             }
         }
         self.publisher = None;
@@ -142,7 +143,7 @@ impl Rabbitmq {
                 if let Some(old) = dead {
                     close_in_background(old);
                 }
-                self.open().await?
+                Box::new(self.open().await?)
             }
         };
         let opened = async {
@@ -153,7 +154,7 @@ impl Rabbitmq {
         .await;
         self.conn = Some(conn);
         let ch = opened?;
-        self.publisher = Some(ch.clone());
+        self.publisher = Some(Box::new(ch.clone()));
         Ok(ch)
     }
 
@@ -214,7 +215,7 @@ impl Drop for Rabbitmq {
 
 /// Sends `connection.close` without waiting for the broker's reply.
 /// Dropping `conn` is the fallback: lapin then closes it itself.
-fn close_in_background(conn: Connection) {
+fn close_in_background(conn: Box<Connection>) {
     if !conn.status().connected() {
         return;
     }
@@ -231,10 +232,7 @@ impl Source for Rabbitmq {
     async fn connect(&mut self) -> Result<(), SourceError> {
         self.disconnect();
         let queue = self.cfg.queue.clone();
-        let conn = self
-            .open()
-            .await
-            .map_err(|e| self.error("connecting", e))?;
+        let conn = self.open().await.map_err(|e| self.error("connecting", e))?;
         let channel = conn
             .create_channel()
             .await
@@ -279,13 +277,13 @@ impl Source for Rabbitmq {
             std::future::ready(())
         });
         tracing::debug!(queue = %queue, consumer_tag = %tag, url = %self.cfg.url, "consuming");
-        self.conn = Some(conn);
-        self.consuming = Some(Consuming {
+        self.conn = Some(Box::new(conn));
+        self.consuming = Some(Box::new(Consuming {
             channel,
             _consumer: consumer,
             deliveries: rx,
             unsettled: HashSet::new(),
-        });
+        }));
         Ok(())
     }
 
@@ -492,7 +490,9 @@ mod tests {
     #[test]
     fn header_values_as_text() {
         assert_eq!(
-            header_text(&AMQPValue::LongString(LongString::from("2026-01-01T00:00:00Z"))),
+            header_text(&AMQPValue::LongString(LongString::from(
+                "2026-01-01T00:00:00Z"
+            ))),
             Some("2026-01-01T00:00:00Z".into())
         );
         assert_eq!(
@@ -516,7 +516,10 @@ mod tests {
             Some("123.45".into())
         );
         assert_eq!(header_text(&AMQPValue::LongString(vec![0xff].into())), None);
-        assert_eq!(header_text(&AMQPValue::FieldTable(FieldTable::default())), None);
+        assert_eq!(
+            header_text(&AMQPValue::FieldTable(FieldTable::default())),
+            None
+        );
         assert_eq!(header_text(&AMQPValue::Void), None);
     }
 

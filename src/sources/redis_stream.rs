@@ -48,6 +48,7 @@
 //! - A replayed message is a new entry with a new id.
 //! - Consumer names must be unique among live daemons reading the group.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -78,8 +79,13 @@ pub struct RedisStream {
     /// Where the next read of our own pending entries starts (`0`: from
     /// the first); `None` once all were handed out. Set again whenever we
     /// may own entries nobody handed out. Every claim's deliveries are
-    /// settled before the next claim, so a read from `0` finds only those.
+    /// settled before the next claim, so a read from `0` finds only those
+    /// (and `outstanding` ones, skipped).
     pending_from: Option<String>,
+    /// Ids handed out since the last connect and not settled yet. Our own
+    /// periodic `XAUTOCLAIM` takes over our own idle entries too (it cannot
+    /// tell owners apart); these are not handed out a second time.
+    outstanding: HashSet<String>,
     /// When `XAUTOCLAIM` last ran.
     last_takeover: Instant,
     /// True while a claim runs. Still true when the next claim starts means
@@ -97,6 +103,7 @@ impl RedisStream {
             blocking: None,
             connected: false,
             pending_from: None,
+            outstanding: HashSet::new(),
             last_takeover: Instant::now(),
             claiming: false,
         }
@@ -205,6 +212,9 @@ impl RedisStream {
         self.create_group(&mut c).await?;
         self.take_over(&mut c).await?;
         self.pending_from = Some("0".into());
+        // After an error nothing handed out is known to be settled: the
+        // caller gets it all again, and intake sees what it stored.
+        self.outstanding.clear();
         self.conn = Some(c);
         self.blocking = Some(blocking);
         self.connected = true;
@@ -240,6 +250,8 @@ impl RedisStream {
             }
             other => other?,
         };
+        self.outstanding
+            .extend(out.iter().map(|d| d.message_id.clone()));
         self.claiming = false;
         Ok(out)
     }
@@ -271,7 +283,11 @@ impl RedisStream {
                 break;
             };
             self.pending_from = Some(last.id.clone());
-            let out = self.deliveries(&mut c, entries, true).await?;
+            let fresh = entries
+                .into_iter()
+                .filter(|e| !self.outstanding.contains(&e.id))
+                .collect();
+            let out = self.deliveries(&mut c, fresh, true).await?;
             if !out.is_empty() {
                 return Ok(out);
             }
@@ -347,6 +363,9 @@ impl RedisStream {
         }
         let mut c = self.conn().await?;
         self.ack(&mut c, &ids).await?;
+        for id in &ids {
+            self.outstanding.remove(id);
+        }
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 //! In CI an unreachable server fails the test; on a developer machine it
 //! is skipped with a loud message (see [`unreachable`]).
 
+#![allow(async_fn_in_trait)] // test-only trait, never used as `dyn` or across crates
+
 use std::time::{Duration, Instant};
 
 use kedge::config::queue::DeadLetterTarget;

@@ -213,3 +213,39 @@ async fn a_lost_group_is_created_again() {
     assert_eq!(h.pending().await, 0);
     h.cleanup().await;
 }
+
+/// A consumer restarted under the same name finds its own pending entries,
+/// reads a deleted one as `[id, nil]` and acknowledges it away.
+#[tokio::test]
+async fn a_restarted_consumer_acks_its_deleted_entries() {
+    let Some(h) = StreamHarness::new().await else {
+        return;
+    };
+    let mut a = h.source("c1");
+    a.connect().await.expect("connect");
+    h.publish(b"{\"gone\":1}", None).await;
+    h.publish(b"{\"kept\":1}", None).await;
+    let first = crate::claim_n(&mut a, 2, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 2);
+    drop(a);
+    redis::cmd("XDEL")
+        .arg(&h.stream)
+        .arg(&first[0].message_id)
+        .query_async::<()>(&mut h.conn.clone())
+        .await
+        .expect("xdel");
+
+    let mut again = h.source("c1");
+    again.connect().await.expect("connect");
+    let got = again
+        .claim(5, Duration::from_millis(100))
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].message_id, first[1].message_id);
+    assert!(got[0].redelivered);
+    assert_eq!(h.pending().await, 1, "the deleted entry is still pending");
+    again.settle(&got).await.expect("settle");
+    assert_eq!(h.pending().await, 0);
+    h.cleanup().await;
+}
