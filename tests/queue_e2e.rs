@@ -430,3 +430,305 @@ fn redis_stream_survives_kills_and_a_redis_restart() {
     let mut b = RedisStreamBroker { server, conn };
     scenario("redis_stream", &mut b);
 }
+
+// ----- RabbitMQ -------------------------------------------------------------
+
+const RABBIT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+struct RabbitBroker {
+    rt: tokio::runtime::Runtime,
+    channel: lapin::Channel,
+    conn: lapin::Connection,
+    queue: String,
+}
+
+impl RabbitBroker {
+    fn connect(rt: &tokio::runtime::Runtime) -> Result<(lapin::Connection, lapin::Channel), lapin::Error> {
+        rt.block_on(async {
+            let conn = lapin::Connection::connect(RABBIT_URL, lapin::ConnectionProperties::default()).await?;
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                .await?;
+            Ok((conn, channel))
+        })
+    }
+
+    fn declare(&self, name: &str) {
+        self.rt
+            .block_on(self.channel.queue_declare(
+                name.into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            ))
+            .expect("declare queue");
+    }
+
+    fn ctl(args: &[&str]) {
+        let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Broker for RabbitBroker {
+    fn job_yaml(&self) -> String {
+        format!(
+            "trigger:\n  queue:\n    rabbitmq: {{ url_env: KEDGE_TEST_AMQP, queue: {q}, prefetch: 64 }}\n\
+             dead_letter: {{ exchange: \"\", routing_key: {q}-dead }}\n",
+            q = self.queue
+        )
+    }
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("KEDGE_TEST_AMQP".into(), RABBIT_URL.into())]
+    }
+    fn publish(&mut self, i: usize, body: &[u8]) -> String {
+        let id = format!("m-{i}");
+        let props = lapin::BasicProperties::default()
+            .with_message_id(id.clone().into())
+            .with_delivery_mode(2);
+        self.rt
+            .block_on(async {
+                self.channel
+                    .basic_publish(
+                        "".into(),
+                        self.queue.as_str().into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        body,
+                        props,
+                    )
+                    .await?
+                    .await
+            })
+            .expect("publish");
+        id
+    }
+    fn backlog(&mut self) -> usize {
+        // Ready plus unacked messages.
+        let out = Command::new("rabbitmqctl")
+            .args(["list_queues", "-q", "--no-table-headers", "name", "messages"])
+            .output()
+            .expect("rabbitmqctl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(self.queue.as_str()))
+                    .then(|| f.next().and_then(|n| n.parse().ok()))
+                    .flatten()
+            })
+            .unwrap_or(usize::MAX)
+    }
+    fn restart(&mut self) {
+        Self::ctl(&["stop_app"]);
+        Self::ctl(&["start_app"]);
+        Self::ctl(&["await_startup"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match Self::connect(&self.rt) {
+                Ok((conn, ch)) => {
+                    self.conn = conn;
+                    self.channel = ch;
+                    return;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "RabbitMQ did not come back: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    fn dead_letters(&mut self) -> Vec<serde_json::Value> {
+        let q = format!("{}-dead", self.queue);
+        let mut out = Vec::new();
+        // Read without consuming: get, collect, then nack with requeue.
+        let mut tags = Vec::new();
+        while let Ok(Some(m)) = self.rt.block_on(self.channel.basic_get(
+            q.as_str().into(),
+            lapin::options::BasicGetOptions::default(),
+        )) {
+            if let Ok(v) = serde_json::from_slice(&m.delivery.data) {
+                out.push(v);
+            }
+            tags.push(m.delivery.delivery_tag);
+        }
+        for t in tags {
+            let _ = self.rt.block_on(self.channel.basic_nack(
+                t,
+                lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                },
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for RabbitBroker {
+    fn drop(&mut self) {
+        for q in [self.queue.clone(), format!("{}-dead", self.queue)] {
+            let _ = self.rt.block_on(self.channel.queue_delete(
+                q.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            ));
+        }
+        let _ = self.rt.block_on(self.conn.close(200, "bye".into()));
+    }
+}
+
+#[test]
+fn rabbitmq_survives_kills_and_a_broker_restart() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (conn, channel) = match RabbitBroker::connect(&rt) {
+        Ok(c) => c,
+        Err(e) => {
+            unavailable("RabbitMQ at 127.0.0.1:5672", e);
+            return;
+        }
+    };
+    let mut b = RabbitBroker {
+        rt,
+        channel,
+        conn,
+        queue: format!("kedge-e2e-{}", uuid::Uuid::new_v4().simple()),
+    };
+    b.declare(&b.queue.clone());
+    b.declare(&format!("{}-dead", b.queue));
+    scenario("rabbitmq", &mut b);
+}
+
+// ----- PostgreSQL -----------------------------------------------------------
+
+struct PgBroker {
+    rt: tokio::runtime::Runtime,
+    db: Option<support::PgDatabase>,
+    url: String,
+}
+
+impl PgBroker {
+    fn exec(&self, sql: &str) -> Result<(), sqlx::Error> {
+        self.rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&self.url).await?;
+            sqlx::raw_sql(sql).execute(&mut c).await?;
+            Ok(())
+        })
+    }
+    fn count(&self, sql: &str) -> Result<i64, sqlx::Error> {
+        self.rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&self.url).await?;
+            sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await
+        })
+    }
+}
+
+impl Broker for PgBroker {
+    fn job_yaml(&self) -> String {
+        "trigger:\n  queue:\n    postgres: { url_env: KEDGE_TEST_PG, table: jobs, channel: jobs_ready, poll_interval: 2s }\n\
+         dead_letter: { table: jobs_dead }\n"
+            .into()
+    }
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("KEDGE_TEST_PG".into(), self.url.clone())]
+    }
+    fn publish(&mut self, i: usize, body: &[u8]) -> String {
+        // The payload column is text: poison bodies are not JSON.
+        let id = format!("row-{i}");
+        let body = String::from_utf8_lossy(body).replace('\'', "''");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = self.exec(&format!(
+            "INSERT INTO jobs (id, payload) VALUES ('{id}', '{body}')"
+        )) {
+            assert!(Instant::now() < deadline, "insert: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        id
+    }
+    fn backlog(&mut self) -> usize {
+        self.count("SELECT count(*) FROM jobs")
+            .map(|n| n as usize)
+            .unwrap_or(usize::MAX)
+    }
+    fn restart(&mut self) {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .expect("/etc/postgresql")
+            .flatten()
+            .next()
+            .expect("a cluster")
+            .file_name();
+        let out = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version.to_string_lossy(), "main", "restart"])
+            .output()
+            .expect("pg_ctlcluster");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count("SELECT 1::bigint").is_err() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn dead_letters(&mut self) -> Vec<serde_json::Value> {
+        self.rt
+            .block_on(async {
+                use sqlx::{Connection, Row};
+                let mut c = sqlx::PgConnection::connect(&self.url).await?;
+                let rows = sqlx::query("SELECT message_id, reason FROM jobs_dead")
+                    .fetch_all(&mut c)
+                    .await?;
+                Ok::<_, sqlx::Error>(
+                    rows.iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "message_id": r.get::<String, _>(0),
+                                "reason": r.get::<String, _>(1),
+                            })
+                        })
+                        .collect(),
+                )
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PgBroker {
+    fn drop(&mut self) {
+        drop(self.db.take());
+    }
+}
+
+#[test]
+fn postgres_table_survives_kills_and_a_server_restart() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(db) = rt.block_on(support::postgres_database()) else {
+        return;
+    };
+    let url = db.url.clone();
+    let b = PgBroker {
+        rt,
+        db: Some(db),
+        url,
+    };
+    b.exec(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, payload TEXT NOT NULL);
+         CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_notify('jobs_ready', ''); RETURN NULL; END $$;
+         CREATE TRIGGER jobs_notify AFTER INSERT ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify();",
+    )
+    .expect("create queue table");
+    let mut b = b;
+    scenario("postgres", &mut b);
+}
