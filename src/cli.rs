@@ -769,12 +769,15 @@ async fn dlq(src: &Sources, command: DlqCommand) -> Result<(), Failure> {
                 // A broker message goes back into its broker (when the job
                 // still reads from that source); everything else is queued
                 // again in the store.
-                let broker = jobs.iter().find(|j| j.name == d.job).and_then(|j| match &j.trigger {
-                    crate::config::job::Trigger::Queue(q) if q.source.name() == d.source => {
-                        crate::sources::AnySource::new(&q.source, "kedge-dlq-replay")
-                    }
-                    _ => None,
-                });
+                let broker = jobs
+                    .iter()
+                    .find(|j| j.name == d.job)
+                    .and_then(|j| match &j.trigger {
+                        crate::config::job::Trigger::Queue(q) if q.source.name() == d.source => {
+                            crate::sources::AnySource::new(&q.source, "kedge-dlq-replay")
+                        }
+                        _ => None,
+                    });
                 if let Some(mut outbox) = broker {
                     replay_to_source(&store, &mut outbox, &d).await?;
                     println!("replayed {} into {}", d.id, d.source);

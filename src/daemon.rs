@@ -22,19 +22,19 @@ use chrono::Utc;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::sizing::AtRiskAction;
 use crate::config::job::Trigger;
 use crate::config::queue::OnExpired;
+use crate::config::sizing::AtRiskAction;
 use crate::config::{DaemonConfig, Job};
-use crate::health::Health;
-use crate::intake;
-use crate::sources::{AnySource, Letter, Outbox};
 use crate::executor::{render, Executor, Outcome};
 use crate::executor::{OutcomeKind, Progress};
 use crate::finalizer;
+use crate::health::Health;
+use crate::intake;
 use crate::lifecycle::RunState;
 use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
 use crate::sizer;
+use crate::sources::{AnySource, Letter, Outbox};
 use crate::store::{Store, StoreError};
 use crate::triggers::scheduler::{self, SchedulerContext};
 
@@ -101,13 +101,17 @@ impl<E: Executor> Daemon<E> {
         if let Some(addr) = config.http_listen {
             match crate::health::serve(addr, health.clone(), shutdown.child_token()).await {
                 Ok(bound) => tracing::info!(%bound, "http listening (/healthz, /readyz, /metrics)"),
-                Err(e) => tracing::error!(%addr, error = %e, "cannot serve http; continuing without it"),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot serve http; continuing without it")
+                }
             }
         }
         let mut cron_tasks = tokio::task::JoinSet::new();
         let consumer = consumer_name(&store).await;
         for job in jobs.values() {
-            let Trigger::Queue(q) = &job.trigger else { continue };
+            let Trigger::Queue(q) = &job.trigger else {
+                continue;
+            };
             let Some(source) = AnySource::new(&q.source, &consumer) else {
                 continue;
             };
@@ -224,7 +228,10 @@ async fn dispatch<E: Executor>(
             Trigger::Queue(q) => q.deadline.is_some() && q.on_expired == OnExpired::DeadLetter,
             Trigger::Cron(_) => false,
         });
-        if expires && r.deadline_ms.is_some_and(|d| d <= now) && store.expire_run(&r.run_id, now).await? {
+        if expires
+            && r.deadline_ms.is_some_and(|d| d <= now)
+            && store.expire_run(&r.run_id, now).await?
+        {
             tracing::warn!(run = %r.run_id, job = %r.job, message = %r.message_id, "message expired before it could run; dead-lettered");
             expired.push(r.run_id.clone());
         }
@@ -350,7 +357,11 @@ async fn consumer_name(store: &Store) -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "kedge".into());
     let instance = store.instance_id().await.unwrap_or_default();
-    let short: String = instance.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+    let short: String = instance
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
     let process = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{short}-{}", &process[..8])
 }

@@ -121,7 +121,10 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     if h.any_degraded() {
-        (StatusCode::SERVICE_UNAVAILABLE, "degraded: a queue source is unreachable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded: a queue source is unreachable\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }
@@ -142,12 +145,42 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             );
         }
     };
-    family("kedge_source_up", "1 when the queue source is connected.", "gauge", &|s| u64::from(s.state == "up"));
-    family("kedge_messages_claimed_total", "Messages claimed from the source.", "counter", &|s| s.claimed);
-    family("kedge_messages_stored_total", "Messages stored as new work items.", "counter", &|s| s.stored);
-    family("kedge_messages_duplicate_total", "Redeliveries of messages already stored.", "counter", &|s| s.duplicates);
-    family("kedge_messages_rejected_total", "Messages dead-lettered at intake (bad payload, expired).", "counter", &|s| s.rejected);
-    family("kedge_source_reconnects_total", "Times the source was lost and reconnected.", "counter", &|s| s.reconnects);
+    family(
+        "kedge_source_up",
+        "1 when the queue source is connected.",
+        "gauge",
+        &|s| u64::from(s.state == "up"),
+    );
+    family(
+        "kedge_messages_claimed_total",
+        "Messages claimed from the source.",
+        "counter",
+        &|s| s.claimed,
+    );
+    family(
+        "kedge_messages_stored_total",
+        "Messages stored as new work items.",
+        "counter",
+        &|s| s.stored,
+    );
+    family(
+        "kedge_messages_duplicate_total",
+        "Redeliveries of messages already stored.",
+        "counter",
+        &|s| s.duplicates,
+    );
+    family(
+        "kedge_messages_rejected_total",
+        "Messages dead-lettered at intake (bad payload, expired).",
+        "counter",
+        &|s| s.rejected,
+    );
+    family(
+        "kedge_source_reconnects_total",
+        "Times the source was lost and reconnected.",
+        "counter",
+        &|s| s.reconnects,
+    );
     let _ = writeln!(
         out,
         "# HELP kedge_runs_at_risk_total Runs that even the maximum parallelism cannot finish by their deadline.\n\

@@ -113,10 +113,12 @@ pub fn message_deadline(
     headers: &[(String, String)],
 ) -> Result<Option<DateTime<Utc>>, String> {
     let value: Option<serde_json::Value> = match from {
-        DeadlineFrom::JsonPointer(ptr) => match serde_json::from_str::<serde_json::Value>(payload) {
-            Ok(v) => v.pointer(ptr).cloned(),
-            Err(_) => return Err(format!("the payload is not JSON, so it has no {ptr}")),
-        },
+        DeadlineFrom::JsonPointer(ptr) => {
+            match serde_json::from_str::<serde_json::Value>(payload) {
+                Ok(v) => v.pointer(ptr).cloned(),
+                Err(_) => return Err(format!("the payload is not JSON, so it has no {ptr}")),
+            }
+        }
         DeadlineFrom::Header(h) => headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(h))
@@ -176,7 +178,10 @@ pub async fn offer(
             Ok(t) => t.to_string(),
             Err(_) => {
                 use base64::Engine;
-                format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(&d.body))
+                format!(
+                    "base64:{}",
+                    base64::engine::general_purpose::STANDARD.encode(&d.body)
+                )
             }
         });
         (reason.to_string(), error)
@@ -203,7 +208,9 @@ pub async fn offer(
                     ))
                 }
                 Ok(t) => {
-                    item.deadline_ms = t.or_else(|| job.deadline_after(now)).map(|t| t.timestamp_millis());
+                    item.deadline_ms = t
+                        .or_else(|| job.deadline_after(now))
+                        .map(|t| t.timestamp_millis());
                     None
                 }
             }

@@ -240,14 +240,18 @@ pub fn validate(
             ));
         }
     }
-    let http_listen = raw.http.listen.as_deref().and_then(|l| {
-        l.trim().parse::<std::net::SocketAddr>().map_err(|_| {
-            problems.push((
+    let http_listen =
+        raw.http.listen.as_deref().and_then(|l| {
+            l.trim()
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| {
+                    problems.push((
                 root.key("http").key("listen"),
                 format!("\"{l}\" is not HOST:PORT with an IP address (for example 127.0.0.1:9464)"),
             ))
-        }).ok()
-    });
+                })
+                .ok()
+        });
     if !problems.is_empty() {
         return Err(problems);
     }

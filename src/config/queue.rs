@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Exactly one source: `builtin: {}` (kedge's own store),
-//! `redis_list: { url | url_env, list }`,
+//! `redis_list: { url | url_env, list, lease }`,
 //! `redis_stream: { url | url_env, stream, group, claim_idle }`,
 //! `rabbitmq: { url | url_env, queue, prefetch }`, or
 //! `postgres: { url | url_env, table, id_column, payload_column, on_claim,
@@ -54,11 +54,13 @@ pub struct RawQueue {
 pub struct BuiltinQueue {}
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(expecting = "a mapping with url or url_env, and list")]
+#[serde(expecting = "a mapping with url or url_env, list and lease")]
 pub struct RawRedisList {
     pub url: Option<String>,
     pub url_env: Option<String>,
     pub list: String,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +246,9 @@ impl std::fmt::Display for BrokerUrl {
 pub struct RedisListSource {
     pub url: BrokerUrl,
     pub list: String,
+    /// A consumer whose heartbeat is older than this is presumed dead and
+    /// its claimed messages are recovered by another; default 30 s.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -409,10 +414,12 @@ pub fn validate(
     } else if let Some(s) = &q.redis_list {
         let p = qp.key("redis_list");
         name(&s.list, p.key("list"), &mut more);
+        let lease = duration_or(&s.lease, Duration::from_secs(30), p.key("lease"), &mut more);
         url(&s.url, &s.url_env, &p, &["redis", "rediss"]).map(|url| {
             QueueSource::RedisList(RedisListSource {
                 url,
                 list: s.list.clone(),
+                lease,
             })
         })
     } else if let Some(s) = &q.redis_stream {

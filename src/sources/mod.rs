@@ -134,10 +134,8 @@ pub trait Source: Send {
 
     /// Tells the broker these deliveries are stored in kedge and must not
     /// be handed out again. Called with every delivery of the last claim.
-    fn settle(
-        &mut self,
-        done: &[Delivery],
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    fn settle(&mut self, done: &[Delivery])
+        -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
 /// A dead letter as published to a broker's dead-letter target: JSON with

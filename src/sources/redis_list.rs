@@ -35,7 +35,12 @@
 //! element by element, so two consumers recovering the same dead one at
 //! once split its messages and never duplicate or drop one. A consumer
 //! that dies at any point leaves its messages in its processing list,
-//! where the next consumer to connect after its lease ran out finds them.
+//! where a live consumer finds them after its lease ran out (every consumer
+//! looks for dead ones at connect and once per lease while claiming).
+//! A claim dropped while blocked (its future cancelled) may still move a
+//! message on the server; the next claim reads the processing list again,
+//! and once more after that `BLMOVE` would have timed out, so the message
+//! is handed out all the same.
 //!
 //! Lists carry no message ids: the id is [`body_id`] of the body.
 //!
@@ -53,16 +58,13 @@
 //! - Consumer names must be unique among live daemons reading the list.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 
 use super::{body_id, BoxError, Delivery, Letter, Outbox, Receipt, Source, SourceError};
 use crate::config::queue::{BrokerUrl, DeadLetterTarget, RedisListSource};
-
-/// Default heartbeat lease.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// How long a command that answers at once may take before the connection
 /// is considered broken.
@@ -111,6 +113,13 @@ pub struct RedisList {
     /// the last one was dropped half way, and a `BLMOVE` it sent may have
     /// moved a message into our processing list that nobody handed out.
     claiming: bool,
+    /// When the last `BLMOVE` sent stops blocking on the server.
+    block_ends: Option<Instant>,
+    /// After a dropped claim: when its `BLMOVE` can no longer move anything,
+    /// so one more look at the processing list finds all it moved.
+    recheck_at: Option<Instant>,
+    /// When to look for dead consumers again (every lease).
+    next_recovery: Instant,
 }
 
 impl RedisList {
@@ -118,9 +127,9 @@ impl RedisList {
         let processing = format!("{}:kedge:processing:{consumer}", cfg.list);
         let consumers = format!("{}:kedge:consumers", cfg.list);
         RedisList {
+            lease: cfg.lease,
             cfg,
             consumer: consumer.to_string(),
-            lease: DEFAULT_LEASE,
             processing,
             consumers,
             conn: None,
@@ -128,14 +137,10 @@ impl RedisList {
             connected: false,
             backlog: VecDeque::new(),
             claiming: false,
+            block_ends: None,
+            recheck_at: None,
+            next_recovery: Instant::now(),
         }
-    }
-
-    /// How long this consumer counts as alive after its last claim, settle
-    /// or connect (default 30 s). Tests use a short one.
-    pub fn with_lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
     }
 
     fn alive_key(&self, consumer: &str) -> String {
@@ -191,23 +196,37 @@ impl RedisList {
             .ignore();
     }
 
-    async fn try_connect(&mut self) -> RedisResult<()> {
-        self.disconnect();
-        let mut c = open(&self.cfg.url).await?;
-        let blocking = open(&self.cfg.url).await?;
+    /// All of our processing list. It holds only claimed, unsettled
+    /// messages: at most a few batches, so reading it whole is fine.
+    async fn processing_list(&self, c: &mut MultiplexedConnection) -> RedisResult<Vec<Vec<u8>>> {
+        redis::cmd("LRANGE")
+            .arg(&self.processing)
+            .arg(0)
+            .arg(-1)
+            .query_async(c)
+            .await
+    }
 
-        let mut p = redis::pipe();
-        self.heartbeat(&mut p, self.lease);
-        p.query_async::<()>(&mut c).await?;
-
+    /// Moves the processing lists of consumers whose heartbeat expired into
+    /// ours. With `into_backlog`, the moved messages are also queued to be
+    /// handed out by the next claims (at connect, the caller reloads the
+    /// whole processing list instead). Runs at connect and every lease
+    /// while claiming, so a consumer that died while this one kept running
+    /// is recovered within about two leases.
+    async fn recover_dead(
+        &mut self,
+        c: &mut MultiplexedConnection,
+        into_backlog: bool,
+    ) -> RedisResult<()> {
+        self.next_recovery = Instant::now() + self.lease;
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(&self.consumers)
-            .query_async(&mut c)
+            .query_async(c)
             .await?;
         for other in members.iter().filter(|m| **m != self.consumer) {
             let alive: bool = redis::cmd("EXISTS")
                 .arg(self.alive_key(other))
-                .query_async(&mut c)
+                .query_async(c)
                 .await?;
             if alive {
                 continue;
@@ -223,10 +242,13 @@ impl RedisList {
                     .arg(&self.processing)
                     .arg("LEFT")
                     .arg("RIGHT")
-                    .query_async(&mut c)
+                    .query_async(c)
                     .await?;
                 if body.is_none() {
                     break;
+                }
+                if let (true, Some(b)) = (into_backlog, body) {
+                    self.backlog.push_back(b);
                 }
                 moved += 1;
             }
@@ -235,7 +257,7 @@ impl RedisList {
             redis::cmd("SREM")
                 .arg(&self.consumers)
                 .arg(other)
-                .query_async::<()>(&mut c)
+                .query_async::<()>(c)
                 .await?;
             if moved > 0 {
                 tracing::info!(
@@ -249,19 +271,28 @@ impl RedisList {
             }
         }
 
+        Ok(())
+    }
+
+    async fn try_connect(&mut self) -> RedisResult<()> {
+        self.disconnect();
+        let mut c = open(&self.cfg.url).await?;
+        let blocking = open(&self.cfg.url).await?;
+
+        let mut p = redis::pipe();
+        self.heartbeat(&mut p, self.lease);
+        p.query_async::<()>(&mut c).await?;
+
+        self.recover_dead(&mut c, false).await?;
+
         // Everything in our processing list is unsettled: recovered just
         // now, or claimed by our previous life and never settled.
-        let backlog: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(&self.processing)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await?;
-        self.backlog = backlog.into();
+        self.backlog = self.processing_list(&mut c).await?.into();
         self.conn = Some(c);
         self.blocking = Some(blocking);
         self.connected = true;
         self.claiming = false;
+        self.recheck_at = None;
         Ok(())
     }
 
@@ -270,18 +301,23 @@ impl RedisList {
             self.try_connect().await?;
         }
         let mut c = self.conn().await?;
+        let now = Instant::now();
         if self.claiming {
             // The last claim was dropped mid-way. Its BLMOVE may still move
             // a message after we stopped listening: start the blocking
-            // connection afresh and hand out all our processing list holds.
+            // connection afresh (closing the old one ends the BLMOVE, but
+            // the server may see that only later) and hand out all our
+            // processing list holds, now and once more when that BLMOVE
+            // would have timed out anyway.
             self.blocking = Some(open(&self.cfg.url).await?);
-            let all: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(&self.processing)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut c)
-                .await?;
-            self.backlog = all.into();
+            self.recheck_at = self.block_ends.filter(|t| *t > now);
+            self.backlog = self.processing_list(&mut c).await?.into();
+        } else if self.recheck_at.is_some_and(|t| t <= now) {
+            self.recheck_at = None;
+            self.backlog = self.processing_list(&mut c).await?.into();
+        }
+        if now >= self.next_recovery {
+            self.recover_dead(&mut c, true).await?;
         }
         self.claiming = true;
 
@@ -314,6 +350,7 @@ impl RedisList {
                 }
             };
             b.set_response_timeout(wait + BLOCK_MARGIN);
+            self.block_ends = Some(Instant::now() + wait + BLOCK_MARGIN);
             redis::cmd("BLMOVE")
                 .arg(&self.cfg.list)
                 .arg(&self.processing)
@@ -372,11 +409,17 @@ impl RedisList {
 
     async fn rpush(&mut self, key: &str, value: &[u8]) -> RedisResult<()> {
         let mut c = self.conn().await?;
-        redis::cmd("RPUSH")
+        let pushed = redis::cmd("RPUSH")
             .arg(key)
             .arg(value)
             .query_async::<()>(&mut c)
-            .await
+            .await;
+        if pushed.is_err() {
+            // The connection may be dead (Redis restarted): open a new one
+            // next time rather than fail on this one forever.
+            self.conn = None;
+        }
+        pushed
     }
 }
 

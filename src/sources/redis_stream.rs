@@ -29,6 +29,11 @@
 //! `XAUTOCLAIM` of any consumer of the group takes it over and hands it
 //! out again under the same id.
 //!
+//! A claim dropped while blocked (its future cancelled) may still claim
+//! entries on the server: the next claim reads our pending entries again,
+//! and the periodic `XAUTOCLAIM` takes over (from us too) whatever stays
+//! pending past `claim_idle`, which makes it read them again as well.
+//!
 //! An entry deleted from the stream (`XDEL`, trimming) while pending has
 //! no body to hand out: it is acknowledged away when found.
 //!
@@ -376,7 +381,13 @@ impl RedisStream {
         for (k, v) in fields {
             cmd.arg(*k).arg(*v);
         }
-        cmd.query_async::<()>(&mut c).await
+        let added = cmd.query_async::<()>(&mut c).await;
+        if added.is_err() {
+            // The connection may be dead (Redis restarted): open a new one
+            // next time rather than fail on this one forever.
+            self.conn = None;
+        }
+        added
     }
 }
 

@@ -158,6 +158,44 @@ pub enum Settlement {
     Cancelled { error: String },
 }
 
+/// A work item waiting to be put into a batch run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCandidate {
+    pub work_item_id: String,
+    pub message_id: String,
+    /// Payload size in bytes (batches stay under the ConfigMap limit).
+    pub payload_bytes: i64,
+    pub created_ms: i64,
+    pub deadline_ms: Option<i64>,
+}
+
+/// One index of a batch run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchMember {
+    pub index: i64,
+    pub work_item_id: String,
+    pub message_id: String,
+    pub payload: Option<String>,
+    /// The work item's state (`queued` while the batch runs).
+    pub state: String,
+}
+
+/// How one member of a finished batch run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEnd {
+    Succeeded,
+    /// Retried alone, as a single-message run.
+    Retry {
+        run_id: String,
+        attempt: i64,
+        not_before_ms: i64,
+    },
+    Dead {
+        reason: String,
+        error: String,
+    },
+}
+
 /// A dead-lettered work item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
@@ -757,7 +795,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-rows.iter().map(dead_letter_from_row).collect()
+        rows.iter().map(dead_letter_from_row).collect()
     }
 
     /// The highest attempt number of a work item's runs.
@@ -813,7 +851,11 @@ rows.iter().map(dead_letter_from_row).collect()
             "SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id \
              WHERE r.run_id = $1"
         );
-        let Some(row) = sqlx::query(&sql).bind(run_id).fetch_optional(&mut *tx).await? else {
+        let Some(row) = sqlx::query(&sql)
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
             return Ok(false);
         };
         let run = run_from_row(&row)?;
@@ -870,7 +912,10 @@ rows.iter().map(dead_letter_from_row).collect()
     /// One dead letter by id.
     pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>> {
         let sql = format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(dead_letter_from_row).transpose()
     }
 
@@ -936,11 +981,13 @@ rows.iter().map(dead_letter_from_row).collect()
     /// The message is back in its source: close the letter.
     pub async fn finish_source_replay(&self, id: &str, now_ms: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE dead_letters SET replayed_ms = $1 WHERE id = $2 AND replayed_ms IS NULL")
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE dead_letters SET replayed_ms = $1 WHERE id = $2 AND replayed_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -957,6 +1004,223 @@ rows.iter().map(dead_letter_from_row).collect()
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    // ----- batches ----------------------------------------------------------
+
+    /// Stores a message of a batching job: its work item waits
+    /// (`awaiting_batch`) without a run until [`Store::create_batch_run`]
+    /// takes it. `false` when the message was stored before.
+    pub async fn insert_batch_item(&self, item: &NewWorkItem) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let res = sqlx::query(
+            "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, \
+             created_ms, updated_ms, awaiting_batch) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 1) \
+             ON CONFLICT (source, job, message_id) DO NOTHING",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&item.job)
+        .bind(&item.source)
+        .bind(&item.message_id)
+        .bind(item.payload.clone())
+        .bind(item.deadline_ms)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let stored = if res.rows_affected() == 1 {
+            true
+        } else {
+            revive_replayed_tx(&mut tx, item, now).await?
+        };
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Work items of `job` waiting for a batch, earliest deadline first,
+    /// then oldest.
+    pub async fn awaiting_batch(&self, job: &str, limit: i64) -> Result<Vec<BatchCandidate>> {
+        let rows = sqlx::query(
+            "SELECT id, message_id, COALESCE(LENGTH(payload), 0), created_ms, deadline_ms \
+             FROM work_items WHERE job = $1 AND awaiting_batch = 1 AND state = 'queued' \
+             ORDER BY CASE WHEN deadline_ms IS NULL THEN 1 ELSE 0 END, deadline_ms, created_ms, id \
+             LIMIT $2",
+        )
+        .bind(job)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BatchCandidate {
+                    work_item_id: r.try_get(0)?,
+                    message_id: r.try_get(1)?,
+                    payload_bytes: r.try_get(2)?,
+                    created_ms: r.try_get(3)?,
+                    deadline_ms: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a pending batch run `run_id` of `job` whose index i is
+    /// `items[i]`, taking them off the waiting list, in one transaction.
+    /// `false` (nothing written) when any item was taken meanwhile.
+    pub async fn create_batch_run(
+        &self,
+        job: &str,
+        run_id: &str,
+        items: &[String],
+        deadline_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let Some(first) = items.first() else {
+            return Ok(false);
+        };
+        let mut tx = self.begin_write().await?;
+        for id in items {
+            let res = sqlx::query(
+                "UPDATE work_items SET awaiting_batch = 0, updated_ms = $1 \
+                 WHERE id = $2 AND awaiting_batch = 1 AND state = 'queued'",
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        let _ = deadline_ms;
+        sqlx::query(
+            "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
+             VALUES ($1, $2, $3, 1, 'pending', 'queue', $4)",
+        )
+        .bind(run_id)
+        .bind(first)
+        .bind(job)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        for (i, id) in items.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO batch_members (run_id, idx, work_item_id) VALUES ($1, $2, $3)",
+            )
+            .bind(run_id)
+            .bind(i as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The members of a batch run by index; empty for a single-message run.
+    pub async fn batch_members(&self, run_id: &str) -> Result<Vec<BatchMember>> {
+        let rows = sqlx::query(
+            "SELECT b.idx, w.id, w.message_id, w.payload, w.state FROM batch_members b \
+             JOIN work_items w ON w.id = b.work_item_id WHERE b.run_id = $1 ORDER BY b.idx",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BatchMember {
+                    index: r.try_get(0)?,
+                    work_item_id: r.try_get(1)?,
+                    message_id: r.try_get(2)?,
+                    payload: r.try_get(3)?,
+                    state: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends a running batch run: the run becomes `run_state` (with
+    /// `error`), and each member as `ends` says, in one transaction.
+    /// `false` (nothing changed) when the run is not running.
+    pub async fn settle_batch(
+        &self,
+        run_id: &str,
+        run_state: RunState,
+        error: Option<&str>,
+        ends: &[(String, MemberEnd)],
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let res = sqlx::query(
+            "UPDATE runs SET state = $1, finished_ms = $2, error = $3 \
+             WHERE run_id = $4 AND state = 'running'",
+        )
+        .bind(run_state.as_str())
+        .bind(now_ms)
+        .bind(error.map(str::to_string))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for (work_item_id, end) in ends {
+            let row = sqlx::query(
+                "SELECT job, source, message_id, payload, deadline_ms FROM work_items WHERE id = $1",
+            )
+            .bind(work_item_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let item = NewWorkItem {
+                job: row.try_get(0)?,
+                source: row.try_get(1)?,
+                message_id: row.try_get(2)?,
+                payload: row.try_get(3)?,
+                deadline_ms: row.try_get(4)?,
+                trigger: TriggerKind::Queue,
+                run_id: run_id.to_string(),
+                scheduled_ms: now_ms,
+            };
+            let state = match end {
+                MemberEnd::Succeeded => WorkState::Succeeded,
+                MemberEnd::Retry { .. } => WorkState::Queued,
+                MemberEnd::Dead { .. } => WorkState::Dead,
+            };
+            sqlx::query("UPDATE work_items SET state = $1, updated_ms = $2 WHERE id = $3")
+                .bind(state.as_str())
+                .bind(now_ms)
+                .bind(work_item_id)
+                .execute(&mut *tx)
+                .await?;
+            match end {
+                MemberEnd::Succeeded => {}
+                MemberEnd::Retry {
+                    run_id,
+                    attempt,
+                    not_before_ms,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
+                         VALUES ($1, $2, $3, $4, 'pending', 'queue', $5)",
+                    )
+                    .bind(run_id)
+                    .bind(work_item_id)
+                    .bind(&item.job)
+                    .bind(*attempt)
+                    .bind(*not_before_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                MemberEnd::Dead { reason, error } => {
+                    insert_dead_letter_tx(&mut tx, work_item_id, &item, reason, 1, error, now_ms)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Returns a dead letter to its queue: the work item is queued again with

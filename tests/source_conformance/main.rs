@@ -177,7 +177,11 @@ pub async fn empty_claim_waits<H: Harness>() {
     let (got, ()) = tokio::join!(s.claim(1, Duration::from_secs(5)), producer);
     let got = got.expect("claim");
     assert_eq!(got.len(), 1, "a message arriving mid-wait was not claimed");
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     s.settle(&got).await.expect("settle");
     h.cleanup().await;
 }
@@ -216,8 +220,11 @@ pub async fn two_consumers_share_without_duplicates<H: Harness>() {
     let Some(h) = H::new().await else { return };
     let n = 200;
     for i in 0..n {
-        h.publish(format!("{{\"i\":{i}}}").as_bytes(), Some(&format!("id-{i}")))
-            .await;
+        h.publish(
+            format!("{{\"i\":{i}}}").as_bytes(),
+            Some(&format!("id-{i}")),
+        )
+        .await;
     }
     let mut a = h.source("a");
     let mut b = h.source("b");
@@ -227,7 +234,10 @@ pub async fn two_consumers_share_without_duplicates<H: Harness>() {
     let start = Instant::now();
     while seen.len() < n && start.elapsed() < Duration::from_secs(30) {
         for s in [&mut a, &mut b] {
-            let got = s.claim(16, Duration::from_millis(100)).await.expect("claim");
+            let got = s
+                .claim(16, Duration::from_millis(100))
+                .await
+                .expect("claim");
             for d in &got {
                 assert!(seen.insert(d.body.clone()), "claimed twice: {d:?}");
             }

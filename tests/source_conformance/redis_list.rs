@@ -104,8 +104,9 @@ impl Harness for ListHarness {
         let cfg = RedisListSource {
             url: BrokerUrl::new(&self.url),
             list: self.list.clone(),
+            lease: LEASE,
         };
-        RedisList::new(cfg, consumer).with_lease(LEASE)
+        RedisList::new(cfg, consumer)
     }
 
     async fn publish(&self, body: &[u8], _id: Option<&str>) {
