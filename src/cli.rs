@@ -329,8 +329,20 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 .list_runs(job.as_deref(), state, limit.max(0))
                 .await
                 .context("listing runs")?;
+            let mut batches = std::collections::HashMap::new();
+            if json {
+                for r in &runs {
+                    let members = store
+                        .batch_members(&r.run_id)
+                        .await
+                        .context("listing batch members")?;
+                    if !members.is_empty() {
+                        batches.insert(r.run_id.clone(), members);
+                    }
+                }
+            }
             store.close().await;
-            print_runs(&runs, json);
+            print_runs(&runs, &batches, json);
             Ok(())
         }
         Command::Fires { job, limit, json } => {
@@ -585,7 +597,12 @@ fn plan(
     Ok(())
 }
 
-fn print_runs(runs: &[store::Run], json: bool) {
+/// Prints runs; `batches` holds the members of the batch runs among them.
+fn print_runs(
+    runs: &[store::Run],
+    batches: &std::collections::HashMap<String, Vec<store::BatchMember>>,
+    json: bool,
+) {
     if json {
         let rows: Vec<serde_json::Value> = runs
             .iter()
@@ -604,6 +621,11 @@ fn print_runs(runs: &[store::Run], json: bool) {
                     "launches": r.launches,
                     "error": r.error,
                     "deadline": ms_to_rfc3339(r.deadline_ms),
+                    "batch": batches.get(&r.run_id).map(|members| members.iter().map(|m| serde_json::json!({
+                        "index": m.index,
+                        "message_id": m.message_id,
+                        "state": m.state,
+                    })).collect::<Vec<_>>()),
                     "sizing": r.sizing.as_ref().map(|s| serde_json::json!({
                         "work": s.work,
                         "parallelism": s.parallelism,

@@ -218,14 +218,18 @@ async fn dispatch<E: Executor>(
     limits: &Limits,
     warned_unknown: &mut HashSet<String>,
 ) -> Result<Duration, StoreError> {
+    let batch_wait = form_batches(store, jobs).await?;
     let now = Utc::now().timestamp_millis();
     let mut due = store.due_runs(now, DISPATCH_BATCH).await?;
     // Messages whose own deadline passed while they waited: dead-letter
     // them (`on_expired: dead_letter`) rather than launch late work.
     let mut expired = Vec::new();
     for r in &due {
+        // (Batch runs expire their messages before the batch forms.)
         let expires = jobs.get(&r.job).is_some_and(|j| match &j.trigger {
-            Trigger::Queue(q) => q.deadline.is_some() && q.on_expired == OnExpired::DeadLetter,
+            Trigger::Queue(q) => {
+                q.deadline.is_some() && q.on_expired == OnExpired::DeadLetter && q.batch.is_none()
+            }
             Trigger::Cron(_) => false,
         });
         if expires
@@ -298,7 +302,19 @@ async fn dispatch<E: Executor>(
                     None => continue,
                 },
             };
-            let launch = render(job, run);
+            let members = match &job.trigger {
+                Trigger::Queue(q) if q.batch.is_some() => store.batch_members(&run.run_id).await?,
+                _ => Vec::new(),
+            };
+            let launch = if members.is_empty() {
+                render(job, run)
+            } else {
+                crate::executor::render::render_batch(
+                    job,
+                    run,
+                    members.into_iter().map(|m| m.payload).collect(),
+                )
+            };
             match executor.launch(launch).await {
                 Ok(()) => {
                     launched += 1;
@@ -319,13 +335,82 @@ async fn dispatch<E: Executor>(
     }
     let next = store.next_due_ms().await?;
     let now = Utc::now().timestamp_millis();
-    Ok(match next {
+    let wait = match next {
         Some(ms) if ms > now => Duration::from_millis((ms - now) as u64),
         // Due but held back by a limit: an outcome frees the slot and wakes
         // the loop, so there is no need to spin; the caller's poll interval
         // bounds the wait.
         Some(_) | None => Duration::from_secs(3600),
-    })
+    };
+    Ok(batch_wait.map_or(wait, |b| wait.min(b)))
+}
+
+/// Puts the waiting messages of batching jobs into batch runs (one index
+/// per message) as [`planner::batching::batches`] decides. Returns how long
+/// until a partial batch is due, if one is waiting.
+async fn form_batches(
+    store: &Store,
+    jobs: &HashMap<String, Arc<Job>>,
+) -> Result<Option<Duration>, StoreError> {
+    let mut next: Option<Duration> = None;
+    for job in jobs.values() {
+        let Trigger::Queue(q) = &job.trigger else {
+            continue;
+        };
+        let Some(batch) = q.batch else { continue };
+        let limit = (batch.max_messages as i64 * 16).min(4096);
+        let mut waiting = store.awaiting_batch(&job.name, limit).await?;
+        let now = Utc::now().timestamp_millis();
+        if q.deadline.is_some() && q.on_expired == OnExpired::DeadLetter {
+            let mut kept = Vec::with_capacity(waiting.len());
+            for w in waiting {
+                if w.deadline_ms.is_some_and(|d| d <= now)
+                    && store.expire_waiting(&w.work_item_id, now).await?
+                {
+                    tracing::warn!(job = %job.name, message = %w.message_id, "message expired while waiting for its batch; dead-lettered");
+                } else {
+                    kept.push(w);
+                }
+            }
+            waiting = kept;
+        }
+        if waiting.is_empty() {
+            continue;
+        }
+        let view: Vec<planner::batching::Waiting> = waiting
+            .iter()
+            .map(|w| planner::batching::Waiting {
+                payload_bytes: w.payload_bytes.max(0) as usize,
+                waited: Duration::from_millis((now - w.created_ms).max(0) as u64),
+            })
+            .collect();
+        let (ready, later) = planner::batching::batches(
+            &view,
+            batch.max_messages as usize,
+            crate::config::queue::BATCH_MAX_BYTES,
+            batch.max_wait,
+        );
+        for range in ready {
+            let members = &waiting[range];
+            let ids: Vec<String> = members.iter().map(|m| m.work_item_id.clone()).collect();
+            let run_id = crate::lifecycle::run_name(
+                &job.name,
+                crate::lifecycle::RunKey::Message(&format!("batch:{}", ids[0])),
+                1,
+            );
+            let deadline = members.iter().filter_map(|m| m.deadline_ms).min();
+            if store
+                .create_batch_run(&job.name, &run_id, &ids, deadline, now)
+                .await?
+            {
+                tracing::info!(run = %run_id, job = %job.name, messages = ids.len(), "batch formed");
+            }
+        }
+        if let Some(l) = later {
+            next = Some(next.map_or(l, |n| n.min(l)));
+        }
+    }
+    Ok(next)
 }
 
 async fn settle(store: &Store, jobs: &HashMap<String, Arc<Job>>, outcome: &Outcome) {
@@ -507,6 +592,7 @@ async fn size_run(
         };
         if let Some(kind) = kind {
             let outcome = Outcome {
+                completed_indexes: Vec::new(),
                 run_id: run.run_id.clone(),
                 kind,
             };

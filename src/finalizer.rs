@@ -10,7 +10,7 @@ use crate::config::job::RetryPolicy;
 use crate::config::Job;
 use crate::executor::{Outcome, OutcomeKind};
 use crate::lifecycle::{attempt_run_name, RunState};
-use crate::store::{Run, Settlement, Store, StoreError};
+use crate::store::{BatchMember, MemberEnd, Run, Settlement, Store, StoreError};
 
 /// What to do with `run` after `outcome`, under `retry`.
 pub fn decide(run: &Run, outcome: &OutcomeKind, retry: &RetryPolicy, now_ms: i64) -> Settlement {
@@ -46,6 +46,59 @@ pub fn decide(run: &Run, outcome: &OutcomeKind, retry: &RetryPolicy, now_ms: i64
     }
 }
 
+/// How each member of a finished batch run ends: a member whose index
+/// completed has succeeded; the others (failed, or never run because the
+/// Job ended first) are retried alone as single-message runs from attempt
+/// 2, or dead-lettered when the job allows one attempt. Pure.
+pub fn decide_batch(
+    run: &Run,
+    members: &[BatchMember],
+    outcome: &crate::executor::Outcome,
+    retry: &RetryPolicy,
+    now_ms: i64,
+) -> (RunState, Option<String>, Vec<(String, MemberEnd)>) {
+    let error = match &outcome.kind {
+        OutcomeKind::Succeeded => None,
+        OutcomeKind::Failed { reason, message } => Some(format!("{reason}: {message}")),
+        OutcomeKind::Cancelled => Some("cancelled".to_string()),
+        OutcomeKind::Skipped { reason } => Some(reason.clone()),
+    };
+    let all_ok = matches!(outcome.kind, OutcomeKind::Succeeded);
+    let ends = members
+        .iter()
+        .map(|m| {
+            let ok = all_ok || outcome.completed_indexes.contains(&(m.index as i32));
+            let end = if ok {
+                MemberEnd::Succeeded
+            } else if retry.max_attempts > 1 {
+                let delay = retry.delay_before(2);
+                MemberEnd::Retry {
+                    run_id: attempt_run_name(&run.job, run.trigger, &m.message_id, 2),
+                    attempt: 2,
+                    not_before_ms: now_ms + delay.as_millis().min(i64::MAX as u128) as i64,
+                }
+            } else {
+                MemberEnd::Dead {
+                    reason: format!("failed 1 of {} attempts", retry.max_attempts),
+                    error: format!(
+                        "index {} of batch run {}: {}",
+                        m.index,
+                        run.run_id,
+                        error.as_deref().unwrap_or("failed")
+                    ),
+                }
+            };
+            (m.work_item_id.clone(), end)
+        })
+        .collect();
+    let state = if all_ok {
+        RunState::Succeeded
+    } else {
+        RunState::Failed
+    };
+    (state, error, ends)
+}
+
 /// The id of attempt `attempt` of the same work item as `run`.
 pub fn next_run_id(run: &Run, attempt: i64) -> String {
     attempt_run_name(&run.job, run.trigger, &run.message_id, attempt)
@@ -65,6 +118,23 @@ pub async fn finalize(
     };
     let retry = job.map(|j| j.retry).unwrap_or_default();
     let now = Utc::now().timestamp_millis();
+    let members = store.batch_members(&run.run_id).await?;
+    if !members.is_empty() {
+        let (state, error, ends) = decide_batch(&run, &members, outcome, &retry, now);
+        if !store
+            .settle_batch(&run.run_id, state, error.as_deref(), &ends, now)
+            .await?
+        {
+            return Ok(None);
+        }
+        let ok = ends
+            .iter()
+            .filter(|(_, e)| *e == MemberEnd::Succeeded)
+            .count();
+        tracing::info!(run = %run.run_id, job = %run.job, messages = ends.len(), succeeded = ok,
+            retried_alone = ends.len() - ok, "batch run settled per message");
+        return Ok(Some(state));
+    }
     let settlement = decide(&run, &outcome.kind, &retry, now);
     if !store.settle(&run.run_id, &settlement, now).await? {
         return Ok(None);
@@ -188,5 +258,54 @@ mod tests {
             decide(&run(1, 0), &OutcomeKind::Cancelled, &RETRY, 0),
             Settlement::Cancelled { .. }
         ));
+    }
+
+    #[test]
+    fn a_batch_settles_each_member_on_its_own_index() {
+        let member = |i: i64| BatchMember {
+            index: i,
+            work_item_id: format!("w{i}"),
+            message_id: format!("m{i}"),
+            payload: None,
+            state: "queued".into(),
+        };
+        let members: Vec<_> = (0..3).map(member).collect();
+        let outcome = Outcome {
+            run_id: "j-abc".into(),
+            kind: OutcomeKind::Failed {
+                reason: "FailedIndexes".into(),
+                message: "index(es) 1 failed".into(),
+            },
+            completed_indexes: vec![0, 2],
+        };
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        };
+        let (state, error, ends) = decide_batch(&run(1, 0), &members, &outcome, &retry, 1_000);
+        assert_eq!(state, RunState::Failed);
+        assert!(error.unwrap().starts_with("FailedIndexes"));
+        assert_eq!(ends[0], ("w0".to_string(), MemberEnd::Succeeded));
+        assert_eq!(ends[2], ("w2".to_string(), MemberEnd::Succeeded));
+        assert_eq!(
+            ends[1],
+            (
+                "w1".to_string(),
+                MemberEnd::Retry {
+                    run_id: attempt_run_name("j", TriggerKind::Queue, "m1", 2),
+                    attempt: 2,
+                    not_before_ms: 2_000,
+                }
+            )
+        );
+        // One attempt allowed: the failed member is dead at once, alone.
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..retry
+        };
+        let (_, _, ends) = decide_batch(&run(1, 0), &members, &outcome, &once, 1_000);
+        assert!(matches!(&ends[1].1, MemberEnd::Dead { error, .. } if error.contains("index 1")));
+        assert_eq!(ends[0].1, MemberEnd::Succeeded);
     }
 }

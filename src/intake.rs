@@ -225,6 +225,11 @@ pub async fn offer(
                 Ok(Offered::Duplicate)
             }
         }
+        None if queue.batch.is_some() => Ok(if store.insert_batch_item(&item).await? {
+            Offered::Stored
+        } else {
+            Offered::Duplicate
+        }),
         None => Ok(if store.insert_work_item(&item).await? {
             Offered::Stored
         } else {
@@ -378,6 +383,16 @@ pub async fn enqueue(
         trigger: TriggerKind::Queue,
         scheduled_ms: now.timestamp_millis(),
     };
+    if matches!(&job.trigger, crate::config::job::Trigger::Queue(q) if q.batch.is_some()) {
+        // A batching job's message waits for its batch run.
+        return Ok(if store.insert_batch_item(&item).await? {
+            Accepted::New {
+                run_id: "(in the next batch)".into(),
+            }
+        } else {
+            Accepted::Duplicate
+        });
+    }
     store_item(store, &item).await
 }
 

@@ -816,3 +816,125 @@ fn postgres_table_survives_kills_and_a_server_restart() {
     let mut b = b;
     scenario("postgres", &mut b);
 }
+
+// ----- batches --------------------------------------------------------------
+
+/// A batching job: messages go into Indexed runs, one index per message;
+/// the one bad message fails only its index, is retried alone and
+/// dead-lettered alone; every other message succeeds in its batch.
+#[test]
+fn batch_runs_settle_each_message_on_its_own_index() {
+    let ws = Workspace::new();
+    let stamps = ws.path().join("stamps");
+    std::fs::create_dir_all(&stamps).unwrap();
+    ws.write_job(
+        "batched",
+        &format!(
+            r#"
+name: batched
+trigger:
+  queue:
+    builtin: {{}}
+batch: {{ max_messages: 5, max_wait: 400ms }}
+retry: {{ max_attempts: 2, backoff: 50ms }}
+template:
+  parallelism: 3
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: main
+          command:
+            - sh
+            - -c
+            - |
+              if [ -n "$KEDGE_PAYLOAD_DIR" ]; then p=$(cat "$KEDGE_PAYLOAD_DIR/$JOB_COMPLETION_INDEX"); else p=$KEDGE_PAYLOAD; fi
+              case "$p" in *bad*) exit 1;; esac
+              printf '%s' "$p" > {stamps}/$KEDGE_RUN_ID.${{JOB_COMPLETION_INDEX:-single}}
+"#,
+            stamps = stamps.display()
+        ),
+    );
+    let d = ws.start_daemon();
+    for i in 0..12 {
+        let data = if i == 6 {
+            format!("{{\"i\":{i},\"bad\":true}}")
+        } else {
+            format!("{{\"i\":{i}}}")
+        };
+        ws.ok(&[
+            "enqueue",
+            "batched",
+            "--data",
+            &data,
+            "--id",
+            &format!("m-{i}"),
+        ]);
+    }
+    wait_until(Duration::from_secs(60), "11 messages done, 1 dead", || {
+        let done: usize = ws
+            .runs()
+            .iter()
+            .filter_map(|r| r["batch"].as_array())
+            .flatten()
+            .filter(|m| m["state"] == "succeeded")
+            .count();
+        done == 11 && ws.dead_letters().len() == 1
+    });
+    assert!(d.stop().success());
+
+    let runs = ws.runs();
+    let batch_runs: Vec<&serde_json::Value> =
+        runs.iter().filter(|r| r["batch"].is_array()).collect();
+    // 12 messages at most 5 per batch: at least 3 batch runs, each ≤ 5.
+    assert!(batch_runs.len() >= 3, "{runs:#?}");
+    let mut members = 0;
+    for r in &batch_runs {
+        let n = r["batch"].as_array().unwrap().len();
+        assert!((1..=5).contains(&n), "batch of {n}");
+        members += n;
+    }
+    assert_eq!(members, 12, "every message in exactly one batch");
+    // The bad message: its batch failed on its index only, then it ran
+    // alone as attempt 2 and was dead-lettered alone.
+    let bad_batch = batch_runs
+        .iter()
+        .find(|r| {
+            r["batch"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["message_id"] == "m-6")
+        })
+        .expect("the bad message's batch");
+    assert_eq!(bad_batch["state"], "failed");
+    assert!(
+        bad_batch["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("FailedIndexes"),
+        "{bad_batch}"
+    );
+    let alone: Vec<_> = runs
+        .iter()
+        .filter(|r| r["message_id"] == "m-6" && r["batch"].is_null())
+        .collect();
+    assert_eq!(alone.len(), 1, "{runs:#?}");
+    assert_eq!(alone[0]["attempt"], 2);
+    assert_eq!(alone[0]["state"], "dead");
+    let dead = ws.dead_letters();
+    assert_eq!(dead[0]["message_id"], "m-6");
+    // Each index saw its own message.
+    let mut seen: Vec<String> = std::fs::read_dir(&stamps)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..12)
+        .filter(|i| *i != 6)
+        .map(|i| format!("{{\"i\":{i}}}"))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want);
+}

@@ -426,6 +426,26 @@ pub fn validate(
             q.map(Trigger::Queue)
         }
     };
+    if raw.batch.is_some() {
+        if raw.sizing.is_some() {
+            bad(
+                root.key("batch"),
+                "cannot be combined with `sizing`: a batch run's completions are its messages"
+                    .into(),
+            );
+        }
+        for (field, set) in [
+            ("completions", raw.template.completions.is_some()),
+            ("completionMode", raw.template.completion_mode.is_some()),
+        ] {
+            if set {
+                bad(
+                    root.key("template").key(field),
+                    "is set by kedge for a batch job (Indexed, one completion per message); remove it".into(),
+                );
+            }
+        }
+    }
     if t.queue.is_none() {
         for (field, set) in [
             ("batch", raw.batch.is_some()),

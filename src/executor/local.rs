@@ -21,7 +21,7 @@
 //! `<work_dir>/<run_id>/<pod>/<container>.log` (stdout and stderr, like
 //! `kubectl logs`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,6 +138,19 @@ impl Executor for LocalExecutor {
             }
             None => None,
         };
+        // A batch: one payload file per completion index.
+        let payload_dir = if launch.batch.is_empty() {
+            None
+        } else {
+            let pdir = dir.join("payloads");
+            tokio::fs::create_dir_all(&pdir).await.map_err(prepare)?;
+            for (i, p) in launch.batch.iter().enumerate() {
+                tokio::fs::write(pdir.join(i.to_string()), p.as_deref().unwrap_or(""))
+                    .await
+                    .map_err(prepare)?;
+            }
+            Some(pdir)
+        };
         let ctl = RunControl {
             stop: CancellationToken::new(),
             why: Arc::new(Mutex::new(None)),
@@ -160,11 +173,15 @@ impl Executor for LocalExecutor {
         let inner = self.inner.clone();
         self.inner.tasks.spawn(async move {
             let run_id = launch.run_id.clone();
-            let result = run_job(
+            let (result, completed_indexes) = run_job(
                 &inner,
                 launch,
                 dir,
-                payload_path,
+                BaseEnv {
+                    instance: inner.instance.clone(),
+                    payload_file: payload_path,
+                    payload_dir,
+                },
                 ctl.stop.clone(),
                 &ctl.live,
             )
@@ -190,7 +207,12 @@ impl Executor for LocalExecutor {
                     return;
                 }
             };
-            if inner.outcomes.send(Outcome { run_id, kind }).await.is_err() {
+            let outcome = Outcome {
+                run_id,
+                kind,
+                completed_indexes,
+            };
+            if inner.outcomes.send(outcome).await.is_err() {
                 tracing::warn!("outcome channel closed; the run will be recovered at start-up");
             }
         });
@@ -254,22 +276,31 @@ impl Executor for LocalExecutor {
 }
 
 /// Runs one Job to its end: the Job controller's loop for one Job.
-/// Returns `None` when `stop` ended it before it ended on its own.
+/// Returns `None` when `stop` ended it before it ended on its own, and the
+/// completion indexes that succeeded (Indexed Jobs).
 ///
 /// With `completions` unset the Job is a work queue, as in Kubernetes:
 /// `parallelism` pods start, no pod is started after the first success, and
 /// the Job succeeds once one pod has succeeded and all have ended.
+///
+/// With `backoffLimitPerIndex` (Indexed only) each index has its own retry
+/// budget: an index that fails more often is marked failed and not run
+/// again, the others carry on, and the Job fails at the end with reason
+/// `FailedIndexes` — as the Kubernetes Job controller does.
 async fn run_job(
     inner: &Inner,
     launch: Launch,
     dir: PathBuf,
-    payload_path: Option<PathBuf>,
+    base: BaseEnv,
     stop: CancellationToken,
     live: &Live,
-) -> Option<OutcomeKind> {
+) -> (Option<OutcomeKind>, Vec<i32>) {
     let spec = &launch.spec;
     let Some(pod_spec) = spec.template.spec.clone() else {
-        return Some(failed("StartError", "the pod template has no spec".into()));
+        return (
+            Some(failed("StartError", "the pod template has no spec".into())),
+            Vec::new(),
+        );
     };
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let mut parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
@@ -279,7 +310,18 @@ async fn run_job(
         None if work_queue => parallelism as i32,
         None => 1,
     };
-    let backoff_limit = spec.backoff_limit.unwrap_or(6).max(0);
+    let per_index_limit = spec
+        .backoff_limit_per_index
+        .filter(|_| indexed)
+        .map(|l| l.max(0));
+    // With a per-index limit the Job-wide one defaults to "no limit".
+    let backoff_limit = match per_index_limit {
+        Some(_) => spec.backoff_limit.unwrap_or(i32::MAX).max(0),
+        None => spec.backoff_limit.unwrap_or(6).max(0),
+    };
+    let mut index_failures: HashMap<i32, i32> = HashMap::new();
+    let mut failed_indexes: BTreeSet<i32> = BTreeSet::new();
+    let mut completed_indexes: BTreeSet<i32> = BTreeSet::new();
     let deadline = spec
         .active_deadline_seconds
         .map(|s| Instant::now() + Duration::from_secs(s.max(0) as u64));
@@ -304,11 +346,6 @@ async fn run_job(
     // Work queue only: a pod has succeeded, so no pod is started or replaced.
     let mut drained = false;
 
-    let base = BaseEnv {
-        instance: inner.instance.clone(),
-        payload_file: payload_path,
-    };
-
     let result = loop {
         parallelism = live.parallelism.load(Ordering::Relaxed) as usize;
         while pods.len() < parallelism {
@@ -330,7 +367,18 @@ async fn run_job(
             pods.spawn(async move { (index, pod.run().await) });
         }
         if pods.is_empty() && todo.is_empty() && waiting.is_empty() {
-            break Some(OutcomeKind::Succeeded);
+            if failed_indexes.is_empty() {
+                break Some(OutcomeKind::Succeeded);
+            }
+            let list: Vec<String> = failed_indexes.iter().map(|i| i.to_string()).collect();
+            break Some(failed(
+                "FailedIndexes",
+                format!(
+                    "index(es) {} failed more than backoffLimitPerIndex {} time(s)",
+                    list.join(","),
+                    per_index_limit.unwrap_or_default()
+                ),
+            ));
         }
         let next_retry = waiting.iter().map(|(t, _)| *t).min();
         tokio::select! {
@@ -341,6 +389,9 @@ async fn run_job(
                 };
                 if matches!(result, PodResult::Succeeded) {
                     live.completed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(i) = index {
+                        completed_indexes.insert(i);
+                    }
                 }
                 match result {
                     PodResult::Succeeded if work_queue => {
@@ -353,6 +404,15 @@ async fn run_job(
                     PodResult::Killed => {}
                     PodResult::Failed(why) => {
                         failures += 1;
+                        if let (Some(limit), Some(i)) = (per_index_limit, index) {
+                            let n = index_failures.entry(i).or_default();
+                            *n += 1;
+                            if *n > limit {
+                                tracing::info!(run = %launch.run_id, index = i, %why, "index failed for good");
+                                failed_indexes.insert(i);
+                                continue;
+                            }
+                        }
                         if failures > backoff_limit {
                             break Some(failed(
                                 "BackoffLimitExceeded",
@@ -390,7 +450,7 @@ async fn run_job(
     // Whatever the outcome, no pod outlives its Job.
     kill_pods.cancel();
     while pods.join_next().await.is_some() {}
-    result
+    (result, completed_indexes.into_iter().collect())
 }
 
 fn failed(reason: &str, message: String) -> OutcomeKind {
@@ -424,6 +484,8 @@ enum PodResult {
 struct BaseEnv {
     instance: String,
     payload_file: Option<PathBuf>,
+    /// A batch run's payload folder (`KEDGE_PAYLOAD_DIR`), one file per index.
+    payload_dir: Option<PathBuf>,
 }
 
 struct PodRun {
@@ -522,6 +584,12 @@ impl PodRun {
             let value = expand(e.value.as_deref().unwrap_or(""), &env);
             env.retain(|(k, _)| k != &e.name);
             env.push((e.name.clone(), value));
+        }
+        if let Some(d) = &self.base.payload_dir {
+            // Here the payload files are in the run's folder, not at the
+            // ConfigMap mount path the rendered env names.
+            env.retain(|(k, _)| k != "KEDGE_PAYLOAD_DIR");
+            env.push(("KEDGE_PAYLOAD_DIR".into(), absolute(d)));
         }
         let mut argv: Vec<String> = c
             .command

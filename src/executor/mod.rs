@@ -30,6 +30,10 @@ pub struct Launch {
     /// A payload too large for an env var, delivered as a file instead
     /// (`KEDGE_PAYLOAD_FILE`).
     pub payload_file: Option<String>,
+    /// A batch run's messages, one per completion index: delivered as
+    /// files `$KEDGE_PAYLOAD_DIR/<index>` (on Kubernetes, a ConfigMap
+    /// mounted at that path). Empty for a single-message run.
+    pub batch: Vec<Option<String>>,
     pub deadline: Option<DateTime<Utc>>,
 }
 
@@ -52,6 +56,10 @@ pub enum OutcomeKind {
 pub struct Outcome {
     pub run_id: String,
     pub kind: OutcomeKind,
+    /// Indexed Jobs: the completion indexes that succeeded (Kubernetes'
+    /// `status.completedIndexes`). A batch run settles each message on its
+    /// own index. Empty for other Jobs.
+    pub completed_indexes: Vec<i32>,
 }
 
 /// A running run's progress.

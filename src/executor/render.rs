@@ -26,6 +26,42 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_JOB: &str = "kedge.dev/job";
 pub const LABEL_RUN: &str = "kedge.dev/run";
 
+/// Where a batch run's payload files are, in the pod (the ConfigMap mount
+/// on Kubernetes; the local executor points it at the run's folder).
+pub const PAYLOAD_DIR: &str = "/var/run/kedge/payload";
+
+/// Renders a batch run of `job`: one completion index per message
+/// (`completionMode: Indexed`, `completions` = the batch size), each index
+/// with its own retry budget (`backoffLimitPerIndex` = the template's
+/// `backoffLimit`, default 0), so one bad message fails only its index.
+/// The container reads `$KEDGE_PAYLOAD_DIR/$JOB_COMPLETION_INDEX`.
+pub fn render_batch(job: &Job, run: &Run, payloads: Vec<Option<String>>) -> Launch {
+    let n = payloads.len().max(1) as i32;
+    let mut batch_job = job.clone();
+    let spec = &mut batch_job.spec;
+    spec.completion_mode = Some("Indexed".into());
+    spec.completions = Some(n);
+    spec.parallelism = Some(spec.parallelism.unwrap_or(n).clamp(1, n));
+    spec.backoff_limit_per_index = Some(spec.backoff_limit.unwrap_or(0));
+    spec.backoff_limit = None;
+    let mut single = run.clone();
+    single.payload = None;
+    let mut launch = render(&batch_job, &single);
+    if let Some(pod) = launch.spec.template.spec.as_mut() {
+        for c in pod
+            .containers
+            .iter_mut()
+            .chain(pod.init_containers.iter_mut().flatten())
+        {
+            let env = c.env.get_or_insert_with(Vec::new);
+            env.push(self::env("KEDGE_PAYLOAD_DIR", PAYLOAD_DIR));
+            env.push(self::env("KEDGE_BATCH_SIZE", &n.to_string()));
+        }
+    }
+    launch.batch = payloads;
+    launch
+}
+
 /// Renders `run` of `job`.
 pub fn render(job: &Job, run: &Run) -> Launch {
     let mut spec = job.spec.clone();
@@ -87,6 +123,7 @@ pub fn render(job: &Job, run: &Run) -> Launch {
         attempt: run.attempt,
         spec,
         payload_file,
+        batch: Vec::new(),
         deadline,
     }
 }

@@ -5,6 +5,7 @@
 //!   `max_pods` (the sum of its running runs' parallelism), named pools shared
 //!   across jobs, and a global cap on running runs.
 //! - [`sizing`]: the parallelism a run needs to finish inside its window.
+//! - [`batching`]: which waiting messages go into one batch run.
 //!
 //! Usage is counted from the store (runs in state `running` and their
 //! recorded parallelism), never only from memory, so limits hold across a
@@ -12,6 +13,7 @@
 //! its parallelism: pools bound how many Jobs hit a shared resource at once;
 //! `max_pods` bounds the pods of one job.
 
+pub mod batching;
 pub mod sizing;
 
 use std::collections::HashMap;

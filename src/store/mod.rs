@@ -1119,6 +1119,51 @@ impl Store {
         Ok(true)
     }
 
+    /// Dead-letters a message waiting for a batch whose own deadline passed
+    /// (reason `expired`). `false` when it is no longer waiting.
+    pub async fn expire_waiting(&self, work_item_id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let res = sqlx::query(
+            "UPDATE work_items SET state = 'dead', awaiting_batch = 0, updated_ms = $1 \
+             WHERE id = $2 AND awaiting_batch = 1 AND state = 'queued'",
+        )
+        .bind(now_ms)
+        .bind(work_item_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT job, source, message_id, payload, deadline_ms FROM work_items WHERE id = $1",
+        )
+        .bind(work_item_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let item = NewWorkItem {
+            job: row.try_get(0)?,
+            source: row.try_get(1)?,
+            message_id: row.try_get(2)?,
+            payload: row.try_get(3)?,
+            deadline_ms: row.try_get(4)?,
+            trigger: TriggerKind::Queue,
+            run_id: String::new(),
+            scheduled_ms: now_ms,
+        };
+        insert_dead_letter_tx(
+            &mut tx,
+            work_item_id,
+            &item,
+            "expired",
+            0,
+            "the message's deadline passed before its batch could launch",
+            now_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The members of a batch run by index; empty for a single-message run.
     pub async fn batch_members(&self, run_id: &str) -> Result<Vec<BatchMember>> {
         let rows = sqlx::query(
