@@ -41,6 +41,9 @@ pub enum IntakeError {
     },
     #[error("payload is {size} bytes, over job {job}'s payload.max_bytes of {max}")]
     TooLarge { job: String, size: usize, max: u64 },
+    /// The message's own deadline cannot be read.
+    #[error("{0}")]
+    BadDeadline(String),
     /// The store failed; the message was not accepted and may be retried.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -89,6 +92,7 @@ impl IntakeError {
             IntakeError::NotUtf8 { .. } => "not_utf8",
             IntakeError::NotJson { .. } => "not_json",
             IntakeError::TooLarge { .. } => "too_large",
+            IntakeError::BadDeadline(_) => "bad_deadline",
             IntakeError::Store(_) => "store",
         }
     }
@@ -372,7 +376,15 @@ pub async fn enqueue(
     let payload = check_payload(&job.name, &job.payload, data)?;
     let message_id = message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let now = Utc::now();
-    let deadline = deadline.or_else(|| job.deadline_after(now));
+    // The message's own deadline (`trigger.queue.deadline`), if it has one.
+    let own = match &job.trigger {
+        crate::config::job::Trigger::Queue(QueueTrigger {
+            deadline: Some(from),
+            ..
+        }) => message_deadline(from, &payload, &[]).map_err(IntakeError::BadDeadline)?,
+        _ => None,
+    };
+    let deadline = deadline.or(own).or_else(|| job.deadline_after(now));
     let item = NewWorkItem {
         job: job.name.clone(),
         source: "builtin".into(),
@@ -482,5 +494,141 @@ mod tests {
             e,
             "payload is not UTF-8 text (byte 2 is the first that is not)"
         );
+    }
+
+    async fn setup(queue_extra: &str) -> (Store, Job, QueueTrigger) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("q.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "name: q\ntrigger:\n  queue:\n    builtin: {{}}\n{queue_extra}\
+                 payload: {{ max_bytes: 64 }}\n\
+                 template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+                 containers: [{{ name: m, command: [\"true\"] }}]\n"
+            ),
+        )
+        .unwrap();
+        let daemon =
+            crate::config::daemon::validate(Default::default(), &|_| None).expect("daemon config");
+        let (job, _) = crate::config::load_job_file(&file, &daemon, &|_| None).expect("job");
+        let crate::config::job::Trigger::Queue(q) = job.trigger.clone() else {
+            panic!("a queue job")
+        };
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        (store, job, q)
+    }
+
+    fn delivery(id: &str, body: &[u8]) -> Delivery {
+        Delivery {
+            message_id: id.into(),
+            body: body.to_vec(),
+            headers: Vec::new(),
+            redelivered: false,
+            receipt: crate::sources::Receipt::RedisList {
+                processing: "p".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_messages_become_dead_letters_with_their_reason() {
+        let (store, job, q) = setup("    deadline: { json_pointer: /deadline }\n").await;
+        let now = Utc::now();
+        let offer = |id: &'static str, body: &'static [u8]| {
+            let (store, job, q) = (store.clone(), job.clone(), q.clone());
+            async move {
+                offer(&store, &job, &q, "src", &delivery(id, body), now)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(offer("ok", b"{\"a\":1}").await, Offered::Stored);
+        assert_eq!(offer("ok", b"{\"a\":1}").await, Offered::Duplicate);
+        assert_eq!(
+            offer("bin", b"\xff\xfe").await,
+            Offered::Rejected("not_utf8".into())
+        );
+        assert_eq!(
+            offer("txt", b"hello").await,
+            Offered::Rejected("not_json".into())
+        );
+        assert_eq!(
+            offer("big", &[b' '; 100]).await,
+            Offered::Rejected("too_large".into())
+        );
+        assert_eq!(
+            offer("late", b"{\"deadline\":\"2000-01-01T00:00:00Z\"}").await,
+            Offered::Rejected("expired".into())
+        );
+        assert_eq!(
+            offer("odd", b"{\"deadline\":\"next tuesday\"}").await,
+            Offered::Rejected("bad_deadline".into())
+        );
+        assert_eq!(
+            offer("soon", b"{\"deadline\":4102444800000}").await,
+            Offered::Stored
+        );
+        // A redelivered poison message is not dead-lettered twice.
+        assert_eq!(offer("txt", b"hello").await, Offered::Duplicate);
+
+        let dead = store.dead_letters(None, false, 100).await.unwrap();
+        let mut reasons: Vec<(String, String)> = dead
+            .iter()
+            .map(|d| (d.message_id.clone(), d.reason.clone()))
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                ("big", "too_large"),
+                ("bin", "not_utf8"),
+                ("late", "expired"),
+                ("odd", "bad_deadline"),
+                ("txt", "not_json"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        // Nothing is lost: the non-UTF-8 body is kept, base64.
+        let bin = dead.iter().find(|d| d.message_id == "bin").unwrap();
+        assert_eq!(bin.payload.as_deref(), Some("base64://4="));
+        // The stored message carries its own deadline.
+        let runs = store.list_runs(Some("q"), None, 10).await.unwrap();
+        let soon = runs.iter().find(|r| r.message_id == "soon").unwrap();
+        assert_eq!(soon.deadline_ms, Some(4102444800000));
+    }
+
+    #[test]
+    fn deadlines_read_rfc3339_or_unix_millis_from_json_or_headers() {
+        let ptr = DeadlineFrom::JsonPointer("/d".into());
+        let t = |s: &str| message_deadline(&ptr, s, &[]);
+        assert_eq!(
+            t("{\"d\":\"2026-11-23T10:00:00+01:00\"}")
+                .unwrap()
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-23T09:00:00+00:00"
+        );
+        assert_eq!(t("{\"d\":1000}").unwrap().unwrap().timestamp_millis(), 1000);
+        assert_eq!(t("{\"e\":1}").unwrap(), None);
+        assert!(t("{\"d\":true}").unwrap_err().contains("deadline at /d"));
+        let h = DeadlineFrom::Header("X-Deadline".into());
+        let got = message_deadline(&h, "", &[("x-deadline".into(), "2000".into())]).unwrap();
+        assert_eq!(got.unwrap().timestamp_millis(), 2000);
+    }
+
+    #[test]
+    fn reconnect_backoff_grows_to_a_cap_with_jitter() {
+        for n in 1..20 {
+            let d = reconnect_backoff(n);
+            let cap = Duration::from_millis(200)
+                .saturating_mul(1 << (n - 1).min(8))
+                .min(Duration::from_secs(30));
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {n}: {d:?} vs cap {cap:?}"
+            );
+        }
     }
 }

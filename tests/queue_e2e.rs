@@ -257,13 +257,20 @@ template:
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// `--requirepass`, if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
     fn start() -> Option<RedisServer> {
+        RedisServer::start_on(free_port(), None)
+    }
+
+    fn start_on(port: u16, password: Option<&str>) -> Option<RedisServer> {
         let mut s = RedisServer {
-            port: free_port(),
+            port,
             child: None,
+            password: password.map(str::to_string),
         };
         if let Err(e) = s.spawn() {
             unavailable("redis-server", e);
@@ -273,17 +280,23 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass".to_string(), p.clone()]);
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -305,7 +318,10 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     fn conn(&self) -> redis::Connection {
@@ -937,4 +953,177 @@ template:
         .collect();
     want.sort();
     assert_eq!(seen, want);
+}
+
+// ----- health and secrets ---------------------------------------------------
+
+/// `GET path` on `addr`: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to kedge's http");
+    write!(c, "GET {path} HTTP/1.0\r\nHost: kedge\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// While the broker is down the source is degraded (readiness 503, health
+/// naming the redacted URL), the daemon keeps running, and once the broker
+/// is up the source recovers and runs the message. The password in the
+/// URL never appears in the log or the health output.
+#[test]
+fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
+    let port = free_port();
+    let secret = "s3cret-do-not-log";
+    let ws = Workspace::new();
+    ws.write_config(
+        "jobs_dir: jobs\n\
+         store:\n  url: sqlite://state/kedge.db\n  poll_interval: 50ms\n\
+         executor:\n  kind: local\n  local:\n    work_dir: runs\n\
+         http:\n  listen: 127.0.0.1:0\n",
+    );
+    ws.write_job(
+        "q",
+        "name: q\ntrigger:\n  queue:\n    redis_list: { url_env: KEDGE_TEST_REDIS, list: jobs }\n\
+         template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+         containers: [{ name: m, command: [\"true\"] }]\n",
+    );
+    let url = format!("redis://:{secret}@127.0.0.1:{port}/");
+    let d = ws.start_daemon_with(&[("KEDGE_TEST_REDIS".into(), url)]);
+    let addr = {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(10),
+            "the http address in the log",
+            || {
+                found = d.log().lines().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    v["fields"]["bound"].as_str().map(str::to_string)
+                });
+                found.is_some()
+            },
+        );
+        found.unwrap()
+    };
+    wait_until(Duration::from_secs(10), "the source to be degraded", || {
+        http_get(&addr, "/readyz").0 == 503
+    });
+    let (code, body) = http_get(&addr, "/healthz");
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["sources"]["q"]["state"], "degraded");
+    let error = health["sources"]["q"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    assert!(!body.contains(secret), "{body}");
+
+    // The broker comes up: the source recovers, the message runs.
+    let Some(server) = RedisServer::start_on(port, Some(secret)) else {
+        return;
+    };
+    let mut conn = server.conn();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("jobs")
+        .arg("{\"hello\":1}")
+        .query(&mut conn)
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the message to run", || {
+        ws.runs().iter().any(|r| r["state"] == "succeeded")
+    });
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("kedge_source_up{job=\"q\",source=\"redis_list:jobs\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kedge_messages_stored_total{job=\"q\",source=\"redis_list:jobs\"} 1"),
+        "{metrics}"
+    );
+    assert!(d.stop().success());
+    let log = std::fs::read_dir(ws.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("daemon-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    assert!(log.contains("queue source unavailable"), "{log}");
+    assert!(!log.contains(secret), "the password leaked into the log");
+}
+
+/// Messages carry their own deadline: waiting runs launch earliest
+/// deadline first, and one whose deadline passes while it waits is
+/// dead-lettered as `expired` instead of run late.
+#[test]
+fn message_deadlines_order_launches_and_expire_late_messages() {
+    let ws = Workspace::new();
+    let order = ws.path().join("order");
+    ws.write_job(
+        "dl",
+        &format!(
+            r#"
+name: dl
+trigger:
+  queue:
+    builtin: {{}}
+    deadline: {{ json_pointer: /deadline }}
+limits: {{ max_active: 1 }}
+template:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: main
+          command: ["sh", "-c", "echo $KEDGE_MESSAGE_ID >> {order}; case $KEDGE_MESSAGE_ID in blocker) sleep 3;; esac"]
+"#,
+            order = order.display()
+        ),
+    );
+    let at = |ms: i64| {
+        (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    // Queued before the daemon starts, so all wait together, enqueued in
+    // an order unlike their deadlines'. One run at a time: "blocker" (the
+    // earliest deadline) runs 3 s, so "expiring" (deadline in 2.5 s) can
+    // never start in time.
+    for (id, ms) in [
+        ("first", 60_000),
+        ("later", 50_000),
+        ("sooner", 40_000),
+        ("expiring", 2_500),
+        ("blocker", 2_000),
+    ] {
+        let data = format!("{{\"deadline\":\"{}\"}}", at(ms));
+        ws.ok(&["enqueue", "dl", "--id", id, "--data", &data]);
+    }
+    let d = ws.start_daemon();
+    wait_until(Duration::from_secs(30), "all settled", || {
+        let done = ws
+            .runs()
+            .iter()
+            .filter(|r| r["state"] == "succeeded")
+            .count();
+        done + ws.dead_letters().len() == 5
+    });
+    assert!(d.stop().success());
+    let ran: Vec<String> = std::fs::read_to_string(&order)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ran, ["blocker", "sooner", "later", "first"]);
+    let dead = ws.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["message_id"], "expiring");
+    assert_eq!(dead[0]["reason"], "expired");
 }
