@@ -26,7 +26,7 @@ use crate::config::Job;
 use crate::health::Health;
 use crate::lifecycle::{run_name, RunKey, TriggerKind};
 use crate::sources::{Delivery, Source};
-use crate::store::{NewWorkItem, Store, StoreError};
+use crate::store::{Intake, NewWorkItem, Store, StoreError};
 
 /// Why a message was refused. None of these is worth retrying as is.
 #[derive(Debug, thiserror::Error)]
@@ -155,17 +155,16 @@ pub fn message_deadline(
     }
 }
 
-/// Stores one broker delivery for `job` (whose trigger is `queue`), or its
-/// dead letter when it cannot run. Only a store error is an `Err`: then
-/// nothing was written and the delivery must not be settled.
-pub async fn offer(
-    store: &Store,
+/// What intake makes of one broker delivery for `job` (whose trigger is
+/// `queue`): the work item, and whether it runs, waits for a batch, or is
+/// refused with a reason. Pure.
+pub fn prepare(
     job: &Job,
     queue: &QueueTrigger,
     source: &str,
     d: &Delivery,
     now: DateTime<Utc>,
-) -> Result<Offered, StoreError> {
+) -> (NewWorkItem, Intake) {
     let mut item = NewWorkItem {
         job: job.name.clone(),
         source: source.to_string(),
@@ -191,7 +190,6 @@ pub async fn offer(
         (reason.to_string(), error)
     };
     let refused = match check_payload(&job.name, &job.payload, &d.body) {
-        Err(IntakeError::Store(e)) => return Err(e),
         Err(e) => Some(refuse(&mut item, e.reason(), e.to_string())),
         Ok(payload) => {
             let deadline = match &queue.deadline {
@@ -220,26 +218,58 @@ pub async fn offer(
             }
         }
     };
-    match refused {
-        Some((reason, error)) => {
-            if store.insert_dead_item(&item, &reason, &error).await? {
-                tracing::warn!(job = %job.name, message = %d.message_id, %reason, %error, "message dead-lettered at intake");
-                Ok(Offered::Rejected(reason))
-            } else {
-                Ok(Offered::Duplicate)
+    let how = match refused {
+        Some((reason, error)) => Intake::Dead { reason, error },
+        None if queue.batch.is_some() => Intake::AwaitBatch,
+        None => Intake::Run,
+    };
+    (item, how)
+}
+
+/// Stores one broker delivery for `job` (whose trigger is `queue`), or its
+/// dead letter when it cannot run. Only a store error is an `Err`: then
+/// nothing was written and the delivery must not be settled.
+pub async fn offer(
+    store: &Store,
+    job: &Job,
+    queue: &QueueTrigger,
+    source: &str,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Offered, StoreError> {
+    Ok(
+        offer_all(store, job, queue, source, std::slice::from_ref(d), now)
+            .await?
+            .remove(0),
+    )
+}
+
+/// [`offer`] for every delivery of one claim, stored in one transaction.
+pub async fn offer_all(
+    store: &Store,
+    job: &Job,
+    queue: &QueueTrigger,
+    source: &str,
+    deliveries: &[Delivery],
+    now: DateTime<Utc>,
+) -> Result<Vec<Offered>, StoreError> {
+    let prepared: Vec<(NewWorkItem, Intake)> = deliveries
+        .iter()
+        .map(|d| prepare(job, queue, source, d, now))
+        .collect();
+    let written = store.intake_many(&prepared).await?;
+    Ok(prepared
+        .into_iter()
+        .zip(written)
+        .map(|((item, how), new)| match (how, new) {
+            (_, false) => Offered::Duplicate,
+            (Intake::Dead { reason, error }, true) => {
+                tracing::warn!(job = %job.name, message = %item.message_id, %reason, %error, "message dead-lettered at intake");
+                Offered::Rejected(reason)
             }
-        }
-        None if queue.batch.is_some() => Ok(if store.insert_batch_item(&item).await? {
-            Offered::Stored
-        } else {
-            Offered::Duplicate
-        }),
-        None => Ok(if store.insert_work_item(&item).await? {
-            Offered::Stored
-        } else {
-            Offered::Duplicate
-        }),
-    }
+            (_, true) => Offered::Stored,
+        })
+        .collect())
 }
 
 /// The wait before reconnect number `n` (1-based): 200 ms doubling to at
@@ -331,23 +361,26 @@ pub async fn consume<S: Source>(
         }
         let (mut stored, mut dups, mut rejected) = (0u64, 0u64, 0u64);
         let mut store_failures = 0u32;
-        let mut i = 0;
-        while i < deliveries.len() {
-            match offer(&store, &job, queue, &name, &deliveries[i], Utc::now()).await {
-                Ok(Offered::Stored) => stored += 1,
-                Ok(Offered::Duplicate) => dups += 1,
-                Ok(Offered::Rejected(_)) => rejected += 1,
+        let offered = loop {
+            match offer_all(&store, &job, queue, &name, &deliveries, Utc::now()).await {
+                Ok(o) => break o,
                 Err(e) => {
                     store_failures += 1;
                     let wait = reconnect_backoff(store_failures);
-                    tracing::error!(job = %job.name, error = %crate::error_chain(&e), retry_in = ?wait, "cannot store a message; it stays claimed");
+                    tracing::error!(job = %job.name, error = %crate::error_chain(&e), retry_in = ?wait, "cannot store messages; they stay claimed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => continue,
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }
-            i += 1;
+        };
+        for o in offered {
+            match o {
+                Offered::Stored => stored += 1,
+                Offered::Duplicate => dups += 1,
+                Offered::Rejected(_) => rejected += 1,
+            }
         }
         health.count(&job.name, deliveries.len() as u64, stored, dups, rejected);
         if stored > 0 {

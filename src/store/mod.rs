@@ -158,6 +158,17 @@ pub enum Settlement {
     Cancelled { error: String },
 }
 
+/// How intake stores one message ([`Store::intake_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// A work item and its first pending run.
+    Run,
+    /// A work item waiting for a batch run.
+    AwaitBatch,
+    /// Refused: a dead work item and its dead letter.
+    Dead { reason: String, error: String },
+}
+
 /// A work item waiting to be put into a batch run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchCandidate {
@@ -817,29 +828,31 @@ impl Store {
         error: &str,
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
-        let id = uuid::Uuid::new_v4().to_string();
-        let res = sqlx::query(
-            "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, 'dead', $6, $7, $8) \
-             ON CONFLICT (source, job, message_id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(&item.job)
-        .bind(&item.source)
-        .bind(&item.message_id)
-        .bind(item.payload.clone())
-        .bind(item.deadline_ms)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_dead_letter_tx(&mut tx, &id, item, reason, 0, error, now).await?;
+        let stored = insert_dead_item_tx(&mut tx, item, reason, error, now_ms()).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(stored)
+    }
+
+    /// Stores what intake made of one claim's messages, all in one
+    /// transaction (one commit per claim rather than per message). Returns,
+    /// per item, whether it was written (`false`: stored before).
+    pub async fn intake_many(&self, items: &[(NewWorkItem, Intake)]) -> Result<Vec<bool>> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(items.len());
+        for (item, how) in items {
+            out.push(match how {
+                Intake::Run => {
+                    insert_item_tx(&mut tx, item, &uuid::Uuid::new_v4().to_string()).await?
+                }
+                Intake::AwaitBatch => insert_batch_item_tx(&mut tx, item, now).await?,
+                Intake::Dead { reason, error } => {
+                    insert_dead_item_tx(&mut tx, item, reason, error, now).await?
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Dead-letters a pending run whose message's own deadline passed
@@ -1013,28 +1026,7 @@ impl Store {
     /// takes it. `false` when the message was stored before.
     pub async fn insert_batch_item(&self, item: &NewWorkItem) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
-        let res = sqlx::query(
-            "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, \
-             created_ms, updated_ms, awaiting_batch) \
-             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 1) \
-             ON CONFLICT (source, job, message_id) DO NOTHING",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(&item.job)
-        .bind(&item.source)
-        .bind(&item.message_id)
-        .bind(item.payload.clone())
-        .bind(item.deadline_ms)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let stored = if res.rows_affected() == 1 {
-            true
-        } else {
-            revive_replayed_tx(&mut tx, item, now).await?
-        };
+        let stored = insert_batch_item_tx(&mut tx, item, now_ms()).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -1325,6 +1317,63 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+async fn insert_dead_item_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    item: &NewWorkItem,
+    reason: &str,
+    error: &str,
+    now: i64,
+) -> Result<bool> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let res = sqlx::query(
+        "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, 'dead', $6, $7, $8) \
+         ON CONFLICT (source, job, message_id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&item.job)
+    .bind(&item.source)
+    .bind(&item.message_id)
+    .bind(item.payload.clone())
+    .bind(item.deadline_ms)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    insert_dead_letter_tx(tx, &id, item, reason, 0, error, now).await?;
+    Ok(true)
+}
+
+async fn insert_batch_item_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    item: &NewWorkItem,
+    now: i64,
+) -> Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, \
+         created_ms, updated_ms, awaiting_batch) \
+         VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, 1) \
+         ON CONFLICT (source, job, message_id) DO NOTHING",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(&item.job)
+    .bind(&item.source)
+    .bind(&item.message_id)
+    .bind(item.payload.clone())
+    .bind(item.deadline_ms)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if res.rows_affected() == 1 {
+        return Ok(true);
+    }
+    revive_replayed_tx(tx, item, now).await
 }
 
 async fn insert_dead_letter_tx(
