@@ -17,7 +17,7 @@
 //!    64` + one `XACK` per batch; RabbitMQ: a manual-ack consumer with
 //!    prefetch 64 and `basic.ack` per delivery; Postgres: `BEGIN; SELECT …
 //!    FOR UPDATE SKIP LOCKED LIMIT 64; DELETE …; COMMIT`).
-//! 2. kedge: the source's `claim(64, …)`, `intake::offer` of every delivery
+//! 2. kedge: the source's `claim(64, …)`, `intake::offer_all` of the claim's deliveries
 //!    into a fresh SQLite store, then `settle` — what `intake::consume`
 //!    does, minus waking the dispatcher.
 //!
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use kedge::config::{Job, Sources, Trigger};
-use kedge::intake::{offer, Offered};
+use kedge::intake::{offer_all, Offered};
 use kedge::sources::{AnySource, Source};
 use kedge::store::Store;
 use lapin::message::DeliveryResult;
@@ -213,7 +213,7 @@ fn load_job(name: &str, source_yaml: &str) -> Result<(tempfile::TempDir, Job)> {
 }
 
 /// Claims `n` pre-published messages through the job's source, stores each
-/// with `intake::offer` in a fresh SQLite store and settles each batch.
+/// with `intake::offer_all` (one transaction per claim) in a fresh SQLite store and settles each batch.
 /// Returns messages per second (claim of the first batch to the last
 /// settle; connecting and migrating are not timed).
 async fn kedge_path(job: &Job, n: usize) -> Result<f64> {
@@ -235,10 +235,10 @@ async fn kedge_path(job: &Job, n: usize) -> Result<f64> {
             "kedge {name}: only {done} of {n} in {PASS_LIMIT:?}"
         );
         let got = source.claim(BATCH, Duration::from_secs(1)).await?;
-        for d in &got {
-            match offer(&store, job, queue, &name, d, Utc::now()).await? {
-                Offered::Stored => {}
-                other => bail!("kedge {name}: message {} was {other:?}", d.message_id),
+        let offered = offer_all(&store, job, queue, &name, &got, Utc::now()).await?;
+        for (d, o) in got.iter().zip(offered) {
+            if o != Offered::Stored {
+                bail!("kedge {name}: message {} was {o:?}", d.message_id);
             }
         }
         source.settle(&got).await?;

@@ -1126,22 +1126,7 @@ impl Store {
         if res.rows_affected() != 1 {
             return Ok(false);
         }
-        let row = sqlx::query(
-            "SELECT job, source, message_id, payload, deadline_ms FROM work_items WHERE id = $1",
-        )
-        .bind(work_item_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let item = NewWorkItem {
-            job: row.try_get(0)?,
-            source: row.try_get(1)?,
-            message_id: row.try_get(2)?,
-            payload: row.try_get(3)?,
-            deadline_ms: row.try_get(4)?,
-            trigger: TriggerKind::Queue,
-            run_id: String::new(),
-            scheduled_ms: now_ms,
-        };
+        let item = queue_item_tx(&mut tx, work_item_id, "", now_ms).await?;
         insert_dead_letter_tx(
             &mut tx,
             work_item_id,
@@ -1204,22 +1189,7 @@ impl Store {
             return Ok(false);
         }
         for (work_item_id, end) in ends {
-            let row = sqlx::query(
-                "SELECT job, source, message_id, payload, deadline_ms FROM work_items WHERE id = $1",
-            )
-            .bind(work_item_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let item = NewWorkItem {
-                job: row.try_get(0)?,
-                source: row.try_get(1)?,
-                message_id: row.try_get(2)?,
-                payload: row.try_get(3)?,
-                deadline_ms: row.try_get(4)?,
-                trigger: TriggerKind::Queue,
-                run_id: run_id.to_string(),
-                scheduled_ms: now_ms,
-            };
+            let item = queue_item_tx(&mut tx, work_item_id, run_id, now_ms).await?;
             let state = match end {
                 MemberEnd::Succeeded => WorkState::Succeeded,
                 MemberEnd::Retry { .. } => WorkState::Queued,
@@ -1317,6 +1287,31 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// A queue message's work item as a [`NewWorkItem`] (for its dead letter).
+async fn queue_item_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    work_item_id: &str,
+    run_id: &str,
+    now: i64,
+) -> Result<NewWorkItem> {
+    let row = sqlx::query(
+        "SELECT job, source, message_id, payload, deadline_ms FROM work_items WHERE id = $1",
+    )
+    .bind(work_item_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(NewWorkItem {
+        job: row.try_get(0)?,
+        source: row.try_get(1)?,
+        message_id: row.try_get(2)?,
+        payload: row.try_get(3)?,
+        deadline_ms: row.try_get(4)?,
+        trigger: TriggerKind::Queue,
+        run_id: run_id.to_string(),
+        scheduled_ms: now,
+    })
 }
 
 async fn insert_dead_item_tx(
