@@ -389,7 +389,7 @@ pub fn validate(
                 bad(
                     field,
                     format!(
-                        "{} is not a {} URL",
+                        "{} is not a URL this source takes ({})",
                         redact(&text),
                         schemes
                             .iter()
