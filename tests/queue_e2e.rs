@@ -1127,3 +1127,84 @@ template:
     assert_eq!(dead[0]["message_id"], "expiring");
     assert_eq!(dead[0]["reason"], "expired");
 }
+
+/// `kedge dlq replay` returns a broker message's dead letter to its source:
+/// the message is published to the Redis list again, the daemon claims it,
+/// recognises the replayed work item and runs it with a fresh budget.
+#[test]
+fn dlq_replay_returns_a_message_to_its_redis_list() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let ws = Workspace::new();
+    let marker = ws.path().join("broken");
+    std::fs::write(&marker, "").unwrap();
+    ws.write_job(
+        "q",
+        &format!(
+            r#"
+name: q
+trigger:
+  queue:
+    redis_list: {{ url_env: KEDGE_TEST_REDIS, list: jobs }}
+dead_letter: {{ list: jobs-dead }}
+retry: {{ max_attempts: 1 }}
+template:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: main
+          command: ["sh", "-c", "test ! -e {marker}"]
+"#,
+            marker = marker.display()
+        ),
+    );
+    let env = [("KEDGE_TEST_REDIS".to_string(), server.url())];
+    let d = ws.start_daemon_with(&env);
+    let mut conn = server.conn();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("jobs")
+        .arg("{\"order\":7}")
+        .query(&mut conn)
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the dead letter", || {
+        ws.dead_letters().len() == 1
+    });
+    let letter = ws.dead_letters().remove(0);
+    wait_until(Duration::from_secs(10), "the letter in jobs-dead", || {
+        redis::cmd("LLEN")
+            .arg("jobs-dead")
+            .query::<i64>(&mut conn)
+            .unwrap_or(0)
+            == 1
+    });
+
+    // Fixed: replay it into the list.
+    std::fs::remove_file(&marker).unwrap();
+    let id = letter["id"].as_str().unwrap();
+    let out = ws
+        .kedge()
+        .args(["dlq", "replay", id])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("into redis_list:jobs"));
+    wait_until(
+        Duration::from_secs(30),
+        "the replayed message to succeed",
+        || ws.runs().iter().any(|r| r["state"] == "succeeded"),
+    );
+    assert!(d.stop().success());
+    let runs = ws.runs();
+    let ok = runs.iter().find(|r| r["state"] == "succeeded").unwrap();
+    assert_eq!(ok["attempt"], 2, "{runs:#?}");
+    assert_eq!(ok["message_id"], letter["message_id"]);
+    assert!(ws.dead_letters().is_empty(), "the letter is closed");
+}
