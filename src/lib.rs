@@ -26,8 +26,9 @@
 //!   [`intake::consume`] drives a source (claim → store → settle,
 //!   reconnect with backoff); bad messages become dead letters.
 //! - [`planner`] — pure: which due runs may launch under the limits (per
-//!   job, pools, global) and [`planner::sizing`], the parallelism that
-//!   finishes a run inside its window.
+//!   job, pools, global), [`planner::sizing`], the parallelism that
+//!   finishes a run inside its window, and [`planner::batching`], which
+//!   waiting messages go into one batch run.
 //! - [`probes`] — measure how much work a run has (`sizing.work`).
 //! - [`sizer`] — the I/O around sizing: probe, history, decision applied to
 //!   the JobSpec with its annotations, the at-risk signal, re-planning.
