@@ -549,11 +549,26 @@ pub fn validate(
             }
         }
     };
+    // Which source the file names, even when its URL did not check out,
+    // so the checks below still report against it.
+    #[derive(PartialEq)]
+    enum Kind {
+        Builtin,
+        RedisList,
+        RedisStream,
+        Rabbitmq,
+        Postgres,
+    }
+    let kind = match given.first().copied() {
+        Some("builtin") => Some(Kind::Builtin),
+        Some("redis_list") => Some(Kind::RedisList),
+        Some("redis_stream") => Some(Kind::RedisStream),
+        Some("rabbitmq") => Some(Kind::Rabbitmq),
+        Some("postgres") => Some(Kind::Postgres),
+        _ => None,
+    };
     if matches!(deadline, Some(DeadlineFrom::Header(_)))
-        && matches!(
-            source,
-            Some(QueueSource::Builtin | QueueSource::RedisList(_) | QueueSource::Postgres(_))
-        )
+        && matches!(kind, Some(Kind::Builtin | Kind::RedisList | Kind::Postgres))
     {
         more.push((
             qp.key("deadline").key("header"),
@@ -583,20 +598,20 @@ pub fn validate(
 
     let dead_letter = dead_letter.and_then(|d| {
         let p = root.key("dead_letter");
-        let target = match (&source, d) {
-            (Some(QueueSource::RedisList(_)), RawDeadLetter { list: Some(l), stream: None, exchange: None, routing_key: None, table: None }) => {
+        let target = match (&kind, d) {
+            (Some(Kind::RedisList), RawDeadLetter { list: Some(l), stream: None, exchange: None, routing_key: None, table: None }) => {
                 Some(DeadLetterTarget::RedisList(l.clone()))
             }
-            (Some(QueueSource::RedisStream(_)), RawDeadLetter { stream: Some(s), list: None, exchange: None, routing_key: None, table: None }) => {
+            (Some(Kind::RedisStream), RawDeadLetter { stream: Some(s), list: None, exchange: None, routing_key: None, table: None }) => {
                 Some(DeadLetterTarget::RedisStream(s.clone()))
             }
-            (Some(QueueSource::Rabbitmq(_)), RawDeadLetter { exchange: Some(e), routing_key, list: None, stream: None, table: None }) => {
+            (Some(Kind::Rabbitmq), RawDeadLetter { exchange: Some(e), routing_key, list: None, stream: None, table: None }) => {
                 Some(DeadLetterTarget::Rabbitmq {
                     exchange: e.clone(),
                     routing_key: routing_key.clone().unwrap_or_default(),
                 })
             }
-            (Some(QueueSource::Postgres(_)), RawDeadLetter { table: Some(t), list: None, stream: None, exchange: None, routing_key: None }) => {
+            (Some(Kind::Postgres), RawDeadLetter { table: Some(t), list: None, stream: None, exchange: None, routing_key: None }) => {
                 if !is_sql_name(t, true) {
                     more.push((p.key("table"), format!("{t:?} is not a table name (letters, digits and _, optionally schema.table)")));
                 }
@@ -605,11 +620,11 @@ pub fn validate(
             (None, _) => None,
             (Some(s), _) => {
                 let want = match s {
-                    QueueSource::Builtin => "nothing: builtin dead letters stay in kedge's store (`kedge dlq list`)",
-                    QueueSource::RedisList(_) => "`list`",
-                    QueueSource::RedisStream(_) => "`stream`",
-                    QueueSource::Rabbitmq(_) => "`exchange` (and `routing_key`)",
-                    QueueSource::Postgres(_) => "`table`",
+                    Kind::Builtin => "nothing: builtin dead letters stay in kedge's store (`kedge dlq list`)",
+                    Kind::RedisList => "`list`",
+                    Kind::RedisStream => "`stream`",
+                    Kind::Rabbitmq => "`exchange` (and `routing_key`)",
+                    Kind::Postgres => "`table`",
                 };
                 more.push((p.clone(), format!("for this source takes {want}")));
                 None
