@@ -1,4 +1,4 @@
-//! The sizer: the I/O around the pure [`planner::sizing`] — measure the work
+//! The sizer: the I/O around the pure [`crate::planner::sizing`] — measure the work
 //! (probes, with the configured fallback), read the job's history from the
 //! store, ask the planner, and apply the decision to the JobSpec with the
 //! annotations that explain it. Also raises the at-risk signal.

@@ -8,7 +8,7 @@
 //! Kubernetes expands `$(VAR)` and `$$` in an env var's `value` (the kubelet
 //! does, and so does the local executor). The values kedge adds — host env,
 //! `KEDGE_*`, the payload — are data, not templates, so they are written with
-//! every `$` doubled ([`literal`]) and reach the container byte for byte.
+//! every `$` doubled (`literal`) and reach the container byte for byte.
 
 use std::collections::BTreeMap;
 
