@@ -1,0 +1,81 @@
+//! # kube-sim
+//!
+//! A Kubernetes API server stand-in for kedge's tests. It serves real HTTP so
+//! `kube::Client` runs unchanged, and it follows `shared/K8S_FIDELITY.md`: it
+//! must never be kinder than kube-apiserver.
+//!
+//! # Layout
+//! - [`sim`]: the running server ([`KubeSim`]), its config and fault hooks.
+//! - [`api`]: HTTP paths and verbs → store operations; list and watch.
+//! - [`store`]: objects, the global resourceVersion counter, event history.
+//! - [`validation`]: name rules, defaults and validation (registry strategies).
+//! - [`selector`]: label and field selectors.
+//! - [`patch`]: merge patch and JSON patch.
+//! - [`status`]: `ApiError` and the `Status` wire form.
+//! - [`gc`]: the garbage collector (orphan / foreground / dangling owners).
+//! - [`resource`]: the resources served.
+//!
+//! # K8S_FIDELITY checklist
+//! Done (proved by the named test; `tests/` drive a real `kube::Client` over HTTP):
+//! - [x] kube-rs query strings (`?&watch=true`), bare `?` — every test in `tests/jobs.rs`.
+//! - [x] DELETE with a JSON DeleteOptions body: `propagationPolicy`,
+//!   `preconditions`, `dryRun` — `tests/jobs.rs::delete_*`.
+//! - [x] PATCH: merge-patch (`tests/jobs.rs::merge_patch_and_template_immutability`),
+//!   json-patch (`patch.rs::tests::json_patch_ops`; served, not yet driven
+//!   through kube-rs, which needs its `jsonpatch` feature).
+//! - [x] Every 4xx body is a `Status` with `reason`, `details`, `code` —
+//!   `tests/jobs.rs::not_found_*`, `already_exists_*`, `stale_*`, `invalid_*`.
+//! - [x] Exact `apiVersion`/`kind`; lists with `metadata.resourceVersion`,
+//!   items without kind — `tests/jobs.rs::list_*`.
+//! - [x] POST → 201 with `uid`, `creationTimestamp`, `resourceVersion` (one
+//!   global counter), `generation: 1`; client `status` dropped —
+//!   `tests/jobs.rs::create_fills_server_metadata`.
+//! - [x] `generateName` (58 + 5) — `tests/jobs.rs::generate_name_*`, `validation.rs`.
+//! - [x] DNS-1123 names; Job name over 63 → 422 (label value) — `tests/jobs.rs::invalid_*`.
+//! - [x] List `limit`/`continue` pages share one snapshot; expired continue → 410 —
+//!   `tests/jobs.rs::list_pages_share_a_snapshot`.
+//! - [x] Label selectors `=`, `==`, `!=`, `in`, `notin`, exists, `!k`; field
+//!   selectors on Jobs (`metadata.name`, `metadata.namespace`,
+//!   `status.successful`, others 400); applied to watch too —
+//!   `tests/jobs.rs::list_*selector*`, `tests/watch.rs::selector_*`, `selector.rs`.
+//! - [x] Error table: NotFound, AlreadyExists, Conflict, Invalid (Kind +
+//!   causes), Expired; core group without `group` — `tests/jobs.rs`, `tests/watch.rs`.
+//! - [x] PUT with an old resourceVersion → 409; status only via `/status`;
+//!   Job `spec.template` immutable (422); `spec.parallelism` mutable; generation
+//!   bumps on spec change — `tests/jobs.rs::stale_*`, `status_*`, `template_*`.
+//! - [x] DELETE Background (gone at once, Success Status, dependents
+//!   collected), Foreground (deletionTimestamp + finalizer, dependents first,
+//!   DELETED last), Job default Orphan; preconditions → 409; dangling owner →
+//!   collected — `tests/jobs.rs::delete_*`.
+//! - [x] Watch: 200 chunked JSON lines; from rv: later events in order; unset
+//!   or "0": ADDED for current first; selector enter/leave → ADDED/DELETED;
+//!   BOOKMARK with kind/apiVersion/resourceVersion; too old → 200 + ERROR 410
+//!   then close; `timeoutSeconds`; fault hooks expire history, cut streams,
+//!   fail next N with a code, hang — `tests/watch.rs`, `tests/faults.rs`.
+//!
+//! Not yet:
+//! - [ ] strategic-merge-patch with list merge keys (applied as merge patch)
+//!   and apply-patch (`fieldManager`, `force`) — answered 415.
+//! - [ ] DELETE of a collection; `resourceVersionMatch`; `sendInitialEvents`.
+//! - [ ] Watch faults: cut a stream mid-chunk, delay or drop events.
+//! - [ ] Job controller (defaults are done: parallelism, completions,
+//!   backoffLimit, completionMode, selector and the four pod labels — see
+//!   `tests/jobs.rs::create_fills_server_metadata`): pods, status, conditions,
+//!   backoff, Indexed, TTL, scriptable outcomes, time scale.
+//! - [ ] Pod lifecycle and graceful deletion; Events; Lease MicroTime handling
+//!   (Leases are stored and conflict-checked like every object, untested).
+//! - [ ] Discovery endpoints and the `kubectl` test.
+//! - [ ] `preconditions`/finalizers rule "no new finalizers while deleting".
+
+pub mod api;
+pub mod gc;
+pub mod patch;
+pub mod resource;
+pub mod selector;
+pub mod sim;
+pub mod status;
+pub mod store;
+pub mod validation;
+
+pub use sim::{KubeSim, SimConfig};
+pub use status::ApiError;

@@ -1,0 +1,126 @@
+//! The table of resources the stand-in serves, and how each is named in URLs
+//! and in error messages.
+
+/// One API resource (a plural under a group/version).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resource {
+    /// API group; `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Plural as used in URLs and in `details.kind` of NotFound/AlreadyExists/Conflict.
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    /// Whether `metadata.generation` is kept (resources with a spec).
+    pub has_generation: bool,
+    /// Field selector labels the real server supports for this resource.
+    pub field_labels: &'static [&'static str],
+}
+
+pub const JOBS: Resource = Resource {
+    group: "batch",
+    version: "v1",
+    plural: "jobs",
+    kind: "Job",
+    namespaced: true,
+    has_generation: true,
+    field_labels: &["metadata.name", "metadata.namespace", "status.successful"],
+};
+pub const PODS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "pods",
+    kind: "Pod",
+    namespaced: true,
+    has_generation: true,
+    field_labels: &[
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ],
+};
+pub const CONFIGMAPS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "configmaps",
+    kind: "ConfigMap",
+    namespaced: true,
+    has_generation: false,
+    field_labels: &["metadata.name", "metadata.namespace"],
+};
+pub const EVENTS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    namespaced: true,
+    has_generation: false,
+    field_labels: &["metadata.name", "metadata.namespace"],
+};
+pub const LEASES: Resource = Resource {
+    group: "coordination.k8s.io",
+    version: "v1",
+    plural: "leases",
+    kind: "Lease",
+    namespaced: true,
+    has_generation: false,
+    field_labels: &["metadata.name", "metadata.namespace"],
+};
+pub const NAMESPACES: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "namespaces",
+    kind: "Namespace",
+    namespaced: false,
+    has_generation: false,
+    field_labels: &["metadata.name", "status.phase"],
+};
+
+pub static ALL: &[&Resource] = &[&JOBS, &PODS, &CONFIGMAPS, &EVENTS, &LEASES, &NAMESPACES];
+
+impl Resource {
+    /// Finds a resource by group, version and plural.
+    pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+        ALL.iter()
+            .copied()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+    }
+
+    /// `apiVersion` as written in objects: `batch/v1`, or `v1` for core.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `jobs.batch`, or `configmaps` for the core group (as in NotFound messages).
+    pub fn qualified_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// `Job.batch`, or `ConfigMap` for the core group (as in Invalid messages).
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// The list kind, `JobList`.
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+}

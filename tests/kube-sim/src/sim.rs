@@ -1,0 +1,160 @@
+//! The running stand-in: shared state, the HTTP server, the background
+//! controllers, and the hooks tests use to inject faults.
+
+use crate::resource::NAMESPACES;
+use crate::store::Store;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// Tunables of a stand-in.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// How many change events are kept for watches and list continuations.
+    pub history_limit: usize,
+    /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            history_limit: 10_000,
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Fault injection counters, consumed one per request.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Requests still to fail with `fail_code`.
+    pub fail_next: AtomicU64,
+    pub fail_code: AtomicU32,
+    /// Requests still to hang forever (until the client gives up).
+    pub hang_next: AtomicU64,
+}
+
+/// State shared by the handlers and controllers.
+pub struct Sim {
+    pub store: Store,
+    pub config: SimConfig,
+    pub faults: Faults,
+    /// Bumped to end every open watch stream.
+    pub cut_watches: watch::Sender<u64>,
+    /// Wakes the garbage collector after a write.
+    pub gc_wake: Notify,
+}
+
+impl Sim {
+    pub fn kick_controllers(&self) {
+        self.gc_wake.notify_one();
+    }
+}
+
+/// A stand-in serving on a loopback port; dropping it stops the server.
+pub struct KubeSim {
+    addr: SocketAddr,
+    sim: Arc<Sim>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KubeSim {
+    /// Binds 127.0.0.1 on a free port and serves.
+    pub async fn start(config: SimConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, config).await
+    }
+
+    /// Serves on a given listener.
+    pub async fn serve(listener: TcpListener, config: SimConfig) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let store = Store::new(config.history_limit);
+        for ns in ["default", "kube-system", "kube-public"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+            let _ = store.create(&NAMESPACES, "", obj);
+        }
+        let sim = Arc::new(Sim {
+            store,
+            config,
+            faults: Faults::default(),
+            cut_watches: watch::channel(0).0,
+            gc_wake: Notify::new(),
+        });
+        let app = axum::Router::new()
+            .fallback(crate::api::handle)
+            .with_state(sim.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("kube-sim: server stopped: {e}");
+            }
+        });
+        let gc = tokio::spawn(crate::gc::run(sim.clone()));
+        Ok(KubeSim {
+            addr,
+            sim,
+            tasks: vec![server, gc],
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn sim(&self) -> &Arc<Sim> {
+        &self.sim
+    }
+
+    /// Drops the event history: watches and continues from older versions get 410.
+    pub fn expire_history(&self) {
+        self.sim.store.expire_history();
+    }
+
+    /// Fails the next `n` requests with HTTP `code` (as a Status body).
+    pub fn fail_next(&self, n: u64, code: u16) {
+        use std::sync::atomic::Ordering;
+        self.sim
+            .faults
+            .fail_code
+            .store(code.into(), Ordering::SeqCst);
+        self.sim.faults.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` requests hang.
+    pub fn hang_next(&self, n: u64) {
+        self.sim
+            .faults
+            .hang_next
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends every open watch stream now.
+    pub fn cut_watches(&self) {
+        self.sim.cut_watches.send_modify(|g| *g += 1);
+    }
+
+    /// A kubeconfig pointing at this server, namespace `default`.
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: {}\ncontexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    namespace: default\n    user: kube-sim\ncurrent-context: kube-sim\nusers:\n- name: kube-sim\n  user: {{}}\npreferences: {{}}\n",
+            self.url()
+        )
+    }
+}
+
+impl Drop for KubeSim {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
