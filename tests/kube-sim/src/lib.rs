@@ -13,6 +13,8 @@
 //! - [`patch`]: merge patch and JSON patch.
 //! - [`status`]: `ApiError` and the `Status` wire form.
 //! - [`gc`]: the garbage collector (orphan / foreground / dangling owners).
+//! - [`job_controller`]: the Job controller, kubelet and TTL controller;
+//!   outcome scripts (`kube-sim/outcome`) and the time scale.
 //! - [`resource`]: the resources served.
 //!
 //! # K8S_FIDELITY checklist
@@ -52,16 +54,47 @@
 //!   BOOKMARK with kind/apiVersion/resourceVersion; too old → 200 + ERROR 410
 //!   then close; `timeoutSeconds`; fault hooks expire history, cut streams,
 //!   fail next N with a code, hang — `tests/watch.rs`, `tests/faults.rs`.
+//! - [x] Job controller (`tests/job_controller.rs`; tests that count every
+//!   event use `SimConfig::job_controller: false`, a bare API server): pods
+//!   with a controller ownerReference (`blockOwnerDeletion`), the template's
+//!   labels, up to `parallelism` —
+//!   `success_sets_interim_condition_first_then_complete`,
+//!   `parallelism_bounds_active_pods`; Pending → Running → Succeeded/Failed
+//!   with container statuses; failed (or deleted) pods replaced after a 10 s
+//!   doubling backoff within `backoffLimit` —
+//!   `failed_pods_are_replaced_within_backoff_limit`,
+//!   `a_deleted_running_pod_counts_as_failed_and_is_replaced`; status
+//!   `active`/`ready`/`succeeded`/`failed`/`startTime`/`completionTime`;
+//!   `SuccessCriteriaMet` then `Complete` (`CompletionsReached`),
+//!   `FailureTarget` then `Failed` (`BackoffLimitExceeded`,
+//!   `DeadlineExceeded`, `FailedIndexes`, `MaxFailedIndexesExceeded`), the
+//!   terminal one 1 simulated second later with every pod stopped —
+//!   `over_backoff_limit_is_failure_target_then_failed`,
+//!   `active_deadline_fails_with_deadline_exceeded`; Indexed: index
+//!   annotation + label, `JOB_COMPLETION_INDEX`, `completedIndexes` compressed,
+//!   `backoffLimitPerIndex` → `failedIndexes`, `maxFailedIndexes` —
+//!   `indexed_*`, `backoff_limit_per_index_*`, `max_failed_indexes_*`;
+//!   `ttlSecondsAfterFinished` → Foreground delete with a uid check, pods
+//!   collected — `ttl_after_finished_deletes_the_job_and_its_pods`;
+//!   unschedulable pods Pending with `PodScheduled=False` —
+//!   `unschedulable_pods_stay_pending`; outcomes scripted by the
+//!   `kube-sim/outcome` annotation on the pod template or the Job (`succeed`,
+//!   `fail`, `fail-times=N`, `fail-indexes=…`, `hang`, `duration=D`,
+//!   `unschedulable`) — `hanging_pods_run_and_are_ready`,
+//!   `job_controller::tests`; `SimConfig::time_scale` / `--time-scale` —
+//!   `time_scale_stretches_every_delay`.
 //!
 //! Not yet:
 //! - [ ] strategic-merge-patch with list merge keys (applied as merge patch)
 //!   and apply-patch (`fieldManager`, `force`) — answered 415.
 //! - [ ] DELETE of a collection; `resourceVersionMatch`; `sendInitialEvents`.
 //! - [ ] Watch faults: cut a stream mid-chunk, delay or drop events.
-//! - [ ] Job controller (defaults are done: parallelism, completions,
-//!   backoffLimit, completionMode, selector and the four pod labels — see
-//!   `tests/jobs.rs::create_fills_server_metadata`): pods, status, conditions,
-//!   backoff, Indexed, TTL, scriptable outcomes, time scale.
+//! - [ ] Job controller leftovers: `suspend` (no `Suspended` condition, a
+//!   suspended Job is left alone), scale-down of active pods when
+//!   `parallelism` drops, `podFailurePolicy`, `successPolicy`, the
+//!   `batch.kubernetes.io/job-tracking` pod finalizer, per-index backoff
+//!   delays (one delay per Job), `restartPolicy: OnFailure` restarts in place,
+//!   graceful pod termination (`terminating` is always 0).
 //! - [ ] Pod lifecycle and graceful deletion; Events; Lease MicroTime handling
 //!   (Leases are stored and conflict-checked like every object, untested).
 //! - [ ] Discovery endpoints and the `kubectl` test.
@@ -69,6 +102,7 @@
 
 pub mod api;
 pub mod gc;
+pub mod job_controller;
 pub mod patch;
 pub mod resource;
 pub mod selector;

@@ -1,5 +1,6 @@
 //! `kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE`: serve the API on
-//! loopback and write a kubeconfig pointing at it.
+//! loopback and write a kubeconfig pointing at it. `--time-scale F`
+//! multiplies every simulated delay of the Job controller (default 1).
 
 use anyhow::{bail, Context};
 use kube_sim::{KubeSim, SimConfig};
@@ -8,22 +9,30 @@ use kube_sim::{KubeSim, SimConfig};
 async fn main() -> anyhow::Result<()> {
     let mut listen = "127.0.0.1:0".to_string();
     let mut kubeconfig = None;
+    let mut config = SimConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().context("--listen needs an address")?,
             "--kubeconfig" => kubeconfig = Some(args.next().context("--kubeconfig needs a file")?),
+            "--time-scale" => {
+                config.time_scale = args
+                    .next()
+                    .context("--time-scale needs a number")?
+                    .parse()
+                    .context("--time-scale needs a number")?
+            }
             "-h" | "--help" => {
-                println!("usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE");
+                println!("usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE [--time-scale F]");
                 return Ok(());
             }
-            other => bail!("unknown argument {other:?}; usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE"),
+            other => bail!("unknown argument {other:?}; usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE [--time-scale F]"),
         }
     }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let sim = KubeSim::serve(listener, SimConfig::default()).await?;
+    let sim = KubeSim::serve(listener, config).await?;
     if let Some(path) = kubeconfig {
         std::fs::write(&path, sim.kubeconfig_yaml()).with_context(|| format!("writing {path}"))?;
     }

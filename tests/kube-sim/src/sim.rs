@@ -18,6 +18,13 @@ pub struct SimConfig {
     pub history_limit: usize,
     /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Multiplies every simulated delay of the Job controller and kubelet
+    /// (see [`crate::job_controller`]); `0.01` runs a 10 s backoff in 100 ms.
+    pub time_scale: f64,
+    /// Whether the Job controller and kubelet run. Off, the stand-in is a
+    /// bare kube-apiserver without controller-manager (as in envtest): Jobs
+    /// get no pods and no status. The garbage collector always runs.
+    pub job_controller: bool,
 }
 
 impl Default for SimConfig {
@@ -25,6 +32,8 @@ impl Default for SimConfig {
         SimConfig {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(1),
+            time_scale: 1.0,
+            job_controller: true,
         }
     }
 }
@@ -94,11 +103,11 @@ impl KubeSim {
             }
         });
         let gc = tokio::spawn(crate::gc::run(sim.clone()));
-        Ok(KubeSim {
-            addr,
-            sim,
-            tasks: vec![server, gc],
-        })
+        let mut tasks = vec![server, gc];
+        if sim.config.job_controller {
+            tasks.push(tokio::spawn(crate::job_controller::run(sim.clone())));
+        }
+        Ok(KubeSim { addr, sim, tasks })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn create_fills_server_metadata() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let mut j = job("a", json!({}));
     j.status = Some(Default::default());
@@ -47,7 +47,7 @@ async fn create_fills_server_metadata() {
 
 #[tokio::test]
 async fn already_exists_and_not_found_are_status_objects() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     create(&jobs, "x", json!({})).await;
     let s = status(
@@ -85,7 +85,7 @@ async fn already_exists_and_not_found_are_status_objects() {
 
 #[tokio::test]
 async fn invalid_names_are_422_with_causes() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let s = status(
         jobs.create(&PostParams::default(), &job("Bad_Name", json!({})))
@@ -118,7 +118,7 @@ async fn invalid_names_are_422_with_causes() {
 
 #[tokio::test]
 async fn generate_name_cuts_and_appends() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let mut j = job("", json!({}));
     j.metadata.name = None;
@@ -131,7 +131,7 @@ async fn generate_name_cuts_and_appends() {
 
 #[tokio::test]
 async fn list_label_and_field_selectors() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     create(&jobs, "a", json!({"app": "kedge", "tier": "x"})).await;
     create(&jobs, "b", json!({"app": "kedge", "tier": "y"})).await;
@@ -172,7 +172,7 @@ async fn list_label_and_field_selectors() {
 
 #[tokio::test]
 async fn list_pages_share_a_snapshot() {
-    let (sim, client) = start().await;
+    let (sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     for n in ["a", "b", "c"] {
         create(&jobs, n, json!({})).await;
@@ -208,7 +208,7 @@ async fn list_pages_share_a_snapshot() {
 
 #[tokio::test]
 async fn stale_resource_version_on_update_is_409_conflict() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
     let mut fresh = a.clone();
@@ -238,7 +238,7 @@ async fn stale_resource_version_on_update_is_409_conflict() {
 
 #[tokio::test]
 async fn merge_patch_and_template_immutability() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
     let pp = PatchParams::default();
@@ -288,7 +288,7 @@ async fn merge_patch_and_template_immutability() {
 
 #[tokio::test]
 async fn delete_background_returns_success_status_and_collects_dependents() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
@@ -302,7 +302,7 @@ async fn delete_background_returns_success_status_and_collects_dependents() {
 
 #[tokio::test]
 async fn delete_without_policy_orphans_a_jobs_dependents() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
@@ -321,7 +321,7 @@ async fn delete_without_policy_orphans_a_jobs_dependents() {
 
 #[tokio::test]
 async fn delete_foreground_removes_dependents_first() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
@@ -337,7 +337,7 @@ async fn delete_foreground_removes_dependents_first() {
 
 #[tokio::test]
 async fn delete_preconditions_and_dangling_owner() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     create(&jobs, "a", json!({})).await;

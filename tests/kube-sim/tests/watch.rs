@@ -30,7 +30,7 @@ fn name(e: &WatchEvent<Job>) -> (&'static str, String) {
 
 #[tokio::test]
 async fn from_a_resource_version_every_later_event_in_order() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
     let rv = a.metadata.resource_version.unwrap();
@@ -64,7 +64,7 @@ async fn from_a_resource_version_every_later_event_in_order() {
 
 #[tokio::test]
 async fn from_zero_current_objects_first_then_live() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     create(&jobs, "a", json!({})).await;
     let mut s = jobs
@@ -79,7 +79,7 @@ async fn from_zero_current_objects_first_then_live() {
 
 #[tokio::test]
 async fn selector_enter_and_leave_become_added_and_deleted() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     create(&jobs, "a", json!({})).await;
     let mut s = jobs
@@ -116,6 +116,7 @@ async fn selector_enter_and_leave_become_added_and_deleted() {
 #[tokio::test]
 async fn bookmarks_carry_kind_api_version_and_resource_version() {
     let cfg = SimConfig {
+        job_controller: false,
         bookmark_interval: Duration::from_millis(100),
         ..Default::default()
     };
@@ -147,7 +148,7 @@ async fn bookmarks_carry_kind_api_version_and_resource_version() {
 
 #[tokio::test]
 async fn too_old_resource_version_is_an_in_stream_410() {
-    let (sim, client) = start().await;
+    let (sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let a = create(&jobs, "a", json!({})).await;
     create(&jobs, "b", json!({})).await;
@@ -185,7 +186,7 @@ async fn too_old_resource_version_is_an_in_stream_410() {
 
 #[tokio::test]
 async fn timeout_seconds_ends_the_stream() {
-    let (_sim, client) = start().await;
+    let (_sim, client) = start_quiet().await;
     let jobs: Api<Job> = Api::namespaced(client, "default");
     let mut s = jobs
         .watch(&WatchParams::default().timeout(1), "0")
@@ -206,6 +207,7 @@ async fn timeout_seconds_ends_the_stream() {
 async fn kube_runtime_watcher_relists_after_410_and_sees_everything() {
     use kube::runtime::watcher::{self, Event};
     let cfg = SimConfig {
+        job_controller: false,
         history_limit: 3,
         ..Default::default()
     };

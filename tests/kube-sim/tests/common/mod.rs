@@ -8,6 +8,16 @@ pub async fn start() -> (KubeSim, kube::Client) {
     start_with(SimConfig::default()).await
 }
 
+/// A stand-in without the Job controller (a bare API server), for tests
+/// that count every event on a Job.
+pub async fn start_quiet() -> (KubeSim, kube::Client) {
+    start_with(SimConfig {
+        job_controller: false,
+        ..Default::default()
+    })
+    .await
+}
+
 pub async fn start_with(cfg: SimConfig) -> (KubeSim, kube::Client) {
     let sim = KubeSim::start(cfg).await.expect("start kube-sim");
     let config = kube::Config::new(sim.url().parse().expect("url"));
