@@ -227,14 +227,8 @@ template:
             break;
         }
         if Instant::now() > deadline {
-            let _ = std::fs::copy(ws.path().join("state/kedge.db"), "/tmp/kedge-e2e-failed.db");
-            let logs: String = std::fs::read_dir(ws.path())
-                .expect("workspace")
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("daemon-"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join("")
+            let logs: String = ws
+                .daemon_logs()
                 .lines()
                 .filter(|l| l.contains("dead letter") || l.contains("WARN") || l.contains("ERROR"))
                 .take(40)
@@ -1050,12 +1044,7 @@ fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
         "{metrics}"
     );
     assert!(d.stop().success());
-    let log = std::fs::read_dir(ws.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("daemon-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect::<String>();
+    let log = ws.daemon_logs();
     assert!(log.contains("queue source unavailable"), "{log}");
     assert!(!log.contains(secret), "the password leaked into the log");
 }

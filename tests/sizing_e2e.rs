@@ -212,22 +212,8 @@ fn a_run_the_maximum_cannot_finish_in_time_is_flagged_at_risk_and_skipped() {
         ws.dead_letters().is_empty(),
         "a skipped run is not dead-lettered"
     );
-    let log = std::fs::read_to_string(d_log(&ws)).unwrap_or_default();
+    let log = ws.daemon_logs();
     assert!(log.contains("run at risk"), "{log}");
-}
-
-fn d_log(ws: &Workspace) -> std::path::PathBuf {
-    std::fs::read_dir(ws.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("daemon-")
-        })
-        .unwrap()
 }
 
 #[test]

@@ -100,6 +100,24 @@ impl Workspace {
         self.start_daemon_with(&[])
     }
 
+    /// Every daemon log of this workspace (`daemon-N.log`), in file-name order.
+    pub fn daemon_logs(&self) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.path())
+            .expect("workspace")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("daemon-"))
+            })
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
     /// [`Workspace::start_daemon`] with extra environment variables.
     pub fn start_daemon_with(&self, env: &[(String, String)]) -> Daemon {
         let n = std::fs::read_dir(self.path())
