@@ -1197,3 +1197,50 @@ template:
     assert_eq!(ok["message_id"], letter["message_id"]);
     assert!(ws.dead_letters().is_empty(), "the letter is closed");
 }
+
+/// `kedge enqueue` on a broker job publishes to the broker (here a Redis
+/// list), where the daemon claims it like any producer's message; a bad
+/// payload is refused before anything is published.
+#[test]
+fn enqueue_on_a_broker_job_publishes_to_the_broker() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let ws = Workspace::new();
+    ws.write_job(
+        "q",
+        "name: q\ntrigger:\n  queue:\n    redis_list: { url_env: KEDGE_TEST_REDIS, list: jobs }\n\
+         template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+         containers: [{ name: m, command: [\"true\"] }]\n",
+    );
+    let env = [("KEDGE_TEST_REDIS".to_string(), server.url())];
+    let enqueue = |data: &str| {
+        ws.kedge()
+            .args(["enqueue", "q", "--data", data])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    };
+    let bad = enqueue("not json");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not JSON"));
+    let ok = enqueue("{\"n\":1}");
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("published to redis_list:jobs"));
+    let mut conn = server.conn();
+    let queued: Vec<String> = redis::cmd("LRANGE")
+        .arg("jobs")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(queued, ["{\"n\":1}"]);
+    let d = ws.start_daemon_with(&env);
+    wait_until(
+        Duration::from_secs(30),
+        "the published message to run",
+        || ws.runs().iter().any(|r| r["state"] == "succeeded"),
+    );
+    assert!(d.stop().success());
+    assert_eq!(ws.runs().len(), 1);
+}
