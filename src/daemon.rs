@@ -398,9 +398,10 @@ async fn form_batches(
                 crate::lifecycle::RunKey::Message(&format!("batch:{}", ids[0])),
                 1,
             );
-            let deadline = members.iter().filter_map(|m| m.deadline_ms).min();
+            // The run's deadline is its first member's: members come
+            // earliest deadline first.
             if store
-                .create_batch_run(&job.name, &run_id, &ids, deadline, now)
+                .create_batch_run(&job.name, &run_id, &ids, now)
                 .await?
             {
                 tracing::info!(run = %run_id, job = %job.name, messages = ids.len(), "batch formed");

@@ -818,21 +818,6 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
-    /// Stores a message that is refused at intake (bad payload, expired) as
-    /// a dead work item with its dead letter, in one transaction. `false`
-    /// (nothing written) when the message was stored before.
-    pub async fn insert_dead_item(
-        &self,
-        item: &NewWorkItem,
-        reason: &str,
-        error: &str,
-    ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let stored = insert_dead_item_tx(&mut tx, item, reason, error, now_ms()).await?;
-        tx.commit().await?;
-        Ok(stored)
-    }
-
     /// Stores what intake made of one claim's messages, all in one
     /// transaction (one commit per claim rather than per message). Returns,
     /// per item, whether it was written (`false`: stored before).
@@ -1065,7 +1050,6 @@ impl Store {
         job: &str,
         run_id: &str,
         items: &[String],
-        deadline_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<bool> {
         let Some(first) = items.first() else {
@@ -1086,7 +1070,6 @@ impl Store {
                 return Ok(false);
             }
         }
-        let _ = deadline_ms;
         sqlx::query(
             "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
              VALUES ($1, $2, $3, 1, 'pending', 'queue', $4)",
