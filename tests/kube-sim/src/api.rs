@@ -4,7 +4,7 @@
 use crate::patch;
 use crate::resource::{Resource, NAMESPACES};
 use crate::selector::{labels_of, FieldSelector, LabelSelector};
-use crate::sim::Sim;
+use crate::sim::{CreateRecord, Sim};
 use crate::status::{success_status, ApiError};
 use crate::store::{rv_of, timestamp, Change, Event};
 use crate::validation;
@@ -13,11 +13,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A parsed request target.
 struct Target {
@@ -83,14 +83,92 @@ pub async fn handle(
         sim.faults.hang_next.fetch_sub(1, Ordering::SeqCst);
         std::future::pending::<()>().await;
     }
-    if sim.faults.fail_next.load(Ordering::SeqCst) > 0 {
+    let intent = (method == Method::POST)
+        .then(|| CreateIntent::parse(&uri, &body))
+        .flatten();
+    let response = if sim.faults.fail_next.load(Ordering::SeqCst) > 0 {
         sim.faults.fail_next.fetch_sub(1, Ordering::SeqCst);
-        return ApiError::Injected(sim.faults.fail_code.load(Ordering::SeqCst) as u16)
-            .into_response();
+        ApiError::Injected(sim.faults.fail_code.load(Ordering::SeqCst) as u16).into_response()
+    } else {
+        match dispatch(&sim, &method, &uri, &headers, &body).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    };
+    if let Some(intent) = intent {
+        sim.record_create(intent.record(&response));
     }
-    match dispatch(&sim, &method, &uri, &headers, &body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    response
+}
+
+/// What a create request asked for, read before it is answered (for the create log).
+struct CreateIntent {
+    resource: &'static str,
+    namespace: String,
+    name: String,
+    generate_name: Option<String>,
+    annotations: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+}
+
+/// Set on a create's 201 response for the create log.
+#[derive(Debug, Clone)]
+struct Created {
+    name: String,
+    resource_version: Option<String>,
+    uid: Option<String>,
+    dry_run: bool,
+}
+
+impl CreateIntent {
+    /// `Some` for a POST to a namespaced collection (`…/namespaces/NS/PLURAL`).
+    fn parse(uri: &Uri, body: &Bytes) -> Option<Self> {
+        let t = parse_path(uri.path()).ok()?;
+        if !t.resource.namespaced || t.name.is_some() {
+            return None;
+        }
+        let namespace = t.namespace?;
+        let sent: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let meta = &sent["metadata"];
+        let map = |v: &Value| -> BTreeMap<String, String> {
+            v.as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(CreateIntent {
+            resource: t.resource.plural,
+            namespace,
+            name: meta["name"].as_str().unwrap_or("").to_string(),
+            generate_name: meta["generateName"].as_str().map(str::to_string),
+            annotations: map(&meta["annotations"]),
+            labels: map(&meta["labels"]),
+        })
+    }
+
+    fn record(self, response: &Response) -> CreateRecord {
+        let created = response.extensions().get::<Created>().cloned();
+        CreateRecord {
+            resource: self.resource.to_string(),
+            namespace: self.namespace,
+            name: created.as_ref().map_or(self.name, |c| c.name.clone()),
+            generate_name: self.generate_name,
+            code: response.status().as_u16(),
+            resource_version: created.as_ref().and_then(|c| c.resource_version.clone()),
+            uid: created.as_ref().and_then(|c| c.uid.clone()),
+            dry_run: created.is_some_and(|c| c.dry_run),
+            at: Instant::now(),
+            annotations: self.annotations,
+            labels: self.labels,
+        }
     }
 }
 
@@ -295,11 +373,28 @@ fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Respons
     if q.get("dryRun").is_some_and(|v| v == "All") {
         let mut out = obj;
         out["metadata"]["creationTimestamp"] = json!(timestamp());
-        return Ok(json_response(StatusCode::CREATED, out));
+        let created = Created {
+            name: out["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            resource_version: None,
+            uid: None,
+            dry_run: true,
+        };
+        let mut r = json_response(StatusCode::CREATED, out);
+        r.extensions_mut().insert(created);
+        return Ok(r);
     }
     let out = sim.store.create(resource, &ns, obj)?;
     sim.kick_controllers();
-    Ok(json_response(StatusCode::CREATED, out))
+    let meta_str = |f: &str| out["metadata"][f].as_str().map(str::to_string);
+    let created = Created {
+        name: meta_str("name").unwrap_or_default(),
+        resource_version: meta_str("resourceVersion"),
+        uid: meta_str("uid"),
+        dry_run: false,
+    };
+    let mut r = json_response(StatusCode::CREATED, out);
+    r.extensions_mut().insert(created);
+    Ok(r)
 }
 
 /// The update rules shared by PUT and PATCH (main resource or `/status`).

@@ -84,6 +84,14 @@
 //!   `job_controller::tests`; `SimConfig::time_scale` / `--time-scale` —
 //!   `time_scale_stretches_every_delay`.
 //!
+//! Test aids beyond the server (for other crates' tests):
+//! - [x] Create log: every POST to a namespaced resource with its outcome
+//!   code, resourceVersion, uid, time, and annotations/labels as sent
+//!   ([`KubeSim::creates`], [`CreateRecord`]) —
+//!   `tests/creates.rs::every_create_request_is_recorded_with_its_outcome`.
+//! - [x] Current objects as JSON ([`KubeSim::objects`], [`KubeSim::object`]) —
+//!   `tests/creates.rs::objects_and_object_read_the_store`.
+//!
 //! Not yet:
 //! - [ ] strategic-merge-patch with list merge keys (applied as merge patch)
 //!   and apply-patch (`fieldManager`, `force`) — answered 415.
@@ -111,5 +119,5 @@ pub mod status;
 pub mod store;
 pub mod validation;
 
-pub use sim::{KubeSim, SimConfig};
+pub use sim::{CreateRecord, KubeSim, SimConfig};
 pub use status::ApiError;

@@ -1,13 +1,14 @@
 //! The running stand-in: shared state, the HTTP server, the background
 //! controllers, and the hooks tests use to inject faults.
 
-use crate::resource::NAMESPACES;
+use crate::resource::{Resource, NAMESPACES};
 use crate::store::Store;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -48,6 +49,48 @@ pub struct Faults {
     pub hang_next: AtomicU64,
 }
 
+/// One create (POST) request to a namespaced resource, as the API answered it.
+///
+/// Every such request gets one record, in arrival-of-answer order, whatever
+/// its outcome: 201, a 4xx from validation or a name clash, a 5xx injected
+/// by [`KubeSim::fail_next`]. Not recorded: requests hung by
+/// [`KubeSim::hang_next`] (they are never answered) and objects the simulated
+/// controllers create themselves (pods of a Job), which never pass through
+/// the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRecord {
+    /// Resource plural from the URL: `jobs`, `configmaps`, `leases`, ….
+    pub resource: String,
+    /// Namespace from the URL.
+    pub namespace: String,
+    /// `metadata.name` as sent (empty when only `generateName` was sent),
+    /// or the name the server generated when the create succeeded.
+    pub name: String,
+    /// `metadata.generateName` as sent.
+    pub generate_name: Option<String>,
+    /// HTTP status of the answer: 201, 400, 404, 409, 422, 500, ….
+    pub code: u16,
+    /// `metadata.resourceVersion` of the stored object (201 only, not for dryRun).
+    pub resource_version: Option<String>,
+    /// `metadata.uid` of the stored object (201 only, not for dryRun).
+    pub uid: Option<String>,
+    /// Whether the request was `dryRun=All` (nothing stored).
+    pub dry_run: bool,
+    /// When the answer was decided (monotonic).
+    pub at: Instant,
+    /// `metadata.annotations` as sent (empty if none).
+    pub annotations: BTreeMap<String, String>,
+    /// `metadata.labels` as sent (empty if none).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CreateRecord {
+    /// Whether the object was stored (201 and not a dry run).
+    pub fn created(&self) -> bool {
+        self.code == 201 && !self.dry_run
+    }
+}
+
 /// State shared by the handlers and controllers.
 pub struct Sim {
     pub store: Store,
@@ -57,11 +100,21 @@ pub struct Sim {
     pub cut_watches: watch::Sender<u64>,
     /// Wakes the garbage collector after a write.
     pub gc_wake: Notify,
+    /// Append-only log of create requests (see [`CreateRecord`]).
+    pub creates: Mutex<Vec<CreateRecord>>,
 }
 
 impl Sim {
     pub fn kick_controllers(&self) {
         self.gc_wake.notify_one();
+    }
+
+    /// Appends one record to the create log.
+    pub fn record_create(&self, record: CreateRecord) {
+        self.creates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
     }
 }
 
@@ -93,6 +146,7 @@ impl KubeSim {
             faults: Faults::default(),
             cut_watches: watch::channel(0).0,
             gc_wake: Notify::new(),
+            creates: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(crate::api::handle)
@@ -151,6 +205,37 @@ impl KubeSim {
         self.sim.cut_watches.send_modify(|g| *g += 1);
     }
 
+    /// Every create (POST) request to a namespaced resource so far, oldest
+    /// first (see [`CreateRecord`]).
+    pub fn creates(&self) -> Vec<CreateRecord> {
+        self.sim
+            .creates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The create records of one resource plural (`"jobs"`), oldest first.
+    pub fn creates_of(&self, resource: &str) -> Vec<CreateRecord> {
+        self.creates()
+            .into_iter()
+            .filter(|r| r.resource == resource)
+            .collect()
+    }
+
+    /// The current objects of a resource plural (`"jobs"`, `"pods"`,
+    /// `"configmaps"`, `"events"`, `"leases"`) in one namespace, sorted by
+    /// name, as stored (with `apiVersion` and `kind`). Panics on a plural the
+    /// stand-in does not serve.
+    pub fn objects(&self, resource: &str, namespace: &str) -> Vec<Value> {
+        self.sim.store.list(served(resource), Some(namespace)).1
+    }
+
+    /// One current object, or `None`. Panics on a plural the stand-in does not serve.
+    pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.sim.store.get(served(resource), namespace, name).ok()
+    }
+
     /// A kubeconfig pointing at this server, namespace `default`.
     pub fn kubeconfig_yaml(&self) -> String {
         format!(
@@ -158,6 +243,14 @@ impl KubeSim {
             self.url()
         )
     }
+}
+
+fn served(plural: &str) -> &'static Resource {
+    crate::resource::ALL
+        .iter()
+        .copied()
+        .find(|r| r.plural == plural)
+        .unwrap_or_else(|| panic!("kube-sim does not serve a resource named {plural:?}"))
 }
 
 impl Drop for KubeSim {
