@@ -195,6 +195,23 @@ async fn dispatch(
         (Method::GET, Some(name)) => {
             json_response(StatusCode::OK, sim.store.get(t.resource, &ns, name)?)
         }
+        (Method::PUT, Some(name))
+            if !t.status
+                && t.resource.allow_create_on_update
+                && sim.store.get(t.resource, &ns, name).is_err() =>
+        {
+            // AllowCreateOnUpdate (Lease, Event): a PUT to a missing name creates it.
+            // The storage layer clears a sent resourceVersion on this path.
+            let mut sent = parse_body(body)?;
+            check_name_matches_url(&sent, name)?;
+            if let Some(m) = sent["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            let sent = Bytes::from(serde_json::to_vec(&sent).unwrap_or_default());
+            let mut r = create(sim, &t, &q, &sent)?;
+            *r.status_mut() = StatusCode::CREATED;
+            r
+        }
         (Method::PUT, Some(name)) => {
             let new = parse_body(body)?;
             let out = sim.store.update(t.resource, &ns, name, |cur| {
@@ -397,6 +414,17 @@ fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Respons
     Ok(r)
 }
 
+/// The handler's `checkName`: the body's name (empty if unset) must be the URL's.
+fn check_name_matches_url(obj: &Value, name: &str) -> Result<(), ApiError> {
+    let sent = obj["metadata"]["name"].as_str().unwrap_or("");
+    if sent != name {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({sent}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(())
+}
+
 /// The update rules shared by PUT and PATCH (main resource or `/status`).
 fn apply_update(
     resource: &'static Resource,
@@ -410,6 +438,9 @@ fn apply_update(
         .as_str()
         .unwrap_or("")
         .to_string();
+    if sent_rv.is_empty() && !resource.allow_unconditional_update {
+        return Err(ApiError::ResourceVersionRequired { resource, name });
+    }
     if !sent_rv.is_empty() && sent_rv != rv_of(cur).to_string() {
         return Err(ApiError::Conflict {
             resource,
@@ -417,12 +448,7 @@ fn apply_update(
             detail: "the object has been modified; please apply your changes to the latest version and try again".into(),
         });
     }
-    if new["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-        return Err(ApiError::BadRequest(format!(
-            "the name of the object ({}) does not match the name on the URL ({name})",
-            new["metadata"]["name"].as_str().unwrap_or("")
-        )));
-    }
+    check_name_matches_url(&new, &name)?;
     let mut new = typed_roundtrip(resource, new)?;
     if !new["metadata"].is_object() {
         new["metadata"] = json!({});

@@ -83,6 +83,18 @@
 //!   `unschedulable`) — `hanging_pods_run_and_are_ready`,
 //!   `job_controller::tests`; `SimConfig::time_scale` / `--time-scale` —
 //!   `time_scale_stretches_every_delay`.
+//! - [x] Lease: `renewTime`/`acquireTime` MicroTime keep microseconds —
+//!   `tests/leases.rs::create_get_replace_keep_microseconds`; stale
+//!   resourceVersion → 409 Conflict on `leases.coordination.k8s.io` —
+//!   `replace_with_a_stale_resource_version_is_a_conflict`; two concurrent
+//!   replacers, exactly one wins — `of_two_concurrent_replacers_exactly_one_wins`;
+//!   no unconditional update (PUT without resourceVersion → 422 naming the
+//!   resource) — `replace_without_a_resource_version_is_refused_for_leases`;
+//!   create on update — `replace_of_a_missing_lease_creates_it`;
+//!   `leaseDurationSeconds > 0`, `leaseTransitions >= 0` —
+//!   `validation.rs::tests::lease_spec_bounds`. Per resource
+//!   `AllowCreateOnUpdate` / `AllowUnconditionalUpdate` (Events create on
+//!   update too); a PUT body without a name is refused as `checkName` does.
 //!
 //! Test aids beyond the server (for other crates' tests):
 //! - [x] Create log: every POST to a namespaced resource with its outcome
@@ -103,8 +115,7 @@
 //!   `batch.kubernetes.io/job-tracking` pod finalizer, per-index backoff
 //!   delays (one delay per Job), `restartPolicy: OnFailure` restarts in place,
 //!   graceful pod termination (`terminating` is always 0).
-//! - [ ] Pod lifecycle and graceful deletion; Events; Lease MicroTime handling
-//!   (Leases are stored and conflict-checked like every object, untested).
+//! - [ ] Pod lifecycle and graceful deletion; Events.
 //! - [ ] Discovery endpoints and the `kubectl` test.
 //! - [ ] `preconditions`/finalizers rule "no new finalizers while deleting".
 

@@ -15,6 +15,11 @@ pub struct Resource {
     pub has_generation: bool,
     /// Field selector labels the real server supports for this resource.
     pub field_labels: &'static [&'static str],
+    /// The strategy's `AllowCreateOnUpdate`: a PUT to a missing name creates it.
+    pub allow_create_on_update: bool,
+    /// The strategy's `AllowUnconditionalUpdate`: a PUT without
+    /// `metadata.resourceVersion` overwrites; otherwise it is a 422.
+    pub allow_unconditional_update: bool,
 }
 
 pub const JOBS: Resource = Resource {
@@ -25,6 +30,8 @@ pub const JOBS: Resource = Resource {
     namespaced: true,
     has_generation: true,
     field_labels: &["metadata.name", "metadata.namespace", "status.successful"],
+    allow_create_on_update: false,
+    allow_unconditional_update: true,
 };
 pub const PODS: Resource = Resource {
     group: "",
@@ -44,6 +51,8 @@ pub const PODS: Resource = Resource {
         "status.podIP",
         "status.nominatedNodeName",
     ],
+    allow_create_on_update: false,
+    allow_unconditional_update: true,
 };
 pub const CONFIGMAPS: Resource = Resource {
     group: "",
@@ -53,6 +62,8 @@ pub const CONFIGMAPS: Resource = Resource {
     namespaced: true,
     has_generation: false,
     field_labels: &["metadata.name", "metadata.namespace"],
+    allow_create_on_update: false,
+    allow_unconditional_update: true,
 };
 pub const EVENTS: Resource = Resource {
     group: "",
@@ -62,6 +73,8 @@ pub const EVENTS: Resource = Resource {
     namespaced: true,
     has_generation: false,
     field_labels: &["metadata.name", "metadata.namespace"],
+    allow_create_on_update: true,
+    allow_unconditional_update: true,
 };
 pub const LEASES: Resource = Resource {
     group: "coordination.k8s.io",
@@ -71,6 +84,8 @@ pub const LEASES: Resource = Resource {
     namespaced: true,
     has_generation: false,
     field_labels: &["metadata.name", "metadata.namespace"],
+    allow_create_on_update: true,
+    allow_unconditional_update: false,
 };
 pub const NAMESPACES: Resource = Resource {
     group: "",
@@ -80,6 +95,8 @@ pub const NAMESPACES: Resource = Resource {
     namespaced: false,
     has_generation: false,
     field_labels: &["metadata.name", "status.phase"],
+    allow_create_on_update: false,
+    allow_unconditional_update: true,
 };
 
 pub static ALL: &[&Resource] = &[&JOBS, &PODS, &CONFIGMAPS, &EVENTS, &LEASES, &NAMESPACES];

@@ -90,6 +90,15 @@ pub enum ApiError {
         name: String,
         causes: Vec<Cause>,
     },
+    /// 422 Invalid for a PUT without `metadata.resourceVersion` on a
+    /// resource whose strategy refuses unconditional updates (Lease). The
+    /// generic registry names the resource where the kind belongs
+    /// (`leases.coordination.k8s.io "x" is invalid`, `details.kind: leases`).
+    #[error("{} {name:?} is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update", resource.qualified_resource())]
+    ResourceVersionRequired {
+        resource: &'static Resource,
+        name: String,
+    },
     /// 410 Expired: the requested resourceVersion is older than the kept history.
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
@@ -132,7 +141,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
-            ApiError::Invalid { .. } => 422,
+            ApiError::Invalid { .. } | ApiError::ResourceVersionRequired { .. } => 422,
             ApiError::Expired { .. } | ApiError::ContinueExpired => 410,
             ApiError::BadRequest(_) => 400,
             ApiError::MethodNotAllowed => 405,
@@ -146,7 +155,7 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::ResourceVersionRequired { .. } => "Invalid",
             ApiError::Expired { .. } | ApiError::ContinueExpired => "Expired",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
@@ -185,6 +194,11 @@ impl ApiError {
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                     .collect();
+                Some(d)
+            }
+            ApiError::ResourceVersionRequired { resource, name } => {
+                let mut d = details(resource, name, resource.plural);
+                d["causes"] = json!([{"reason": "FieldValueInvalid", "message": "Invalid value: 0x0: must be specified for an update", "field": "metadata.resourceVersion"}]);
                 Some(d)
             }
             _ => None,

@@ -118,7 +118,32 @@ pub fn admit_create(resource: &'static Resource, obj: &mut Value) -> Result<(), 
         default_pod_spec(&mut obj["spec"]);
         causes.extend(validate_pod_spec(&obj["spec"], "spec"));
     }
+    if resource.plural == "leases" {
+        causes.extend(validate_lease_spec(&obj["spec"]));
+    }
     invalid(resource, obj, causes)
+}
+
+/// `ValidateLeaseSpec`. The real message prints the value as a Go pointer
+/// (`(*int32)(0xc…)`); the number stands in for it here.
+fn validate_lease_spec(spec: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut check = |field: &str, ok: fn(i64) -> bool, detail: &str| {
+        if let Some(n) = spec[field].as_i64().filter(|n| !ok(*n)) {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: format!("spec.{field}"),
+                message: format!("Invalid value: {n}: {detail}"),
+            });
+        }
+    };
+    check("leaseDurationSeconds", |n| n > 0, "must be greater than 0");
+    check(
+        "leaseTransitions",
+        |n| n >= 0,
+        "must be greater than or equal to 0",
+    );
+    causes
 }
 
 fn default_pod_spec(spec: &mut Value) {
@@ -315,6 +340,9 @@ pub fn admit_update(
             causes.extend(validate_job(new));
         }
     }
+    if resource.plural == "leases" {
+        causes.extend(validate_lease_spec(&new["spec"]));
+    }
     invalid(resource, new, causes)
 }
 
@@ -333,6 +361,18 @@ fn short(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_spec_bounds() {
+        let mut l = json!({"metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": 0, "leaseTransitions": -1}});
+        let err = admit_create(&crate::resource::LEASES, &mut l).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"Lease.coordination.k8s.io "l" is invalid: [spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0, spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0]"#
+        );
+        let mut ok = json!({"metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": 15, "leaseTransitions": 0}});
+        admit_create(&crate::resource::LEASES, &mut ok).unwrap();
+    }
 
     #[test]
     fn dns1123() {
