@@ -95,6 +95,17 @@
 //!   `validation.rs::tests::lease_spec_bounds`. Per resource
 //!   `AllowCreateOnUpdate` / `AllowUnconditionalUpdate` (Events create on
 //!   update too); a PUT body without a name is refused as `checkName` does.
+//! - [x] ConfigMaps and core/v1 Events served: create/get/list/replace/delete,
+//!   errors without a group (`configmaps "x" not found`) —
+//!   `tests/core.rs::configmaps_create_get_list_replace_delete`,
+//!   `events_create_get_list_delete`; ConfigMap keys and the 1 MiB bound —
+//!   `configmap_keys_and_size_are_validated`; Event namespace agreement and
+//!   the fields a "new" Event (with `eventTime`) needs (`legacyValidateEvent`).
+//! - [x] A ConfigMap owned by a Job (controller, blockOwnerDeletion, uid):
+//!   collected on Background, kept without the reference on Orphan —
+//!   `tests/core.rs::a_configmap_owned_by_a_job_follows_the_deletion_policy`;
+//!   collected when the owner uid does not exist or lives in another
+//!   namespace — `a_configmap_whose_owner_uid_does_not_exist_is_collected`.
 //!
 //! Test aids beyond the server (for other crates' tests):
 //! - [x] Create log: every POST to a namespaced resource with its outcome
@@ -115,7 +126,8 @@
 //!   `batch.kubernetes.io/job-tracking` pod finalizer, per-index backoff
 //!   delays (one delay per Job), `restartPolicy: OnFailure` restarts in place,
 //!   graceful pod termination (`terminating` is always 0).
-//! - [ ] Pod lifecycle and graceful deletion; Events.
+//! - [ ] Pod lifecycle and graceful deletion; Event TTL (1 h) and the
+//!   length limits of Event fields; `immutable` ConfigMaps.
 //! - [ ] Discovery endpoints and the `kubectl` test.
 //! - [ ] `preconditions`/finalizers rule "no new finalizers while deleting".
 

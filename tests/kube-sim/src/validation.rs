@@ -121,7 +121,117 @@ pub fn admit_create(resource: &'static Resource, obj: &mut Value) -> Result<(), 
     if resource.plural == "leases" {
         causes.extend(validate_lease_spec(&obj["spec"]));
     }
+    if resource.plural == "configmaps" {
+        causes.extend(validate_configmap(obj));
+    }
+    if resource.plural == "events" {
+        causes.extend(validate_event(obj));
+    }
     invalid(resource, obj, causes)
+}
+
+/// `MaxSecretSize`, the bound on a ConfigMap's `data` plus `binaryData`.
+pub const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
+
+const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+
+/// `ValidateConfigMap`: keys are config keys, no key in both bags, and the
+/// values together at most 1 MiB (`binaryData` counted decoded).
+fn validate_configmap(cm: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut total = 0usize;
+    let empty = serde_json::Map::new();
+    let data = cm["data"].as_object().unwrap_or(&empty);
+    let binary = cm["binaryData"].as_object().unwrap_or(&empty);
+    for (bag, other, this_name, other_name) in [
+        (data, binary, "data", "binaryData"),
+        (binary, data, "binaryData", "data"),
+    ] {
+        for (key, value) in bag {
+            let field = format!("{this_name}[{key}]");
+            let key_ok = !key.is_empty()
+                && key.len() <= 253
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !key_ok {
+                causes.push(Cause::invalid(field.clone(), key, CONFIG_KEY_MSG));
+            } else if key == "." || key == ".." {
+                causes.push(Cause::invalid(
+                    field.clone(),
+                    key,
+                    &format!("must not be '{key}'"),
+                ));
+            } else if key.starts_with("..") {
+                causes.push(Cause::invalid(
+                    field.clone(),
+                    key,
+                    "must not start with '..'",
+                ));
+            }
+            if other.contains_key(key) {
+                causes.push(Cause::invalid(
+                    field,
+                    key,
+                    &format!("duplicate of key present in {other_name}"),
+                ));
+            }
+            let s = value.as_str().unwrap_or("");
+            // binaryData travels base64-encoded; its size is the decoded size.
+            total += if this_name == "binaryData" {
+                s.len() / 4 * 3 - s.bytes().rev().take_while(|b| *b == b'=').count()
+            } else {
+                s.len()
+            };
+        }
+    }
+    if total > MAX_CONFIGMAP_BYTES {
+        // The field path is empty (the whole object); the wording is 1.2x's.
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "[]".into(),
+            message: format!("Too long: must have at most {MAX_CONFIGMAP_BYTES} bytes"),
+        });
+    }
+    causes
+}
+
+/// `legacyValidateEvent` for a `v1` request: the involved object's namespace
+/// must agree with the Event's; an Event with `eventTime` (a "new" Event)
+/// also needs `reportingComponent`, `reportingInstance`, `action`, `reason`.
+fn validate_event(ev: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let ns = ev["metadata"]["namespace"].as_str().unwrap_or("");
+    let involved = ev["involvedObject"]["namespace"].as_str().unwrap_or("");
+    let mismatch = |causes: &mut Vec<Cause>| {
+        causes.push(Cause::invalid(
+            "involvedObject.namespace",
+            involved,
+            "does not match event.namespace",
+        ))
+    };
+    if ev["eventTime"].is_null() {
+        if (involved.is_empty() && !ns.is_empty() && ns != "default")
+            || (!involved.is_empty() && involved != ns)
+        {
+            mismatch(&mut causes);
+        }
+    } else {
+        if involved.is_empty() && ns != "default" && ns != "kube-system" {
+            mismatch(&mut causes);
+        }
+        for field in [
+            "reportingComponent",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
+            if ev[field].as_str().is_none_or(str::is_empty) {
+                causes.push(Cause::required(field, ""));
+            }
+        }
+    }
+    causes
 }
 
 /// `ValidateLeaseSpec`. The real message prints the value as a Go pointer
@@ -342,6 +452,9 @@ pub fn admit_update(
     }
     if resource.plural == "leases" {
         causes.extend(validate_lease_spec(&new["spec"]));
+    }
+    if resource.plural == "configmaps" {
+        causes.extend(validate_configmap(new));
     }
     invalid(resource, new, causes)
 }
