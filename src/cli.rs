@@ -54,10 +54,37 @@ pub enum Command {
     ///
     /// Stops gracefully on SIGINT or SIGTERM: running processes are stopped
     /// and their runs go back to pending, to be launched again at the next start.
+    ///
+    /// With --executor kubernetes, each run is a Kubernetes Job; replicas
+    /// elect one leader through a Lease and only the leader launches, and a
+    /// graceful stop lets running Jobs run on for the next leader to adopt.
     Run {
         /// Log format [default: the config's log_format, pretty]
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Where runs run [default: the config's executor.kind, local]
+        #[arg(long, value_enum)]
+        executor: Option<config::ExecutorKind>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print the Kubernetes objects a run of a job would create, as
+    /// multi-document YAML (the payload ConfigMap, if any, then the Job).
+    ///
+    /// A cron job's run is its fire at --at; a queue job's run is one
+    /// message, --payload. A sized job is sized as `kedge plan --at` would.
+    Render {
+        /// The job
+        #[arg(long)]
+        job: String,
+        /// The run's time (RFC 3339) [default: now]
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// A queue job's message: JSON text, or @FILE [default: {}]
+        #[arg(long, value_name = "JSON")]
+        payload: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Check the config and every job definition; print each problem as path:line:column: field: message.
     Validate,
@@ -178,6 +205,61 @@ pub enum DlqCommand {
     },
 }
 
+/// Where the Kubernetes executor connects to; both override the config.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// kubeconfig file [default: the config's, else KUBECONFIG, ~/.kube/config, in-cluster]
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the Jobs [default: the config's, else the kubeconfig context's]
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The config's executor with these flags (and `kind`) applied.
+    fn apply(
+        &self,
+        kind: Option<config::ExecutorKind>,
+        executor: &mut config::ExecutorConfig,
+    ) -> Result<(), Failure> {
+        if kind == Some(config::ExecutorKind::Kubernetes) {
+            if let config::ExecutorConfig::Local(_) = executor {
+                *executor = config::ExecutorConfig::Kubernetes(Default::default());
+            }
+        }
+        if kind == Some(config::ExecutorKind::Local) {
+            if let config::ExecutorConfig::Kubernetes(_) = executor {
+                *executor = config::ExecutorConfig::Local(Default::default());
+            }
+        }
+        match executor {
+            config::ExecutorConfig::Kubernetes(k) => {
+                if let Some(path) = &self.kubeconfig {
+                    k.kubeconfig = Some(path.clone());
+                }
+                if let Some(ns) = &self.namespace {
+                    if !config::job::is_dns1123_label(ns) {
+                        return Err(Failure::Input(format!(
+                            "--namespace: \"{ns}\" is not a valid namespace name (lower-case letters, digits and '-', at most 63)"
+                        )));
+                    }
+                    k.namespace = Some(ns.clone());
+                }
+                Ok(())
+            }
+            config::ExecutorConfig::Local(_)
+                if self.kubeconfig.is_some() || self.namespace.is_some() =>
+            {
+                Err(Failure::Input(
+                    "--kubeconfig and --namespace need the kubernetes executor (--executor kubernetes, or executor.kind: kubernetes in the config)".into(),
+                ))
+            }
+            config::ExecutorConfig::Local(_) => Ok(()),
+        }
+    }
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 pub enum Failure {
@@ -244,7 +326,17 @@ async fn open_store(url: &str) -> Result<Store, Failure> {
 async fn execute(cli: Cli) -> Result<(), Failure> {
     let src = sources(&cli.global);
     match cli.command {
-        Command::Run { log_format } => run_daemon(&src, log_format).await,
+        Command::Run {
+            log_format,
+            executor,
+            cluster,
+        } => run_daemon(&src, log_format, executor, &cluster).await,
+        Command::Render {
+            job,
+            at,
+            payload,
+            cluster,
+        } => render(&src, &job, at, payload, &cluster).await,
         Command::Validate => validate(&src),
         Command::Plan {
             job: Some(job),
@@ -835,22 +927,27 @@ async fn dlq(src: &Sources, command: DlqCommand) -> Result<(), Failure> {
     result
 }
 
-async fn run_daemon(src: &Sources, log_format: Option<LogFormat>) -> Result<(), Failure> {
-    let loaded = config::load(src)?;
+async fn run_daemon(
+    src: &Sources,
+    log_format: Option<LogFormat>,
+    kind: Option<config::ExecutorKind>,
+    cluster: &ClusterArgs,
+) -> Result<(), Failure> {
+    let mut daemon = config::load_daemon(src)?;
+    // The executor decides what a valid job is (the local one needs
+    // commands), so the flags apply before the jobs are read.
+    cluster.apply(kind, &mut daemon.executor)?;
+    let (jobs, job_problems) = config::load_jobs(&daemon);
+    let loaded = config::Loaded {
+        daemon,
+        jobs,
+        job_problems,
+    };
     init_logging(log_format.unwrap_or(loaded.daemon.log_format));
     for d in &loaded.job_problems.0 {
         tracing::error!(problem = %d, "job definition rejected; the other jobs keep running");
     }
     let cfg = loaded.daemon.clone();
-    let store = open_store(&cfg.store_url).await?;
-    let instance = store
-        .instance_id()
-        .await
-        .context("reading the store's instance id")?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let executor = match &cfg.executor {
-        config::ExecutorConfig::Local(local) => LocalExecutor::new(local.clone(), instance, tx),
-    };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -858,22 +955,205 @@ async fn run_daemon(src: &Sources, log_format: Option<LogFormat>) -> Result<(), 
         tracing::info!("signal received");
         signal.cancel();
     });
-    let jobs = loaded.jobs.len();
-    let cron = loaded.jobs.iter().filter(|j| j.cron().is_some()).count();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    match &cfg.executor {
+        config::ExecutorConfig::Local(local) => {
+            let store = open_store(&cfg.store_url).await?;
+            let instance = store
+                .instance_id()
+                .await
+                .context("reading the store's instance id")?;
+            let executor = LocalExecutor::new(local.clone(), instance, tx);
+            serve(cfg, loaded.jobs, store, executor, rx, shutdown).await
+        }
+        config::ExecutorConfig::Kubernetes(k) => {
+            use crate::executor::kubernetes::{self, lease::LeaderLease};
+            let (client, namespace) = kubernetes::client(k).await.map_err(Failure::Runtime)?;
+            let identity = kubernetes::identity(k);
+            let lease = LeaderLease::new(
+                client.clone(),
+                &namespace,
+                &k.lease_name,
+                &identity,
+                k.lease_duration,
+            );
+            tracing::info!(%namespace, %identity, lease = %k.lease_name, "waiting to lead (only the Lease holder launches)");
+            if !lease.acquire(&shutdown).await {
+                tracing::info!("stopped before becoming the leader");
+                return Ok(());
+            }
+            // Losing the Lease stops this replica like a signal would; the
+            // exit status then says so.
+            let lost = CancellationToken::new();
+            let holding = CancellationToken::new();
+            let renew = {
+                let (holding, lost) = (holding.clone(), lost.clone());
+                tokio::spawn(async move { lease.hold(holding, lost).await })
+            };
+            let stop = shutdown.clone();
+            let lost_watch = lost.clone();
+            tokio::spawn(async move {
+                lost_watch.cancelled().await;
+                stop.cancel();
+            });
+            let store = open_store(&cfg.store_url).await?;
+            let instance = store
+                .instance_id()
+                .await
+                .context("reading the store's instance id")?;
+            let executor = crate::executor::KubernetesExecutor::new(
+                client,
+                &namespace,
+                k.clone(),
+                instance,
+                identity,
+                tx,
+            );
+            let result = serve(cfg, loaded.jobs, store, executor, rx, shutdown).await;
+            holding.cancel();
+            let _ = renew.await;
+            result?;
+            if lost.is_cancelled() {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "lost the leader Lease; stopped launching (another replica leads now)"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs the daemon with one executor until `shutdown`.
+async fn serve<E: crate::executor::Executor>(
+    cfg: config::DaemonConfig,
+    jobs: Vec<Job>,
+    store: Store,
+    executor: E,
+    outcomes: tokio::sync::mpsc::Receiver<crate::executor::Outcome>,
+    shutdown: CancellationToken,
+) -> Result<(), Failure> {
+    let count = jobs.len();
+    let cron = jobs.iter().filter(|j| j.cron().is_some()).count();
+    let store_url = store::redact(&cfg.store_url);
+    let kind = cfg.executor.kind();
     let daemon = crate::daemon::Daemon {
-        config: cfg.clone(),
-        jobs: loaded.jobs,
+        config: cfg,
+        jobs,
         store,
         executor,
-        outcomes: rx,
+        outcomes,
     };
-    let store_url = store::redact(&cfg.store_url);
     daemon
         .run(shutdown, || {
-            tracing::info!(jobs, cron, store = %store_url, executor = ?cfg.executor.kind(), "kedge ready");
+            tracing::info!(jobs = count, cron, store = %store_url, executor = ?kind, "kedge ready");
         })
         .await
         .context("the daemon stopped on a store error")?;
+    Ok(())
+}
+
+/// `kedge render`: the objects one run of `name` would create.
+async fn render(
+    src: &Sources,
+    name: &str,
+    at: Option<String>,
+    payload: Option<String>,
+    cluster: &ClusterArgs,
+) -> Result<(), Failure> {
+    use crate::executor::kubernetes::{self, objects};
+    use crate::lifecycle::{attempt_run_name, TriggerKind};
+    let mut loaded = config::load_daemon(src)?;
+    cluster.apply(Some(config::ExecutorKind::Kubernetes), &mut loaded.executor)?;
+    let config::ExecutorConfig::Kubernetes(k) = &loaded.executor else {
+        unreachable!("apply() made it kubernetes");
+    };
+    let at = match at {
+        Some(t) => parse_time("--at", &t)?,
+        None => Utc::now(),
+    };
+    let job = one_job(&loaded, name)?;
+    let (trigger, message_id, body) = match &job.trigger {
+        config::Trigger::Cron(_) => {
+            if payload.is_some() {
+                return Err(Failure::Input(format!(
+                    "--payload: job {name} is triggered by cron and takes no messages"
+                )));
+            }
+            (TriggerKind::Cron, at.timestamp_millis().to_string(), None)
+        }
+        config::Trigger::Queue(_) => {
+            let bytes = read_data(Some(payload.unwrap_or_else(|| "{}".into())))?;
+            let body = intake::check_payload(&job.name, &job.payload, &bytes)
+                .map_err(|e| Failure::Input(format!("--payload: {e}")))?;
+            (
+                TriggerKind::Queue,
+                "rendered".to_string(),
+                Some(body.to_string()),
+            )
+        }
+    };
+    let store = open_store(&loaded.store_url).await?;
+    let instance = store
+        .instance_id()
+        .await
+        .context("reading the store's instance id")?;
+    let deadline = job.deadline_after(at);
+    let run = store::Run {
+        run_id: attempt_run_name(&job.name, trigger, &message_id, 1),
+        work_item_id: String::new(),
+        job: job.name.clone(),
+        attempt: 1,
+        state: crate::lifecycle::RunState::Pending,
+        trigger,
+        scheduled_ms: at.timestamp_millis(),
+        started_ms: None,
+        finished_ms: None,
+        launches: 0,
+        error: None,
+        source: trigger.as_str().into(),
+        message_id,
+        payload: body.clone(),
+        deadline_ms: deadline.map(|d| d.timestamp_millis()),
+        attempt_base: 0,
+        sizing: None,
+    };
+    let sized = match (&job.sizing, deadline) {
+        (Some(cfg), Some(deadline)) => {
+            let measured = crate::sizer::measure_work(&store, &job, cfg)
+                .await
+                .context("measuring the work")?;
+            let model = crate::sizer::model(&store, &job, cfg)
+                .await
+                .context("reading the job's history")?;
+            let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
+            let d = crate::sizer::decide(&job, cfg, model, measured, at, deadline, max_pods);
+            Some(crate::sizer::apply(&job, &d, at))
+        }
+        _ => None,
+    };
+    store.close().await;
+    let job = sized.as_ref().unwrap_or(&job);
+    let batched = matches!(&job.trigger, config::Trigger::Queue(q) if q.batch.is_some());
+    let launch = if batched {
+        crate::executor::render::render_batch(job, &run, vec![body])
+    } else {
+        crate::executor::render(job, &run)
+    };
+    let placement = objects::Placement {
+        namespace: k.namespace.clone().unwrap_or_else(|| "default".into()),
+        instance,
+        identity: kubernetes::identity(k),
+        ttl_seconds_after_finished: k.ttl_seconds_after_finished.min(i32::MAX as u32) as i32,
+    };
+    let objs = objects::objects(&launch, &placement);
+    let mut out = String::new();
+    if let Some(cm) = &objs.config_map {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(cm).map_err(anyhow::Error::from)?);
+    }
+    out.push_str("---\n");
+    out.push_str(&serde_saphyr::to_string(&objs.job).map_err(anyhow::Error::from)?);
+    print!("{out}");
     Ok(())
 }
 

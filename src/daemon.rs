@@ -41,6 +41,9 @@ use crate::triggers::scheduler::{self, SchedulerContext};
 /// How often running sized runs are checked against their deadline.
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
+/// How long dispatching pauses after a launch failed.
+const LAUNCH_FAILED_WAIT: Duration = Duration::from_secs(1);
+
 /// Runs launched per dispatch pass at most.
 const DISPATCH_BATCH: i64 = 256;
 
@@ -81,13 +84,15 @@ impl<E: Executor> Daemon<E> {
             .into_iter()
             .map(|r| r.run_id)
             .collect();
-        if !interrupted.is_empty() {
-            let relaunch = executor.recover(interrupted).await;
-            for run_id in &relaunch {
-                store
-                    .requeue_run(run_id, "interrupted: the daemon stopped during the run")
-                    .await?;
-            }
+        // Always asked, even with nothing interrupted: an executor may have
+        // its own leftovers to clean up (payload ConfigMaps, history).
+        let relaunch = executor.recover(interrupted).await;
+        for run_id in &relaunch {
+            store
+                .requeue_run(run_id, "interrupted: the daemon stopped during the run")
+                .await?;
+        }
+        if !relaunch.is_empty() {
             tracing::warn!(
                 runs = relaunch.len(),
                 "runs interrupted by the previous daemon will be launched again"
@@ -165,9 +170,11 @@ impl<E: Executor> Daemon<E> {
                 _ = tokio::time::sleep(wait) => {}
                 Some(outcome) = outcomes.recv() => {
                     settle(&store, &jobs, &outcome).await;
+                    executor.settled(&outcome.run_id).await;
                     // Settle everything already queued before dispatching again.
                     while let Ok(o) = outcomes.try_recv() {
                         settle(&store, &jobs, &o).await;
+                        executor.settled(&o.run_id).await;
                     }
                 }
                 Some(run_id) = cancel_rx.recv() => {
@@ -325,6 +332,9 @@ async fn dispatch<E: Executor>(
                     store
                         .requeue_run(&run.run_id, &format!("launch failed: {e}"))
                         .await?;
+                    // The executor is unwell (the API server is down, say):
+                    // do not hammer it with the rest of this pass.
+                    return Ok(LAUNCH_FAILED_WAIT.min(batch_wait.unwrap_or(LAUNCH_FAILED_WAIT)));
                 }
             }
         }

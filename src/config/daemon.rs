@@ -53,11 +53,41 @@ pub struct RawStore {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(expecting = "a mapping with kind and local")]
+#[serde(expecting = "a mapping with kind, local and kubernetes")]
 pub struct RawExecutor {
     pub kind: Option<ExecutorKind>,
     #[serde(default)]
     pub local: RawLocal,
+    #[serde(default)]
+    pub kubernetes: RawKubernetes,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(
+    expecting = "a mapping with kubeconfig, context, namespace, api_qps, api_burst, request_timeout, successful_jobs_history_limit, failed_jobs_history_limit, ttl_seconds_after_finished or lease"
+)]
+pub struct RawKubernetes {
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub api_qps: Option<u32>,
+    pub api_burst: Option<u32>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub request_timeout: Option<String>,
+    pub successful_jobs_history_limit: Option<u32>,
+    pub failed_jobs_history_limit: Option<u32>,
+    pub ttl_seconds_after_finished: Option<u32>,
+    #[serde(default)]
+    pub lease: RawLease,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(expecting = "a mapping with name, duration or identity")]
+pub struct RawLease {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub duration: Option<String>,
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -82,6 +112,8 @@ pub struct RawGlobalLimits {
 pub enum ExecutorKind {
     /// Child processes on this machine (the embedded default).
     Local,
+    /// Kubernetes Jobs, through the API server.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -93,7 +125,10 @@ pub enum LogFormat {
     Json,
 }
 
-string_enum!(ExecutorKind { Local => "local" });
+string_enum!(ExecutorKind {
+    Local => "local",
+    Kubernetes => "kubernetes",
+});
 string_enum!(LogFormat {
     Pretty => "pretty",
     Json => "json",
@@ -124,12 +159,62 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone)]
 pub enum ExecutorConfig {
     Local(LocalConfig),
+    Kubernetes(KubernetesConfig),
 }
 
 impl ExecutorConfig {
     pub fn kind(&self) -> ExecutorKind {
         match self {
             ExecutorConfig::Local(_) => ExecutorKind::Local,
+            ExecutorConfig::Kubernetes(_) => ExecutorKind::Kubernetes,
+        }
+    }
+}
+
+/// Settings of the Kubernetes executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file. `None`: kube-rs's usual order — `KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context [default: its current-context].
+    pub context: Option<String>,
+    /// Where Jobs are created [default: the context's namespace, else `default`].
+    pub namespace: Option<String>,
+    /// Client-side limit on API writes: sustained per second, and burst.
+    pub api_qps: u32,
+    pub api_burst: u32,
+    /// How long one API write may take before it is abandoned (and retried:
+    /// creates are idempotent by name).
+    pub request_timeout: Duration,
+    /// Finished Jobs kept per job, as a CronJob's history limits.
+    pub successful_jobs_history_limit: u32,
+    pub failed_jobs_history_limit: u32,
+    /// `ttlSecondsAfterFinished` for templates that set none: a backstop
+    /// that removes finished Jobs even if kedge never gets to.
+    pub ttl_seconds_after_finished: u32,
+    /// The `coordination.k8s.io/v1` Lease that elects the one launching replica.
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease [default: host name and pid].
+    pub identity: Option<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            kubeconfig: None,
+            context: None,
+            namespace: None,
+            api_qps: 50,
+            api_burst: 100,
+            request_timeout: Duration::from_secs(30),
+            successful_jobs_history_limit: 3,
+            failed_jobs_history_limit: 1,
+            ttl_seconds_after_finished: 86_400,
+            lease_name: "kedge".into(),
+            lease_duration: Duration::from_secs(15),
+            identity: None,
         }
     }
 }
@@ -193,6 +278,19 @@ pub fn validate(
         Duration::from_secs(30),
     );
 
+    let kp = root.key("executor").key("kubernetes");
+    let rk = &raw.executor.kubernetes;
+    let kdefaults = KubernetesConfig::default();
+    let request_timeout = duration(
+        kp.key("request_timeout"),
+        &rk.request_timeout,
+        kdefaults.request_timeout,
+    );
+    let lease_duration = duration(
+        kp.key("lease").key("duration"),
+        &rk.lease.duration,
+        kdefaults.lease_duration,
+    );
     let store_url = match (&raw.store.url, &raw.store.url_env) {
         (Some(_), Some(_)) => {
             problems.push((sp.clone(), "set either `url` or `url_env`, not both".into()));
@@ -214,7 +312,54 @@ pub fn validate(
             "must be at least 1 (0 would never run anything)".into(),
         ));
     }
+    if lease_duration < Duration::from_secs(2) {
+        problems.push((
+            kp.key("lease").key("duration"),
+            "must be at least 2s (the leader renews every third of it)".into(),
+        ));
+    }
+    for (field, v) in [("api_qps", rk.api_qps), ("api_burst", rk.api_burst)] {
+        if v == Some(0) {
+            problems.push((kp.key(field), "must be at least 1".into()));
+        }
+    }
+    if let Some(ns) = &rk.namespace {
+        if !super::job::is_dns1123_label(ns) {
+            problems.push((
+                kp.key("namespace"),
+                format!("\"{ns}\" is not a valid namespace name (lower-case letters, digits and '-', at most 63)"),
+            ));
+        }
+    }
+    if let Some(name) = &rk.lease.name {
+        if !super::job::is_dns1123_label(name) {
+            problems.push((
+                kp.key("lease").key("name"),
+                format!("\"{name}\" is not a valid Lease name (lower-case letters, digits and '-', at most 63)"),
+            ));
+        }
+    }
     let executor = match raw.executor.kind.unwrap_or(ExecutorKind::Local) {
+        ExecutorKind::Kubernetes => ExecutorConfig::Kubernetes(KubernetesConfig {
+            kubeconfig: rk.kubeconfig.as_ref().map(PathBuf::from),
+            context: rk.context.clone(),
+            namespace: rk.namespace.clone(),
+            api_qps: rk.api_qps.unwrap_or(kdefaults.api_qps).max(1),
+            api_burst: rk.api_burst.unwrap_or(kdefaults.api_burst).max(1),
+            request_timeout,
+            successful_jobs_history_limit: rk
+                .successful_jobs_history_limit
+                .unwrap_or(kdefaults.successful_jobs_history_limit),
+            failed_jobs_history_limit: rk
+                .failed_jobs_history_limit
+                .unwrap_or(kdefaults.failed_jobs_history_limit),
+            ttl_seconds_after_finished: rk
+                .ttl_seconds_after_finished
+                .unwrap_or(kdefaults.ttl_seconds_after_finished),
+            lease_name: rk.lease.name.clone().unwrap_or(kdefaults.lease_name),
+            lease_duration,
+            identity: rk.lease.identity.clone(),
+        }),
         ExecutorKind::Local => ExecutorConfig::Local(LocalConfig {
             work_dir: raw
                 .executor

@@ -13,7 +13,9 @@ pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
-pub use daemon::{DaemonConfig, ExecutorConfig, ExecutorKind, LocalConfig, LogFormat};
+pub use daemon::{
+    DaemonConfig, ExecutorConfig, ExecutorKind, KubernetesConfig, LocalConfig, LogFormat,
+};
 pub use diagnostic::{Diagnostic, Diagnostics, FieldPath, Position};
 pub use job::{Job, Trigger};
 

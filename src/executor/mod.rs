@@ -7,6 +7,7 @@
 //! interrupted run ids instead. All executors pass the shared conformance
 //! suite in `tests/executor_conformance.rs`.
 
+pub mod kubernetes;
 pub mod local;
 pub mod render;
 
@@ -15,6 +16,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::JobSpec;
 
+pub use kubernetes::KubernetesExecutor;
 pub use local::LocalExecutor;
 pub use render::render;
 
@@ -35,6 +37,10 @@ pub struct Launch {
     /// mounted at that path). Empty for a single-message run.
     pub batch: Vec<Option<String>>,
     pub deadline: Option<DateTime<Utc>>,
+    /// What kedge knows about the run, for the Job's annotations
+    /// (`kedge.dev/trigger`, `message-id`, `scheduled-at`, `deadline`,
+    /// `attempt`). The sizing decision is on the pod template.
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// How a launched run ended.
@@ -91,6 +97,10 @@ pub enum ExecutorError {
     /// The executor is shutting down and takes no new runs.
     #[error("the executor is shutting down")]
     ShuttingDown,
+    /// The Kubernetes API did not take the run's objects (an error answer,
+    /// no answer, or a timeout); launching again is safe.
+    #[error("cannot create run {run_id}'s Job: {message}")]
+    Api { run_id: String, message: String },
 }
 
 /// A place where runs run. See the module docs for the contract.
@@ -115,6 +125,15 @@ pub trait Executor: Send + Sync + 'static {
     /// daemon stopped. Returns the ids that are no longer running anywhere
     /// and must be launched again; the rest the executor tracks (adopts).
     fn recover(&self, run_ids: Vec<String>) -> impl Future<Output = Vec<String>> + Send;
+
+    /// The daemon has stored `run_id`'s outcome: what the executor kept of
+    /// the run may go (the Kubernetes executor deletes finished Jobs beyond
+    /// the history limits only then, so a crash before settling can still
+    /// read the outcome).
+    fn settled(&self, run_id: &str) -> impl Future<Output = ()> + Send {
+        let _ = run_id;
+        async {}
+    }
 
     /// Stops taking runs and stops (or lets go of) the running ones. Returns
     /// the run ids that were interrupted and need launching again.

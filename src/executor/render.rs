@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar};
 
 use super::Launch;
 use crate::config::Job;
+use crate::sizer::ANNOTATION_PREFIX;
 use crate::store::Run;
 
 /// Payloads up to this size go in `KEDGE_PAYLOAD`; larger ones in a file.
@@ -117,7 +118,26 @@ pub fn render(job: &Job, run: &Run) -> Launch {
         pod.init_containers.iter_mut().flatten().for_each(add);
     }
 
+    let ms = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
+    let mut annotations: BTreeMap<String, String> = [
+        ("trigger", run.trigger.as_str().to_string()),
+        ("message-id", run.message_id.clone()),
+        ("scheduled-at", ms(run.scheduled_ms)),
+        ("attempt", run.attempt.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("{ANNOTATION_PREFIX}{k}"), v))
+    .collect();
+    if let Some(d) = run.deadline_ms {
+        annotations.insert(format!("{ANNOTATION_PREFIX}deadline"), ms(d));
+    }
+
     Launch {
+        annotations,
         run_id: run.run_id.clone(),
         job: job.name.clone(),
         attempt: run.attempt,

@@ -1,0 +1,462 @@
+//! The Kubernetes executor: each run is a `batch/v1` Job, created through
+//! the API server and tracked by one watcher.
+//!
+//! - [`objects`] (pure) builds the Job and its payload ConfigMap.
+//! - [`tracker`] runs one kube-runtime watcher over kedge's label selector
+//!   (no per-Job polling; backoff on reconnect, relist on 410) and turns
+//!   terminal conditions into [`Outcome`]s.
+//! - [`lease`] elects the one replica that launches.
+//!
+//! # Launch, idempotently
+//! The Job is named by its run id. `launch` creates the payload ConfigMap
+//! (if any), then the Job, then makes the Job the ConfigMap's controlling
+//! owner. A create that answers 409 AlreadyExists is a Job launched
+//! earlier (by a daemon that crashed, or a request that timed out after it
+//! reached the server): it is adopted when its `kedge.dev/run` annotation
+//! and instance label say it is this run's, and the run fails with
+//! `NameTaken` otherwise. Every write waits for the client-side rate limit
+//! and is abandoned after `request_timeout` (it is safe to repeat).
+//!
+//! # Cleanup
+//! Finished Jobs are deleted (always `propagationPolicy: Background`, so
+//! their pods and ConfigMap go too) once their outcome is settled in the
+//! store ([`Executor::settled`]), keeping the newest
+//! `successful_jobs_history_limit` / `failed_jobs_history_limit` per job.
+//! `ttlSecondsAfterFinished` is set as a backstop.
+//!
+//! # Restart
+//! [`Executor::recover`] waits for the watcher's first full list, adopts
+//! the runs whose Jobs exist (reporting at once those that finished
+//! meanwhile), returns the others for relaunch, and removes payload
+//! ConfigMaps a crash left without an owner. `shutdown` lets go of running
+//! Jobs: they keep running and the next leader adopts them.
+
+pub mod lease;
+pub mod objects;
+pub mod tracker;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Executor, ExecutorError, Launch, Outcome, OutcomeKind, Progress};
+use crate::config::KubernetesConfig;
+use objects::{Placement, ANNOTATION_RUN, LABEL_INSTANCE};
+use tracker::Tracker;
+
+/// How long `recover` waits for the first full list of Jobs.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Creates a client from the config: `kubeconfig` (and `context`) when set,
+/// else kube-rs's usual order (`KUBECONFIG`, `~/.kube/config`, in-cluster).
+/// Returns the client and the namespace to use.
+pub async fn client(cfg: &KubernetesConfig) -> anyhow::Result<(Client, String)> {
+    use anyhow::Context;
+    let options = kube::config::KubeConfigOptions {
+        context: cfg.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None if cfg.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("loading the kubeconfig")?,
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (KUBECONFIG, ~/.kube/config) or in-cluster config")?,
+    };
+    let namespace = cfg
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, namespace))
+}
+
+/// This replica's identity: the configured one, else `HOSTNAME-pid`.
+pub fn identity(cfg: &KubernetesConfig) -> String {
+    cfg.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "kedge".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Runs Jobs on Kubernetes. Cheap to clone.
+#[derive(Clone)]
+pub struct KubernetesExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: Api<Job>,
+    config_maps: Api<ConfigMap>,
+    at: Placement,
+    cfg: KubernetesConfig,
+    limiter: DefaultDirectRateLimiter,
+    tracker: Tracker,
+    closed: CancellationToken,
+}
+
+impl KubernetesExecutor {
+    /// Starts the executor: its watcher begins listing at once. `instance`
+    /// is the store's id (objects are labelled with it), `identity` this
+    /// replica's (recorded on the Jobs it creates).
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        cfg: KubernetesConfig,
+        instance: String,
+        identity: String,
+        outcomes: mpsc::Sender<Outcome>,
+    ) -> Self {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let config_maps: Api<ConfigMap> = Api::namespaced(client, namespace);
+        let at = Placement {
+            namespace: namespace.to_string(),
+            instance,
+            identity,
+            ttl_seconds_after_finished: cfg.ttl_seconds_after_finished.min(i32::MAX as u32) as i32,
+        };
+        let quota = Quota::per_second(NonZeroU32::new(cfg.api_qps).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(cfg.api_burst).unwrap_or(NonZeroU32::MIN));
+        let closed = CancellationToken::new();
+        let tracker = Tracker::start(
+            jobs.clone(),
+            objects::selector(&at.instance),
+            outcomes,
+            closed.clone(),
+        );
+        KubernetesExecutor {
+            inner: Arc::new(Inner {
+                jobs,
+                config_maps,
+                at,
+                cfg,
+                limiter: RateLimiter::direct(quota),
+                tracker,
+                closed,
+            }),
+        }
+    }
+
+    /// The objects a launch creates (what `kedge render` prints).
+    pub fn placement(&self) -> &Placement {
+        &self.inner.at
+    }
+
+    /// Waits for the rate limit, then runs one API write with the request
+    /// timeout.
+    async fn write<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, WriteError> {
+        self.inner.limiter.until_ready().await;
+        match tokio::time::timeout(self.inner.cfg.request_timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(kube::Error::Api(s))) => Err(WriteError::Status(s)),
+            Ok(Err(e)) => Err(WriteError::Other(format!(
+                "{what}: {}",
+                crate::error_chain(&e)
+            ))),
+            Err(_) => Err(WriteError::Other(format!(
+                "{what}: no answer within {:?}",
+                self.inner.cfg.request_timeout
+            ))),
+        }
+    }
+
+    /// Creates (or adopts) the run's objects. `Ok(false)`: the name is
+    /// taken by a Job that is not this run's.
+    async fn create(&self, launch: &Launch) -> Result<bool, WriteError> {
+        let objs = objects::objects(launch, &self.inner.at);
+        let pp = PostParams::default();
+        if let Some(cm) = &objs.config_map {
+            match self
+                .write(
+                    "creating the payload ConfigMap",
+                    self.inner.config_maps.create(&pp, cm),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(WriteError::Status(s)) if s.is_already_exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let job = match self
+            .write("creating the Job", self.inner.jobs.create(&pp, &objs.job))
+            .await
+        {
+            Ok(job) => job,
+            Err(WriteError::Status(s)) if s.is_already_exists() => {
+                let existing = tokio::time::timeout(
+                    self.inner.cfg.request_timeout,
+                    self.inner.jobs.get(&launch.run_id),
+                )
+                .await
+                .map_err(|_| WriteError::Other("reading the existing Job: timed out".into()))?
+                .map_err(|e| WriteError::Other(format!("reading the existing Job: {e}")))?;
+                let ours = existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_RUN))
+                    == Some(&launch.run_id)
+                    && existing
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_INSTANCE))
+                        == Some(&self.inner.at.instance);
+                if !ours {
+                    return Ok(false);
+                }
+                tracing::info!(run = %launch.run_id, "the run's Job already exists; adopted");
+                existing
+            }
+            Err(e) => return Err(e),
+        };
+        if objs.config_map.is_some() {
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            self.own_config_map(&launch.run_id, &uid).await?;
+        }
+        Ok(true)
+    }
+
+    /// Makes Job `name` (uid `uid`) the controlling owner of its ConfigMap.
+    async fn own_config_map(&self, name: &str, uid: &str) -> Result<(), WriteError> {
+        let patch = serde_json::json!({
+            "metadata": { "ownerReferences": [objects::owned_by(name, uid)] }
+        });
+        self.write(
+            "setting the payload ConfigMap's owner",
+            self.inner
+                .config_maps
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes a Job with `propagationPolicy: Background` (its pods and
+    /// ConfigMap are collected). A Job already gone is fine.
+    async fn delete_job(&self, name: &str) -> Result<(), WriteError> {
+        match self
+            .write(
+                "deleting the Job",
+                self.inner.jobs.delete(name, &DeleteParams::background()),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(WriteError::Status(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes finished Jobs beyond the history limits.
+    async fn trim_history(&self) {
+        let excess = self.inner.tracker.excess_history(
+            self.inner.cfg.successful_jobs_history_limit as usize,
+            self.inner.cfg.failed_jobs_history_limit as usize,
+        );
+        for name in excess {
+            if let Err(e) = self.delete_job(&name).await {
+                tracing::warn!(job = %name, error = %e, "cannot delete a finished Job; the next cleanup or its TTL will");
+                self.inner.tracker.history_delete_failed(&name);
+            }
+        }
+    }
+
+    /// Payload ConfigMaps without an owner (a crash between creating the
+    /// ConfigMap and the Job, or before the owner was set): owned by their
+    /// Job if it exists, deleted otherwise.
+    async fn reconcile_config_maps(&self) {
+        let lp = ListParams::default().labels(&objects::selector(&self.inner.at.instance));
+        let list = match self.inner.config_maps.list(&lp).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot list payload ConfigMaps; orphans stay until the next start");
+                return;
+            }
+        };
+        for cm in list.items {
+            let Some(name) = cm.metadata.name.clone() else {
+                continue;
+            };
+            if cm
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|o| !o.is_empty())
+            {
+                continue; // the garbage collector's
+            }
+            let result = match self.inner.tracker.uid_of(&name) {
+                Some(uid) => self.own_config_map(&name, &uid).await,
+                None => {
+                    tracing::info!(config_map = %name, "deleting a payload ConfigMap left without its Job");
+                    match self
+                        .write(
+                            "deleting an orphaned ConfigMap",
+                            self.inner
+                                .config_maps
+                                .delete(&name, &DeleteParams::background()),
+                        )
+                        .await
+                    {
+                        Err(WriteError::Status(s)) if s.is_not_found() => Ok(()),
+                        r => r.map(|_| ()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(config_map = %name, error = %e, "cannot reconcile a payload ConfigMap");
+            }
+        }
+    }
+}
+
+/// A failed API write.
+#[derive(Debug)]
+enum WriteError {
+    /// The server answered with a Status (4xx/5xx).
+    Status(Box<kube::core::Status>),
+    /// No answer, a connection error, or a timeout.
+    Other(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Status(s) => write!(f, "{} ({} {})", s.message, s.code, s.reason),
+            WriteError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Executor for KubernetesExecutor {
+    async fn launch(&self, launch: Launch) -> Result<(), ExecutorError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(ExecutorError::ShuttingDown);
+        }
+        let run_id = launch.run_id.clone();
+        // Tracked before the create, so an outcome the watcher sees at
+        // once is not missed.
+        self.inner.tracker.track(&run_id);
+        match self.create(&launch).await {
+            Ok(true) => {
+                self.inner.tracker.created(&run_id).await;
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::error!(run = %run_id, "a Job with this run's name exists and is not this run's; the attempt fails");
+                self.inner
+                    .tracker
+                    .report(
+                        &run_id,
+                        OutcomeKind::Failed {
+                            reason: "NameTaken".into(),
+                            message: format!(
+                                "a Job named {run_id} exists in namespace {} and was not created by kedge for this run",
+                                self.inner.at.namespace
+                            ),
+                        },
+                    )
+                    .await;
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.tracker.untrack(&run_id);
+                Err(ExecutorError::Api {
+                    run_id,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn cancel(&self, run_id: &str) {
+        if !self.inner.tracker.mark_cancelled(run_id) {
+            return;
+        }
+        if let Err(e) = self.delete_job(run_id).await {
+            tracing::warn!(run = %run_id, error = %e, "cannot delete a cancelled run's Job");
+        }
+    }
+
+    async fn progress(&self, run_id: &str) -> Option<Progress> {
+        self.inner.tracker.progress(run_id)
+    }
+
+    async fn set_parallelism(&self, run_id: &str, parallelism: u32) -> bool {
+        if !self.inner.tracker.is_tracked(run_id) {
+            return false;
+        }
+        let patch = serde_json::json!({ "spec": { "parallelism": parallelism } });
+        let result = self
+            .write(
+                "raising parallelism",
+                self.inner
+                    .jobs
+                    .patch(run_id, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "cannot change a Job's parallelism");
+                false
+            }
+        }
+    }
+
+    async fn recover(&self, run_ids: Vec<String>) -> Vec<String> {
+        if !self.inner.tracker.wait_synced(SYNC_TIMEOUT).await {
+            // Relaunching is safe: names are deterministic, so a Job that
+            // does exist answers 409 and is adopted.
+            tracing::warn!("the Job list did not arrive in time; interrupted runs are launched again and adopted on 409");
+            return run_ids;
+        }
+        let relaunch = self.inner.tracker.adopt(&run_ids).await;
+        if run_ids.len() > relaunch.len() {
+            tracing::info!(
+                adopted = run_ids.len() - relaunch.len(),
+                "adopted Jobs the previous daemon launched"
+            );
+        }
+        self.reconcile_config_maps().await;
+        self.trim_history().await;
+        relaunch
+    }
+
+    async fn settled(&self, run_id: &str) {
+        if self.inner.tracker.finish(run_id) {
+            self.trim_history().await;
+        }
+    }
+
+    async fn shutdown(&self) -> Vec<String> {
+        // Running Jobs keep running; the next leader adopts them.
+        self.inner.closed.cancel();
+        self.inner.tracker.stopped().await;
+        Vec::new()
+    }
+}
