@@ -179,11 +179,14 @@ async fn dispatch(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
-    if uri.path() == "/version" {
-        return Ok(json_response(
-            StatusCode::OK,
-            json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-kube-sim", "platform": "linux/amd64"}),
-        ));
+    if method == Method::GET {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        if let Some(doc) = crate::discovery::document(uri.path(), host) {
+            return Ok(json_response(StatusCode::OK, doc));
+        }
     }
     let t = parse_path(uri.path())?;
     let q = parse_query(uri)?;
@@ -316,10 +319,6 @@ fn check_type(resource: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn has_status(resource: &Resource) -> bool {
-    matches!(resource.plural, "jobs" | "pods" | "namespaces")
-}
-
 fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Response, ApiError> {
     let resource = t.resource;
     let ns = t.namespace.clone().unwrap_or_default();
@@ -379,7 +378,7 @@ fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Respons
         }
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-    if has_status(resource) {
+    if resource.has_status() {
         obj["status"] = match resource.plural {
             "pods" => json!({"phase": "Pending", "qosClass": "BestEffort"}),
             "namespaces" => json!({"phase": "Active"}),
@@ -476,7 +475,7 @@ fn apply_update(
             }
         }
     }
-    if has_status(resource) {
+    if resource.has_status() {
         new["status"] = cur["status"].clone();
     }
     validation::admit_update(resource, cur, &mut new)?;

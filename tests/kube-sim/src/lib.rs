@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`sim`]: the running server ([`KubeSim`]), its config and fault hooks.
 //! - [`api`]: HTTP paths and verbs → store operations; list and watch.
+//! - [`discovery`]: `/version`, `/api`, `/apis` and the resource lists.
 //! - [`store`]: objects, the global resourceVersion counter, event history.
 //! - [`validation`]: name rules, defaults and validation (registry strategies).
 //! - [`selector`]: label and field selectors.
@@ -106,6 +107,15 @@
 //!   `tests/core.rs::a_configmap_owned_by_a_job_follows_the_deletion_policy`;
 //!   collected when the owner uid does not exist or lives in another
 //!   namespace — `a_configmap_whose_owner_uid_does_not_exist_is_collected`.
+//! - [x] Discovery: `/version`, `/api`, `/apis`, `/apis/GROUP`, `/api/v1`,
+//!   `/apis/batch/v1`, `/apis/coordination.k8s.io/v1` (APIVersions,
+//!   APIGroupList, APIResourceList with verbs, shortNames, categories,
+//!   namespaced, kind, singularName, `/status` subresources) —
+//!   `discovery.rs::tests::groups_and_resource_lists`; the real kubectl
+//!   (1.20 from Debian and 1.32 both checked) runs `create -f`
+//!   (`--validate=false`: no OpenAPI documents), `get jobs` (plain objects,
+//!   kubectl falls back from Table), `get jobs -w`, `delete job` —
+//!   `tests/kubectl.rs::kubectl_creates_gets_watches_and_deletes_a_job`.
 //!
 //! Test aids beyond the server (for other crates' tests):
 //! - [x] Create log: every POST to a namespaced resource with its outcome
@@ -128,10 +138,13 @@
 //!   graceful pod termination (`terminating` is always 0).
 //! - [ ] Pod lifecycle and graceful deletion; Event TTL (1 h) and the
 //!   length limits of Event fields; `immutable` ConfigMaps.
-//! - [ ] Discovery endpoints and the `kubectl` test.
+//! - [ ] Aggregated discovery (`apidiscovery.k8s.io/v2`), Table output
+//!   (`as=Table`), `/openapi/v2` and `/openapi/v3` (hence no server-side
+//!   `fieldValidation=Strict`: unknown fields are dropped silently).
 //! - [ ] `preconditions`/finalizers rule "no new finalizers while deleting".
 
 pub mod api;
+pub mod discovery;
 pub mod gc;
 pub mod job_controller;
 pub mod patch;

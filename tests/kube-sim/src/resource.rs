@@ -15,6 +15,10 @@ pub struct Resource {
     pub has_generation: bool,
     /// Field selector labels the real server supports for this resource.
     pub field_labels: &'static [&'static str],
+    /// Discovery: `shortNames` (`kubectl get cm`).
+    pub short_names: &'static [&'static str],
+    /// Discovery: `categories` (`kubectl get all`).
+    pub categories: &'static [&'static str],
     /// The strategy's `AllowCreateOnUpdate`: a PUT to a missing name creates it.
     pub allow_create_on_update: bool,
     /// The strategy's `AllowUnconditionalUpdate`: a PUT without
@@ -32,6 +36,8 @@ pub const JOBS: Resource = Resource {
     field_labels: &["metadata.name", "metadata.namespace", "status.successful"],
     allow_create_on_update: false,
     allow_unconditional_update: true,
+    short_names: &[],
+    categories: &["all"],
 };
 pub const PODS: Resource = Resource {
     group: "",
@@ -53,6 +59,8 @@ pub const PODS: Resource = Resource {
     ],
     allow_create_on_update: false,
     allow_unconditional_update: true,
+    short_names: &["po"],
+    categories: &["all"],
 };
 pub const CONFIGMAPS: Resource = Resource {
     group: "",
@@ -64,6 +72,8 @@ pub const CONFIGMAPS: Resource = Resource {
     field_labels: &["metadata.name", "metadata.namespace"],
     allow_create_on_update: false,
     allow_unconditional_update: true,
+    short_names: &["cm"],
+    categories: &[],
 };
 pub const EVENTS: Resource = Resource {
     group: "",
@@ -75,6 +85,8 @@ pub const EVENTS: Resource = Resource {
     field_labels: &["metadata.name", "metadata.namespace"],
     allow_create_on_update: true,
     allow_unconditional_update: true,
+    short_names: &["ev"],
+    categories: &[],
 };
 pub const LEASES: Resource = Resource {
     group: "coordination.k8s.io",
@@ -86,6 +98,8 @@ pub const LEASES: Resource = Resource {
     field_labels: &["metadata.name", "metadata.namespace"],
     allow_create_on_update: true,
     allow_unconditional_update: false,
+    short_names: &[],
+    categories: &[],
 };
 pub const NAMESPACES: Resource = Resource {
     group: "",
@@ -97,6 +111,8 @@ pub const NAMESPACES: Resource = Resource {
     field_labels: &["metadata.name", "status.phase"],
     allow_create_on_update: false,
     allow_unconditional_update: true,
+    short_names: &["ns"],
+    categories: &[],
 };
 
 pub static ALL: &[&Resource] = &[&JOBS, &PODS, &CONFIGMAPS, &EVENTS, &LEASES, &NAMESPACES];
@@ -134,6 +150,16 @@ impl Resource {
         } else {
             format!("{}.{}", self.kind, self.group)
         }
+    }
+
+    /// Whether the resource has a `/status` subresource.
+    pub fn has_status(&self) -> bool {
+        matches!(self.plural, "jobs" | "pods" | "namespaces")
+    }
+
+    /// Discovery's `singularName`: the kind in lower case.
+    pub fn singular(&self) -> String {
+        self.kind.to_lowercase()
     }
 
     /// The list kind, `JobList`.
