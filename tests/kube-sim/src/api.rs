@@ -14,7 +14,6 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -717,6 +716,49 @@ fn convert(ev: &Event, filter: &Filter) -> Option<(&'static str, Value)> {
     }
 }
 
+/// Sends one event line to a watch stream through the fault hooks: dropped
+/// (`drop_watch_events`), held back (`delay_watch_events`), or cut in half
+/// followed by a broken connection (`cut_watches_mid_event` called since the
+/// stream opened). `Err` ends the stream.
+async fn send_event(
+    sim: &Sim,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    cut_mid_seen: u64,
+    line: Bytes,
+) -> Result<(), ()> {
+    let faults = &sim.faults;
+    if faults
+        .drop_events
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let delay = faults.event_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if *sim.cut_watches_mid_event.borrow() != cut_mid_seen {
+        // Half the line, then an error: hyper aborts the connection without
+        // the closing chunk, as a dropped connection looks to the client.
+        let _ = tx.send(Ok(line.slice(..line.len() / 2))).await;
+        // Let hyper take the half line (and so write it) before the error:
+        // queued together, the error would abort the connection first.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tx.capacity() < tx.max_capacity() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = tx
+            .send(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "kube-sim: watch cut mid-event",
+            )))
+            .await;
+        return Err(());
+    }
+    tx.send(Ok(line)).await.map_err(|_| ())
+}
+
 fn watch(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
     let filter = Filter::new(t, q)?;
     let resource = t.resource;
@@ -732,21 +774,29 @@ fn watch(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(256);
     let sub = sim.store.subscribe(resource, t.namespace.as_deref(), from);
     let mut cut = sim.cut_watches.subscribe();
     let bookmark_every = sim.config.bookmark_interval;
+    let sim = sim.clone();
+    let cut_mid_seen = *sim.cut_watches_mid_event.borrow();
+    let send = move |line: Bytes| {
+        let tx = tx.clone();
+        let sim = sim.clone();
+        async move { send_event(&sim, &tx, cut_mid_seen, line).await }
+    };
+    let tx_err = send.clone();
     tokio::spawn(async move {
         let mut sub = match sub {
             Ok(sub) => sub,
             Err(e) => {
                 // Too old: HTTP 200, then one ERROR event with a 410 Status, then close.
-                let _ = tx.send(Ok(event_line("ERROR", &e.to_status()))).await;
+                let _ = tx_err(event_line("ERROR", &e.to_status())).await;
                 return;
             }
         };
         for obj in &sub.initial {
-            if filter.matches(obj) && tx.send(Ok(event_line("ADDED", obj))).await.is_err() {
+            if filter.matches(obj) && send(event_line("ADDED", obj)).await.is_err() {
                 return;
             }
         }
@@ -757,7 +807,7 @@ fn watch(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
                 continue;
             }
             if let Some((kind, obj)) = convert(ev, &filter) {
-                if tx.send(Ok(event_line(kind, &obj))).await.is_err() {
+                if send(event_line(kind, &obj)).await.is_err() {
                     return;
                 }
             }
@@ -774,19 +824,19 @@ fn watch(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
                         progress = ev.rv;
                         if ev.resource != resource { continue; }
                         if let Some((kind, obj)) = convert(&ev, &filter) {
-                            if tx.send(Ok(event_line(kind, &obj))).await.is_err() { return; }
+                            if send(event_line(kind, &obj)).await.is_err() { return; }
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let e = ApiError::Expired { requested: progress, oldest: progress + 1 };
-                        let _ = tx.send(Ok(event_line("ERROR", &e.to_status()))).await;
+                        let _ = send(event_line("ERROR", &e.to_status())).await;
                         return;
                     }
                     Err(_) => return,
                 },
                 _ = tick.tick(), if bookmarks => {
                     let obj = json!({"kind": resource.kind, "apiVersion": resource.api_version(), "metadata": {"resourceVersion": progress.to_string()}});
-                    if tx.send(Ok(event_line("BOOKMARK", &obj))).await.is_err() { return; }
+                    if send(event_line("BOOKMARK", &obj)).await.is_err() { return; }
                 }
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = cut.changed() => return,

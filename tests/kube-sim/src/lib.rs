@@ -116,6 +116,12 @@
 //!   (`--validate=false`: no OpenAPI documents), `get jobs` (plain objects,
 //!   kubectl falls back from Table), `get jobs -w`, `delete job` —
 //!   `tests/kubectl.rs::kubectl_creates_gets_watches_and_deletes_a_job`.
+//! - [x] Watch faults: cut every open stream mid-event (half a line, then a
+//!   broken connection without the closing chunk) —
+//!   `tests/faults.rs::cut_mid_event_sends_half_a_line_then_breaks_the_connection`,
+//!   `cut_mid_event_is_an_error_for_kube_rs_and_later_streams_are_whole`;
+//!   drop the next N event lines — `dropped_events_are_never_sent_and_the_stream_goes_on`;
+//!   delay every event line — `delayed_events_arrive_no_sooner_than_the_delay`.
 //!
 //! Test aids beyond the server (for other crates' tests):
 //! - [x] Create log: every POST to a namespaced resource with its outcome
@@ -129,7 +135,6 @@
 //! - [ ] strategic-merge-patch with list merge keys (applied as merge patch)
 //!   and apply-patch (`fieldManager`, `force`) — answered 415.
 //! - [ ] DELETE of a collection; `resourceVersionMatch`; `sendInitialEvents`.
-//! - [ ] Watch faults: cut a stream mid-chunk, delay or drop events.
 //! - [ ] Job controller leftovers: `suspend` (no `Suspended` condition, a
 //!   suspended Job is left alone), scale-down of active pods when
 //!   `parallelism` drops, `podFailurePolicy`, `successPolicy`, the

@@ -47,6 +47,10 @@ pub struct Faults {
     pub fail_code: AtomicU32,
     /// Requests still to hang forever (until the client gives up).
     pub hang_next: AtomicU64,
+    /// Watch event lines still to drop (counted across all streams).
+    pub drop_events: AtomicU64,
+    /// Milliseconds every watch event line is held back before it is sent.
+    pub event_delay_ms: AtomicU64,
 }
 
 /// One create (POST) request to a namespaced resource, as the API answered it.
@@ -98,6 +102,8 @@ pub struct Sim {
     pub faults: Faults,
     /// Bumped to end every open watch stream.
     pub cut_watches: watch::Sender<u64>,
+    /// Bumped to cut every open watch stream in the middle of its next event.
+    pub cut_watches_mid_event: watch::Sender<u64>,
     /// Wakes the garbage collector after a write.
     pub gc_wake: Notify,
     /// Append-only log of create requests (see [`CreateRecord`]).
@@ -145,6 +151,7 @@ impl KubeSim {
             config,
             faults: Faults::default(),
             cut_watches: watch::channel(0).0,
+            cut_watches_mid_event: watch::channel(0).0,
             gc_wake: Notify::new(),
             creates: Mutex::new(Vec::new()),
         });
@@ -234,6 +241,32 @@ impl KubeSim {
     /// One current object, or `None`. Panics on a plural the stand-in does not serve.
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.sim.store.get(served(resource), namespace, name).ok()
+    }
+
+    /// Cuts every watch stream open now in the middle of its next event
+    /// line: the client gets half a JSON line and then a broken connection
+    /// (no closing chunk). Streams opened later are not affected.
+    pub fn cut_watches_mid_event(&self) {
+        self.sim.cut_watches_mid_event.send_modify(|g| *g += 1);
+    }
+
+    /// Drops the next `n` watch event lines (ADDED, MODIFIED, DELETED,
+    /// BOOKMARK, ERROR), counted across every open stream, as if they were
+    /// lost; the streams stay open.
+    pub fn drop_watch_events(&self, n: u64) {
+        self.sim
+            .faults
+            .drop_events
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds every watch event line back by `delay` before sending it (in
+    /// order, per stream); `Duration::ZERO` turns the delay off.
+    pub fn delay_watch_events(&self, delay: Duration) {
+        self.sim.faults.event_delay_ms.store(
+            delay.as_millis().try_into().unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// A kubeconfig pointing at this server, namespace `default`.

@@ -1,11 +1,13 @@
-//! Fault hooks: fail the next N requests with a code, hang, cut watches.
+//! Fault hooks: fail the next N requests with a code, hang, cut watches
+//! (between events or mid-event), drop or delay watch events.
 mod common;
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, WatchParams};
+use kube::api::{Api, WatchEvent, WatchParams};
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 #[tokio::test]
 async fn fail_next_requests_with_a_chosen_code() {
@@ -59,4 +61,141 @@ async fn cut_watches_ends_open_streams() {
     })
     .await
     .expect("the stream ends");
+}
+
+fn no_bookmarks() -> WatchParams {
+    WatchParams {
+        bookmarks: false,
+        ..Default::default()
+    }
+}
+
+fn added_name(ev: &WatchEvent<Job>) -> Option<String> {
+    match ev {
+        WatchEvent::Added(j) => j.metadata.name.clone(),
+        _ => None,
+    }
+}
+
+/// Reads one HTTP/1.1 chunk's data; `None` at a clean end (the zero chunk)
+/// or when the connection breaks before a whole chunk arrived.
+async fn read_chunk<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut size = String::new();
+    if r.read_line(&mut size).await.ok()? == 0 {
+        return None;
+    }
+    let n = usize::from_str_radix(size.trim(), 16).ok()?;
+    let mut data = vec![0; n + 2];
+    r.read_exact(&mut data).await.ok()?;
+    data.truncate(n);
+    (n > 0).then_some(data)
+}
+
+#[tokio::test]
+async fn cut_mid_event_sends_half_a_line_then_breaks_the_connection() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    create(&jobs, "a", json!({})).await;
+    let mut conn = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    conn.write_all(
+        b"GET /apis/batch/v1/namespaces/default/jobs?watch=true HTTP/1.1\r\nHost: kube-sim\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut r = BufReader::new(conn);
+    let mut header = String::new();
+    while header != "\r\n" {
+        header.clear();
+        r.read_line(&mut header).await.unwrap();
+        assert!(!header.is_empty(), "connection closed in the headers");
+    }
+    let first = read_chunk(&mut r).await.expect("the ADDED event of a");
+    assert!(first.ends_with(b"\n") && first.starts_with(b"{\"type\":\"ADDED\""));
+    sim.cut_watches_mid_event();
+    create(&jobs, "b", json!({})).await;
+    let half = tokio::time::timeout(Duration::from_secs(5), read_chunk(&mut r))
+        .await
+        .expect("the cut event in 5 s")
+        .expect("half an event");
+    assert!(half.starts_with(b"{\"type\":\"ADDED\"") && !half.ends_with(b"\n"));
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&half).is_err(),
+        "not a whole JSON object"
+    );
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut rest))
+        .await
+        .expect("the connection closes in 5 s");
+    assert!(
+        end.is_err() || rest.is_empty(),
+        "no closing chunk after the cut: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn cut_mid_event_is_an_error_for_kube_rs_and_later_streams_are_whole() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    let mut s = jobs.watch(&no_bookmarks(), "0").await.unwrap().boxed();
+    sim.cut_watches_mid_event();
+    create(&jobs, "a", json!({})).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("the stream reacts in 5 s");
+    match outcome {
+        None | Some(Err(_)) => {}
+        Some(Ok(ev)) => panic!("half an event must not decode: {ev:?}"),
+    }
+    let mut again = jobs.watch(&no_bookmarks(), "0").await.unwrap().boxed();
+    let ev = again.next().await.unwrap().unwrap();
+    assert_eq!(
+        added_name(&ev).as_deref(),
+        Some("a"),
+        "opened after the cut: whole"
+    );
+}
+
+#[tokio::test]
+async fn dropped_events_are_never_sent_and_the_stream_goes_on() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    let mut s = jobs.watch(&no_bookmarks(), "0").await.unwrap().boxed();
+    sim.drop_watch_events(1);
+    create(&jobs, "a", json!({})).await;
+    create(&jobs, "b", json!({})).await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event in 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(added_name(&ev).as_deref(), Some("b"), "ADDED a was dropped");
+}
+
+#[tokio::test]
+async fn delayed_events_arrive_no_sooner_than_the_delay() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    let mut s = jobs.watch(&no_bookmarks(), "0").await.unwrap().boxed();
+    let delay = Duration::from_millis(300);
+    sim.delay_watch_events(delay);
+    let t0 = Instant::now();
+    create(&jobs, "a", json!({})).await;
+    create(&jobs, "b", json!({})).await;
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("an event in 5 s")
+            .unwrap()
+            .unwrap();
+        names.push(added_name(&ev).unwrap());
+    }
+    assert!(t0.elapsed() >= delay * 2, "each event held back in turn");
+    assert_eq!(names, ["a", "b"], "in order");
+    sim.delay_watch_events(Duration::ZERO);
+    let t1 = Instant::now();
+    create(&jobs, "c", json!({})).await;
+    let ev = s.next().await.unwrap().unwrap();
+    assert_eq!(added_name(&ev).as_deref(), Some("c"));
+    assert!(t1.elapsed() < delay, "delay off");
 }
