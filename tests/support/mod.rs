@@ -120,6 +120,20 @@ impl Workspace {
 
     /// [`Workspace::start_daemon`] with extra environment variables.
     pub fn start_daemon_with(&self, env: &[(String, String)]) -> Daemon {
+        let d = self.spawn_daemon_with(env);
+        wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+            d.log().contains("kedge ready")
+        });
+        d
+    }
+
+    /// Starts `kedge run` without waiting for it to be ready (a follower
+    /// replica waits for the leader Lease first).
+    pub fn spawn_daemon(&self) -> Daemon {
+        self.spawn_daemon_with(&[])
+    }
+
+    fn spawn_daemon_with(&self, env: &[(String, String)]) -> Daemon {
         let n = std::fs::read_dir(self.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -133,11 +147,7 @@ impl Workspace {
             .stderr(log)
             .spawn()
             .expect("start kedge run");
-        let d = Daemon { child, log_path };
-        wait_until(Duration::from_secs(30), "the daemon to be ready", || {
-            d.log().contains("kedge ready")
-        });
-        d
+        Daemon { child, log_path }
     }
 }
 

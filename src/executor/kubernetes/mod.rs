@@ -79,12 +79,25 @@ pub async fn client(cfg: &KubernetesConfig) -> anyhow::Result<(Client, String)> 
             .await
             .context("finding a kubeconfig (KUBECONFIG, ~/.kube/config) or in-cluster config")?,
     };
+    // A request (or a watch) that gets no bytes for this long is dropped
+    // and retried: a hung connection must not stall tracking. Watches are
+    // asked to end sooner than that (see `watch_timeout`), so a quiet but
+    // healthy watch never trips it.
+    let mut config = config;
+    config.read_timeout = Some(cfg.request_timeout);
     let namespace = cfg
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).context("building the Kubernetes client")?;
     Ok((client, namespace))
+}
+
+/// The `timeoutSeconds` of each watch request: three quarters of the
+/// request timeout (at least 1 s), so the server ends a quiet watch before
+/// the client's read timeout would call it hung.
+fn watch_timeout(request_timeout: Duration) -> u32 {
+    ((request_timeout.as_secs_f64() * 0.75) as u32).max(1)
 }
 
 /// This replica's identity: the configured one, else `HOSTNAME-pid`.
@@ -139,6 +152,7 @@ impl KubernetesExecutor {
         let tracker = Tracker::start(
             jobs.clone(),
             objects::selector(&at.instance),
+            watch_timeout(cfg.request_timeout),
             outcomes,
             closed.clone(),
         );

@@ -253,6 +253,7 @@ impl Tracker {
     pub fn start(
         api: Api<Job>,
         selector: String,
+        watch_timeout: u32,
         outcomes: mpsc::Sender<Outcome>,
         stop: CancellationToken,
     ) -> Tracker {
@@ -260,7 +261,9 @@ impl Tracker {
         let (synced_tx, synced) = watch::channel(false);
         let task = tokio::spawn(watch_jobs(
             api,
-            selector,
+            watcher::Config::default()
+                .labels(&selector)
+                .timeout(watch_timeout),
             state.clone(),
             outcomes.clone(),
             synced_tx,
@@ -454,13 +457,12 @@ impl Tracker {
 
 async fn watch_jobs(
     api: Api<Job>,
-    selector: String,
+    config: watcher::Config,
     state: Arc<Mutex<State>>,
     outcomes: mpsc::Sender<Outcome>,
     synced: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let config = watcher::Config::default().labels(&selector);
     let stream = watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     loop {

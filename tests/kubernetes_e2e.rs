@@ -1,0 +1,480 @@
+//! The Kubernetes executor through the built binary, against kube-sim (the
+//! in-repo API server stand-in, started in this test process on loopback):
+//! `kedge run --executor kubernetes` as a user runs it, asserting on what
+//! the stand-in recorded (every create request, every object left).
+//!
+//! Each test has its own stand-in, workspace and SQLite store, so they run
+//! in parallel. Simulated time is scaled down (`time_scale`), so a pod's
+//! "1 s" start takes 10–50 ms here.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use kube_sim::{KubeSim, SimConfig};
+use support::{wait_until, Daemon, Workspace};
+
+/// One stand-in on its own runtime (so the test body can block).
+struct Cluster {
+    sim: KubeSim,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn start(time_scale: f64) -> Cluster {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sim = rt
+            .block_on(KubeSim::start(SimConfig {
+                time_scale,
+                ..Default::default()
+            }))
+            .expect("kube-sim");
+        Cluster { sim, rt }
+    }
+
+    fn jobs(&self) -> Vec<serde_json::Value> {
+        self.sim.objects("jobs", "default")
+    }
+
+    /// Names of the objects of `resource` left in the namespace.
+    fn left(&self, resource: &str) -> Vec<String> {
+        self.sim
+            .objects(resource, "default")
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Successful Job creates per name.
+    fn job_creates(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for r in self
+            .sim
+            .creates_of("jobs")
+            .into_iter()
+            .filter(|r| r.created())
+        {
+            *m.entry(r.name).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// A workspace whose daemon uses the Kubernetes executor on `cluster`.
+fn workspace(cluster: &Cluster, lease: &str) -> Workspace {
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("kubeconfig"), cluster.sim.kubeconfig_yaml()).unwrap();
+    ws.write_config(&format!(
+        "jobs_dir: jobs\n\
+         store:\n  url: sqlite://state/kedge.db\n  poll_interval: 50ms\n\
+         executor:\n  kind: kubernetes\n  kubernetes:\n    kubeconfig: kubeconfig\n    namespace: default\n    \
+         request_timeout: 2s\n    successful_jobs_history_limit: 0\n    failed_jobs_history_limit: 0\n    \
+         lease:\n      duration: {lease}\n\
+         shutdown_timeout: 10s\n"
+    ));
+    ws
+}
+
+/// A builtin-queue job whose pods behave as `outcome` (kube-sim's script).
+fn queue_job(ws: &Workspace, name: &str, outcome: &str, retry: &str) {
+    ws.write_job(
+        name,
+        &format!(
+            "name: {name}\n\
+             trigger:\n  queue:\n    builtin: {{}}\n\
+             {retry}\
+             template:\n  backoffLimit: 0\n  template:\n    metadata:\n      annotations:\n        kube-sim/outcome: \"{outcome}\"\n    \
+             spec:\n      restartPolicy: Never\n      containers:\n        - name: main\n          image: busybox\n"
+        ),
+    );
+}
+
+fn enqueue(ws: &Workspace, job: &str, id: &str, data: &str) {
+    let out = ws.ok(&["enqueue", job, "--id", id, "--data", data]);
+    assert!(out.contains("enqueued"), "{out}");
+}
+
+fn succeeded(runs: &[serde_json::Value]) -> usize {
+    runs.iter().filter(|r| r["state"] == "succeeded").count()
+}
+
+/// Waits until the stand-in holds no Job, pod or ConfigMap.
+fn wait_all_cleaned_up(c: &Cluster) {
+    wait_until(
+        Duration::from_secs(30),
+        "every Job, pod and ConfigMap deleted",
+        || {
+            c.left("jobs").is_empty()
+                && c.left("pods").is_empty()
+                && c.left("configmaps").is_empty()
+        },
+    );
+}
+
+/// The identity a daemon announced (`waiting to lead … identity=…`).
+fn identity(d: &Daemon) -> String {
+    for line in d.log().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(id) = v["fields"]["identity"].as_str() {
+            return id.to_string();
+        }
+    }
+    panic!("no identity in the log:\n{}", d.log());
+}
+
+#[test]
+fn two_hundred_messages_become_two_hundred_jobs_and_are_cleaned_up() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(&ws, "work", "duration=1s", "");
+    let daemon = ws.start_daemon();
+    // Every tenth message is too large for an env var: it travels in a
+    // ConfigMap owned by its Job.
+    let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(40_000));
+    for i in 0..200 {
+        let data = if i % 10 == 0 {
+            big.clone()
+        } else {
+            format!("{{\"i\":{i}}}")
+        };
+        enqueue(&ws, "work", &format!("m{i}"), &data);
+    }
+    wait_until(Duration::from_secs(120), "200 runs succeeded", || {
+        succeeded(&ws.runs()) == 200
+    });
+    let runs = ws.runs();
+    assert_eq!(runs.len(), 200, "one run per message, no retries");
+    wait_all_cleaned_up(&c);
+
+    let creates = c.job_creates();
+    assert_eq!(creates.len(), 200, "one Job per message");
+    assert!(
+        creates.values().all(|n| *n == 1),
+        "no Job created twice: {creates:?}"
+    );
+    for r in &runs {
+        assert!(
+            creates.contains_key(r["run_id"].as_str().unwrap()),
+            "run {r} has its Job"
+        );
+    }
+    let config_maps: Vec<_> = c
+        .sim
+        .creates_of("configmaps")
+        .into_iter()
+        .filter(|r| r.created())
+        .collect();
+    assert_eq!(
+        config_maps.len(),
+        20,
+        "one payload ConfigMap per large message"
+    );
+    // Every Job carried kedge's labels and annotations.
+    for r in c.sim.creates_of("jobs") {
+        assert_eq!(r.labels["app.kubernetes.io/managed-by"], "kedge");
+        assert_eq!(r.labels["kedge.dev/job"], "work");
+        assert_eq!(r.annotations["kedge.dev/run"], r.name);
+        assert_eq!(r.annotations["kedge.dev/trigger"], "queue");
+        assert!(r.annotations["kedge.dev/message-id"].starts_with('m'));
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_failing_message_is_retried_under_a_new_job_name_then_dead_lettered() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(
+        &ws,
+        "doomed",
+        "fail",
+        "retry:\n  max_attempts: 2\n  backoff: 100ms\n",
+    );
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "doomed", "poison", "{\"bad\":true}");
+    wait_until(Duration::from_secs(60), "the message dead-lettered", || {
+        !ws.dead_letters().is_empty()
+    });
+    let mut runs = ws.runs();
+    runs.sort_by_key(|r| r["attempt"].as_i64());
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let first = runs[0]["run_id"].as_str().unwrap().to_string();
+    let second = runs[1]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(second, format!("{first}-2"), "the retry is a new Job name");
+    assert_eq!(runs[0]["state"], "failed", "{runs:?}");
+    assert_eq!(
+        runs[1]["state"], "dead",
+        "the last attempt dead-letters: {runs:?}"
+    );
+    for r in &runs {
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("BackoffLimitExceeded"),
+            "the Job's failure reason is kept: {r}"
+        );
+    }
+    let creates = c.job_creates();
+    assert_eq!(
+        creates.keys().cloned().collect::<Vec<_>>(),
+        vec![first, second]
+    );
+    let dead = ws.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["message_id"], "poison");
+    wait_all_cleaned_up(&c);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn api_faults_miss_no_completion_and_duplicate_no_job() {
+    let c = Cluster::start(0.02);
+    let ws = workspace(&c, "15s");
+    queue_job(&ws, "work", "duration=5s", "");
+    let daemon = ws.start_daemon();
+    let n = 40;
+    for i in 0..n {
+        enqueue(&ws, "work", &format!("m{i}"), &format!("{{\"i\":{i}}}"));
+        // Faults while Jobs are being created and tracked.
+        match i % 10 {
+            2 => c.sim.cut_watches(),
+            3 => c.sim.cut_watches_mid_event(),
+            4 => c.sim.fail_next(3, 500),
+            6 => {
+                c.sim.expire_history();
+                c.sim.cut_watches();
+            }
+            8 => c.sim.hang_next(1),
+            _ => {}
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while succeeded(&ws.runs()) != n {
+        if Instant::now() > deadline {
+            let stuck: Vec<_> = ws
+                .runs()
+                .into_iter()
+                .filter(|r| r["state"] != "succeeded")
+                .collect();
+            panic!(
+                "not every run succeeded: {stuck:#?}\njobs left: {:?}\n{}",
+                c.left("jobs"),
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runs = ws.runs();
+    assert_eq!(runs.len(), n, "no run retried: {runs:?}");
+    let creates = c.job_creates();
+    assert_eq!(creates.len(), n);
+    assert!(
+        creates.values().all(|k| *k == 1),
+        "no duplicate Job: {creates:?}"
+    );
+    wait_all_cleaned_up(&c);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_daemon_killed_after_creating_the_job_is_succeeded_by_one_that_adopts_it() {
+    // 40 simulated seconds at 0.05: the pod runs for about 2 s.
+    let c = Cluster::start(0.05);
+    let ws = workspace(&c, "3s");
+    queue_job(&ws, "slow", "duration=40s", "");
+    let first = ws.start_daemon();
+    enqueue(&ws, "slow", "only", "{}");
+    wait_until(Duration::from_secs(30), "the Job created", || {
+        !c.job_creates().is_empty()
+    });
+    first.kill9();
+    let run_id = c.job_creates().keys().next().unwrap().clone();
+    assert!(c
+        .jobs()
+        .iter()
+        .any(|j| j["metadata"]["name"] == run_id.as_str()));
+
+    let second = ws.start_daemon();
+    wait_until(Duration::from_secs(60), "the adopted run succeeded", || {
+        succeeded(&ws.runs()) == 1
+    });
+    let runs = ws.runs();
+    assert_eq!(runs.len(), 1, "the run was not retried: {runs:?}");
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+    assert_eq!(c.job_creates()[&run_id], 1, "the Job was not created again");
+    assert!(second.log().contains("adopted"), "{}", second.log());
+    wait_all_cleaned_up(&c);
+    assert!(second.stop().success());
+}
+
+#[test]
+fn start_up_reconciliation_removes_orphaned_payload_config_maps() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(&ws, "work", "duration=1s", "");
+    // The store's instance id, as the objects would carry it.
+    let rendered = ws.ok(&["render", "--job", "work"]);
+    let instance = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("kedge.dev/instance: "))
+        .expect("instance label")
+        .trim_matches('"')
+        .to_string();
+    // What a crash between creating a payload ConfigMap and its Job leaves.
+    let orphan = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "work-0123456789", "labels": {
+            "app.kubernetes.io/managed-by": "kedge", "kedge.dev/instance": instance,
+            "kedge.dev/job": "work", "kedge.dev/run": "work-0123456789"}},
+        "data": {"payload": "{}"}
+    });
+    // Another kedge installation's ConfigMap is not ours to delete.
+    let foreign = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "work-9876543210", "labels": {
+            "app.kubernetes.io/managed-by": "kedge", "kedge.dev/instance": "someone-else"}},
+        "data": {"payload": "{}"}
+    });
+    let client = kube_client(&c);
+    c.rt.block_on(async {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, "default");
+        for cm in [orphan, foreign] {
+            api.create(&Default::default(), &serde_json::from_value(cm).unwrap())
+                .await
+                .expect("create ConfigMap");
+        }
+    });
+    let daemon = ws.start_daemon();
+    wait_until(Duration::from_secs(30), "the orphan deleted", || {
+        c.left("configmaps") == vec!["work-9876543210".to_string()]
+    });
+    assert!(daemon.stop().success());
+}
+
+fn kube_client(c: &Cluster) -> kube::Client {
+    let url = c.sim.url();
+    c.rt.block_on(async move {
+        let config = kube::Config::new(url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    })
+}
+
+#[test]
+fn two_daemons_on_one_lease_never_launch_together() {
+    let c = Cluster::start(0.02);
+    let ws = workspace(&c, "3s");
+    queue_job(&ws, "work", "duration=1s", "");
+    let leader = ws.start_daemon();
+    let leader_id = identity(&leader);
+    let follower = ws.spawn_daemon();
+    wait_until(Duration::from_secs(10), "the follower to wait", || {
+        follower.log().contains("another replica leads")
+    });
+    for i in 0..10 {
+        enqueue(&ws, "work", &format!("a{i}"), "{}");
+    }
+    wait_until(Duration::from_secs(60), "the leader's runs", || {
+        succeeded(&ws.runs()) == 10
+    });
+    assert!(
+        !follower.log().contains("kedge ready"),
+        "{}",
+        follower.log()
+    );
+
+    let killed = Instant::now();
+    leader.kill9();
+    wait_until(Duration::from_secs(20), "the follower to take over", || {
+        follower.log().contains("kedge ready")
+    });
+    let took = killed.elapsed();
+    // Judged by its own clock: at most one lease duration after it last
+    // saw a renewal, plus one retry period and start-up.
+    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    let follower_id = identity(&follower);
+    assert_ne!(leader_id, follower_id);
+    for i in 0..10 {
+        enqueue(&ws, "work", &format!("b{i}"), "{}");
+    }
+    wait_until(Duration::from_secs(60), "every run", || {
+        succeeded(&ws.runs()) == 20
+    });
+
+    // The stand-in's record: every Job create names its launcher, and the
+    // two launchers never overlap.
+    let creates: Vec<_> = c.sim.creates_of("jobs");
+    let by: HashMap<String, Vec<Instant>> = creates.iter().fold(HashMap::new(), |mut m, r| {
+        m.entry(r.annotations["kedge.dev/launched-by"].clone())
+            .or_default()
+            .push(r.at);
+        m
+    });
+    assert_eq!(by.len(), 2, "{by:?}");
+    let last_of_leader = by[&leader_id].iter().max().unwrap();
+    let first_of_follower = by[&follower_id].iter().min().unwrap();
+    assert!(last_of_leader < first_of_follower, "launches overlapped");
+    assert!(*last_of_leader < killed && *first_of_follower > killed);
+    assert!(c.job_creates().values().all(|n| *n == 1));
+
+    // A graceful stop releases the Lease for the next replica.
+    assert!(follower.stop().success());
+    let lease = c.sim.object("leases", "default", "kedge").expect("lease");
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    let started = Instant::now();
+    let next = ws.start_daemon();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a released Lease is taken at once"
+    );
+    assert!(next.stop().success());
+}
+
+#[test]
+fn render_prints_the_objects_a_run_creates() {
+    let ws = Workspace::new();
+    queue_job(&ws, "work", "succeed", "");
+    let big = format!("{{\"blob\":\"{}\"}}", "y".repeat(40_000));
+    std::fs::write(ws.path().join("big.json"), &big).unwrap();
+    let out = ws.ok(&[
+        "render",
+        "--job",
+        "work",
+        "--payload",
+        "@big.json",
+        "--namespace",
+        "batch",
+    ]);
+    let docs: Vec<&str> = out
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .collect();
+    assert_eq!(docs.len(), 2, "{out}");
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_saphyr::from_str(docs[0]).unwrap();
+    let job: k8s_openapi::api::batch::v1::Job = serde_saphyr::from_str(docs[1]).unwrap();
+    assert_eq!(cm.data.unwrap()["payload"], big);
+    assert_eq!(job.metadata.namespace.as_deref(), Some("batch"));
+    assert_eq!(job.metadata.name, cm.metadata.name);
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.volumes.unwrap()[0].config_map.as_ref().unwrap().name,
+        job.metadata.name.unwrap()
+    );
+    // The same run renders the same name (deterministic).
+    let again = ws.ok(&["render", "--job", "work", "--payload", "@big.json"]);
+    assert!(again.contains(cm.metadata.name.as_deref().unwrap()));
+
+    let bad = ws.run(&["render", "--job", "work", "--namespace", "Not_A_Namespace"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--namespace"));
+    let unknown = ws.run(&["render", "--job", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
