@@ -80,15 +80,21 @@ fn workspace(cluster: &Cluster, lease: &str) -> Workspace {
     ws
 }
 
-/// A builtin-queue job whose pods behave as `outcome` (kube-sim's script).
-fn queue_job(ws: &Workspace, name: &str, outcome: &str, retry: &str) {
+/// A builtin-queue job whose pods behave as `outcome` (kube-sim's script);
+/// `extra` holds more top-level fields (`retry:`, `batch:`).
+fn queue_job(ws: &Workspace, name: &str, outcome: &str, extra: &str) {
+    queue_job_with(ws, name, outcome, extra, "");
+}
+
+/// [`queue_job`] with more JobSpec fields (`spec`, two-space indented).
+fn queue_job_with(ws: &Workspace, name: &str, outcome: &str, extra: &str, spec: &str) {
     ws.write_job(
         name,
         &format!(
             "name: {name}\n\
              trigger:\n  queue:\n    builtin: {{}}\n\
-             {retry}\
-             template:\n  backoffLimit: 0\n  template:\n    metadata:\n      annotations:\n        kube-sim/outcome: \"{outcome}\"\n    \
+             {extra}\
+             template:\n  backoffLimit: 0\n{spec}  template:\n    metadata:\n      annotations:\n        kube-sim/outcome: \"{outcome}\"\n    \
              spec:\n      restartPolicy: Never\n      containers:\n        - name: main\n          image: busybox\n"
         ),
     );
@@ -477,4 +483,146 @@ fn render_prints_the_objects_a_run_creates() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--namespace"));
     let unknown = ws.run(&["render", "--job", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn a_batch_settles_each_message_on_its_own_index() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    // Index 1 of every batch Job fails; a message retried alone is not
+    // Indexed, so it succeeds.
+    queue_job(
+        &ws,
+        "batched",
+        "fail-indexes=1",
+        "batch: { max_messages: 3, max_wait: 300ms }\nretry: { max_attempts: 2, backoff: 50ms }\n",
+    );
+    for i in 0..6 {
+        enqueue(&ws, "batched", &format!("m{i}"), &format!("{{\"i\":{i}}}"));
+    }
+    let daemon = ws.start_daemon();
+    // A member's state is its message's: succeeded in the batch, or later
+    // when retried alone.
+    let all_done = |runs: &[serde_json::Value]| {
+        let members: Vec<&serde_json::Value> = runs
+            .iter()
+            .filter_map(|r| r["batch"].as_array())
+            .flatten()
+            .collect();
+        members.len() == 6 && members.iter().all(|m| m["state"] == "succeeded")
+    };
+    wait_until(Duration::from_secs(60), "every message done", || {
+        all_done(&ws.runs())
+    });
+    let runs = ws.runs();
+    let batches: Vec<&serde_json::Value> = runs.iter().filter(|r| r["batch"].is_array()).collect();
+    let mut failed_index: Vec<String> = Vec::new();
+    for b in &batches {
+        let members = b["batch"].as_array().unwrap();
+        if members.len() > 1 {
+            assert_eq!(b["state"], "failed", "{b}");
+            assert!(
+                b["error"].as_str().unwrap_or("").contains("FailedIndexes"),
+                "{b}"
+            );
+            failed_index.extend(
+                members
+                    .iter()
+                    .filter(|m| m["index"] == 1)
+                    .map(|m| m["message_id"].as_str().unwrap().to_string()),
+            );
+        } else {
+            assert_eq!(b["state"], "succeeded", "{b}");
+        }
+    }
+    let mut alone: Vec<String> = runs
+        .iter()
+        .filter(|r| r["batch"].is_null())
+        .map(|r| {
+            assert_eq!(
+                (r["attempt"].as_i64(), r["state"].as_str()),
+                (Some(2), Some("succeeded")),
+                "{r}"
+            );
+            r["message_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    alone.sort();
+    failed_index.sort();
+    assert_eq!(
+        alone, failed_index,
+        "only the failed index is retried, alone: {runs:#?}"
+    );
+    // Each batch Job was Indexed, one completion per message, its payloads
+    // in a ConfigMap.
+    let indexed = c
+        .sim
+        .creates_of("jobs")
+        .iter()
+        .filter(|r| r.created() && batches.iter().any(|b| b["run_id"] == r.name.as_str()))
+        .count();
+    assert_eq!(indexed, batches.len());
+    let config_maps = c
+        .sim
+        .creates_of("configmaps")
+        .iter()
+        .filter(|r| r.created())
+        .count();
+    assert_eq!(config_maps, batches.len());
+    wait_all_cleaned_up(&c);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_job_removed_by_its_ttl_before_kedge_looked_still_reports_its_result() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    // The TTL controller deletes each Job the moment it finishes: kedge
+    // learns the result from the deletion event's last state.
+    queue_job_with(
+        &ws,
+        "brief",
+        "duration=1s",
+        "",
+        "  ttlSecondsAfterFinished: 0\n",
+    );
+    let daemon = ws.start_daemon();
+    for i in 0..5 {
+        enqueue(&ws, "brief", &format!("t{i}"), "{}");
+    }
+    wait_until(Duration::from_secs(60), "5 runs succeeded", || {
+        succeeded(&ws.runs()) == 5
+    });
+    assert_eq!(ws.runs().len(), 5, "no run retried");
+    assert!(c.job_creates().values().all(|n| *n == 1));
+    wait_all_cleaned_up(&c);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn api_writes_keep_to_the_client_side_rate_limit() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
+    ws.write_config(&config.replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    api_qps: 10\n    api_burst: 2\n",
+    ));
+    queue_job(&ws, "work", "duration=1s", "");
+    for i in 0..20 {
+        enqueue(&ws, "work", &format!("r{i}"), "{}");
+    }
+    let daemon = ws.start_daemon();
+    wait_until(Duration::from_secs(60), "20 runs succeeded", || {
+        succeeded(&ws.runs()) == 20
+    });
+    // 20 creates (plus the deletes in between) at 10/s after a burst of 2:
+    // the creates alone span at least 1.8 s.
+    let at: Vec<Instant> = c.sim.creates_of("jobs").iter().map(|r| r.at).collect();
+    let span = *at.iter().max().unwrap() - *at.iter().min().unwrap();
+    assert!(
+        span >= Duration::from_millis(1700),
+        "20 creates within {span:?}"
+    );
+    assert!(daemon.stop().success());
 }
