@@ -626,3 +626,69 @@ fn api_writes_keep_to_the_client_side_rate_limit() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn pods_stuck_pending_stop_further_launches_of_their_job() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(
+        &ws,
+        "stuck",
+        "unschedulable",
+        "limits: { pending_timeout: 300ms }\n",
+    );
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "stuck", "first", "{}");
+    wait_until(Duration::from_secs(20), "the backpressure warning", || {
+        daemon.log().contains("pods stuck Pending")
+    });
+    assert_eq!(c.job_creates().len(), 1);
+    for i in 0..3 {
+        enqueue(&ws, "stuck", &format!("held{i}"), "{}");
+    }
+    // A negative can only be observed over a while: several dispatch
+    // passes (50 ms poll) and re-planning ticks (1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        c.job_creates().len(),
+        1,
+        "no launch while pods are stuck Pending"
+    );
+    let pending = ws.runs().iter().filter(|r| r["state"] == "pending").count();
+    assert_eq!(pending, 3, "the held runs wait, nothing is lost");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_run_flagged_at_risk_gets_a_warning_event_on_its_job() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    // 100 GB at 1 GB/h per pod, at most 2 pods, within a minute: at risk.
+    ws.write_job(
+        "backup",
+        "name: backup\n\
+         trigger:\n  queue:\n    builtin: {}\n\
+         window:\n  within: 1m\n\
+         sizing:\n  work: { static: 100 }\n  unit: GB\n  initial_rate_per_pod: 1\n  \
+         parallelism: { min: 1, max: 2 }\n  when_at_risk: run\n\
+         template:\n  backoffLimit: 0\n  template:\n    metadata:\n      annotations:\n        \
+         kube-sim/outcome: \"duration=1s\"\n    spec:\n      restartPolicy: Never\n      \
+         containers:\n        - name: main\n          image: busybox\n",
+    );
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "backup", "nightly", "{}");
+    wait_until(Duration::from_secs(30), "the at-risk Event", || {
+        !c.sim.objects("events", "default").is_empty()
+    });
+    let run_id = c.job_creates().keys().next().unwrap().clone();
+    let events = c.sim.objects("events", "default");
+    let e = &events[0];
+    assert_eq!(e["reason"], "AtRisk");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["involvedObject"]["kind"], "Job");
+    assert_eq!(e["involvedObject"]["name"], run_id.as_str());
+    assert!(e["message"].as_str().unwrap_or("").len() > 10, "{e}");
+    let job = c.sim.creates_of("jobs").remove(0);
+    assert_eq!(job.annotations["kedge.dev/at-risk"], "true");
+    assert!(daemon.stop().success());
+}

@@ -269,6 +269,33 @@ fn the_repository_jobs_and_config_validate() {
 }
 
 #[test]
+fn the_kubernetes_config_example_validates_and_needs_its_store_secret() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let validate = |store: Option<&str>| {
+        let mut c = std::process::Command::new(support::kedge_bin());
+        c.current_dir(repo)
+            .env_remove("KEDGE_STORE")
+            .env("KEDGE_CONFIG", "config/kubernetes.yaml")
+            .env("KEDGE_JOBS", "jobs")
+            .arg("validate");
+        match store {
+            Some(url) => c.env("KEDGE_STORE_URL", url),
+            None => c.env_remove("KEDGE_STORE_URL"),
+        };
+        c.output().expect("run kedge")
+    };
+    let ok = validate(Some("postgres://kedge@db/kedge"));
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let missing = validate(None);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = text(&missing.stderr);
+    assert!(
+        stderr.contains("config/kubernetes.yaml") && stderr.contains("KEDGE_STORE_URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plan_lists_the_good_jobs_and_reports_the_bad_file() {
     let ws = workspace_with(&[corpus_dir().join("cron_out_of_range.yaml")]);
     ws.write_job(

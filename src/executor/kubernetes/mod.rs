@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use tokio::sync::mpsc;
@@ -51,6 +51,25 @@ use super::{Executor, ExecutorError, Launch, Outcome, OutcomeKind, Progress};
 use crate::config::KubernetesConfig;
 use objects::{Placement, ANNOTATION_RUN, LABEL_INSTANCE};
 use tracker::Tracker;
+
+/// Every API call the executor (and its Lease) makes: (API group,
+/// resource, verbs). `deploy/kubernetes/rbac.yaml`'s Role grants exactly
+/// these; a test keeps the two equal.
+pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    (
+        "batch",
+        "jobs",
+        &["create", "delete", "get", "list", "patch", "watch"],
+    ),
+    ("", "configmaps", &["create", "delete", "list", "patch"]),
+    ("", "pods", &["list", "watch"]),
+    ("", "events", &["create"]),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["create", "get", "update"],
+    ),
+];
 
 /// How long `recover` waits for the first full list of Jobs.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,6 +138,7 @@ pub struct KubernetesExecutor {
 struct Inner {
     jobs: Api<Job>,
     config_maps: Api<ConfigMap>,
+    events: Api<Event>,
     at: Placement,
     cfg: KubernetesConfig,
     limiter: DefaultDirectRateLimiter,
@@ -139,7 +159,9 @@ impl KubernetesExecutor {
         outcomes: mpsc::Sender<Outcome>,
     ) -> Self {
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-        let config_maps: Api<ConfigMap> = Api::namespaced(client, namespace);
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
         let at = Placement {
             namespace: namespace.to_string(),
             instance,
@@ -151,6 +173,7 @@ impl KubernetesExecutor {
         let closed = CancellationToken::new();
         let tracker = Tracker::start(
             jobs.clone(),
+            pods,
             objects::selector(&at.instance),
             watch_timeout(cfg.request_timeout),
             outcomes,
@@ -160,6 +183,7 @@ impl KubernetesExecutor {
             inner: Arc::new(Inner {
                 jobs,
                 config_maps,
+                events,
                 at,
                 cfg,
                 limiter: RateLimiter::direct(quota),
@@ -247,11 +271,30 @@ impl KubernetesExecutor {
             }
             Err(e) => return Err(e),
         };
+        let uid = job.metadata.uid.clone().unwrap_or_default();
         if objs.config_map.is_some() {
-            let uid = job.metadata.uid.clone().unwrap_or_default();
             self.own_config_map(&launch.run_id, &uid).await?;
         }
+        if let Some(why) = objects::at_risk(&objs.job) {
+            self.at_risk_event(&launch.run_id, &uid, why).await;
+        }
         Ok(true)
+    }
+
+    /// Records a Warning Event `AtRisk` on the Job (the sizer flagged that
+    /// even the maximum parallelism may miss the deadline), so `kubectl
+    /// describe job` and cluster event pipelines show it. Best effort.
+    async fn at_risk_event(&self, name: &str, uid: &str, why: String) {
+        let event = objects::at_risk_event(name, uid, &self.inner.at, why);
+        if let Err(e) = self
+            .write(
+                "recording the at-risk Event",
+                self.inner.events.create(&PostParams::default(), &event),
+            )
+            .await
+        {
+            tracing::warn!(run = %name, error = %e, "cannot record the at-risk Event");
+        }
     }
 
     /// Makes Job `name` (uid `uid`) the controlling owner of its ConfigMap.
@@ -472,5 +515,60 @@ impl Executor for KubernetesExecutor {
         self.inner.closed.cancel();
         self.inner.tracker.stopped().await;
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_grants_exactly_what_kedge_uses() {
+        let text = include_str!("../../../deploy/kubernetes/rbac.yaml");
+        let role = text
+            .split("\n---\n")
+            .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("rbac.yaml parses"))
+            .find(|d| d["kind"] == "Role")
+            .expect("a Role");
+        let mut granted: Vec<(String, String, Vec<String>)> = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let one = |k: &str| {
+                    r[k].as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect::<Vec<_>>()
+                };
+                let (groups, resources, mut verbs) =
+                    (one("apiGroups"), one("resources"), one("verbs"));
+                assert_eq!(
+                    (groups.len(), resources.len()),
+                    (1, 1),
+                    "one group and resource per rule"
+                );
+                verbs.sort();
+                (groups[0].clone(), resources[0].clone(), verbs)
+            })
+            .collect();
+        let mut used: Vec<(String, String, Vec<String>)> = PERMISSIONS
+            .iter()
+            .map(|(g, r, v)| {
+                let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+                v.sort();
+                (g.to_string(), r.to_string(), v)
+            })
+            .collect();
+        granted.sort();
+        used.sort();
+        assert_eq!(granted, used);
+    }
+
+    #[test]
+    fn watches_end_before_the_read_timeout() {
+        assert_eq!(watch_timeout(Duration::from_secs(30)), 22);
+        assert_eq!(watch_timeout(Duration::from_secs(1)), 1);
     }
 }

@@ -20,8 +20,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, EnvVar, Volume, VolumeMount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, EnvVar, Event, EventSource, ObjectReference, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use crate::executor::render::{literal, LABEL_JOB, LABEL_MANAGED_BY, LABEL_RUN, PAYLOAD_DIR};
 use crate::executor::Launch;
@@ -178,6 +181,52 @@ fn mount_payload(spec: &mut k8s_openapi::api::batch::v1::JobSpec, name: &str, si
                 value_from: None,
             });
         }
+    }
+}
+
+/// The sizer's explanation when it flagged the Job at risk of missing its
+/// deadline (`kedge.dev/at-risk: "true"`), `None` otherwise.
+pub fn at_risk(job: &Job) -> Option<String> {
+    let a = job.metadata.annotations.as_ref()?;
+    if a.get("kedge.dev/at-risk").map(String::as_str) != Some("true") {
+        return None;
+    }
+    Some(
+        a.get("kedge.dev/sizing-reason")
+            .cloned()
+            .unwrap_or_else(|| "the run may miss its deadline".into()),
+    )
+}
+
+/// A Warning Event `AtRisk` about Job `name`.
+pub fn at_risk_event(name: &str, uid: &str, at: &Placement, message: String) -> Event {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{}", &suffix[..16])),
+            namespace: Some(at.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("batch/v1".into()),
+            kind: Some("Job".into()),
+            name: Some(name.to_string()),
+            namespace: Some(at.namespace.clone()),
+            uid: Some(uid.to_string()),
+            ..Default::default()
+        },
+        reason: Some("AtRisk".into()),
+        message: Some(message),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("kedge".into()),
+            host: None,
+        }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
     }
 }
 

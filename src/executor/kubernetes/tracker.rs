@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::{mpsc, watch};
@@ -142,6 +143,8 @@ struct State {
     history: HashMap<String, (VecDeque<String>, VecDeque<String>)>,
     /// The relist in progress: when it began and what it listed so far.
     relist: Option<(Instant, HashSet<String>)>,
+    /// Pods of this instance's Jobs that are Pending: pod → (run, since).
+    pending: HashMap<String, (String, DateTime<Utc>)>,
 }
 
 impl State {
@@ -252,6 +255,7 @@ impl Tracker {
     /// Starts watching Jobs matching `selector` until `stop`.
     pub fn start(
         api: Api<Job>,
+        pods: Api<Pod>,
         selector: String,
         watch_timeout: u32,
         outcomes: mpsc::Sender<Outcome>,
@@ -259,6 +263,14 @@ impl Tracker {
     ) -> Tracker {
         let state = Arc::new(Mutex::new(State::default()));
         let (synced_tx, synced) = watch::channel(false);
+        tokio::spawn(watch_pods(
+            pods,
+            watcher::Config::default()
+                .labels(&selector)
+                .timeout(watch_timeout),
+            state.clone(),
+            stop.clone(),
+        ));
         let task = tokio::spawn(watch_jobs(
             api,
             watcher::Config::default()
@@ -347,12 +359,19 @@ impl Tracker {
             .started
             .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
             .unwrap_or_default();
+        let now = Utc::now();
+        let pending_for = s
+            .pending
+            .values()
+            .filter(|(run, _)| run == run_id)
+            .map(|(_, since)| (now - *since).to_std().unwrap_or_default())
+            .max();
         Some(Progress {
             completed: v.done,
             total: v.completions,
             parallelism: v.parallelism,
             elapsed,
-            pending_for: None,
+            pending_for,
         })
     }
 
@@ -499,6 +518,74 @@ async fn watch_jobs(
         for o in out {
             if outcomes.send(o).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// Keeps [`State::pending`]: which pods wait to be scheduled or started
+/// (pending-pod backpressure reads it through [`Tracker::progress`]).
+async fn watch_pods(
+    api: Api<Pod>,
+    config: watcher::Config,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+) {
+    let stream = watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    // The pods listed by the relist in progress.
+    let mut listed: Option<HashMap<String, (String, DateTime<Utc>)>> = None;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.next() => e,
+        };
+        let Some(event) = event else { return };
+        let pending = |pod: &Pod| -> Option<(String, (String, DateTime<Utc>))> {
+            let name = pod.metadata.name.clone()?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase != Some("Pending") {
+                return None;
+            }
+            let run = pod
+                .metadata
+                .labels
+                .as_ref()?
+                .get(crate::executor::render::LABEL_RUN)?;
+            let since = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| timestamp(&t.0))
+                .unwrap_or_else(Utc::now);
+            Some((name, (run.clone(), since)))
+        };
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(watcher::Event::Init) => listed = Some(HashMap::new()),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if let (Some(l), Some((name, p))) = (listed.as_mut(), pending(&pod)) {
+                    l.insert(name, p);
+                }
+            }
+            Ok(watcher::Event::InitDone) => s.pending = listed.take().unwrap_or_default(),
+            Ok(watcher::Event::Apply(pod)) => match pending(&pod) {
+                Some((name, p)) => {
+                    s.pending.insert(name, p);
+                }
+                None => {
+                    if let Some(name) = &pod.metadata.name {
+                        s.pending.remove(name);
+                    }
+                }
+            },
+            Ok(watcher::Event::Delete(pod)) => {
+                if let Some(name) = &pod.metadata.name {
+                    s.pending.remove(name);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::error_chain(&e), "watching pods failed; retrying with backoff")
             }
         }
     }
