@@ -9,8 +9,8 @@
 //! ```text
 //! triggers ──▶ intake ──▶ planner ──▶ executor ──▶ (tracking) ──▶ finalizer
 //!   cron        durable     limits      local        outcomes       succeed / retry /
-//!   sources     work items  (pure)      processes    per run        dead-letter
-//!   builtin q.
+//!   sources     work items  (pure)      processes,   per run        dead-letter,
+//!   builtin q.                          or k8s Jobs  (a watcher)    cleanup
 //! ```
 //!
 //! - [`config`] — the daemon config and job definitions: parse, validate
@@ -34,7 +34,10 @@
 //!   the JobSpec with its annotations, the at-risk signal, re-planning.
 //! - [`executor`] — where runs run, behind the [`executor::Executor`] trait:
 //!   [`executor::render`] builds the JobSpec with kedge's env,
-//!   [`executor::local`] runs it as processes and tracks them to an outcome.
+//!   [`executor::local`] runs it as processes and tracks them to an outcome,
+//!   [`executor::kubernetes`] creates Jobs (and payload ConfigMaps) through
+//!   the API server, tracks them with one watcher, cleans them up, and
+//!   elects the one launching replica on a Lease.
 //! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter.
 //! - [`lifecycle`] — the run state machine, documented, and run names.
 //! - [`store`] — SQLite or PostgreSQL through sqlx: work items, runs, cron
