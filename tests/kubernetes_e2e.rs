@@ -692,3 +692,40 @@ fn a_run_flagged_at_risk_gets_a_warning_event_on_its_job() {
     assert_eq!(job.annotations["kedge.dev/at-risk"], "true");
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_graceful_stop_leaves_jobs_running_for_the_next_leader_to_adopt() {
+    // 60 simulated seconds at 0.05: each pod runs about 3 s.
+    let c = Cluster::start(0.05);
+    let ws = workspace(&c, "15s");
+    queue_job(&ws, "long", "duration=60s", "");
+    let first = ws.start_daemon();
+    for i in 0..3 {
+        enqueue(&ws, "long", &format!("g{i}"), "{}");
+    }
+    wait_until(Duration::from_secs(30), "3 Jobs created", || {
+        c.job_creates().len() == 3
+    });
+    assert!(first.stop().success());
+    // SIGTERM drained kedge, not the cluster: the Jobs run on.
+    assert_eq!(
+        c.left("jobs").len(),
+        3,
+        "running Jobs are not deleted on shutdown"
+    );
+    assert!(ws.runs().iter().all(|r| r["state"] == "running"));
+
+    let second = ws.start_daemon();
+    wait_until(
+        Duration::from_secs(60),
+        "the adopted runs succeeded",
+        || succeeded(&ws.runs()) == 3,
+    );
+    assert_eq!(ws.runs().len(), 3, "nothing relaunched under a new attempt");
+    assert!(
+        c.job_creates().values().all(|n| *n == 1),
+        "no Job created again"
+    );
+    wait_all_cleaned_up(&c);
+    assert!(second.stop().success());
+}
