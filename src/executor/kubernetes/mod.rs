@@ -71,6 +71,9 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// How often finished Jobs whose deletion failed are tried again.
+const CLEANUP_EVERY: Duration = Duration::from_secs(2);
+
 /// How long `recover` waits for the first full list of Jobs.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -179,7 +182,7 @@ impl KubernetesExecutor {
             outcomes,
             closed.clone(),
         );
-        KubernetesExecutor {
+        let executor = KubernetesExecutor {
             inner: Arc::new(Inner {
                 jobs,
                 config_maps,
@@ -190,7 +193,20 @@ impl KubernetesExecutor {
                 tracker,
                 closed,
             }),
-        }
+        };
+        // Deletions that failed are tried again, independent of new outcomes.
+        let cleaner = executor.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CLEANUP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cleaner.inner.closed.cancelled() => return,
+                    _ = tick.tick() => cleaner.trim_history().await,
+                }
+            }
+        });
+        executor
     }
 
     /// The objects a launch creates (what `kedge render` prints).
@@ -334,10 +350,10 @@ impl KubernetesExecutor {
             self.inner.cfg.successful_jobs_history_limit as usize,
             self.inner.cfg.failed_jobs_history_limit as usize,
         );
-        for name in excess {
+        for (job, name, ok) in excess {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(job = %name, error = %e, "cannot delete a finished Job; the next cleanup or its TTL will");
-                self.inner.tracker.history_delete_failed(&name);
+                tracing::warn!(job = %name, error = %e, "cannot delete a finished Job; trying again shortly");
+                self.inner.tracker.history_delete_failed(job, name, ok);
             }
         }
     }

@@ -444,25 +444,31 @@ impl Tracker {
         true
     }
 
-    /// Names of the oldest finished Jobs beyond the limits, taken out of
-    /// the history (the caller deletes them).
-    pub fn excess_history(&self, succeeded: usize, failed: usize) -> Vec<String> {
+    /// The oldest finished Jobs beyond the limits, taken out of the history
+    /// (the caller deletes them): (kedge job, Job name, succeeded).
+    pub fn excess_history(&self, succeeded: usize, failed: usize) -> Vec<(String, String, bool)> {
         let mut s = self.lock();
         let mut out = Vec::new();
-        for (succ, fail) in s.history.values_mut() {
+        for (job, (succ, fail)) in s.history.iter_mut() {
             while succ.len() > succeeded {
-                out.extend(succ.pop_front());
+                out.extend(succ.pop_front().map(|n| (job.clone(), n, true)));
             }
             while fail.len() > failed {
-                out.extend(fail.pop_front());
+                out.extend(fail.pop_front().map(|n| (job.clone(), n, false)));
             }
         }
         out
     }
 
-    /// A history deletion failed: the Job's TTL is the backstop.
-    pub fn history_delete_failed(&self, name: &str) {
-        tracing::debug!(job = %name, "left to ttlSecondsAfterFinished");
+    /// A history deletion failed: the Job goes back to the front of its
+    /// history, for the next trim to try again.
+    pub fn history_delete_failed(&self, job: String, name: String, succeeded: bool) {
+        let mut s = self.lock();
+        if !s.jobs.contains_key(&name) {
+            return; // gone meanwhile (its TTL, or by hand)
+        }
+        let (succ, fail) = s.history.entry(job).or_default();
+        if succeeded { succ } else { fail }.push_front(name);
     }
 
     /// Waits for the watcher task to end (after the stop token).
