@@ -175,15 +175,30 @@ pub enum RunKey<'a> {
 /// the schedule has seconds), `<job>-<10 hex of sha256(message id)>` for a
 /// message; attempts after the first append `-<attempt>`. At most
 /// `job.len() + 14` characters, DNS-1123.
+///
+/// Attempts beyond 99 (`max_attempts` is at most 99, but each dlq replay
+/// adds a fresh budget) can make that longer than Kubernetes' 63: such a
+/// name is replaced by `<job>-<10 hex of sha256(the long name)>`, still
+/// deterministic, so a re-create still answers 409.
 pub fn run_name(job: &str, key: RunKey<'_>, attempt: u32) -> String {
+    let name = long_run_name(job, key, attempt);
+    if name.len() <= crate::config::job::K8S_NAME_MAX {
+        return name;
+    }
+    format!("{job}-{}", hex10(name.as_bytes()))
+}
+
+/// The first 10 hex digits of sha256(`bytes`).
+fn hex10(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+fn long_run_name(job: &str, key: RunKey<'_>, attempt: u32) -> String {
     let base = match key {
         RunKey::CronFire(secs) if secs % 60 == 0 => format!("{job}-{}", secs / 60),
         RunKey::CronFire(secs) => format!("{job}-{secs}"),
-        RunKey::Message(id) => {
-            let digest = Sha256::digest(id.as_bytes());
-            let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-            format!("{job}-{hex}")
-        }
+        RunKey::Message(id) => format!("{job}-{}", hex10(id.as_bytes())),
     };
     if attempt <= 1 {
         base
@@ -230,5 +245,16 @@ mod tests {
         let longest = run_name(&"j".repeat(49), RunKey::Message("x"), 99);
         assert_eq!(longest.len(), 63);
         assert!(crate::config::job::is_dns1123_label(&longest));
+        // Past 99 attempts (dlq replays), a long job's names stay within 63,
+        // distinct and deterministic.
+        let a100 = run_name(&"j".repeat(49), RunKey::Message("x"), 100);
+        let a101 = run_name(&"j".repeat(49), RunKey::Message("x"), 101);
+        assert_eq!(a100.len(), 60);
+        assert_ne!(a100, a101);
+        assert_eq!(a100, run_name(&"j".repeat(49), RunKey::Message("x"), 100));
+        assert_eq!(
+            run_name("short", RunKey::Message("x"), 100).len(),
+            "short".len() + 15
+        );
     }
 }

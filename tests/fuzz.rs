@@ -8,7 +8,10 @@
 //! column; a schedule whose next fire is in the future; a work item or a
 //! dead letter with a known reason).
 //!
-//! Longer runs: `PROPTEST_CASES=20000 cargo test --release --test fuzz`.
+//! Each target runs for a fixed time, `FUZZ_SECONDS` (2 s in the test
+//! suite). Longer runs: `FUZZ_SECONDS=300 cargo test --release --test fuzz
+//! -- --nocapture --test-threads 1` (prints the cases run per target).
+//! A failure found this way becomes a regression test beside the target.
 
 use std::path::Path;
 
@@ -21,6 +24,7 @@ use kedge::sources::{Delivery, Receipt};
 use kedge::store::Intake;
 use kedge::triggers::cron::Schedule;
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 fn daemon() -> DaemonConfig {
     validate(Default::default(), &|_| None).expect("default daemon config")
@@ -118,95 +122,195 @@ fn apply(text: &str, muts: &[Mutation]) -> Vec<u8> {
     b
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        // 384 in the test suite; PROPTEST_CASES for a longer hunt.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(384),
-        ..ProptestConfig::default()
-    })]
-
-    /// Any mutation of a valid job file loads or is rejected with
-    /// diagnostics that each name the file, a line and a column.
-    #[test]
-    fn job_files_never_panic_and_errors_are_located(
-        seed in 0usize..16,
-        muts in prop::collection::vec(mutation(), 1..6),
-    ) {
-        let seeds = seeds();
-        let text = apply(&seeds[seed % seeds.len()], &muts);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("fuzz.yaml");
-        std::fs::write(&file, &text).unwrap();
-        let daemon = daemon();
-        if let Err(diags) = load_job_file(&file, &daemon, &|_| Some("x".into())) {
-            let shown = diags.to_string();
-            prop_assert!(!shown.trim().is_empty(), "an error without a message");
-            for line in shown.lines().filter(|l| !l.trim().is_empty()) {
-                let rest = line.strip_prefix(&format!("{}:", file.display()));
-                prop_assert!(rest.is_some(), "not located in the file: {line}");
-                let mut parts = rest.unwrap().splitn(3, ':');
-                let l = parts.next().unwrap_or("");
-                let c = parts.next().unwrap_or("");
-                prop_assert!(l.parse::<u32>().is_ok() && c.parse::<u32>().is_ok(),
-                    "no line:column in: {line}");
-            }
+/// Runs `check` on values of `strategy` for this target's time budget:
+/// `FUZZ_SECONDS` (default 2) per target. A failure is shrunk by proptest
+/// and reported with the minimal input.
+fn fuzz<S: Strategy>(name: &str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let budget = std::time::Duration::from_secs_f64(
+        std::env::var("FUZZ_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0),
+    );
+    let start = std::time::Instant::now();
+    let mut cases: u64 = 0;
+    while cases == 0 || start.elapsed() < budget {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        if let Err(e) = runner.run(&strategy, &check) {
+            panic!("fuzz target {name} failed: {e}");
         }
+        cases += 64;
     }
+    eprintln!(
+        "fuzz {name}: {cases} cases in {:.1}s, no failure",
+        start.elapsed().as_secs_f64()
+    );
+}
 
-    /// Any text: the cron parser answers Ok or Err; a parsed schedule's
-    /// next fire (in zones with DST and a 30-minute shift) is after `now`.
-    #[test]
-    fn cron_expressions_never_panic(
-        fields in prop::collection::vec(
-            prop::string::string_regex("[0-9*/,\\-a-zA-Z@?LW#]{0,8}").unwrap(), 0..8),
-        secs in 0i64..4_102_444_800,
-    ) {
-        let expr = fields.join(" ");
-        if let Ok(s) = Schedule::parse(&expr) {
-            let now = Utc.timestamp_opt(secs, 0).unwrap();
-            for tz in [chrono_tz::UTC, chrono_tz::Europe::Berlin,
-                       chrono_tz::America::New_York, chrono_tz::Australia::Lord_Howe] {
-                if let Some(next) = s.next_after(now, tz) {
-                    prop_assert!(next > now, "{expr}: {next} is not after {now}");
+/// Any mutation of a valid job file loads or is rejected with
+/// diagnostics that each name the file, a line and a column.
+#[test]
+fn job_files_never_panic_and_errors_are_located() {
+    let seeds = seeds();
+    let daemon = daemon();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fuzz.yaml");
+    fuzz(
+        "job_files",
+        (0usize..16, prop::collection::vec(mutation(), 1..6)),
+        |(seed, muts)| {
+            let text = apply(&seeds[seed % seeds.len()], &muts);
+            std::fs::write(&file, &text).unwrap();
+            if let Err(diags) = load_job_file(&file, &daemon, &|_| Some("x".into())) {
+                let shown = diags.to_string();
+                prop_assert!(!shown.trim().is_empty(), "an error without a message");
+                for line in shown.lines().filter(|l| !l.trim().is_empty()) {
+                    let rest = line.strip_prefix(&format!("{}:", file.display()));
+                    prop_assert!(rest.is_some(), "not located in the file: {line}");
+                    let mut parts = rest.unwrap().splitn(3, ':');
+                    let l = parts.next().unwrap_or("");
+                    let c = parts.next().unwrap_or("");
+                    prop_assert!(
+                        l.parse::<u32>().is_ok() && c.parse::<u32>().is_ok(),
+                        "no line:column in: {line}"
+                    );
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    );
+}
 
-    /// Any bytes and headers offered at intake become a work item or a
-    /// dead letter with one of the documented reasons; never a panic.
-    #[test]
-    fn payload_intake_never_panics(
-        body in prop::collection::vec(any::<u8>(), 0..300),
-        json_like in "\\{\"deadline\":(\"[0-9T:\\-Z.+]{0,30}\"|-?[0-9]{1,20}|true|null)\\}",
-        use_json in any::<bool>(),
-        header in "[ -~]{0,30}",
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("q.yaml");
-        std::fs::write(&file, "name: q\ntrigger:\n  queue:\n    rabbitmq: { url: \"amqp://x\", queue: q }\n    deadline: { header: x-deadline }\n\
-            payload: { max_bytes: 200 }\n\
-            template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{ name: m, command: [\"true\"] }]\n").unwrap();
-        let (job, _) = load_job_file(&file, &daemon(), &|_| None).expect("job");
-        let Trigger::Queue(q) = job.trigger.clone() else { unreachable!() };
-        let body = if use_json { json_like.into_bytes() } else { body };
-        let d = Delivery {
-            message_id: "m".into(),
-            body,
-            headers: vec![("x-deadline".into(), header)],
-            redelivered: false,
-            receipt: Receipt::Rabbitmq { delivery_tag: 1 },
-        };
-        let (item, how) = prepare(&job, &q, "rabbitmq:q", &d, Utc::now());
-        match how {
-            Intake::Run => prop_assert!(item.payload.is_some()),
-            Intake::AwaitBatch => prop_assert!(false, "no batch configured"),
-            Intake::Dead { reason, error } => {
-                prop_assert!(["not_utf8", "not_json", "too_large", "bad_deadline", "expired"]
-                    .contains(&reason.as_str()), "unknown reason {reason}");
-                prop_assert!(!error.is_empty());
-                prop_assert!(item.payload.is_some(), "a dead letter keeps its payload");
+/// Any text: the cron parser answers Ok or Err; a parsed schedule's next
+/// fire (in zones with DST and a 30-minute shift) is after `now`.
+#[test]
+fn cron_expressions_never_panic() {
+    fuzz(
+        "cron",
+        (
+            prop::collection::vec(
+                prop::string::string_regex("[0-9*/,\\-a-zA-Z@?LW#]{0,8}").unwrap(),
+                0..8,
+            ),
+            0i64..4_102_444_800,
+        ),
+        |(fields, secs)| {
+            let expr = fields.join(" ");
+            if let Ok(s) = Schedule::parse(&expr) {
+                let now = Utc.timestamp_opt(secs, 0).unwrap();
+                for tz in [
+                    chrono_tz::UTC,
+                    chrono_tz::Europe::Berlin,
+                    chrono_tz::America::New_York,
+                    chrono_tz::Australia::Lord_Howe,
+                ] {
+                    if let Some(next) = s.next_after(now, tz) {
+                        prop_assert!(next > now, "{expr}: {next} is not after {now}");
+                    }
+                }
             }
-        }
-    }
+            Ok(())
+        },
+    );
+}
+
+/// Any bytes and headers offered at intake become a work item or a dead
+/// letter with one of the documented reasons; never a panic.
+#[test]
+fn payload_intake_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("q.yaml");
+    std::fs::write(&file, "name: q\ntrigger:\n  queue:\n    rabbitmq: { url: \"amqp://x\", queue: q }\n    deadline: { header: x-deadline }\n\
+        payload: { max_bytes: 200 }\n\
+        template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{ name: m, command: [\"true\"] }]\n").unwrap();
+    let (job, _) = load_job_file(&file, &daemon(), &|_| None).expect("job");
+    let Trigger::Queue(q) = job.trigger.clone() else {
+        unreachable!()
+    };
+    fuzz(
+        "payload_intake",
+        (
+            prop::collection::vec(any::<u8>(), 0..300),
+            "\\{\"deadline\":(\"[0-9T:\\-Z.+]{0,30}\"|-?[0-9]{1,20}|true|null)\\}",
+            any::<bool>(),
+            "[ -~]{0,30}",
+        ),
+        |(body, json_like, use_json, header)| {
+            let body = if use_json {
+                json_like.into_bytes()
+            } else {
+                body
+            };
+            let d = Delivery {
+                message_id: "m".into(),
+                body,
+                headers: vec![("x-deadline".into(), header)],
+                redelivered: false,
+                receipt: Receipt::Rabbitmq { delivery_tag: 1 },
+            };
+            let (item, how) = prepare(&job, &q, "rabbitmq:q", &d, Utc::now());
+            match how {
+                Intake::Run => prop_assert!(item.payload.is_some()),
+                Intake::AwaitBatch => prop_assert!(false, "no batch configured"),
+                Intake::Dead { reason, error } => {
+                    prop_assert!(
+                        [
+                            "not_utf8",
+                            "not_json",
+                            "too_large",
+                            "bad_deadline",
+                            "expired"
+                        ]
+                        .contains(&reason.as_str()),
+                        "unknown reason {reason}"
+                    );
+                    prop_assert!(!error.is_empty());
+                    prop_assert!(item.payload.is_some(), "a dead letter keeps its payload");
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Any message id, any attempt (dlq replays push attempts past 99) and any
+/// cron fire time give a run name Kubernetes takes as a Job name: DNS-1123,
+/// at most 63 characters, for every job name validation accepts.
+#[test]
+fn run_names_are_always_valid_job_names() {
+    use kedge::config::job::{is_dns1123_label, JOB_NAME_MAX};
+    use kedge::lifecycle::{run_name, RunKey};
+    fuzz(
+        "run_names",
+        (
+            prop::string::string_regex(&format!(
+                "[a-z]([a-z0-9-]{{0,{}}}[a-z0-9])?",
+                JOB_NAME_MAX - 2
+            ))
+            .unwrap(),
+            any::<String>(),
+            any::<i64>(),
+            1u32..u32::MAX,
+            any::<bool>(),
+        ),
+        |(job, id, secs, attempt, cron)| {
+            let key = if cron {
+                RunKey::CronFire(secs.rem_euclid(1 << 40))
+            } else {
+                RunKey::Message(&id)
+            };
+            let name = run_name(&job, key, attempt);
+            prop_assert!(is_dns1123_label(&name), "{name:?} from job {job:?}");
+            prop_assert!(name.len() <= 63, "{name} is {} characters", name.len());
+            prop_assert_eq!(&name, &run_name(&job, key, attempt), "not deterministic");
+            Ok(())
+        },
+    );
 }
