@@ -27,8 +27,9 @@
 //! Job is left alone), and pods are never restarted in place
 //! (`restartPolicy: OnFailure` behaves as `Never`).
 
+use crate::kubelet::ProcessKubelet;
 use crate::resource::{JOBS, PODS};
-use crate::sim::Sim;
+use crate::sim::{Kubelet, Sim};
 use crate::status::ApiError;
 use crate::store::timestamp;
 use crate::validation::generate_name;
@@ -166,15 +167,22 @@ struct Controller {
     sim: Arc<Sim>,
     plans: HashMap<String, PodPlan>,
     jobs: HashMap<String, JobMem>,
+    /// The process kubelet, with [`Kubelet::Processes`]; `None`: scripted.
+    processes: Option<ProcessKubelet>,
 }
 
 /// Runs until aborted: a pass every 20 ms, or twice as long as the last
 /// pass took, so that thousands of Jobs do not starve the API handlers.
 pub async fn run(sim: Arc<Sim>) {
+    let processes = match &sim.config.kubelet {
+        Kubelet::Scripted => None,
+        Kubelet::Processes { root } => Some(ProcessKubelet::new(root.clone())),
+    };
     let mut c = Controller {
         sim,
         plans: HashMap::new(),
         jobs: HashMap::new(),
+        processes,
     };
     loop {
         let t = Instant::now();
@@ -226,6 +234,21 @@ impl Controller {
         d.mul_f64(self.sim.config.time_scale.max(0.0))
     }
 
+    /// A duration that bounds real processes (`activeDeadlineSeconds`):
+    /// wall-clock with the process kubelet, scaled with the scripted one.
+    fn bound(&self, d: Duration) -> Duration {
+        if self.processes.is_some() {
+            d
+        } else {
+            self.scaled(d)
+        }
+    }
+
+    /// Pods of Job `uid` deleted but still stopping their processes.
+    fn terminating(&self, uid: &str) -> usize {
+        self.processes.as_ref().map_or(0, |k| k.terminating(uid))
+    }
+
     fn pass(&mut self, now: Instant) {
         self.kubelet(now);
         let (_, jobs) = self.sim.store.list(&JOBS, None);
@@ -243,6 +266,17 @@ impl Controller {
         let present: HashSet<&str> = pods.iter().map(|p| meta(p, "uid")).collect();
         self.plans.retain(|uid, _| present.contains(uid.as_str()));
         let start_delay = self.scaled(Duration::from_secs(1));
+        if let Some(k) = self.processes.as_mut() {
+            // Real processes: a pod starts once scheduled and past its
+            // start-up delay (image pull, sandbox); the script is not read.
+            let plans = &self.plans;
+            k.pass(&self.sim, &pods, |pod| {
+                plans.get(meta(pod, "uid")).is_some_and(|p| {
+                    !p.unschedulable && now.duration_since(p.created) >= start_delay
+                })
+            });
+            return;
+        }
         for pod in &pods {
             let Some(plan) = self.plans.get(meta(pod, "uid")) else {
                 continue;
@@ -310,7 +344,11 @@ impl Controller {
             Some(i) => {
                 labels[INDEX_KEY] = json!(i.to_string());
                 annotations[INDEX_KEY] = json!(i.to_string());
-                if let Some(cs) = spec["containers"].as_array_mut() {
+                // Every container, init containers too, as the Job controller does.
+                for key in ["initContainers", "containers"] {
+                    let Some(cs) = spec[key].as_array_mut() else {
+                        continue;
+                    };
                     for c in cs {
                         if !c["env"].is_array() {
                             c["env"] = json!([]);
@@ -441,6 +479,9 @@ impl Controller {
             let interim_at = *mem.interim_at.get_or_insert(now);
             for p in &active {
                 if self.sim.store.remove(&PODS, ns, meta(p, "name")).is_ok() {
+                    if let Some(k) = self.processes.as_mut() {
+                        k.deleted(meta(p, "uid"));
+                    }
                     mem.counted.insert(meta(p, "uid").to_string());
                     if !success {
                         mem.failed += 1;
@@ -448,7 +489,10 @@ impl Controller {
                 }
             }
             active_count = 0;
-            if now.duration_since(interim_at) >= self.scaled(Duration::from_secs(1)) {
+            // The terminal condition waits for every pod to have stopped.
+            if now.duration_since(interim_at) >= self.scaled(Duration::from_secs(1))
+                && self.terminating(uid) == 0
+            {
                 let c = job["status"]["conditions"]
                     .as_array()
                     .and_then(|cs| {
@@ -473,7 +517,7 @@ impl Controller {
         } else {
             let deadline = spec["activeDeadlineSeconds"]
                 .as_u64()
-                .is_some_and(|s| now.duration_since(start) >= self.scaled(Duration::from_secs(s)));
+                .is_some_and(|s| now.duration_since(start) >= self.bound(Duration::from_secs(s)));
             let max_failed = spec["maxFailedIndexes"].as_i64();
             let all_settled = completions
                 .is_some_and(|c| (mem.completed_idx.len() + mem.failed_idx.len()) as i64 >= c);
@@ -561,6 +605,7 @@ impl Controller {
             .count() as i64;
         let ready = if interim.is_some() { 0 } else { ready };
         let (succeeded, failed) = (mem.succeeded, mem.failed);
+        let terminating = self.terminating(uid) as i64;
         let completed = compress_indexes(&mem.completed_idx);
         let failed_idx = compress_indexes(&mem.failed_idx);
         let _ = self.sim.store.update(&JOBS, ns, name, |cur| {
@@ -583,7 +628,7 @@ impl Controller {
             put("succeeded", succeeded);
             put("failed", failed);
             st.insert("ready".into(), json!(ready));
-            st.insert("terminating".into(), json!(0));
+            st.insert("terminating".into(), json!(terminating));
             st.insert("uncountedTerminatedPods".into(), json!({}));
             if !st.contains_key("startTime") {
                 st.insert("startTime".into(), json!(timestamp()));

@@ -16,6 +16,8 @@
 //! - [`gc`]: the garbage collector (orphan / foreground / dangling owners).
 //! - [`job_controller`]: the Job controller, kubelet and TTL controller;
 //!   outcome scripts (`kube-sim/outcome`) and the time scale.
+//! - [`kubelet`]: the process kubelet ([`Kubelet::Processes`]): pods run
+//!   their containers as local processes, with logs per Job.
 //! - [`resource`]: the resources served.
 //!
 //! # K8S_FIDELITY checklist
@@ -122,6 +124,31 @@
 //!   `cut_mid_event_is_an_error_for_kube_rs_and_later_streams_are_whole`;
 //!   drop the next N event lines — `dropped_events_are_never_sent_and_the_stream_goes_on`;
 //!   delay every event line — `delayed_events_arrive_no_sooner_than_the_delay`.
+//! - [x] Process kubelet (`SimConfig::kubelet: Kubelet::Processes { root }`,
+//!   opt-in; scripted stays the default and unchanged): pods run their
+//!   containers as local processes — `command`+`args` and env values with
+//!   `$(VAR)` expansion and `$$` escaping, `fieldRef`/`configMapKeyRef`
+//!   (so `JOB_COMPLETION_INDEX`, now injected into init containers too),
+//!   `HOSTNAME` = pod name, nothing of the host's env but `PATH`/`HOME`;
+//!   exit code → terminated state → `Succeeded`/`Failed`, `StartError` for a
+//!   command that cannot start —
+//!   `tests/processes.rs::a_pod_runs_its_command_and_its_exit_code_decides_the_phase`,
+//!   `command_args_and_env_expand_as_kubernetes_does`; init containers in
+//!   order, a failing one stops the pod —
+//!   `init_containers_run_in_order_and_indexes_reach_every_container`;
+//!   a missing ConfigMap keeps the pod Pending (`ContainerCreating`) until it
+//!   exists, ConfigMap volumes materialised under the pod's folder with env
+//!   paths rewritten (the documented liberty, see [`kubelet`]) —
+//!   `a_missing_config_map_keeps_the_pod_pending_until_it_exists`; a deleted
+//!   pod gets SIGTERM to each container's process group, SIGKILL after
+//!   `terminationGracePeriodSeconds` —
+//!   `a_deleted_pod_gets_sigterm_then_sigkill_after_its_grace_period`;
+//!   `activeDeadlineSeconds` on the wall clock, the terminal condition only
+//!   once every pod's processes stopped (`status.terminating` counts them) —
+//!   `active_deadline_is_wall_clock_and_the_job_fails_after_its_pods_stopped`;
+//!   logs per Job ([`KubeSim::job_logs`]); every process killed when the
+//!   stand-in is dropped. The executor conformance suite runs on it
+//!   (`tests/executor_conformance.rs`, module `kubernetes`).
 //!
 //! Test aids beyond the server (for other crates' tests):
 //! - [x] Create log: every POST to a namespaced resource with its outcome
@@ -140,7 +167,12 @@
 //!   `parallelism` drops, `podFailurePolicy`, `successPolicy`, the
 //!   `batch.kubernetes.io/job-tracking` pod finalizer, per-index backoff
 //!   delays (one delay per Job), `restartPolicy: OnFailure` restarts in place,
-//!   graceful pod termination (`terminating` is always 0).
+//!   graceful pod termination (`terminating` is always 0 in scripted mode;
+//!   the process kubelet counts pods still stopping their processes).
+//! - [ ] Process kubelet leftovers: pods keep no `deletionTimestamp` phase
+//!   (removed from the API at once, processes stop afterwards); no probes,
+//!   `secretKeyRef`/`envFrom`, volumes other than ConfigMap and emptyDir,
+//!   `subPath`; pods created directly through the API are not run.
 //! - [ ] Pod lifecycle and graceful deletion; Event TTL (1 h) and the
 //!   length limits of Event fields; `immutable` ConfigMaps.
 //! - [ ] Aggregated discovery (`apidiscovery.k8s.io/v2`), Table output
@@ -152,6 +184,7 @@ pub mod api;
 pub mod discovery;
 pub mod gc;
 pub mod job_controller;
+pub mod kubelet;
 pub mod patch;
 pub mod resource;
 pub mod selector;
@@ -160,5 +193,6 @@ pub mod status;
 pub mod store;
 pub mod validation;
 
-pub use sim::{CreateRecord, KubeSim, SimConfig};
+pub use kubelet::ContainerLog;
+pub use sim::{CreateRecord, KubeSim, Kubelet, SimConfig};
 pub use status::ApiError;

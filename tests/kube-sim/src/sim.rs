@@ -4,8 +4,9 @@
 use crate::resource::{Resource, NAMESPACES};
 use crate::store::Store;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,25 @@ pub struct SimConfig {
     /// bare kube-apiserver without controller-manager (as in envtest): Jobs
     /// get no pods and no status. The garbage collector always runs.
     pub job_controller: bool,
+    /// What the simulated kubelet does with a pod: follow its outcome
+    /// script (the default), or run its containers as local processes.
+    pub kubelet: Kubelet,
+}
+
+/// The simulated kubelet's mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Kubelet {
+    /// Pods follow the `kube-sim/outcome` annotation; nothing runs
+    /// (see [`crate::job_controller`]).
+    #[default]
+    Scripted,
+    /// Pods run their containers as child processes of the stand-in, with
+    /// logs, volumes and pod folders under `root` (see [`crate::kubelet`]).
+    /// `time_scale` then stretches only the simulated delays (start-up,
+    /// pod backoff, condition lag, TTL): `activeDeadlineSeconds` and
+    /// `terminationGracePeriodSeconds` bound real processes and run on the
+    /// wall clock.
+    Processes { root: PathBuf },
 }
 
 impl Default for SimConfig {
@@ -35,6 +55,7 @@ impl Default for SimConfig {
             bookmark_interval: Duration::from_secs(1),
             time_scale: 1.0,
             job_controller: true,
+            kubelet: Kubelet::Scripted,
         }
     }
 }
@@ -108,6 +129,10 @@ pub struct Sim {
     pub gc_wake: Notify,
     /// Append-only log of create requests (see [`CreateRecord`]).
     pub creates: Mutex<Vec<CreateRecord>>,
+    /// Pods the process kubelet started, in start order (their logs outlive them).
+    pub pod_records: Mutex<Vec<crate::kubelet::PodRecord>>,
+    /// Process groups of containers the process kubelet runs now.
+    pub process_groups: Mutex<HashSet<i32>>,
 }
 
 impl Sim {
@@ -154,6 +179,8 @@ impl KubeSim {
             cut_watches_mid_event: watch::channel(0).0,
             gc_wake: Notify::new(),
             creates: Mutex::new(Vec::new()),
+            pod_records: Mutex::new(Vec::new()),
+            process_groups: Mutex::new(HashSet::new()),
         });
         let app = axum::Router::new()
             .fallback(crate::api::handle)
@@ -243,6 +270,21 @@ impl KubeSim {
         self.sim.store.get(served(resource), namespace, name).ok()
     }
 
+    /// Every container log of Job `job` in `namespace` that the process
+    /// kubelet ([`Kubelet::Processes`]) ran, as `kubectl logs` would show
+    /// each: pods in start order, containers in spec order (init
+    /// containers first). Pods that are gone still count; containers that
+    /// never started have no log. Empty in scripted mode.
+    pub fn job_logs(&self, namespace: &str, job: &str) -> Vec<crate::kubelet::ContainerLog> {
+        let records = self
+            .sim
+            .pod_records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        crate::kubelet::job_logs(&records, namespace, job)
+    }
+
     /// Cuts every watch stream open now in the middle of its next event
     /// line: the client gets half a JSON line and then a broken connection
     /// (no closing chunk). Streams opened later are not affected.
@@ -291,5 +333,7 @@ impl Drop for KubeSim {
         for t in &self.tasks {
             t.abort();
         }
+        // No container outlives its cluster.
+        crate::kubelet::kill_all(&self.sim);
     }
 }
