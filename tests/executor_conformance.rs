@@ -7,17 +7,29 @@
 //!   the executor on an outcome channel, read what a run's containers printed
 //!   (as `kubectl logs` would show it), tell whether a process is alive, and
 //!   plant a stray process for `recover()`. [`LocalHarness`] is the local
-//!   executor's. A Kubernetes harness implements the same trait against the
-//!   API server stand-in; for these checks its simulated pods must run their
-//!   containers' commands, so that logs and pids are real.
+//!   executor's. [`KubernetesHarness`] is the Kubernetes executor's: a
+//!   kube-sim per test whose simulated kubelet runs each pod's containers as
+//!   local processes ([`Kubelet::Processes`]), so that logs and pids are
+//!   real; its strays are Jobs created straight through the API with
+//!   kedge's labels, which `recover()` must adopt.
+//! - Where an executor's contract means something else, the check branches
+//!   on the harness's constants, never on its type:
+//!   [`Harness::SHUTDOWN_STOPS_RUNS`] (local stops runs and returns them;
+//!   Kubernetes lets them run, and a second executor of the same instance
+//!   adopts them and reports each exactly once, and a `cancel()` after
+//!   `shutdown()` must leave them alone), [`Harness::RECOVER_ADOPTS`], and
+//!   [`Harness::CANCEL_WAITS_FOR_PODS`] (Kubernetes reports `Cancelled` when
+//!   the Job is deleted; the grace-period checks then time the processes'
+//!   end instead of the outcome). No check is skipped for either executor.
 //! - The checks: plain `async fn check<H: Harness>(h: &H)`, generic over the
 //!   executor. Each launches Jobs rendered through the real
 //!   [`kedge::executor::render`] path and asserts on the outcome channel and
 //!   on real process output: the containers `echo` what they see into their
 //!   logs.
 //! - [`executor_conformance!`] turns every check into a `#[tokio::test]` for
-//!   one harness; `executor_conformance!(local, LocalHarness::new())` at the
-//!   bottom is the local executor's instantiation.
+//!   one harness; `executor_conformance!(local, LocalHarness::new())` and
+//!   `executor_conformance!(kubernetes, KubernetesHarness::new().await)` at
+//!   the bottom are the two instantiations.
 //!
 //! Container scripts are written as they would be in a manifest: Kubernetes
 //! expands `$(VAR)` and `$$` in `command`/`args`, so [`JobSpecBuilder::script`]
@@ -31,13 +43,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::JobSpec;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
 use kedge::config::job::{JobLimits, PayloadPolicy, QueueTrigger, RetryPolicy};
-use kedge::config::{Job, LocalConfig, Trigger};
+use kedge::config::{Job, KubernetesConfig, LocalConfig, Trigger};
 use kedge::executor::render::PAYLOAD_ENV_MAX;
 use kedge::executor::{
-    render, Executor, ExecutorError, Launch, LocalExecutor, Outcome, OutcomeKind,
+    render, Executor, ExecutorError, KubernetesExecutor, Launch, LocalExecutor, Outcome,
+    OutcomeKind,
 };
 use kedge::lifecycle::{RunState, TriggerKind};
 use kedge::store::Run;
+use kube_sim::{KubeSim, Kubelet, SimConfig};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -74,6 +88,11 @@ trait Harness {
     /// `recover()` adopts runs that are still running somewhere instead of
     /// killing them and returning their ids for relaunch.
     const RECOVER_ADOPTS: bool;
+    /// `cancel()`'s `Cancelled` outcome comes once the run's processes have
+    /// stopped (local), as opposed to once the run's Job is deleted, its
+    /// pods terminating afterwards in the background (Kubernetes:
+    /// `propagationPolicy: Background`).
+    const CANCEL_WAITS_FOR_PODS: bool;
 
     /// A fresh executor whose runs belong to store instance `instance`.
     fn executor(&self, instance: &str, outcomes: mpsc::Sender<Outcome>) -> Self::Exec;
@@ -120,6 +139,7 @@ impl Harness for LocalHarness {
 
     const SHUTDOWN_STOPS_RUNS: bool = true;
     const RECOVER_ADOPTS: bool = false;
+    const CANCEL_WAITS_FOR_PODS: bool = true;
 
     fn executor(&self, instance: &str, outcomes: mpsc::Sender<Outcome>) -> LocalExecutor {
         let cfg = LocalConfig {
@@ -183,6 +203,157 @@ impl Harness for LocalHarness {
 
     fn stray_running(&self, stray: &mut tokio::process::Child) -> bool {
         matches!(stray.try_wait(), Ok(None))
+    }
+}
+
+/// The namespace the Kubernetes harness runs Jobs in.
+const NAMESPACE: &str = "default";
+
+/// The Kubernetes executor's harness: a kube-sim per test whose simulated
+/// kubelet runs each pod's containers as local processes
+/// ([`Kubelet::Processes`]), so logs, pids and signals are real. Simulated
+/// delays (pod start-up, the 10 s doubling pod backoff, the lag before a
+/// terminal condition) run at 1/50; `activeDeadlineSeconds` and
+/// `terminationGracePeriodSeconds` bound real processes and run on the
+/// wall clock.
+struct KubernetesHarness {
+    // Dropped first: the stand-in kills every process it still runs.
+    sim: KubeSim,
+    client: kube::Client,
+    /// `pods/` (the kubelet's root) and `shared/`.
+    dir: tempfile::TempDir,
+}
+
+impl KubernetesHarness {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("shared")).expect("shared dir");
+        let sim = KubeSim::start(SimConfig {
+            time_scale: 0.02,
+            kubelet: Kubelet::Processes {
+                root: dir.path().join("pods"),
+            },
+            ..Default::default()
+        })
+        .await
+        .expect("start kube-sim");
+        let config = kube::Config::new(sim.url().parse().expect("kube-sim url"));
+        let client = kube::Client::try_from(config).expect("kube client");
+        KubernetesHarness { sim, client, dir }
+    }
+}
+
+/// A Job planted through the API as if an earlier daemon had launched it.
+struct KubeStray {
+    name: String,
+    uid: String,
+    /// Its container's main process.
+    pid: i32,
+}
+
+impl Harness for KubernetesHarness {
+    type Exec = KubernetesExecutor;
+    type Stray = KubeStray;
+
+    const SHUTDOWN_STOPS_RUNS: bool = false;
+    const RECOVER_ADOPTS: bool = true;
+    const CANCEL_WAITS_FOR_PODS: bool = false;
+
+    fn executor(&self, instance: &str, outcomes: mpsc::Sender<Outcome>) -> KubernetesExecutor {
+        let cfg = KubernetesConfig {
+            namespace: Some(NAMESPACE.into()),
+            request_timeout: Duration::from_secs(5),
+            successful_jobs_history_limit: 0,
+            failed_jobs_history_limit: 0,
+            ..Default::default()
+        };
+        KubernetesExecutor::new(
+            self.client.clone(),
+            NAMESPACE,
+            cfg,
+            instance.to_string(),
+            "conformance".into(),
+            outcomes,
+        )
+    }
+
+    fn shared_dir(&self) -> PathBuf {
+        self.dir.path().join("shared")
+    }
+
+    /// What `kubectl logs` shows for every pod the Job `run_id` ran.
+    async fn logs(&self, run_id: &str) -> Vec<ContainerLog> {
+        let mut out: Vec<ContainerLog> = self
+            .sim
+            .job_logs(NAMESPACE, run_id)
+            .into_iter()
+            .map(|l| ContainerLog {
+                pod: l.pod,
+                container: l.container,
+                text: l.text,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.pod, &a.container).cmp(&(&b.pod, &b.container)));
+        out
+    }
+
+    fn process_alive(&self, pid: i32) -> bool {
+        proc_alive(pid)
+    }
+
+    /// A running Job with kedge's labels and run annotation for `instance`
+    /// and `run_id`, created straight through the API. It is named by the
+    /// run id, as kedge names Jobs; when that name is taken (another
+    /// instance's run of the same id: names are per namespace) it gets a
+    /// suffix. Returns once its container runs.
+    async fn plant_stray(&self, instance: &str, run_id: &str) -> KubeStray {
+        use k8s_openapi::api::batch::v1::Job as KubeJob;
+        let jobs: kube::Api<KubeJob> = kube::Api::namespaced(self.client.clone(), NAMESPACE);
+        let labels = serde_json::json!({
+            "app.kubernetes.io/managed-by": "kedge",
+            "kedge.dev/instance": instance,
+            "kedge.dev/job": "conformance",
+            "kedge.dev/run": run_id,
+        });
+        let mut n = 0;
+        let created = loop {
+            let name = if n == 0 {
+                run_id.to_string()
+            } else {
+                format!("{run_id}-{n}")
+            };
+            let job: KubeJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "labels": labels, "annotations": {"kedge.dev/run": run_id}},
+                "spec": {"backoffLimit": 0, "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"restartPolicy": "Never", "containers": [{
+                        "name": "main", "image": "busybox",
+                        "command": sh("echo pid=$$; exec sleep 60"),
+                    }]},
+                }},
+            }))
+            .expect("a stray Job");
+            match jobs.create(&Default::default(), &job).await {
+                Ok(j) => break j,
+                Err(kube::Error::Api(s)) if s.is_already_exists() => n += 1,
+                Err(e) => panic!("planting a stray Job: {e}"),
+            }
+        };
+        let name = created.metadata.name.clone().expect("a name");
+        let uid = created.metadata.uid.clone().expect("a uid");
+        let logs = wait_for_log(self, &name, "pid=").await;
+        let pid = pids(&logs)[0];
+        KubeStray { name, uid, pid }
+    }
+
+    /// The planted Job still exists (the same object) and its process runs.
+    fn stray_running(&self, stray: &mut KubeStray) -> bool {
+        let same = self
+            .sim
+            .object("jobs", NAMESPACE, &stray.name)
+            .is_some_and(|j| j["metadata"]["uid"] == stray.uid.as_str());
+        same && proc_alive(stray.pid)
     }
 }
 
@@ -429,8 +600,14 @@ struct Rig<E: Executor> {
 
 impl<E: Executor> Rig<E> {
     fn start<H: Harness<Exec = E>>(h: &H) -> Self {
+        Self::start_as(h, &format!("conformance-{}", uuid::Uuid::new_v4()))
+    }
+
+    /// An executor of store instance `instance` (a second replica, or the
+    /// daemon after a restart).
+    fn start_as<H: Harness<Exec = E>>(h: &H, instance: &str) -> Self {
         let (tx, outcomes) = mpsc::channel(64);
-        let instance = format!("conformance-{}", uuid::Uuid::new_v4());
+        let instance = instance.to_string();
         Rig {
             exec: h.executor(&instance, tx),
             outcomes,
@@ -590,12 +767,15 @@ async fn completions_non_indexed<H: Harness>(h: &H) {
 /// once one has succeeded no failed pod is replaced; the Job succeeds.
 async fn work_queue_without_completions<H: Harness>(h: &H) {
     let mut rig = Rig::start(h);
-    // Pod names end in their sequence number; the first pod succeeds at
-    // once, the others fail after it: none of them may be replaced.
+    // The first pod to claim the marker succeeds at once, the others fail
+    // after it: none of them may be replaced. (Pod names are no sequence
+    // to go by: Kubernetes' carry a random suffix.)
+    let first = h.shared_dir().join("workqueue-first");
     let spec = JobSpecBuilder::new()
         .parallelism(3)
         .backoff_limit(10)
-        .script("echo pod=$HOSTNAME; case $HOSTNAME in *-1) exit 0;; esac; sleep 0.3; exit 1");
+        .env("FIRST", &first.display().to_string())
+        .script("echo pod=$HOSTNAME; if mkdir \"$FIRST\" 2>/dev/null; then exit 0; fi; sleep 0.3; exit 1");
     rig.launch(TestRun::new("conf-workqueue", spec).launch())
         .await;
     assert_eq!(
@@ -1070,9 +1250,19 @@ async fn grace_period_lets_sigterm_trap_run<H: Harness>(h: &H) {
         "waited out the grace period: {:?}",
         start.elapsed()
     );
-    let after = h.logs("conf-grace").await;
+    let after = if H::CANCEL_WAITS_FOR_PODS {
+        h.logs("conf-grace").await
+    } else {
+        // The Job is gone; its pod is terminating in the background.
+        wait_for_log(h, "conf-grace", "got-term").await
+    };
     assert!(after[0].text.ends_with("got-term\n"), "{after:#?}");
     assert_gone(h, &pids(&logs)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "waited out the grace period: {:?}",
+        start.elapsed()
+    );
     rig.finish().await;
 }
 
@@ -1089,12 +1279,28 @@ async fn grace_period_ends_in_sigkill<H: Harness>(h: &H) {
     let start = Instant::now();
     rig.exec.cancel("conf-sigkill").await;
     assert_eq!(rig.outcome_of("conf-sigkill").await, OutcomeKind::Cancelled);
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_secs(5),
-        "SIGKILL after {took:?}"
-    );
-    assert_gone(h, &pids(&logs)).await;
+    if H::CANCEL_WAITS_FOR_PODS {
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(5),
+            "SIGKILL after {took:?}"
+        );
+        assert_gone(h, &pids(&logs)).await;
+    } else {
+        // The outcome came with the Job's deletion; the pod's processes
+        // must outlive SIGTERM by the grace period, then die.
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_gone(h, &pids(&logs)).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_secs(5),
+            "SIGKILL after {took:?}"
+        );
+    }
     rig.finish().await;
 }
 
@@ -1118,6 +1324,11 @@ async fn shutdown_interrupts_runs<H: Harness>(h: &H) {
         assert_gone(h, &pids(&logs)).await;
     } else {
         assert!(stopped.is_empty(), "{stopped:?}");
+        // Let go of, not stopped: the run goes on for the next replica.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for pid in pids(&logs) {
+            assert!(h.process_alive(pid), "shutdown() stopped a run: {pid}");
+        }
     }
     assert_no_outcome(&mut rig.outcomes);
 
@@ -1132,6 +1343,17 @@ async fn shutdown_interrupts_runs<H: Harness>(h: &H) {
     assert!(h.logs("conf-after").await.is_empty());
     rig.exec.cancel("conf-inflight").await;
     assert_no_outcome(&mut rig.outcomes);
+    if !H::SHUTDOWN_STOPS_RUNS {
+        // A run this executor let go of belongs to the next replica now:
+        // cancel() after shutdown() must not stop it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for pid in pids(&logs) {
+            assert!(
+                h.process_alive(pid),
+                "cancel() after shutdown() stopped a run that was let go: {pid}"
+            );
+        }
+    }
 }
 
 /// Every launch ends exactly once: with an outcome, or (shut down first) in
@@ -1157,6 +1379,19 @@ async fn every_launch_ends_exactly_once<H: Harness>(h: &H) {
         assert!(!ended_set.contains(id), "{id} both stopped and ended");
     }
     let mut all: Vec<String> = ended.into_iter().chain(stopped).collect();
+    if !H::SHUTDOWN_STOPS_RUNS {
+        // The runs shutdown() let go of keep running; the next replica
+        // adopts them and reports each one exactly once.
+        assert!(H::RECOVER_ADOPTS, "a let-go run must be adoptable");
+        let rest: Vec<String> = ids.iter().filter(|id| !all.contains(id)).cloned().collect();
+        let mut next = Rig::start_as(h, &rig.instance);
+        let relaunch = next.exec.recover(rest.clone()).await;
+        assert!(relaunch.is_empty(), "not adopted: {relaunch:?}");
+        for _ in &rest {
+            all.push(next.next_outcome().await.run_id);
+        }
+        next.finish().await;
+    }
     all.sort();
     assert_eq!(all, ids);
 }
@@ -1278,3 +1513,4 @@ macro_rules! executor_conformance {
 }
 
 executor_conformance!(local, LocalHarness::new());
+executor_conformance!(kubernetes, KubernetesHarness::new().await);
