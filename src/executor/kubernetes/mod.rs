@@ -467,7 +467,8 @@ impl Executor for KubernetesExecutor {
     }
 
     async fn cancel(&self, run_id: &str) {
-        if !self.inner.tracker.mark_cancelled(run_id) {
+        // After shutdown the running Jobs belong to the next leader.
+        if self.inner.closed.is_cancelled() || !self.inner.tracker.mark_cancelled(run_id) {
             return;
         }
         if let Err(e) = self.delete_job(run_id).await {
