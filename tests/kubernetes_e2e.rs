@@ -729,3 +729,29 @@ fn a_graceful_stop_leaves_jobs_running_for_the_next_leader_to_adopt() {
     wait_all_cleaned_up(&c);
     assert!(second.stop().success());
 }
+
+#[test]
+fn a_hung_request_does_not_cost_the_leader_its_lease() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "3s");
+    queue_job(&ws, "work", "duration=1s", "");
+    let daemon = ws.start_daemon();
+    // While idle, the Lease renewals (every second) are most of the
+    // requests: hang a few of them.
+    for _ in 0..3 {
+        c.sim.hang_next(1);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert!(
+        !daemon.log().contains("stops launching"),
+        "{}",
+        daemon.log()
+    );
+    enqueue(&ws, "work", "after", "{}");
+    wait_until(Duration::from_secs(30), "the run", || {
+        succeeded(&ws.runs()) == 1
+    });
+    let lease = c.sim.object("leases", "default", "kedge").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], identity(&daemon).as_str());
+    assert!(daemon.stop().success());
+}

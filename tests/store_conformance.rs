@@ -499,6 +499,25 @@ async fn check_active_counts(db: &Db) {
     let mut counts = store.active_counts().await.unwrap();
     counts.sort();
     assert_eq!(counts, [("a".to_string(), 2, 1), ("b".to_string(), 1, 0)]);
+
+    // Pods in use: 1 per unsized running run, a sized run's parallelism.
+    // (A sum over a BIGINT column is NUMERIC on PostgreSQL, which the Any
+    // driver cannot decode: the query must cast it.)
+    let mut pods = store.running_pods().await.unwrap();
+    pods.sort();
+    assert_eq!(pods, [("a".to_string(), 2), ("b".to_string(), 1)]);
+    let sizing = kedge::store::RunSizing {
+        work: 10.0,
+        parallelism: 4,
+        completions: 4,
+        projected_finish_ms: T0 + 1000,
+        at_risk: false,
+        note: "test".into(),
+    };
+    store.record_sizing("a-1", &sizing).await.unwrap();
+    let mut pods = store.running_pods().await.unwrap();
+    pods.sort();
+    assert_eq!(pods, [("a".to_string(), 5), ("b".to_string(), 1)]);
 }
 
 async fn check_settle_succeeded(db: &Db) {

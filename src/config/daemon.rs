@@ -315,7 +315,7 @@ pub fn validate(
     if lease_duration < Duration::from_secs(2) {
         problems.push((
             kp.key("lease").key("duration"),
-            "must be at least 2s (the leader renews every third of it)".into(),
+            "must be at least 2s (the leader renews every seventh of it and steps down after two thirds without a renewal)".into(),
         ));
     }
     for (field, v) in [("api_qps", rk.api_qps), ("api_burst", rk.api_burst)] {

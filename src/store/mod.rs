@@ -643,7 +643,7 @@ impl Store {
     /// runs that were not sized).
     pub async fn running_pods(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT job, SUM(COALESCE(parallelism, 1)) FROM runs WHERE state = 'running' GROUP BY job",
+            "SELECT job, CAST(SUM(COALESCE(parallelism, 1)) AS BIGINT) FROM runs WHERE state = 'running' GROUP BY job",
         )
         .fetch_all(&self.pool)
         .await?;

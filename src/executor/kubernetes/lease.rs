@@ -6,8 +6,8 @@
 //! client-go, expiry is judged by this replica's own clock: a Lease whose
 //! record has not changed for `leaseDurationSeconds` since this replica
 //! first saw it is free, whatever the holder's clock says. The holder renews
-//! every third of the duration and steps down if it could not renew for two
-//! thirds of it, before anyone else may take over. A graceful stop releases
+//! every seventh of the duration and steps down if it could not renew for
+//! two thirds of it, before anyone else may take over. A graceful stop releases
 //! the Lease (no holder, duration 1 s), so the next replica takes over at
 //! once.
 
@@ -59,6 +59,11 @@ impl LeaderLease {
 
     fn seconds(&self) -> i32 {
         self.duration.as_secs().clamp(1, i32::MAX as u64) as i32
+    }
+
+    /// How often the holder renews (and how long one renewal may take).
+    fn renew_period(&self) -> Duration {
+        (self.duration / 7).max(Duration::from_millis(100))
     }
 
     /// How often a follower looks again.
@@ -174,30 +179,40 @@ impl LeaderLease {
 
     /// Renews the Lease until `stop`, then releases it. Cancels `lost` and
     /// returns if leadership is lost (someone else holds the Lease, or no
-    /// renewal succeeded for two thirds of the duration).
+    /// renewal succeeded for two thirds of the duration). As client-go's
+    /// elector does, it renews every retry period (a seventh of the
+    /// duration: 2 s of 15 s), so one slow or failed request costs one
+    /// period, not the lead.
     pub async fn hold(&self, stop: CancellationToken, lost: CancellationToken) {
-        let every = self.duration / 3;
+        let every = self.renew_period();
+        let retry = every;
         let deadline = self.duration * 2 / 3;
         let mut renewed = Instant::now();
+        let mut wait = every;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             match self.renew().await {
-                Ok(true) => renewed = Instant::now(),
+                Ok(true) => {
+                    renewed = Instant::now();
+                    wait = every;
+                }
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica took the Lease; this one stops launching");
                     lost.cancel();
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(lease = %self.name, error = %crate::error_chain(&e), "cannot renew the Lease");
-                    if renewed.elapsed() >= deadline {
-                        tracing::error!(lease = %self.name, "the Lease could not be renewed in time; this replica stops launching");
+                    let since = renewed.elapsed();
+                    if since >= deadline {
+                        tracing::error!(lease = %self.name, error = %crate::error_chain(&e), "the Lease could not be renewed in time; this replica stops launching");
                         lost.cancel();
                         return;
                     }
+                    tracing::warn!(lease = %self.name, error = %crate::error_chain(&e), "cannot renew the Lease; retrying");
+                    wait = retry.min(deadline - since);
                 }
             }
         }
@@ -209,7 +224,8 @@ impl LeaderLease {
         }
     }
 
-    /// One renewal: false if another replica holds the Lease.
+    /// One renewal: false if another replica holds the Lease; an error if
+    /// the read or the (resourceVersion-checked) write failed or conflicted.
     async fn renew(&self) -> Result<bool, kube::Error> {
         let call = async {
             let mut lease = self.api.get(&self.name).await?;
@@ -219,18 +235,12 @@ impl LeaderLease {
             }
             spec.renew_time = Some(now());
             lease.spec = Some(spec);
-            match self
-                .api
+            self.api
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await
-            {
-                Ok(_) => Ok(true),
-                // Changed since read: read again next time.
-                Err(kube::Error::Api(s)) if s.is_conflict() => Ok(true),
-                Err(e) => Err(e),
-            }
+                .map(|_| true)
         };
-        match tokio::time::timeout(self.duration / 3, call).await {
+        match tokio::time::timeout(self.renew_period(), call).await {
             Ok(r) => r,
             Err(_) => Err(kube::Error::Service("renewing the Lease timed out".into())),
         }
