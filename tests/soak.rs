@@ -71,16 +71,10 @@ use support::{Daemon, Workspace};
 /// start takes 10 ms.
 const TIME_SCALE: f64 = 0.01;
 /// The daemon's store unless `KEDGE_SOAK_STORE` says (`postgres` or
-/// `sqlite`).
-///
-/// KNOWN KEDGE BUG (found by this soak): with the PostgreSQL store,
-/// `Store::running_pods` (`SELECT job, SUM(COALESCE(parallelism, 1))`,
-/// `parallelism BIGINT`) returns NUMERIC, which sqlx's Any driver cannot
-/// decode, so every dispatch fails ("dispatch failed … decoding column sum
-/// … PgTypeInfo(Numeric)") while any run is running, and messages settle
-/// only in the gaps. Until `src/store` casts the sum to BIGINT, CI runs the
-/// soak on SQLite; set this to "postgres" once it is fixed.
-const DEFAULT_STORE: &str = "sqlite";
+/// `sqlite`). PostgreSQL, the shared store a cluster deployment uses (this
+/// soak found `Store::running_pods` failing there; fixed and now in the
+/// store conformance suite).
+const DEFAULT_STORE: &str = "postgres";
 const RABBIT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 // ----- scale -----------------------------------------------------------------
