@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,9 @@ const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
 /// How long dispatching pauses after a launch failed.
 const LAUNCH_FAILED_WAIT: Duration = Duration::from_secs(1);
+
+/// Launches in flight at once within a pass.
+const LAUNCH_CONCURRENCY: usize = 8;
 
 /// Runs launched per dispatch pass at most.
 const DISPATCH_BATCH: i64 = 256;
@@ -248,7 +252,7 @@ async fn dispatch<E: Executor>(
         }
     }
     due.retain(|r| !expired.contains(&r.run_id));
-    let mut launched = 0;
+    let mut launched: usize = 0;
     if !due.is_empty() {
         let usage = Usage {
             running: store
@@ -285,7 +289,19 @@ async fn dispatch<E: Executor>(
                 }
             }
         }
+        // Launches overlap (an API round trip each on Kubernetes), up to
+        // LAUNCH_CONCURRENCY at once; claiming and rendering stay in order.
+        let mut in_flight = FuturesUnordered::new();
+        let mut failed = false;
         for grant in admission.launch {
+            while in_flight.len() >= LAUNCH_CONCURRENCY && !failed {
+                if let Some(done) = in_flight.next().await {
+                    failed |= !launched_or_requeued(store, done, &mut launched).await?;
+                }
+            }
+            if failed {
+                break;
+            }
             let Some(run) = due.iter().find(|r| r.run_id == grant.run_id) else {
                 continue;
             };
@@ -322,21 +338,15 @@ async fn dispatch<E: Executor>(
                     members.into_iter().map(|m| m.payload).collect(),
                 )
             };
-            match executor.launch(launch).await {
-                Ok(()) => {
-                    launched += 1;
-                    tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched")
-                }
-                Err(e) => {
-                    tracing::error!(run = %run.run_id, error = %crate::error_chain(&e), "launch failed; the run waits for the next pass");
-                    store
-                        .requeue_run(&run.run_id, &format!("launch failed: {e}"))
-                        .await?;
-                    // The executor is unwell (the API server is down, say):
-                    // do not hammer it with the rest of this pass.
-                    return Ok(LAUNCH_FAILED_WAIT.min(batch_wait.unwrap_or(LAUNCH_FAILED_WAIT)));
-                }
-            }
+            in_flight.push(async move { (run, executor.launch(launch).await) });
+        }
+        while let Some(done) = in_flight.next().await {
+            failed |= !launched_or_requeued(store, done, &mut launched).await?;
+        }
+        if failed {
+            // The executor is unwell (the API server is down, say): do not
+            // hammer it with the rest of the due runs.
+            return Ok(LAUNCH_FAILED_WAIT.min(batch_wait.unwrap_or(LAUNCH_FAILED_WAIT)));
         }
     }
     if due.len() as i64 == DISPATCH_BATCH && launched > 0 {
@@ -353,6 +363,32 @@ async fn dispatch<E: Executor>(
         Some(_) | None => Duration::from_secs(3600),
     };
     Ok(batch_wait.map_or(wait, |b| wait.min(b)))
+}
+
+/// Logs a finished launch, or puts a failed one back to pending. False
+/// when it failed.
+async fn launched_or_requeued(
+    store: &Store,
+    (run, result): (
+        &crate::store::Run,
+        Result<(), crate::executor::ExecutorError>,
+    ),
+    launched: &mut usize,
+) -> Result<bool, StoreError> {
+    match result {
+        Ok(()) => {
+            *launched += 1;
+            tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched");
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::error!(run = %run.run_id, error = %crate::error_chain(&e), "launch failed; the run waits for the next pass");
+            store
+                .requeue_run(&run.run_id, &format!("launch failed: {e}"))
+                .await?;
+            Ok(false)
+        }
+    }
 }
 
 /// Puts the waiting messages of batching jobs into batch runs (one index
