@@ -1,10 +1,14 @@
 //! The Kubernetes executor: Job create throughput, the client-side rate
-//! limit, message → Job-create latency through the real daemon, and the
-//! daemon's memory while it tracks 10,000 Jobs.
+//! limit, message → Job-create latency through the real daemon, the
+//! daemon's memory while it tracks 10,000 Jobs, its CPU time per Job at a
+//! fixed rate, and cron lateness with 1,000 schedules firing together. Ends
+//! with one summary table of every figure issue 6 asks for, against its
+//! goal.
 //!
 //! `cargo run --release --example k8s_bench [-- --jobs N --rounds R
-//! --limited M --latency-messages L --tracked T --kedge PATH]`
-//! (defaults: N = 2000, R = 3, M = 230, L = 500, T = 10000).
+//! --limited M --latency-messages L --tracked T --cron-jobs C --cpu-secs S
+//! --kedge PATH]` (defaults: N = 2000, R = 3, M = 230, L = 500, T = 10000,
+//! C = 1000, S = 15).
 //!
 //! Everything runs against kube-sim, the in-repo API server stand-in,
 //! started in this process on loopback (on its own tokio runtime). Every
@@ -38,6 +42,18 @@
 //!    idle, then tracking T running Jobs: VmRSS and VmHWM from
 //!    `/proc/PID/status`. The stand-in's Job controller is off here too
 //!    (see [`daemon_memory`] for why): the Jobs have no pods or status.
+//! 6. CPU per Job at a fixed 20 Jobs/s for S seconds: the daemon as in 4,
+//!    utime + stime from `/proc/PID/stat` from the first enqueue until the
+//!    stand-in has every Job, divided by the Jobs; against the bare
+//!    channel → POST loop of 4 run in a child process (this binary with
+//!    `--bare-loop`, measuring itself with getrusage(RUSAGE_SELF) around
+//!    the loop), so the stand-in's CPU, which is in this process, is in
+//!    neither figure.
+//! 7. Cron lateness: `kedge run` with C cron jobs (`*/10 * * * * *`,
+//!    `overlap: allow`, rate limit off); for two fires, each run's
+//!    `started_ms` − `scheduled_ms` from the store; against C tokio timers
+//!    in this process set with `sleep_until` for the same wall-clock
+//!    second, lateness = wake − target.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +89,8 @@ struct Args {
     latency_messages: usize,
     rate: f64,
     tracked: usize,
+    cron_jobs: usize,
+    cpu_secs: f64,
     kedge: Option<PathBuf>,
 }
 
@@ -84,6 +102,8 @@ fn args() -> Result<Args> {
         latency_messages: 500,
         rate: 20.0,
         tracked: 10_000,
+        cron_jobs: 1000,
+        cpu_secs: 15.0,
         kedge: None,
     };
     let mut it = std::env::args().skip(1);
@@ -98,9 +118,11 @@ fn args() -> Result<Args> {
             }
             "--rate" => a.rate = value()?.parse().context("--rate")?,
             "--tracked" => a.tracked = value()?.parse().context("--tracked")?,
+            "--cron-jobs" => a.cron_jobs = value()?.parse().context("--cron-jobs")?,
+            "--cpu-secs" => a.cpu_secs = value()?.parse().context("--cpu-secs")?,
             "--kedge" => a.kedge = Some(PathBuf::from(value()?)),
             other => bail!(
-                "unknown argument {other:?} (use --jobs, --rounds, --limited, --latency-messages, --rate, --tracked, --kedge)"
+                "unknown argument {other:?} (use --jobs, --rounds, --limited, --latency-messages, --rate, --tracked, --cron-jobs, --cpu-secs, --kedge)"
             ),
         }
     }
@@ -110,6 +132,8 @@ fn args() -> Result<Args> {
             && a.limited > 0
             && a.latency_messages > 0
             && a.tracked > 0
+            && a.cron_jobs > 0
+            && a.cpu_secs > 0.0
             && a.rate > 0.0,
         "counts and the rate must be positive"
     );
@@ -118,6 +142,13 @@ fn args() -> Result<Args> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The CPU pass's baseline runs the bare loop in a child: this binary
+    // again, with `--bare-loop KUBECONFIG COUNT RATE`.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--bare-loop") {
+        ensure!(argv.len() == 5, "--bare-loop KUBECONFIG COUNT RATE");
+        return bare_loop_child(Path::new(&argv[2]), argv[3].parse()?, argv[4].parse()?).await;
+    }
     let args = args()?;
     let kedge_bin = match &args.kedge {
         Some(p) => p.clone(),
@@ -172,9 +203,22 @@ async fn main() -> Result<()> {
     let lat_kedge = daemon_latency(&kedge_bin, args.latency_messages, args.rate).await?;
     eprintln!("daemon latency: {lat_kedge:?}");
 
+    // 6. CPU per Job at a fixed rate.
+    let cpu_jobs = (args.cpu_secs * args.rate).round() as usize;
+    let cpu_base = baseline_cpu(cpu_jobs, args.rate).await?;
+    eprintln!("baseline CPU: {cpu_base:?}");
+    let cpu_kedge = daemon_cpu(&kedge_bin, cpu_jobs, args.rate).await?;
+    eprintln!("daemon CPU: {cpu_kedge:?}");
+
     // 5. Memory.
     let mem = daemon_memory(&kedge_bin, args.tracked).await?;
     eprintln!("memory: {mem:?}");
+
+    // 7. Cron lateness.
+    let timers = timer_lateness(args.cron_jobs, 2).await?;
+    eprintln!("timer lateness: {timers:?}");
+    let cron = daemon_cron(&kedge_bin, args.cron_jobs).await?;
+    eprintln!("cron lateness: {cron:?}");
 
     println!();
     println!(
@@ -228,7 +272,70 @@ async fn main() -> Result<()> {
         "memory detail: {} messages stored and their Jobs created in {:.1} s",
         args.tracked, mem.created_after
     );
-    println!("whole bench: {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "cpu detail: baseline {:.3} s CPU over {:.1} s for {} Jobs (child process, getrusage); kedge {:.3} s CPU over {:.1} s for {} Jobs (/proc/PID/stat)",
+        cpu_base.cpu, cpu_base.window, cpu_base.jobs, cpu_kedge.cpu, cpu_kedge.window, cpu_kedge.jobs
+    );
+    println!(
+        "cron detail: {} jobs × 2 fires; kedge mean {:.0} max {:.0} ms, last start of each fire {:?} ms after it; timers mean {:.2} max {:.2} ms",
+        args.cron_jobs,
+        cron.lat.mean,
+        cron.lat.max,
+        cron.spread,
+        timers.mean,
+        timers.max
+    );
+
+    // The summary: every figure issue 6 asks for, against its goal.
+    let met = |ok: bool| if ok { "yes" } else { "**no**" };
+    // 100 MB (decimal) in MiB.
+    let rss_goal_mib = 100e6 / (1024.0 * 1024.0);
+    let hwm_at_10k = mem.idle_rss + (mem.hwm - mem.idle_rss) * 10_000.0 / args.tracked as f64;
+    println!(
+        "\nsummary\n\n\
+         | figure | kedge | baseline | ratio | goal | met? |\n|---|---|---|---|---|---|\n\
+         | message → create p50 / p99 ({lm} at {rt}/s; `kedge run`, builtin queue, poll 50 ms vs bare channel → POST) | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1}× / {:.1}× | p99 < 50 ms | {} |\n\
+         | Jobs/s unthrottled (`kedge run` drain of {n} vs bare kube::Client loop) | {drain:.0} | {base:.0} | {:.2}× | ≥ 0.5× | {} |\n\
+         | Jobs/s at api_qps {KEDA_QPS} / api_burst {KEDA_BURST} ({m} launches vs ideal token bucket) | {:.1} | {ideal:.1} | {:.3}× | within 5% | {} |\n\
+         | daemon CPU per Job at a fixed {rt} Jobs/s ({cj} Jobs; bare loop in a child process) | {:.2} ms | {:.2} ms | {:.1}× | — | — |\n\
+         | cron lateness p50 / p99, {cn} schedules firing in the same second (2 fires; vs {cn} tokio timers) | {:.0} / {:.0} ms | {:.2} / {:.2} ms | {:.0}× / {:.0}× | p99 < 1 s | {} |\n\
+         | peak RSS per 1,000 tracked Jobs ((VmHWM − idle) / {k}; baseline: idle RSS) | {:.2} MiB (VmHWM {:.1} MiB at {t}) | {:.1} MiB idle | {:.2}× idle | < 100 MB at 10,000 | {} |",
+        lat_kedge.p50,
+        lat_kedge.p99,
+        lat_base.p50,
+        lat_base.p99,
+        lat_kedge.p50 / lat_base.p50,
+        lat_kedge.p99 / lat_base.p99,
+        met(lat_kedge.p99 < 50.0),
+        drain / base,
+        met(drain / base >= 0.5),
+        limited.rate,
+        limited.rate / ideal,
+        met((limited.rate / ideal - 1.0).abs() <= 0.05),
+        cpu_kedge.ms_per_job(),
+        cpu_base.ms_per_job(),
+        cpu_kedge.ms_per_job() / cpu_base.ms_per_job(),
+        cron.lat.p50,
+        cron.lat.p99,
+        timers.p50,
+        timers.p99,
+        cron.lat.p50 / timers.p50,
+        cron.lat.p99 / timers.p99,
+        met(cron.lat.p99 < 1000.0),
+        (mem.hwm - mem.idle_rss) / (args.tracked as f64 / 1000.0),
+        mem.hwm,
+        mem.idle_rss,
+        mem.hwm / mem.idle_rss,
+        met(hwm_at_10k < rss_goal_mib),
+        lm = args.latency_messages,
+        rt = args.rate,
+        m = args.limited,
+        cj = cpu_jobs,
+        cn = args.cron_jobs,
+        t = args.tracked,
+        k = args.tracked as f64 / 1000.0,
+    );
+    println!("\nwhole bench: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -745,7 +852,7 @@ fn latency_of(
     sent: &HashMap<String, Instant>,
     created: &HashMap<String, Instant>,
 ) -> Result<Latency> {
-    let mut lat: Vec<f64> = sent
+    let lat: Vec<f64> = sent
         .iter()
         .map(|(name, at)| {
             let c = created
@@ -754,15 +861,20 @@ fn latency_of(
             Ok(c.saturating_duration_since(*at).as_secs_f64() * 1000.0)
         })
         .collect::<Result<_>>()?;
+    Ok(summarize(lat))
+}
+
+/// p50, p99 (nearest rank), mean and max of samples in ms.
+fn summarize(mut lat: Vec<f64>) -> Latency {
     lat.sort_by(f64::total_cmp);
     // Nearest rank.
     let pct = |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
-    Ok(Latency {
+    Latency {
         p50: pct(0.50),
         p99: pct(0.99),
         mean: lat.iter().sum::<f64>() / lat.len() as f64,
         max: lat[lat.len() - 1],
-    })
+    }
 }
 
 /// A task receives each message on a channel and POSTs its Job at once.
@@ -919,5 +1031,301 @@ async fn daemon_memory(bin: &Path, t: usize) -> Result<Memory> {
         hwm,
         rss,
         created_after,
+    })
+}
+
+// ----- 6. CPU per Job at a fixed rate ------------------------------------------------
+
+/// utime + stime of a process from `/proc/PID/stat`, in seconds.
+fn proc_cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at
+    // field 3 (state); utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?
+        .1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    ensure!(f.len() > 12, "short /proc/{pid}/stat");
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks / hz as f64)
+}
+
+/// This process's user + system CPU time, in seconds.
+fn self_cpu_secs() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[derive(Debug)]
+struct Cpu {
+    /// CPU seconds over the window.
+    cpu: f64,
+    jobs: usize,
+    window: f64,
+}
+
+impl Cpu {
+    fn ms_per_job(&self) -> f64 {
+        self.cpu * 1000.0 / self.jobs as f64
+    }
+}
+
+/// The child side of the CPU baseline: a `kube::Client` task receives each
+/// name on a channel and POSTs its Job at once, COUNT names at RATE/s.
+/// Prints `cpu_secs S window_secs W` (getrusage(RUSAGE_SELF) from just
+/// before the first send to just after the last POST; the connection is
+/// opened by a warm-up POST before that).
+async fn bare_loop_child(kubeconfig: &Path, count: usize, per_sec: f64) -> Result<()> {
+    let kc = kube::config::Kubeconfig::from_yaml(&std::fs::read_to_string(kubeconfig)?)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let jobs_api: Api<K8sJob> = Api::namespaced(kube::Client::try_from(config)?, "default");
+    let pp = PostParams::default();
+    let t = tag();
+    jobs_api
+        .create(&pp, &minimal_job(&format!("warm-{t}"))?)
+        .await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let poster = tokio::spawn(async move {
+        while let Some(name) = rx.recv().await {
+            jobs_api.create(&pp, &minimal_job(&name)?).await?;
+        }
+        anyhow::Ok(())
+    });
+    let spacing = Duration::from_secs_f64(1.0 / per_sec);
+    let cpu0 = self_cpu_secs();
+    let start = Instant::now();
+    let t0 = tokio::time::Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until(t0 + spacing * i as u32).await;
+        tx.send(format!("cpu-{t}-{i}"))?;
+    }
+    drop(tx);
+    poster.await??;
+    let cpu = self_cpu_secs() - cpu0;
+    println!(
+        "cpu_secs {cpu} window_secs {}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The baseline: the bare channel → POST loop in a child process (this
+/// binary with `--bare-loop`), so its CPU is not mixed with the stand-in's,
+/// which runs in this process.
+async fn baseline_cpu(count: usize, per_sec: f64) -> Result<Cpu> {
+    let c = Cluster::start(false).await?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, c.sim().kubeconfig_yaml())?;
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--bare-loop")
+        .arg(&kubeconfig)
+        .arg(count.to_string())
+        .arg(per_sec.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("running the bare loop child")?;
+    ensure!(out.status.success(), "bare loop child: {}", out.status);
+    let text = String::from_utf8(out.stdout)?;
+    let f: Vec<&str> = text.split_whitespace().collect();
+    ensure!(
+        f.len() == 4 && f[0] == "cpu_secs" && f[2] == "window_secs",
+        "bare loop child said {text:?}"
+    );
+    ensure!(
+        c.created().len() == count + 1,
+        "bare loop: {} Jobs for {count} messages + 1 warm-up",
+        c.created().len()
+    );
+    Ok(Cpu {
+        cpu: f[1].parse()?,
+        jobs: count,
+        window: f[3].parse()?,
+    })
+}
+
+/// `kedge run` (builtin queue, poll 50 ms, rate limit at its defaults, as
+/// in the latency pass) fed COUNT messages at RATE/s; the daemon's
+/// utime + stime from `/proc/PID/stat` from just before the first enqueue
+/// to the moment the stand-in has every Job.
+async fn daemon_cpu(bin: &Path, count: usize, per_sec: f64) -> Result<Cpu> {
+    let c = Cluster::start(false).await?;
+    let defaults = KubernetesConfig::default();
+    let ws = Workspace::new(
+        &c.sim().kubeconfig_yaml(),
+        defaults.api_qps,
+        defaults.api_burst,
+        "hang",
+    )?;
+    let job = ws.job()?;
+    let daemon = Daemon::start(bin, &ws).await?;
+    let pid = daemon.child.id();
+    let store = ws.store().await?;
+    let t = tag();
+    let warm = match intake::enqueue(&store, &job, b"{}", Some(format!("warm-{t}")), None).await? {
+        Accepted::New { run_id } => run_id,
+        Accepted::Duplicate => bail!("warm-up message stored twice"),
+    };
+    wait_for("the warm-up Job", Duration::from_millis(25), || {
+        Ok((c.created().contains_key(&warm), String::new()))
+    })
+    .await?;
+    let spacing = Duration::from_secs_f64(1.0 / per_sec);
+    let cpu0 = proc_cpu_secs(pid)?;
+    let start = Instant::now();
+    let t0 = tokio::time::Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until(t0 + spacing * i as u32).await;
+        intake::enqueue(
+            &store,
+            &job,
+            payload(i).as_bytes(),
+            Some(format!("{t}-{i}")),
+            None,
+        )
+        .await?;
+    }
+    wait_for("every message's Job", Duration::from_millis(10), || {
+        let k = c.created().len();
+        Ok((k > count, format!("{k} of {} created", count + 1)))
+    })
+    .await?;
+    let cpu = proc_cpu_secs(pid)? - cpu0;
+    let window = start.elapsed().as_secs_f64();
+    store.close().await;
+    drop(daemon);
+    Ok(Cpu {
+        cpu,
+        jobs: count,
+        window,
+    })
+}
+
+// ----- 7. cron lateness ---------------------------------------------------------------
+
+/// Lateness (ms) of `n` tokio timers all set, with `sleep_until`, for the
+/// same wall-clock second, `fires` times: wake time − target, both wall
+/// clock, as kedge's scheduler computes its sleeps.
+async fn timer_lateness(n: usize, fires: usize) -> Result<Latency> {
+    let mut lat = Vec::with_capacity(n * fires);
+    for _ in 0..fires {
+        let now = Utc::now();
+        let target_ms = (now.timestamp_millis() / 1000 + 2) * 1000;
+        let target = chrono::DateTime::from_timestamp_millis(target_ms)
+            .ok_or_else(|| anyhow!("bad target"))?;
+        let deadline = tokio::time::Instant::now() + (target - now).to_std()?;
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline).await;
+                    Utc::now()
+                })
+            })
+            .collect();
+        for task in tasks {
+            let woke = task.await?;
+            lat.push((woke - target).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+        }
+    }
+    Ok(summarize(lat))
+}
+
+#[derive(Debug)]
+struct CronLateness {
+    lat: Latency,
+    /// Milliseconds from the fire to the last run's start, per fire.
+    spread: Vec<f64>,
+}
+
+/// `kedge run` with N cron jobs (`*/10 * * * * *`, `overlap: allow`), rate
+/// limit off, stand-in Job controller off (the Jobs never finish, so every
+/// fire launches). Two fires at least 2 s after the daemon is ready are
+/// measured: lateness = the run's `started_ms` (its claim, just before the
+/// POST) − its `scheduled_ms` (the fire), read from the store.
+async fn daemon_cron(bin: &Path, n: usize) -> Result<CronLateness> {
+    const PERIOD_MS: i64 = 10_000;
+    let c = Cluster::start(false).await?;
+    let ws = Workspace::new(
+        &c.sim().kubeconfig_yaml(),
+        UNLIMITED,
+        UNLIMITED,
+        "duration=1s",
+    )?;
+    std::fs::remove_file(ws.path().join("jobs/bench.yaml"))?;
+    for i in 0..n {
+        std::fs::write(
+            ws.path().join(format!("jobs/cron-{i:04}.yaml")),
+            format!(
+                "name: cron-{i:04}\n\
+                 trigger:\n  cron: \"*/10 * * * * *\"\n  overlap: allow\n\
+                 template:\n  backoffLimit: 0\n  template:\n    metadata:\n      annotations:\n        kube-sim/outcome: \"duration=1s\"\n    \
+                 spec:\n      restartPolicy: Never\n      containers:\n        - name: main\n          image: busybox\n"
+            ),
+        )?;
+    }
+    let daemon = Daemon::start(bin, &ws).await?;
+    let ready_ms = Utc::now().timestamp_millis();
+    let mut first = (ready_ms / PERIOD_MS + 1) * PERIOD_MS;
+    if first - ready_ms < 2000 {
+        first += PERIOD_MS;
+    }
+    let fires = [first, first + PERIOD_MS];
+    eprintln!(
+        "cron: {n} jobs, daemon ready; measuring the fires {:.1} s and {:.1} s from now",
+        (fires[0] - ready_ms) as f64 / 1000.0,
+        (fires[1] - ready_ms) as f64 / 1000.0
+    );
+    let store = ws.store().await?;
+    let started_of = |runs: &[Run]| -> Vec<(i64, i64)> {
+        runs.iter()
+            .filter(|r| fires.contains(&r.scheduled_ms))
+            .filter_map(|r| r.started_ms.map(|s| (r.scheduled_ms, s)))
+            .collect()
+    };
+    let deadline =
+        Instant::now() + Duration::from_millis((fires[1] - ready_ms) as u64) + WAIT_LIMIT;
+    let measured = loop {
+        let runs = store.list_runs(None, None, 100_000).await?;
+        let got = started_of(&runs);
+        if got.len() >= 2 * n {
+            break got;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "cron: only {} of {} runs started",
+            got.len(),
+            2 * n
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    store.close().await;
+    drop(daemon);
+    ensure!(
+        measured.len() == 2 * n,
+        "cron: {} runs for {} fires",
+        measured.len(),
+        2 * n
+    );
+    let spread = fires
+        .iter()
+        .map(|f| {
+            measured
+                .iter()
+                .filter(|(s, _)| s == f)
+                .map(|(s, st)| (st - s) as f64)
+                .fold(f64::MIN, f64::max)
+        })
+        .collect();
+    Ok(CronLateness {
+        lat: summarize(measured.iter().map(|(s, st)| (st - s) as f64).collect()),
+        spread,
     })
 }
