@@ -499,6 +499,10 @@ async fn check_active_counts(db: &Db) {
     let mut counts = store.active_counts().await.unwrap();
     counts.sort();
     assert_eq!(counts, [("a".to_string(), 2, 1), ("b".to_string(), 1, 0)]);
+    assert_eq!(store.active_count_of("a").await.unwrap(), (2, 1));
+    assert_eq!(store.active_count_of("b").await.unwrap(), (1, 0));
+    assert_eq!(store.active_count_of("c").await.unwrap(), (0, 0));
+    assert_eq!(store.active_count_of("nope").await.unwrap(), (0, 0));
 
     // Pods in use: 1 per unsized running run, a sized run's parallelism.
     // (A sum over a BIGINT column is NUMERIC on PostgreSQL, which the Any

@@ -491,6 +491,20 @@ impl Store {
             .collect()
     }
 
+    /// One job's (running, pending) run counts: what a cron fire's overlap
+    /// policy needs, without aggregating every job's active runs.
+    pub async fn active_count_of(&self, job: &str) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(CASE WHEN state = 'running' THEN 1 END), \
+                    COUNT(CASE WHEN state = 'pending' THEN 1 END) \
+             FROM runs WHERE job = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
     /// `pending → running`. False when the run was not pending (someone else
     /// claimed or settled it).
     pub async fn claim_run(&self, run_id: &str, now_ms: i64) -> Result<bool> {

@@ -17,7 +17,6 @@
 //! resumes after the last recorded fire, repeating none and dropping none
 //! silently. A store error leaves the fire unrecorded and it is retried.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,14 +216,7 @@ async fn decide_and_record(
         if decision != FireDecision::Run {
             continue;
         }
-        let counts: HashMap<String, (i64, i64)> = ctx
-            .store
-            .active_counts()
-            .await?
-            .into_iter()
-            .map(|(j, r, p)| (j, (r, p)))
-            .collect();
-        let (running, pending) = counts.get(&job.name).copied().unwrap_or((0, 0));
+        let (running, pending) = ctx.store.active_count_of(&job.name).await?;
         let fire_ms = fire.timestamp_millis();
         match overlap_action(cron.overlap, running, pending) {
             OverlapAction::Skip(why) => {
