@@ -9,61 +9,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kube_sim::{KubeSim, SimConfig};
+use support::kube::Cluster;
 use support::{wait_until, Daemon, Workspace};
-
-/// One stand-in on its own runtime (so the test body can block).
-struct Cluster {
-    sim: KubeSim,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Cluster {
-    fn start(time_scale: f64) -> Cluster {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let sim = rt
-            .block_on(KubeSim::start(SimConfig {
-                time_scale,
-                ..Default::default()
-            }))
-            .expect("kube-sim");
-        Cluster { sim, rt }
-    }
-
-    fn jobs(&self) -> Vec<serde_json::Value> {
-        self.sim.objects("jobs", "default")
-    }
-
-    /// Names of the objects of `resource` left in the namespace.
-    fn left(&self, resource: &str) -> Vec<String> {
-        self.sim
-            .objects(resource, "default")
-            .iter()
-            .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string())
-            .collect()
-    }
-
-    /// Successful Job creates per name.
-    fn job_creates(&self) -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for r in self
-            .sim
-            .creates_of("jobs")
-            .into_iter()
-            .filter(|r| r.created())
-        {
-            *m.entry(r.name).or_insert(0) += 1;
-        }
-        m
-    }
-}
 
 /// A workspace whose daemon uses the Kubernetes executor on `cluster`.
 fn workspace(cluster: &Cluster, lease: &str) -> Workspace {

@@ -745,26 +745,7 @@ impl Broker for PgBroker {
             .unwrap_or(usize::MAX)
     }
     fn restart(&mut self) {
-        let version = std::fs::read_dir("/etc/postgresql")
-            .expect("/etc/postgresql")
-            .flatten()
-            .next()
-            .expect("a cluster")
-            .file_name();
-        let out = Command::new("pg_ctlcluster")
-            .args([
-                "--skip-systemctl-redirect",
-                &version.to_string_lossy(),
-                "main",
-                "restart",
-            ])
-            .output()
-            .expect("pg_ctlcluster");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::restart_postgres_cluster();
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.count("SELECT 1::bigint").is_err() {
             assert!(Instant::now() < deadline, "PostgreSQL did not come back");

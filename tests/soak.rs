@@ -63,8 +63,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use kube_sim::{KubeSim, SimConfig};
+use kube_sim::KubeSim;
 use rand::{RngExt, SeedableRng};
+use support::kube::Cluster;
 use support::{Daemon, Workspace};
 
 /// Simulated delays run at this fraction of their length: a pod's 1 s
@@ -545,26 +546,7 @@ impl Brokers {
     }
 
     fn restart_postgres(&mut self) {
-        let version = std::fs::read_dir("/etc/postgresql")
-            .expect("/etc/postgresql")
-            .flatten()
-            .next()
-            .expect("a cluster")
-            .file_name();
-        let out = Command::new("pg_ctlcluster")
-            .args([
-                "--skip-systemctl-redirect",
-                &version.to_string_lossy(),
-                "main",
-                "restart",
-            ])
-            .output()
-            .expect("pg_ctlcluster");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::restart_postgres_cluster();
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.pg_exec("SELECT 1").is_err() {
             assert!(Instant::now() < deadline, "PostgreSQL did not come back");
@@ -595,37 +577,6 @@ impl Drop for Brokers {
 }
 
 // ----- the stand-in ----------------------------------------------------------
-
-/// One stand-in on its own runtime (so the test body can block).
-struct Cluster {
-    sim: KubeSim,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let sim = rt
-            .block_on(KubeSim::start(SimConfig {
-                time_scale: TIME_SCALE,
-                ..Default::default()
-            }))
-            .expect("kube-sim");
-        Cluster { sim, _rt: rt }
-    }
-
-    fn left(&self, resource: &str) -> Vec<String> {
-        self.sim
-            .objects(resource, "default")
-            .iter()
-            .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string())
-            .collect()
-    }
-}
 
 /// Faults injected by the chaos thread, by kind.
 #[derive(Default)]
@@ -894,7 +845,7 @@ fn soak() {
     };
     brokers.prepare();
 
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(TIME_SCALE);
     let mut ws = Workspace::new();
     // Kept when the run fails (logs, config), removed when it passes.
     ws.dir.disable_cleanup(true);

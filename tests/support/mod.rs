@@ -8,6 +8,8 @@
 //!   `CI` and is skipped loudly elsewhere.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -291,4 +293,29 @@ impl Drop for PgDatabase {
         })
         .join();
     }
+}
+
+/// Restarts the machine's PostgreSQL cluster (`pg_ctlcluster … restart`).
+/// The caller waits for it to accept its own queries again.
+pub fn restart_postgres_cluster() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .flatten()
+        .next()
+        .expect("a cluster")
+        .file_name();
+    let out = Command::new("pg_ctlcluster")
+        .args([
+            "--skip-systemctl-redirect",
+            &version.to_string_lossy(),
+            "main",
+            "restart",
+        ])
+        .output()
+        .expect("pg_ctlcluster");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
