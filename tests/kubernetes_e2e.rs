@@ -705,3 +705,66 @@ fn a_hung_request_does_not_cost_the_leader_its_lease() {
     assert_eq!(lease["spec"]["holderIdentity"], identity(&daemon).as_str());
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn run_flags_choose_the_kubernetes_executor_its_kubeconfig_and_namespace() {
+    // The config says local executor; the flags alone point kedge at the
+    // stand-in, in namespace `batch`.
+    let c = Cluster::start(0.01);
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("flags.kubeconfig"), c.sim.kubeconfig_yaml()).unwrap();
+    // (With a command, so `kedge enqueue`, which reads the config's local
+    // executor, takes the job too.)
+    ws.write_job(
+        "work",
+        "name: work\ntrigger:\n  queue:\n    builtin: {}\n\
+         template:\n  template:\n    metadata:\n      annotations:\n        kube-sim/outcome: \"duration=1s\"\n    \
+         spec:\n      restartPolicy: Never\n      containers:\n        - name: main\n          image: busybox\n          command: [\"true\"]\n",
+    );
+    c.rt.block_on(async {
+        let client =
+            kube::Client::try_from(kube::Config::new(c.sim.url().parse().unwrap())).unwrap();
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let ns =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "batch"}})).unwrap();
+        api.create(&Default::default(), &ns)
+            .await
+            .expect("namespace batch");
+    });
+    let daemon = ws.spawn_daemon_args(
+        &[
+            "--executor",
+            "kubernetes",
+            "--kubeconfig",
+            "flags.kubeconfig",
+            "--namespace",
+            "batch",
+        ],
+        &[],
+    );
+    wait_until(Duration::from_secs(30), "the daemon to be ready", || {
+        daemon.log().contains("kedge ready")
+    });
+    enqueue(&ws, "work", "flagged", "{}");
+    wait_until(Duration::from_secs(30), "the run", || {
+        succeeded(&ws.runs()) == 1
+    });
+    let creates: Vec<_> = c
+        .sim
+        .creates_of("jobs")
+        .into_iter()
+        .filter(|r| r.created())
+        .collect();
+    assert_eq!(creates.len(), 1);
+    assert_eq!(creates[0].namespace, "batch");
+    assert!(
+        c.sim.object("leases", "batch", "kedge").is_some(),
+        "the Lease is in the namespace too"
+    );
+    assert!(daemon.stop().success());
+
+    // --kubeconfig without the Kubernetes executor is a usage error.
+    let out = ws.run(&["run", "--kubeconfig", "flags.kubeconfig"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--executor kubernetes"));
+}

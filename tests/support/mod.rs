@@ -136,6 +136,12 @@ impl Workspace {
     }
 
     fn spawn_daemon_with(&self, env: &[(String, String)]) -> Daemon {
+        self.spawn_daemon_args(&[], env)
+    }
+
+    /// `kedge run --log-format json ARGS` started in the background,
+    /// without waiting for it to be ready.
+    pub fn spawn_daemon_args(&self, args: &[&str], env: &[(String, String)]) -> Daemon {
         let n = std::fs::read_dir(self.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -144,6 +150,7 @@ impl Workspace {
         let child = self
             .kedge()
             .args(["run", "--log-format", "json"])
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
