@@ -2,9 +2,11 @@
 //! finalizer together and runs them until shutdown.
 //!
 //! One loop owns dispatching and settling, so the two never race: it wakes
-//! when a trigger stored work, when an outcome arrives, when the next pending
-//! run becomes due, or every `poll_interval` (to see work other processes —
-//! `kedge enqueue`, `kedge trigger` — wrote to the store).
+//! when a trigger stored work, when another process (`kedge enqueue`,
+//! `kedge trigger`, `kedge dlq replay`) announces work it stored (see
+//! `store::signal`), when an outcome arrives, when the next pending run
+//! becomes due, on the one-second re-planning tick, or every
+//! `poll_interval` (the backstop for a lost announcement).
 //!
 //! # Shutdown
 //!
@@ -139,15 +141,25 @@ impl<E: Executor> Daemon<E> {
             store.clone(),
             triggers_stop.clone(),
         ));
-        for job in jobs.values().filter(|j| j.cron().is_some()) {
+        let cron_jobs: Vec<Arc<Job>> = jobs
+            .values()
+            .filter(|j| j.cron().is_some())
+            .cloned()
+            .collect();
+        if !cron_jobs.is_empty() {
             let ctx = SchedulerContext {
                 store: store.clone(),
                 wake: wake.clone(),
                 cancel: cancel_tx.clone(),
                 shutdown: triggers_stop.clone(),
             };
-            cron_tasks.spawn(scheduler::run(job.clone(), ctx));
+            cron_tasks.spawn(scheduler::run(cron_jobs, ctx));
         }
+        // Work stored by other processes (`kedge enqueue`, `kedge trigger`)
+        // wakes the dispatcher too; the poll below is only the backstop.
+        store
+            .listen_for_work(wake.clone(), triggers_stop.clone())
+            .await;
         ready();
 
         let mut warned_unknown: HashSet<String> = HashSet::new();

@@ -16,8 +16,9 @@
 //! - [`config`] — the daemon config and job definitions: parse, validate
 //!   every field, report all problems as `path:line:column: field: message`.
 //! - [`triggers`] — where work comes from: [`triggers::cron`] (Debian cron
-//!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop per
-//!   cron job; overlap and catch-up policies).
+//!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop for
+//!   every cron job, fires due together recorded in one transaction;
+//!   overlap and catch-up policies).
 //! - [`sources`] — queue sources behind [`sources::Source`] (claim,
 //!   settle): `redis_list`, `redis_stream`, `rabbitmq`, `postgres`; their
 //!   dead-letter targets and replays behind [`sources::Outbox`].

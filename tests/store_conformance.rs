@@ -14,7 +14,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use kedge::lifecycle::{RunState, TriggerKind};
-use kedge::store::{CronFire, DeadLetter, NewWorkItem, Run, Settlement, Store};
+use kedge::store::{CronFire, DeadLetter, FireRecord, NewWorkItem, Run, Settlement, Store};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
@@ -862,6 +862,73 @@ async fn check_cron_fires(db: &Db) {
     assert_eq!(store.last_cron_fire("hourly").await.unwrap(), Some(f2));
     assert_eq!(store.last_cron_fire("nightly").await.unwrap(), Some(f3));
     assert_eq!(db.count("work_items").await, 2);
+
+    // Many jobs' fires in one call (one transaction): each is recorded as
+    // one call would, a recorded one is left alone.
+    let batch_item = |job: &str, ms| kedge::intake::cron_work_item(job, chrono_ms(ms), None);
+    let record = |job: &str, fire_ms, outcome: &str, item: Option<NewWorkItem>| FireRecord {
+        job: job.into(),
+        fire_ms,
+        outcome: outcome.into(),
+        detail: (outcome == "skipped").then(|| "overlap: forbid".to_string()),
+        item,
+    };
+    let stored = store
+        .record_cron_fires(&[
+            record("hourly", f3, "launched", Some(batch_item("hourly", f3))),
+            record("nightly", f3, "launched", Some(batch_item("nightly", f3))),
+            record("weekly", f3, "skipped", None),
+            record("weekly", f0, "launched", Some(batch_item("weekly", f0))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, false, true, true]);
+    assert_eq!(db.count("work_items").await, 4, "hourly f3 and weekly f0");
+    assert_eq!(
+        store.cron_fires("weekly").await.unwrap(),
+        [
+            fire_of(
+                "weekly",
+                f0,
+                "launched",
+                None,
+                store
+                    .get_run(&batch_item("weekly", f0).run_id)
+                    .await
+                    .unwrap()
+                    .map(|r| r.work_item_id)
+            ),
+            fire_of("weekly", f3, "skipped", Some("overlap: forbid"), None),
+        ]
+    );
+    assert_eq!(
+        store.record_cron_fires(&[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
+    let last = store.last_cron_fires().await.unwrap();
+    assert_eq!(
+        last,
+        [("hourly", f3), ("nightly", f3), ("weekly", f3)]
+            .into_iter()
+            .map(|(j, ms)| (j.to_string(), ms))
+            .collect()
+    );
+}
+
+fn fire_of(
+    job: &str,
+    fire_ms: i64,
+    outcome: &str,
+    detail: Option<&str>,
+    wi: Option<String>,
+) -> CronFire {
+    CronFire {
+        job: job.into(),
+        fire_ms,
+        outcome: outcome.into(),
+        detail: detail.map(str::to_string),
+        work_item_id: wi,
+    }
 }
 
 fn chrono_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {

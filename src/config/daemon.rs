@@ -141,7 +141,8 @@ pub struct DaemonConfig {
     /// The store URL. May hold a password: never log it, use [`crate::store::redact`].
     pub store_url: String,
     /// How often the store is checked for work written by other processes
-    /// (`kedge enqueue`, `kedge trigger`, another replica).
+    /// (`kedge enqueue`, `kedge trigger`, another replica). Those writers
+    /// also wake the daemon at once (`store::signal`); this is the backstop.
     pub poll_interval: Duration,
     pub executor: ExecutorConfig,
     /// Runs launched at once across all jobs. `None`: no global cap.
@@ -258,7 +259,7 @@ pub fn validate(
     let poll_interval = duration(
         sp.key("poll_interval"),
         &raw.store.poll_interval,
-        Duration::from_millis(200),
+        Duration::from_secs(1),
     );
     let lp = root.key("executor").key("local");
     let defaults = LocalConfig::default();

@@ -14,6 +14,9 @@ use sqlx::{AnyPool, Row};
 
 use crate::lifecycle::{RunState, TriggerKind, WorkState};
 
+mod signal;
+use signal::Signal;
+
 /// Store errors. All are worth retrying after a pause unless noted.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -77,6 +80,8 @@ enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// How writers in other processes wake the daemon ([`signal`]).
+    signal: Signal,
 }
 
 /// A new work item and its first run, written by intake.
@@ -223,6 +228,19 @@ pub struct DeadLetter {
     pub replayed_ms: Option<i64>,
 }
 
+/// A cron fire to record ([`Store::record_cron_fires`]).
+#[derive(Debug, Clone)]
+pub struct FireRecord {
+    pub job: String,
+    pub fire_ms: i64,
+    /// `launched`, `skipped`, `missed` or `replaced`.
+    pub outcome: String,
+    /// Why it was skipped or missed.
+    pub detail: Option<String>,
+    /// The work item of a fire that runs, stored with it.
+    pub item: Option<NewWorkItem>,
+}
+
 /// A recorded cron fire.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CronFire {
@@ -257,9 +275,13 @@ impl Store {
             url: redact(url),
             source,
         };
+        let mut signal = Signal::sqlite(None);
         let pool = match backend {
             Backend::Sqlite => {
                 let memory = url.contains(":memory:") || url.contains("mode=memory");
+                if !memory {
+                    signal = Signal::sqlite(sqlite_path(url).as_deref());
+                }
                 let mut url = url.to_string();
                 if !memory {
                     if let Some(path) = sqlite_path(&url) {
@@ -301,14 +323,23 @@ impl Store {
                     .await
                     .map_err(connect_err)?
             }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await
-                .map_err(connect_err)?,
+            Backend::Postgres => {
+                signal = Signal::Postgres {
+                    url: url.to_string(),
+                };
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(connect_err)?
+            }
         };
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            signal,
+        })
     }
 
     /// Applies pending migrations from `migrations/` (embedded in the binary).
@@ -356,10 +387,14 @@ impl Store {
 
     /// Stores a work item and its first run. Returns `false` (and writes
     /// nothing) when the (source, job, message id) is already stored.
+    /// A running daemon is woken to launch it (see [`signal`]).
     pub async fn insert_work_item(&self, item: &NewWorkItem) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let inserted = insert_item_tx(&mut tx, item, &uuid::Uuid::new_v4().to_string()).await?;
         tx.commit().await?;
+        if inserted {
+            self.announce_work().await;
+        }
         Ok(inserted)
     }
 
@@ -374,48 +409,72 @@ impl Store {
         detail: Option<&str>,
         item: Option<&NewWorkItem>,
     ) -> Result<bool> {
+        let fire = FireRecord {
+            job: job.to_string(),
+            fire_ms,
+            outcome: outcome.to_string(),
+            detail: detail.map(str::to_string),
+            item: item.cloned(),
+        };
+        Ok(self.record_cron_fires(std::slice::from_ref(&fire)).await?[0])
+    }
+
+    /// Records many cron fires (of one job or many) in one transaction, each
+    /// as [`Store::record_cron_fire`] would: a fire recorded before is left
+    /// as it was and its entry in the result is `false`. One commit for all
+    /// the schedules that fire at the same instant.
+    pub async fn record_cron_fires(&self, fires: &[FireRecord]) -> Result<Vec<bool>> {
         let mut tx = self.begin_write().await?;
-        let work_item_id = item.map(|_| uuid::Uuid::new_v4().to_string());
-        let res = sqlx::query(
-            "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, recorded_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, fire_ms) DO NOTHING",
-        )
-        .bind(job)
-        .bind(fire_ms)
-        .bind(outcome)
-        .bind(detail)
-        .bind(work_item_id.clone())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() == 0 {
-            return Ok(false);
-        }
-        if let (Some(item), Some(id)) = (item, work_item_id) {
-            insert_item_tx(&mut tx, item, &id).await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(fires.len());
+        for f in fires {
+            let work_item_id = f.item.as_ref().map(|_| uuid::Uuid::new_v4().to_string());
+            let res = sqlx::query(
+                "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, recorded_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, fire_ms) DO NOTHING",
+            )
+            .bind(&f.job)
+            .bind(f.fire_ms)
+            .bind(&f.outcome)
+            .bind(f.detail.as_deref())
+            .bind(work_item_id.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let recorded = res.rows_affected() == 1;
+            if let (true, Some(item), Some(id)) = (recorded, &f.item, work_item_id) {
+                insert_item_tx(&mut tx, item, &id).await?;
+            }
+            out.push(recorded);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(out)
     }
 
     /// Records fires that will not run (catch-up policy), in one transaction.
     pub async fn record_missed_fires(&self, job: &str, fires: &[(i64, String)]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let now = now_ms();
-        for (fire_ms, why) in fires {
-            sqlx::query(
-                "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, recorded_ms) \
-                 VALUES ($1, $2, 'missed', $3, NULL, $4) ON CONFLICT (job, fire_ms) DO NOTHING",
-            )
-            .bind(job)
-            .bind(*fire_ms)
-            .bind(why)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        let fires: Vec<FireRecord> = fires
+            .iter()
+            .map(|(fire_ms, why)| FireRecord {
+                job: job.to_string(),
+                fire_ms: *fire_ms,
+                outcome: "missed".into(),
+                detail: Some(why.clone()),
+                item: None,
+            })
+            .collect();
+        self.record_cron_fires(&fires).await?;
         Ok(())
+    }
+
+    /// The latest recorded fire of every job that has one.
+    pub async fn last_cron_fires(&self) -> Result<std::collections::HashMap<String, i64>> {
+        let rows = sqlx::query("SELECT job, MAX(fire_ms) FROM cron_fires GROUP BY job")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// The latest recorded fire of `job`, if any.
@@ -1027,6 +1086,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let stored = insert_batch_item_tx(&mut tx, item, now_ms()).await?;
         tx.commit().await?;
+        if stored {
+            self.announce_work().await;
+        }
         Ok(stored)
     }
 
@@ -1229,7 +1291,8 @@ impl Store {
 
     /// Returns a dead letter to its queue: the work item is queued again with
     /// a fresh retry budget and a new pending run (`run_id`, `attempt`).
-    /// False when the letter does not exist or was already replayed.
+    /// False when the letter does not exist or was already replayed. A
+    /// running daemon is woken to launch it.
     pub async fn replay_dead_letter(
         &self,
         id: &str,
@@ -1282,6 +1345,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.announce_work().await;
         Ok(true)
     }
 }

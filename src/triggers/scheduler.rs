@@ -1,13 +1,17 @@
-//! The cron scheduler: one timer loop per cron job that turns fires into
-//! work items, applying the overlap and catch-up policies.
+//! The cron scheduler: one timer loop for every cron job, which turns fires
+//! into work items, applying the overlap and catch-up policies.
 //!
 //! # Expected flow
 //!
-//! The loop starts from the job's last recorded fire (or from now, for a job
-//! that never fired), decides about every fire between then and now
-//! ([`plan_fires`]: on time → run; missed while kedge was down → the
-//! catch-up policy and `starting_deadline`), records each decision, then
-//! sleeps until the next fire or shutdown.
+//! Each job's cursor starts at its last recorded fire (or now, for a job
+//! that never fired). The loop sleeps until the earliest next fire of any
+//! job, then takes every job whose next fire has come, decides about each
+//! of their fires between cursor and now ([`plan_fires`]: on time → run;
+//! missed while kedge was down → the catch-up policy and
+//! `starting_deadline`; then [`overlap_action`]) and records all of them in
+//! one store transaction — so a thousand schedules firing at the same
+//! instant cost one commit, not a thousand — wakes the dispatcher once, and
+//! sleeps again.
 //!
 //! # Guarantees
 //!
@@ -15,8 +19,9 @@
 //! (`launched`, `skipped`, `missed`, `replaced`), and a launched fire's work
 //! item is written in the same transaction; so after a crash the loop
 //! resumes after the last recorded fire, repeating none and dropping none
-//! silently. A store error leaves the fire unrecorded and it is retried.
+//! silently. A store error leaves the fires unrecorded and they are retried.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::job::{Catchup, CronTrigger, Overlap};
 use crate::config::Job;
 use crate::intake;
-use crate::store::Store;
+use crate::store::{FireRecord, Store};
 
 /// A fire this close to "now" is on time, not missed (a timer can wake late
 /// on a loaded machine).
@@ -111,38 +116,81 @@ pub fn overlap_action(policy: Overlap, running: i64, pending: i64) -> OverlapAct
 #[derive(Clone)]
 pub struct SchedulerContext {
     pub store: Store,
-    /// Wakes the dispatcher after a fire is stored.
+    /// Wakes the dispatcher after fires are stored.
     pub wake: Arc<Notify>,
     /// Asks the daemon to cancel a running run (overlap: replace).
     pub cancel: mpsc::UnboundedSender<String>,
     pub shutdown: CancellationToken,
 }
 
-/// Runs the timer loop of one cron job until shutdown.
-pub async fn run(job: Arc<Job>, ctx: SchedulerContext) {
-    let Some(cron) = job.cron().cloned() else {
-        return;
-    };
-    let mut cursor = loop {
-        match ctx.store.last_cron_fire(&job.name).await {
-            Ok(Some(ms)) => break DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now),
-            Ok(None) => break Utc::now(),
+/// One cron job and where its schedule stands.
+struct Timer {
+    job: Arc<Job>,
+    cron: CronTrigger,
+    /// The last fire decided about (or the start, for a job never fired).
+    cursor: DateTime<Utc>,
+}
+
+/// Runs the timer loop of every cron job in `jobs` until shutdown.
+pub async fn run(jobs: Vec<Arc<Job>>, ctx: SchedulerContext) {
+    let last = loop {
+        match ctx.store.last_cron_fires().await {
+            Ok(last) => break last,
             Err(e) => {
-                tracing::error!(job = %job.name, error = %error_chain(&e), "cannot read last cron fire; retrying");
+                tracing::error!(error = %error_chain(&e), "cannot read the last cron fires; retrying");
                 if pause(&ctx.shutdown, Duration::from_secs(1)).await {
                     return;
                 }
             }
         }
     };
+    let start = Utc::now();
+    let mut timers: Vec<Timer> = jobs
+        .into_iter()
+        .filter_map(|job| {
+            let cron = job.cron()?.clone();
+            let cursor = last
+                .get(&job.name)
+                .and_then(|ms| DateTime::from_timestamp_millis(*ms))
+                .unwrap_or(start);
+            Some(Timer { job, cron, cursor })
+        })
+        .collect();
+    // Next fire → the timers due then. Jobs whose schedule has ended are
+    // not in it.
+    let mut queue: BTreeMap<DateTime<Utc>, Vec<usize>> = BTreeMap::new();
+    for (i, t) in timers.iter().enumerate() {
+        schedule(&mut queue, i, t);
+    }
     loop {
         let now = Utc::now();
-        let fires = fires_between(&cron, cursor, now);
-        if !fires.is_empty() {
-            match decide_and_record(&job, &cron, &ctx, &fires, now).await {
-                Ok(()) => cursor = *fires.last().unwrap_or(&cursor),
+        let due: Vec<(DateTime<Utc>, usize)> = queue
+            .range(..=now)
+            .flat_map(|(at, ids)| ids.iter().map(move |i| (*at, *i)))
+            .collect();
+        if !due.is_empty() {
+            let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
+                .iter()
+                .map(|(_, i)| (*i, fires_between(&timers[*i].cron, timers[*i].cursor, now)))
+                .collect();
+            match decide_and_record(&timers, &batch, &ctx, now).await {
+                Ok(()) => {
+                    for (at, i) in &due {
+                        if let Some(ids) = queue.get_mut(at) {
+                            ids.retain(|j| j != i);
+                            if ids.is_empty() {
+                                queue.remove(at);
+                            }
+                        }
+                    }
+                    for (i, fires) in batch {
+                        let t = &mut timers[i];
+                        t.cursor = fires.last().copied().unwrap_or(t.cursor);
+                        schedule(&mut queue, i, t);
+                    }
+                }
                 Err(e) => {
-                    tracing::error!(job = %job.name, error = %error_chain(&e), "cannot record cron fire; retrying");
+                    tracing::error!(error = %error_chain(&e), fires = batch.len(), "cannot record cron fires; retrying");
                     if pause(&ctx.shutdown, Duration::from_secs(1)).await {
                         return;
                     }
@@ -150,8 +198,7 @@ pub async fn run(job: Arc<Job>, ctx: SchedulerContext) {
                 }
             }
         }
-        let Some(next) = cron.schedule.next_after(cursor, cron.timezone) else {
-            tracing::info!(job = %job.name, "the schedule has no further fires");
+        let Some(next) = queue.keys().next().copied() else {
             ctx.shutdown.cancelled().await;
             return;
         };
@@ -163,6 +210,14 @@ pub async fn run(job: Arc<Job>, ctx: SchedulerContext) {
         if pause(&ctx.shutdown, wait).await {
             return;
         }
+    }
+}
+
+/// Puts timer `i` under its next fire after its cursor.
+fn schedule(queue: &mut BTreeMap<DateTime<Utc>, Vec<usize>>, i: usize, t: &Timer) {
+    match t.cron.schedule.next_after(t.cursor, t.cron.timezone) {
+        Some(next) => queue.entry(next).or_default().push(i),
+        None => tracing::info!(job = %t.job.name, "the schedule has no further fires"),
     }
 }
 
@@ -193,40 +248,65 @@ fn fires_between(
     out
 }
 
+/// Decides about the fires of every due timer and records them all in one
+/// transaction. An `overlap: replace` stops the job's active runs first.
 async fn decide_and_record(
-    job: &Job,
-    cron: &CronTrigger,
+    timers: &[Timer],
+    batch: &[(usize, Vec<DateTime<Utc>>)],
     ctx: &SchedulerContext,
-    fires: &[DateTime<Utc>],
     now: DateTime<Utc>,
 ) -> Result<(), crate::store::StoreError> {
-    let plan = plan_fires(fires, now, cron.catchup, cron.starting_deadline);
-    let missed: Vec<(i64, String)> = plan
-        .iter()
-        .filter_map(|(f, d)| match d {
-            FireDecision::Missed(why) => Some((f.timestamp_millis(), why.clone())),
-            FireDecision::Run => None,
-        })
-        .collect();
-    if !missed.is_empty() {
-        tracing::warn!(job = %job.name, missed = missed.len(), "cron fires missed while kedge was not running");
-        ctx.store.record_missed_fires(&job.name, &missed).await?;
-    }
-    for (fire, decision) in plan {
-        if decision != FireDecision::Run {
-            continue;
+    let mut records: Vec<FireRecord> = Vec::new();
+    for (i, fires) in batch {
+        let Timer { job, cron, .. } = &timers[*i];
+        let plan = plan_fires(fires, now, cron.catchup, cron.starting_deadline);
+        let missed = plan
+            .iter()
+            .filter(|(_, d)| matches!(d, FireDecision::Missed(_)))
+            .count();
+        if missed > 0 {
+            tracing::warn!(job = %job.name, missed, "cron fires missed while kedge was not running");
         }
-        let (running, pending) = ctx.store.active_count_of(&job.name).await?;
-        let fire_ms = fire.timestamp_millis();
-        match overlap_action(cron.overlap, running, pending) {
-            OverlapAction::Skip(why) => {
-                tracing::info!(job = %job.name, %fire, reason = %why, "cron fire skipped");
-                ctx.store
-                    .record_cron_fire(&job.name, fire_ms, "skipped", Some(&why), None)
-                    .await?;
+        // Only the policies that look at active runs pay for counting them;
+        // fires decided here count as pending for the fires after them.
+        let (running, mut pending) = if cron.overlap == Overlap::Allow {
+            (0, 0)
+        } else {
+            ctx.store.active_count_of(&job.name).await?
+        };
+        // `replace` with several fires due at once (catch-up): only the
+        // newest launches; the older ones would be replaced before they ran.
+        let newest_run = plan
+            .iter()
+            .rposition(|(_, d)| *d == FireDecision::Run)
+            .unwrap_or(0);
+        for (k, (fire, decision)) in plan.into_iter().enumerate() {
+            let fire_ms = fire.timestamp_millis();
+            let record = |outcome: &str, detail: Option<String>, item| FireRecord {
+                job: job.name.clone(),
+                fire_ms,
+                outcome: outcome.into(),
+                detail,
+                item,
+            };
+            if let FireDecision::Missed(why) = decision {
+                records.push(record("missed", Some(why), None));
+                continue;
             }
-            action => {
-                if action == OverlapAction::Replace {
+            let action = if cron.overlap == Overlap::Replace && k < newest_run {
+                OverlapAction::Skip(
+                    "overlap: replace, a newer fire due at the same time replaced it".into(),
+                )
+            } else {
+                overlap_action(cron.overlap, running, pending)
+            };
+            let outcome = match action {
+                OverlapAction::Skip(why) => {
+                    tracing::info!(job = %job.name, %fire, reason = %why, "cron fire skipped");
+                    records.push(record("skipped", Some(why), None));
+                    continue;
+                }
+                OverlapAction::Replace => {
                     ctx.store
                         .cancel_pending_runs(
                             &job.name,
@@ -238,23 +318,28 @@ async fn decide_and_record(
                         tracing::info!(job = %job.name, run = %run, "replacing the active run");
                         let _ = ctx.cancel.send(run);
                     }
-                }
-                let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
-                let outcome = if action == OverlapAction::Replace {
                     "replaced"
-                } else {
-                    "launched"
-                };
-                if ctx
-                    .store
-                    .record_cron_fire(&job.name, fire_ms, outcome, None, Some(&item))
-                    .await?
-                {
-                    tracing::info!(job = %job.name, %fire, run = %item.run_id, "cron fired");
-                    ctx.wake.notify_one();
                 }
-            }
+                OverlapAction::Launch => "launched",
+            };
+            let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
+            pending += 1;
+            records.push(record(outcome, None, Some(item)));
         }
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    let stored = ctx.store.record_cron_fires(&records).await?;
+    let mut launched = 0;
+    for (r, new) in records.iter().zip(stored) {
+        if let (true, Some(item)) = (new, &r.item) {
+            tracing::info!(job = %r.job, fire_ms = r.fire_ms, run = %item.run_id, "cron fired");
+            launched += 1;
+        }
+    }
+    if launched > 0 {
+        ctx.wake.notify_one();
     }
     Ok(())
 }
