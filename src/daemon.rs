@@ -50,6 +50,9 @@ const LAUNCH_FAILED_WAIT: Duration = Duration::from_secs(1);
 /// Launches in flight at once within a pass.
 const LAUNCH_CONCURRENCY: usize = 8;
 
+/// Runs claimed per store transaction within a pass.
+const CLAIM_CHUNK: usize = 32;
+
 /// Runs launched per dispatch pass at most.
 const DISPATCH_BATCH: i64 = 256;
 
@@ -301,56 +304,79 @@ async fn dispatch<E: Executor>(
                 }
             }
         }
-        // Launches overlap (an API round trip each on Kubernetes), up to
-        // LAUNCH_CONCURRENCY at once; claiming and rendering stay in order.
+        // Claims are committed a chunk at a time (one store transaction for
+        // CLAIM_CHUNK runs); launches overlap (an API round trip each on
+        // Kubernetes), up to LAUNCH_CONCURRENCY at once; claiming and
+        // rendering stay in order.
+        let grants: Vec<(&crate::store::Run, u32)> = admission
+            .launch
+            .iter()
+            .filter_map(|g| {
+                let run = due.iter().find(|r| r.run_id == g.run_id)?;
+                jobs.contains_key(&run.job).then_some((run, g.max_pods))
+            })
+            .collect();
         let mut in_flight = FuturesUnordered::new();
         let mut failed = false;
-        for grant in admission.launch {
-            while in_flight.len() >= LAUNCH_CONCURRENCY && !failed {
-                if let Some(done) = in_flight.next().await {
-                    failed |= !launched_or_requeued(store, done, &mut launched).await?;
-                }
-            }
+        for chunk in grants.chunks(CLAIM_CHUNK) {
             if failed {
                 break;
             }
-            let Some(run) = due.iter().find(|r| r.run_id == grant.run_id) else {
-                continue;
-            };
-            let Some(job) = jobs.get(&run.job) else {
-                continue;
-            };
-            if !store
-                .claim_run(&run.run_id, Utc::now().timestamp_millis())
-                .await?
-            {
-                continue;
-            }
-            let sized;
-            let job: &Job = match &job.sizing {
-                None => job,
-                Some(cfg) => match size_run(store, job, cfg, run, grant.max_pods).await? {
-                    Some(j) => {
-                        sized = j;
-                        &sized
+            let ids: Vec<&str> = chunk.iter().map(|(r, _)| r.run_id.as_str()).collect();
+            let claimed = store
+                .claim_runs(&ids, Utc::now().timestamp_millis())
+                .await?;
+            let mut claimed: std::collections::VecDeque<_> = chunk
+                .iter()
+                .zip(claimed)
+                .filter_map(|(g, ok)| ok.then_some(*g))
+                .collect();
+            while let Some((run, max_pods)) = claimed.pop_front() {
+                while in_flight.len() >= LAUNCH_CONCURRENCY && !failed {
+                    if let Some(done) = in_flight.next().await {
+                        failed |= !launched_or_requeued(store, done, &mut launched).await?;
                     }
-                    None => continue,
-                },
-            };
-            let members = match &job.trigger {
-                Trigger::Queue(q) if q.batch.is_some() => store.batch_members(&run.run_id).await?,
-                _ => Vec::new(),
-            };
-            let launch = if members.is_empty() {
-                render(job, run)
-            } else {
-                crate::executor::render::render_batch(
-                    job,
-                    run,
-                    members.into_iter().map(|m| m.payload).collect(),
-                )
-            };
-            in_flight.push(async move { (run, executor.launch(launch).await) });
+                }
+                if failed {
+                    // Not launched: give the claims back untouched.
+                    let rest: Vec<&str> = std::iter::once(run)
+                        .chain(claimed.iter().map(|(r, _)| *r))
+                        .map(|r| r.run_id.as_str())
+                        .collect();
+                    store.unclaim_runs(&rest).await?;
+                    break;
+                }
+                let Some(job) = jobs.get(&run.job) else {
+                    continue; // (grants hold loaded jobs only)
+                };
+                let sized;
+                let job: &Job = match &job.sizing {
+                    None => job,
+                    Some(cfg) => match size_run(store, job, cfg, run, max_pods).await? {
+                        Some(j) => {
+                            sized = j;
+                            &sized
+                        }
+                        None => continue,
+                    },
+                };
+                let members = match &job.trigger {
+                    Trigger::Queue(q) if q.batch.is_some() => {
+                        store.batch_members(&run.run_id).await?
+                    }
+                    _ => Vec::new(),
+                };
+                let launch = if members.is_empty() {
+                    render(job, run)
+                } else {
+                    crate::executor::render::render_batch(
+                        job,
+                        run,
+                        members.into_iter().map(|m| m.payload).collect(),
+                    )
+                };
+                in_flight.push(async move { (run, executor.launch(launch).await) });
+            }
         }
         while let Some(done) = in_flight.next().await {
             failed |= !launched_or_requeued(store, done, &mut launched).await?;

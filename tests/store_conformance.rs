@@ -148,6 +148,7 @@ conformance! {
     check_settle_needs_running => sqlite_settle_needs_running, postgres_settle_needs_running;
     check_cancel_pending_runs => sqlite_cancel_pending_runs, postgres_cancel_pending_runs;
     check_cron_fires => sqlite_cron_fires, postgres_cron_fires;
+    check_many_fires_and_claims => sqlite_many_fires_and_claims, postgres_many_fires_and_claims;
     check_list_runs => sqlite_list_runs, postgres_list_runs;
     check_dead_letters => sqlite_dead_letters, postgres_dead_letters;
     check_replay_dead_letter => sqlite_replay_dead_letter, postgres_replay_dead_letter;
@@ -929,6 +930,84 @@ fn fire_of(
         detail: detail.map(str::to_string),
         work_item_id: wi,
     }
+}
+
+/// More fires and claims than one multi-row statement holds: every entry of
+/// the answer belongs to its own fire or run.
+async fn check_many_fires_and_claims(db: &Db) {
+    let store = &db.store;
+    let f = T0 + 60_000;
+    // 250 jobs fire at once; every third was recorded (skipped) before.
+    for j in (0..250).step_by(3) {
+        store
+            .record_cron_fire(&format!("j{j:03}"), f, "skipped", Some("before"), None)
+            .await
+            .unwrap();
+    }
+    let records: Vec<FireRecord> = (0..250)
+        .map(|j| {
+            let job = format!("j{j:03}");
+            let launch = j % 5 != 0;
+            FireRecord {
+                item: launch.then(|| kedge::intake::cron_work_item(&job, chrono_ms(f), None)),
+                job,
+                fire_ms: f,
+                outcome: if launch { "launched" } else { "skipped" }.into(),
+                detail: (!launch).then(|| "overlap: forbid".into()),
+            }
+        })
+        .collect();
+    let stored = store.record_cron_fires(&records).await.unwrap();
+    let expect: Vec<bool> = (0..250).map(|j| j % 3 != 0).collect();
+    assert_eq!(stored, expect);
+    let launched: Vec<&NewWorkItem> = records
+        .iter()
+        .zip(&stored)
+        .filter_map(|(r, new)| r.item.as_ref().filter(|_| *new))
+        .collect();
+    assert_eq!(db.count("work_items").await as usize, launched.len());
+    assert_eq!(db.count("runs").await as usize, launched.len());
+    for item in &launched {
+        let r = run(store, &item.run_id).await;
+        assert_eq!((r.job.as_str(), r.scheduled_ms), (item.job.as_str(), f));
+        let fires = store.cron_fires(&item.job).await.unwrap();
+        assert_eq!(
+            fires[0].work_item_id.as_deref(),
+            Some(r.work_item_id.as_str())
+        );
+    }
+    // Claims: 150 of the pending runs and 10 unknown ids, twice.
+    let mut ids: Vec<&str> = launched
+        .iter()
+        .take(150)
+        .map(|i| i.run_id.as_str())
+        .collect();
+    ids.extend(["nope-1", "nope-2", "nope-3", "nope-4", "nope-5"]);
+    ids.insert(70, "nope-6");
+    let claimed = store.claim_runs(&ids, T0 + 61_000).await.unwrap();
+    let expect: Vec<bool> = ids.iter().map(|id| !id.starts_with("nope")).collect();
+    assert_eq!(claimed, expect);
+    assert!(store
+        .claim_runs(&ids, T0 + 62_000)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| !c));
+    let r = run(store, ids[0]).await;
+    assert_eq!(
+        (r.state, r.started_ms, r.launches),
+        (RunState::Running, Some(T0 + 61_000), 1)
+    );
+    store.unclaim_runs(&ids[..2]).await.unwrap();
+    let r = run(store, ids[0]).await;
+    assert_eq!(
+        (r.state, r.started_ms, r.launches),
+        (RunState::Pending, None, 0)
+    );
+    assert_eq!(
+        store.claim_runs(&[ids[0]], T0 + 63_000).await.unwrap(),
+        [true]
+    );
 }
 
 fn chrono_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {

@@ -424,31 +424,52 @@ impl Store {
     /// as it was and its entry in the result is `false`. One commit for all
     /// the schedules that fire at the same instant.
     pub async fn record_cron_fires(&self, fires: &[FireRecord]) -> Result<Vec<bool>> {
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(fires.len());
-        for f in fires {
-            let work_item_id = f.item.as_ref().map(|_| uuid::Uuid::new_v4().to_string());
-            let res = sqlx::query(
+        let mut recorded = std::collections::HashSet::new();
+        let mut runs = Vec::new();
+        // Multi-row statements, ROWS_PER_STATEMENT at a time: one round trip
+        // to the database per chunk rather than three per fire.
+        for chunk in fires.chunks(ROWS_PER_STATEMENT) {
+            let ids: Vec<Option<String>> = chunk
+                .iter()
+                .map(|f| f.item.as_ref().map(|_| uuid::Uuid::new_v4().to_string()))
+                .collect();
+            let sql = format!(
                 "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, recorded_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, fire_ms) DO NOTHING",
-            )
-            .bind(&f.job)
-            .bind(f.fire_ms)
-            .bind(&f.outcome)
-            .bind(f.detail.as_deref())
-            .bind(work_item_id.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let recorded = res.rows_affected() == 1;
-            if let (true, Some(item), Some(id)) = (recorded, &f.item, work_item_id) {
-                insert_item_tx(&mut tx, item, &id).await?;
+                 VALUES {} ON CONFLICT (job, fire_ms) DO NOTHING RETURNING job, fire_ms",
+                placeholders(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for (f, id) in chunk.iter().zip(&ids) {
+                q = q
+                    .bind(&f.job)
+                    .bind(f.fire_ms)
+                    .bind(&f.outcome)
+                    .bind(f.detail.as_deref())
+                    .bind(id.clone())
+                    .bind(now);
             }
-            out.push(recorded);
+            for row in q.fetch_all(&mut *tx).await? {
+                recorded.insert((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?));
+            }
+            for (f, id) in chunk.iter().zip(ids) {
+                if let (Some(item), Some(id)) = (&f.item, id) {
+                    if recorded.contains(&(f.job.clone(), f.fire_ms)) {
+                        runs.push((item, id));
+                    }
+                }
+            }
         }
+        insert_items_tx(&mut tx, &runs, now).await?;
         tx.commit().await?;
-        Ok(out)
+        Ok(fires
+            .iter()
+            .map(|f| recorded.contains(&(f.job.clone(), f.fire_ms)))
+            .collect())
     }
 
     /// Records fires that will not run (catch-up policy), in one transaction.
@@ -576,6 +597,53 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
+    }
+
+    /// [`Store::claim_run`] for many runs in one transaction (one commit):
+    /// per run, whether this call claimed it.
+    pub async fn claim_runs(&self, run_ids: &[&str], now_ms: i64) -> Result<Vec<bool>> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut claimed = std::collections::HashSet::new();
+        for chunk in run_ids.chunks(ROWS_PER_STATEMENT) {
+            let list: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE runs SET state = 'running', started_ms = $1, launches = launches + 1 \
+                 WHERE state = 'pending' AND run_id IN ({}) RETURNING run_id",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(now_ms);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                claimed.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(run_ids.iter().map(|id| claimed.contains(*id)).collect())
+    }
+
+    /// Undoes [`Store::claim_runs`] for runs that were not launched after
+    /// all (`running → pending`, the launch count restored).
+    pub async fn unclaim_runs(&self, run_ids: &[&str]) -> Result<()> {
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for run_id in run_ids {
+            sqlx::query(
+                "UPDATE runs SET state = 'pending', started_ms = NULL, launches = launches - 1 \
+                 WHERE run_id = $1 AND state = 'running'",
+            )
+            .bind(*run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Ids of `job`'s running runs.
@@ -1458,6 +1526,92 @@ async fn insert_dead_letter_tx(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Rows per multi-row statement (6 columns at most: well inside SQLite's
+/// and PostgreSQL's bind-parameter limits).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `($1, …, $cols), ($cols+1, …), …` for `rows` rows.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`insert_item_tx`] for many new items with multi-row statements. An item
+/// whose (source, job, message id) is stored already goes the one-by-one
+/// way (a replayed item is revived, anything else is a duplicate).
+async fn insert_items_tx(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    items: &[(&NewWorkItem, String)],
+    now: i64,
+) -> Result<()> {
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO work_items (id, job, source, message_id, payload, state, deadline_ms, created_ms, updated_ms) \
+             VALUES {} ON CONFLICT (source, job, message_id) DO NOTHING RETURNING id",
+            (0..chunk.len())
+                .map(|r| {
+                    let b = r * 7;
+                    format!("(${}, ${}, ${}, ${}, ${}, 'queued', ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 7)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (item, id) in chunk {
+            q = q
+                .bind(id.clone())
+                .bind(&item.job)
+                .bind(&item.source)
+                .bind(&item.message_id)
+                .bind(item.payload.clone())
+                .bind(item.deadline_ms)
+                .bind(now);
+        }
+        let inserted: std::collections::HashSet<String> = q
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let new: Vec<&(&NewWorkItem, String)> = chunk
+            .iter()
+            .filter(|(_, id)| inserted.contains(id))
+            .collect();
+        for (item, _) in chunk.iter().filter(|(_, id)| !inserted.contains(id)) {
+            revive_replayed_tx(tx, item, now).await?;
+        }
+        if new.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) VALUES {}",
+            (0..new.len())
+                .map(|r| {
+                    let b = r * 5;
+                    format!("(${}, ${}, ${}, 1, 'pending', ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (item, id) in new {
+            q = q
+                .bind(&item.run_id)
+                .bind(id.clone())
+                .bind(&item.job)
+                .bind(item.trigger.as_str())
+                .bind(item.scheduled_ms);
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE`: serve the API on
 //! loopback and write a kubeconfig pointing at it. `--time-scale F`
-//! multiplies every simulated delay of the Job controller (default 1).
+//! multiplies every simulated delay of the Job controller (default 1);
+//! `--no-job-controller` leaves Jobs as created (a bare API server).
 
 use anyhow::{bail, Context};
 use kube_sim::{KubeSim, SimConfig};
@@ -22,11 +23,12 @@ async fn main() -> anyhow::Result<()> {
                     .parse()
                     .context("--time-scale needs a number")?
             }
+            "--no-job-controller" => config.job_controller = false,
             "-h" | "--help" => {
-                println!("usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE [--time-scale F]");
+                println!("usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE [--time-scale F] [--no-job-controller]");
                 return Ok(());
             }
-            other => bail!("unknown argument {other:?}; usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE [--time-scale F]"),
+            other => bail!("unknown argument {other:?}; usage: kube-sim --listen 127.0.0.1:PORT --kubeconfig FILE [--time-scale F] [--no-job-controller]"),
         }
     }
     let listener = tokio::net::TcpListener::bind(&listen)
