@@ -255,8 +255,21 @@ impl Controller {
         let (_, pods) = self.sim.store.list(&PODS, None);
         let live: HashSet<String> = jobs.iter().map(|j| meta(j, "uid").to_string()).collect();
         self.jobs.retain(|uid, _| live.contains(uid));
+        // Each Job's pods, found once per pass rather than by a scan of
+        // every pod per Job: (namespace, controller uid) → pods in key order.
+        let mut owned: HashMap<(&str, &str), Vec<&Value>> = HashMap::new();
+        for p in &pods {
+            if let Some(uid) = controller_uid(p) {
+                owned
+                    .entry((meta(p, "namespace"), uid))
+                    .or_default()
+                    .push(p);
+            }
+        }
         for job in &jobs {
-            self.reconcile(job, &pods, now);
+            let key = (meta(job, "namespace"), meta(job, "uid"));
+            let pods = owned.get(&key).map_or(&[][..], Vec::as_slice);
+            self.reconcile(job, pods, now);
         }
     }
 
@@ -398,17 +411,18 @@ impl Controller {
         }
     }
 
-    fn reconcile(&mut self, job: &Value, pods: &[Value], now: Instant) {
+    /// `owned`: the pods in the Job's namespace whose controller is the Job.
+    fn reconcile(&mut self, job: &Value, owned: &[&Value], now: Instant) {
         let uid = meta(job, "uid").to_string();
         if !job["metadata"]["deletionTimestamp"].is_null() || job["spec"]["suspend"] == true {
             return;
         }
         let mut mem = self.jobs.remove(&uid).unwrap_or_default();
-        self.reconcile_with(job, pods, now, &mut mem);
+        self.reconcile_with(job, owned, now, &mut mem);
         self.jobs.insert(uid, mem);
     }
 
-    fn reconcile_with(&mut self, job: &Value, pods: &[Value], now: Instant, mem: &mut JobMem) {
+    fn reconcile_with(&mut self, job: &Value, owned: &[&Value], now: Instant, mem: &mut JobMem) {
         let (ns, name, uid) = (meta(job, "namespace"), meta(job, "name"), meta(job, "uid"));
         let spec = &job["spec"];
         if has_condition(job, "Complete") || has_condition(job, "Failed") {
@@ -425,11 +439,7 @@ impl Controller {
         let parallelism = spec["parallelism"].as_i64().unwrap_or(1);
         let backoff_limit = spec["backoffLimit"].as_i64().unwrap_or(6);
         let per_index = spec["backoffLimitPerIndex"].as_i64();
-        let owned: Vec<&Value> = pods
-            .iter()
-            .filter(|p| meta(p, "namespace") == ns && controller_uid(p) == Some(uid))
-            .collect();
-        for p in &owned {
+        for p in owned {
             let puid = meta(p, "uid");
             if !is_terminal(p) || mem.counted.contains(puid) {
                 continue;
