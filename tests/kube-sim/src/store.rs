@@ -248,18 +248,16 @@ impl Store {
     {
         let mut inner = self.lock();
         let key = (resource.plural, namespace.to_string(), name.to_string());
-        let current = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound {
-                resource,
-                name: name.to_string(),
-            })?;
-        let mut new = f(&current)?;
-        set_rv(&mut new, rv_of(&current));
-        if new == current {
-            return Ok(current);
+        // `f` works on the stored object by reference; nothing is copied
+        // unless the update is a no-op (the answer is then the stored object).
+        let current = inner.objects.get(&key).ok_or_else(|| ApiError::NotFound {
+            resource,
+            name: name.to_string(),
+        })?;
+        let mut new = f(current)?;
+        set_rv(&mut new, rv_of(current));
+        if new == *current {
+            return Ok(current.clone());
         }
         inner.rv += 1;
         let rv = inner.rv;
@@ -268,33 +266,23 @@ impl Store {
             .as_array()
             .is_none_or(Vec::is_empty);
         let ns = namespace.to_string();
-        if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
-            inner.objects.remove(&key);
-            self.emit(
-                &mut inner,
-                Event {
-                    rv,
-                    resource,
-                    namespace: ns,
-                    change: Change::Deleted,
-                    object: new.clone(),
-                    old: Some(current),
-                },
-            );
+        // The prior state moves out of the map into the event's `old`.
+        let (change, old) = if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_empty {
+            (Change::Deleted, inner.objects.remove(&key))
         } else {
-            inner.objects.insert(key, new.clone());
-            self.emit(
-                &mut inner,
-                Event {
-                    rv,
-                    resource,
-                    namespace: ns,
-                    change: Change::Modified,
-                    object: new.clone(),
-                    old: Some(current),
-                },
-            );
-        }
+            (Change::Modified, inner.objects.insert(key, new.clone()))
+        };
+        self.emit(
+            &mut inner,
+            Event {
+                rv,
+                resource,
+                namespace: ns,
+                change,
+                object: new.clone(),
+                old,
+            },
+        );
         Ok(new)
     }
 
