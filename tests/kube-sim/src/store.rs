@@ -322,13 +322,13 @@ impl Store {
         Ok(last)
     }
 
-    /// Every stored object of every resource (for the garbage collector).
-    pub fn all(&self) -> Vec<(&'static str, Value)> {
-        self.lock()
-            .objects
-            .iter()
-            .map(|(k, v)| (k.0, v.clone()))
-            .collect()
+    /// Runs `f` over every stored object of every resource, by reference and
+    /// under the lock, so a caller that only reads (the garbage collector
+    /// working out its writes) copies nothing. Writers wait while `f` runs,
+    /// so keep it short; `f` must not call back into the store (the lock is
+    /// not reentrant).
+    pub fn inspect<R>(&self, f: impl FnOnce(&BTreeMap<Key, Value>) -> R) -> R {
+        f(&self.lock().objects)
     }
 
     /// Starts a watch. `from`: `None` for "now with the current objects
