@@ -155,7 +155,8 @@
 //!   code, resourceVersion, uid, time, and annotations/labels as sent
 //!   ([`KubeSim::creates`], [`CreateRecord`]) —
 //!   `tests/creates.rs::every_create_request_is_recorded_with_its_outcome`.
-//! - [x] Current objects as JSON ([`KubeSim::objects`], [`KubeSim::object`]) —
+//! - [x] Current objects as JSON ([`KubeSim::objects`], [`KubeSim::object`])
+//!   and how many there are ([`KubeSim::count`]) —
 //!   `tests/creates.rs::objects_and_object_read_the_store`.
 //!
 //! Not yet:

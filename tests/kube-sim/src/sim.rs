@@ -265,6 +265,13 @@ impl KubeSim {
         self.sim.store.list(served(resource), Some(namespace)).1
     }
 
+    /// How many objects of a resource plural (`"jobs"`, `"pods"`, …) are
+    /// stored now, in every namespace; cheap (nothing is copied), so tests
+    /// can poll it at scale. Panics on a plural the stand-in does not serve.
+    pub fn count(&self, resource: &str) -> usize {
+        self.sim.store.count(served(resource))
+    }
+
     /// One current object, or `None`. Panics on a plural the stand-in does not serve.
     pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         self.sim.store.get(served(resource), namespace, name).ok()

@@ -195,6 +195,16 @@ impl Store {
         (inner.rv, select(&inner.objects, resource, namespace))
     }
 
+    /// How many objects of a resource are stored, in every namespace; counted
+    /// over the resource's key range, nothing copied.
+    pub fn count(&self, resource: &'static Resource) -> usize {
+        self.lock()
+            .objects
+            .range((resource.plural, String::new(), String::new())..)
+            .take_while(|(k, _)| k.0 == resource.plural)
+            .count()
+    }
+
     /// The objects as they were at `rv`, rebuilt by undoing later events; 410 if that history is gone.
     pub fn list_at(
         &self,

@@ -128,6 +128,11 @@ async fn objects_and_object_read_the_store() {
     );
     assert!(sim.object("jobs", "default", "c").is_none());
     assert!(sim.objects("leases", "default").is_empty());
+    // count: every namespace, only the one resource.
+    assert_eq!(sim.count("jobs"), 3);
+    assert_eq!(sim.count("leases"), 0);
+    assert_eq!(sim.count("namespaces"), 3);
+    assert_eq!(sim.count("pods"), 0);
 }
 
 #[test]
