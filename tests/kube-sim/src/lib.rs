@@ -149,6 +149,10 @@
 //!   logs per Job ([`KubeSim::job_logs`]); every process killed when the
 //!   stand-in is dropped. The executor conformance suite runs on it
 //!   (`tests/executor_conformance.rs`, module `kubernetes`).
+//! - [x] Scale: 2,000 Jobs created through the API, Job controller and
+//!   garbage collector on, all Complete within 40 s (no pass costs
+//!   O(jobs × pods) or copies every object) —
+//!   `tests/scale.rs::two_thousand_jobs_complete_within_the_deadline`.
 //!
 //! Test aids beyond the server (for other crates' tests):
 //! - [x] Create log: every POST to a namespaced resource with its outcome
