@@ -41,8 +41,8 @@
 //!    on this process's monotonic clock.
 //! 5. Memory: the daemon (`limits.max_active_runs: 20000`, rate limit off)
 //!    idle, then tracking T running Jobs: VmRSS and VmHWM from
-//!    `/proc/PID/status`. The stand-in's Job controller is off here too
-//!    (see [`daemon_memory`] for why): the Jobs have no pods or status.
+//!    `/proc/PID/status`. The stand-in's Job controller is on here (the
+//!    only pass where it is): every Job has a Running pod.
 //! 6. CPU per Job at a fixed 20 Jobs/s for S seconds: the daemon as in 4,
 //!    utime + stime from `/proc/PID/stat` from the first enqueue until the
 //!    stand-in has every Job, divided by the Jobs; against the bare
@@ -234,7 +234,7 @@ async fn main() -> Result<()> {
          | message → create, baseline (channel → POST), p50 / p99 | {:.1} / {:.1} ms | 1.00× |\n\
          | message → create, `kedge run` (builtin queue, woken by the writer), p50 / p99 | {:.1} / {:.1} ms | {:.1}× / {:.1}× baseline |\n\
          | daemon RSS idle (before enqueueing) | {:.1} MiB | 1.00× |\n\
-         | daemon peak RSS (VmHWM), {t} Jobs tracked (no pods) | {:.1} MiB | {:.2}× idle |\n\
+         | daemon peak RSS (VmHWM), {t} Jobs tracked, each with a Running pod | {:.1} MiB | {:.2}× idle |\n\
          | daemon RSS at the end (VmRSS), {t} Jobs tracked | {:.1} MiB | {:.2}× idle |\n\
          | per 1,000 tracked Jobs, (VmHWM − idle) / {k} | {:.2} MiB | |",
         base_rendered / base,
@@ -976,16 +976,11 @@ struct Memory {
     created_after: f64,
 }
 
-/// The daemon idle, then with T running Jobs tracked.
-///
-/// The stand-in runs without its Job controller here: its controller
-/// matches every pod against every Job on each pass (O(Jobs × pods)), and
-/// at 10,000 Jobs on 2 cores it took 160 s to let the daemon create them
-/// all and had started pods for only 2,349 of them 240 s later. So the
-/// Jobs stay as created (no pods, no status); the daemon's Job and pod
-/// watchers run as always.
+/// The daemon idle, then with T running Jobs tracked, each with a Running
+/// pod (the stand-in's Job controller on, `kube-sim/outcome: hang`), so the
+/// daemon's Job and pod watchers hold what they would in a real cluster.
 async fn daemon_memory(bin: &Path, t: usize) -> Result<Memory> {
-    let c = Cluster::start(false).await?;
+    let c = Cluster::start(true).await?;
     let ws = Workspace::new(&c.sim().kubeconfig_yaml(), UNLIMITED, UNLIMITED, "hang")?;
     let job = ws.job()?;
     let daemon = Daemon::start(bin, &ws).await?;
@@ -1017,6 +1012,25 @@ async fn daemon_memory(bin: &Path, t: usize) -> Result<Memory> {
     .await?;
     let created_after = start.elapsed().as_secs_f64();
     eprintln!("memory: {t} Jobs created after {created_after:.1} s");
+    // (A pod starts Pending; the simulated kubelet makes it Running.)
+    wait_for(
+        "a Running pod for every Job",
+        Duration::from_secs(1),
+        || {
+            let running = c
+                .sim()
+                .objects("pods", "default")
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count();
+            Ok((running >= t, format!("{running} of {t} pods Running")))
+        },
+    )
+    .await?;
+    eprintln!(
+        "memory: {t} pods Running after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     let running: i64 = store
         .active_counts()
         .await?
