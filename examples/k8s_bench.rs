@@ -304,7 +304,7 @@ async fn main() -> Result<()> {
          | Jobs/s at api_qps {KEDA_QPS} / api_burst {KEDA_BURST} ({m} launches vs ideal token bucket) | {:.1} | {ideal:.1} | {:.3}× | within 5% | {} |\n\
          | daemon CPU per Job at a fixed {rt} Jobs/s ({cj} Jobs; bare loop in a child process) | {:.2} ms | {:.2} ms | {:.1}× | — | — |\n\
          | cron lateness p50 / p99, fire → Job created, {cn} schedules firing in the same second (2 fires; vs {cn} tokio timers) | {:.0} / {:.0} ms | {:.2} / {:.2} ms | {:.0}× / {:.0}× | p99 < 1 s | {} |\n\
-         | peak RSS per 1,000 tracked Jobs ((VmHWM − idle) / {k}; baseline: idle RSS) | {:.2} MiB (VmHWM {:.1} MiB at {t}) | {:.1} MiB idle | {:.2}× idle | < 100 MB at 10,000 | {} |",
+         | peak RSS per 1,000 tracked Jobs, each with a Running pod ((VmHWM − idle) / {k}; baseline: idle RSS) | {:.2} MiB (VmHWM {:.1} MiB at {t}) | {:.1} MiB idle | {:.2}× idle | < 100 MB at 10,000 | {} |",
         lat_kedge.p50,
         lat_kedge.p99,
         lat_base.p50,
