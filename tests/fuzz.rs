@@ -221,6 +221,92 @@ fn cron_expressions_never_panic() {
     );
 }
 
+/// One field of a cron expression from cron's own grammar (`*`, values,
+/// ranges, steps of `*` or a range, lists, names), values drawn from `lo..=hi` plus a
+/// little past it so some are out of range. Random text above seldom
+/// parses; this mostly does.
+fn cron_field(lo: u32, hi: u32, names: &'static [&'static str]) -> BoxedStrategy<String> {
+    let v = lo..hi + 2;
+    let n = 1u32..(hi - lo + 2).max(2);
+    let mut atoms = vec![
+        Just("*".to_string()).boxed(),
+        v.clone().prop_map(|v| v.to_string()).boxed(),
+        (v.clone(), v.clone())
+            .prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b)))
+            .boxed(),
+        n.clone().prop_map(|n| format!("*/{n}")).boxed(),
+        (v.clone(), v, n)
+            .prop_map(|(a, b, n)| format!("{}-{}/{n}", a.min(b), a.max(b)))
+            .boxed(),
+    ];
+    if !names.is_empty() {
+        atoms.push(prop::sample::select(names).prop_map(str::to_string).boxed());
+    }
+    prop::collection::vec(prop::strategy::Union::new(atoms), 1..4)
+        .prop_map(|a| a.join(","))
+        .boxed()
+}
+
+/// Five fields (minute first) or six (second first).
+fn cron_expression() -> impl Strategy<Value = String> {
+    const MONTHS: &[&str] = &["jan", "dec", "feb-apr", "JUN"];
+    const DAYS: &[&str] = &["mon", "fri", "sun", "mon-fri", "sat,sun", "TUE"];
+    let five = (
+        cron_field(0, 59, &[]),
+        cron_field(0, 23, &[]),
+        cron_field(1, 31, &[]),
+        cron_field(1, 12, MONTHS),
+        cron_field(0, 7, DAYS),
+    );
+    prop_oneof![
+        five.clone()
+            .prop_map(|(m, h, d, mo, w)| format!("{m} {h} {d} {mo} {w}")),
+        (cron_field(0, 59, &[]), five)
+            .prop_map(|(s, (m, h, d, mo, w))| format!("{s} {m} {h} {d} {mo} {w}")),
+    ]
+}
+
+/// Well-formed expressions (5 or 6 fields): a parsed schedule's next fire
+/// is after `now` in every zone, and the fire after it is later still.
+/// At least a tenth of the cases must parse, so the check is not vacuous.
+#[test]
+fn structured_cron_expressions_fire_in_order() {
+    let parsed = std::sync::atomic::AtomicU64::new(0);
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    fuzz(
+        "cron_structured",
+        (cron_expression(), 0i64..4_102_444_800),
+        |(expr, secs)| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Ok(s) = Schedule::parse(&expr) else {
+                return Ok(());
+            };
+            parsed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let now = Utc.timestamp_opt(secs, 0).unwrap();
+            for tz in [
+                chrono_tz::UTC,
+                chrono_tz::Europe::Berlin,
+                chrono_tz::America::New_York,
+                chrono_tz::Australia::Lord_Howe,
+            ] {
+                if let Some(next) = s.next_after(now, tz) {
+                    prop_assert!(next > now, "{expr} in {tz}: {next} is not after {now}");
+                    if let Some(after) = s.next_after(next, tz) {
+                        prop_assert!(after > next, "{expr} in {tz}: {after} is not after {next}");
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
+    let (parsed, seen) = (parsed.into_inner(), seen.into_inner());
+    eprintln!("fuzz cron_structured: {parsed} of {seen} expressions parsed");
+    assert!(
+        parsed * 10 >= seen,
+        "only {parsed} of {seen} structured expressions parsed: the generator no longer exercises the scheduler"
+    );
+}
+
 /// Any bytes and headers offered at intake become a work item or a dead
 /// letter with one of the documented reasons; never a panic.
 #[test]
