@@ -78,16 +78,14 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if sim.faults.hang_next.load(Ordering::SeqCst) > 0 {
-        sim.faults.hang_next.fetch_sub(1, Ordering::SeqCst);
+    if sim.faults.hang_next.take() {
         std::future::pending::<()>().await;
     }
     let intent = (method == Method::POST)
         .then(|| CreateIntent::parse(&uri, &body))
         .flatten();
-    let response = if sim.faults.fail_next.load(Ordering::SeqCst) > 0 {
-        sim.faults.fail_next.fetch_sub(1, Ordering::SeqCst);
-        ApiError::Injected(sim.faults.fail_code.load(Ordering::SeqCst) as u16).into_response()
+    let response = if let Some(code) = sim.faults.take_fail() {
+        ApiError::Injected(code).into_response()
     } else {
         match dispatch(&sim, &method, &uri, &headers, &body).await {
             Ok(r) => r,
@@ -727,11 +725,7 @@ async fn send_event(
     line: Bytes,
 ) -> Result<(), ()> {
     let faults = &sim.faults;
-    if faults
-        .drop_events
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if faults.drop_events.take() {
         return Ok(());
     }
     let delay = faults.event_delay_ms.load(Ordering::SeqCst);

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -61,17 +61,67 @@ impl Default for SimConfig {
 }
 
 /// Fault injection counters, consumed one per request.
+///
+/// Every counted fault is taken in one atomic step that never goes below
+/// zero ([`Countdown::take`]): requests arrive concurrently, and a
+/// load-then-subtract would let two of them take the last fault and wrap the
+/// counter round to `u64::MAX` (every later request failing for ever).
 #[derive(Debug, Default)]
 pub struct Faults {
-    /// Requests still to fail with `fail_code`.
-    pub fail_next: AtomicU64,
-    pub fail_code: AtomicU32,
+    /// Requests still to fail, and the HTTP code they fail with (one lock, so
+    /// a request never pairs one call's count with another call's code).
+    fail: Mutex<FailNext>,
     /// Requests still to hang forever (until the client gives up).
-    pub hang_next: AtomicU64,
+    pub hang_next: Countdown,
     /// Watch event lines still to drop (counted across all streams).
-    pub drop_events: AtomicU64,
+    pub drop_events: Countdown,
     /// Milliseconds every watch event line is held back before it is sent.
     pub event_delay_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct FailNext {
+    remaining: u64,
+    code: u16,
+}
+
+impl Faults {
+    /// Arms the next `n` requests to fail with `code` (replacing any faults
+    /// still armed).
+    pub fn set_fail_next(&self, n: u64, code: u16) {
+        let mut fail = self.fail.lock().unwrap_or_else(|p| p.into_inner());
+        *fail = FailNext { remaining: n, code };
+    }
+
+    /// Takes one armed failure: the code to answer with, or `None` when
+    /// none is left.
+    pub fn take_fail(&self) -> Option<u16> {
+        let mut fail = self.fail.lock().unwrap_or_else(|p| p.into_inner());
+        fail.remaining = fail.remaining.checked_sub(1)?;
+        Some(fail.code)
+    }
+}
+
+/// A count of faults still to inject, taken one at a time.
+#[derive(Debug, Default)]
+pub struct Countdown(AtomicU64);
+
+impl Countdown {
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::SeqCst);
+    }
+
+    /// Takes one fault if any is left: true exactly `n` times after `set(n)`,
+    /// however many callers race for it.
+    pub fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    pub fn remaining(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// One create (POST) request to a namespaced resource, as the API answered it.
@@ -218,20 +268,12 @@ impl KubeSim {
 
     /// Fails the next `n` requests with HTTP `code` (as a Status body).
     pub fn fail_next(&self, n: u64, code: u16) {
-        use std::sync::atomic::Ordering;
-        self.sim
-            .faults
-            .fail_code
-            .store(code.into(), Ordering::SeqCst);
-        self.sim.faults.fail_next.store(n, Ordering::SeqCst);
+        self.sim.faults.set_fail_next(n, code);
     }
 
     /// Makes the next `n` requests hang.
     pub fn hang_next(&self, n: u64) {
-        self.sim
-            .faults
-            .hang_next
-            .store(n, std::sync::atomic::Ordering::SeqCst);
+        self.sim.faults.hang_next.set(n);
     }
 
     /// Ends every open watch stream now.
@@ -303,10 +345,7 @@ impl KubeSim {
     /// BOOKMARK, ERROR), counted across every open stream, as if they were
     /// lost; the streams stay open.
     pub fn drop_watch_events(&self, n: u64) {
-        self.sim
-            .faults
-            .drop_events
-            .store(n, std::sync::atomic::Ordering::SeqCst);
+        self.sim.faults.drop_events.set(n);
     }
 
     /// Holds every watch event line back by `delay` before sending it (in
@@ -314,7 +353,7 @@ impl KubeSim {
     pub fn delay_watch_events(&self, delay: Duration) {
         self.sim.faults.event_delay_ms.store(
             delay.as_millis().try_into().unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::SeqCst,
+            Ordering::SeqCst,
         );
     }
 
@@ -342,5 +381,42 @@ impl Drop for KubeSim {
         }
         // No container outlives its cluster.
         crate::kubelet::kill_all(&self.sim);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many threads race for the last faults: exactly `n` are taken and the
+    /// counter rests at zero (a load-then-subtract wraps it to `u64::MAX`).
+    #[test]
+    fn countdown_is_taken_exactly_n_times_under_contention() {
+        let c = Arc::new(Countdown::default());
+        c.set(3);
+        let taken: u64 = (0..16)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| c.take()).count() as u64)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(taken, 3);
+        assert_eq!(c.remaining(), 0);
+    }
+
+    #[test]
+    fn fail_next_pairs_each_failure_with_its_code() {
+        let f = Faults::default();
+        f.set_fail_next(2, 503);
+        assert_eq!(
+            (f.take_fail(), f.take_fail(), f.take_fail()),
+            (Some(503), Some(503), None)
+        );
+        f.set_fail_next(1, 429);
+        assert_eq!(f.take_fail(), Some(429));
+        assert_eq!(f.take_fail(), None);
     }
 }

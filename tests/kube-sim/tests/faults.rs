@@ -21,6 +21,41 @@ async fn fail_next_requests_with_a_chosen_code() {
     assert_eq!(status(jobs.get("x").await.unwrap_err()).code, 404);
 }
 
+/// Requests arriving together must take the armed failures one each:
+/// exactly `n` fail, and every later request is answered normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fail_next_fails_exactly_n_of_many_concurrent_requests() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    for round in 0..5 {
+        sim.fail_next(7, 500);
+        let answers = futures::future::join_all((0..64).map(|_| jobs.get_opt("x"))).await;
+        let failed = answers.iter().filter(|a| a.is_err()).count();
+        assert_eq!(failed, 7, "round {round}: exactly the armed failures");
+        assert!(
+            jobs.get_opt("x").await.unwrap().is_none(),
+            "round {round}: none left armed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hang_next_hangs_exactly_n_of_many_concurrent_requests() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    sim.hang_next(3);
+    let answers = futures::future::join_all(
+        (0..32).map(|_| tokio::time::timeout(Duration::from_secs(2), jobs.get_opt("x"))),
+    )
+    .await;
+    let hung = answers.iter().filter(|a| a.is_err()).count();
+    assert_eq!(hung, 3, "exactly the armed hangs");
+    assert!(
+        jobs.get_opt("x").await.unwrap().is_none(),
+        "none left armed"
+    );
+}
+
 #[tokio::test]
 async fn hang_next_request() {
     let (sim, client) = start().await;
