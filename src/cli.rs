@@ -319,7 +319,7 @@ async fn open_store(url: &str) -> Result<Store, Failure> {
     store
         .migrate()
         .await
-        .with_context(|| format!("migrating the store at {}", store::redact(url)))?;
+        .with_context(|| format!("migrating the store at {}", crate::redact::redact(url)))?;
     Ok(store)
 }
 
@@ -476,7 +476,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             store.close().await;
             println!(
                 "store at {} is up to date",
-                store::redact(&loaded.store_url)
+                crate::redact::redact(&loaded.store_url)
             );
             Ok(())
         }
@@ -1034,7 +1034,7 @@ async fn serve<E: crate::executor::Executor>(
 ) -> Result<(), Failure> {
     let count = jobs.len();
     let cron = jobs.iter().filter(|j| j.cron().is_some()).count();
-    let store_url = store::redact(&cfg.store_url);
+    let store_url = crate::redact::redact(&cfg.store_url);
     let kind = cfg.executor.kind();
     let daemon = crate::daemon::Daemon {
         config: cfg,

@@ -59,6 +59,7 @@ pub mod intake;
 pub mod lifecycle;
 pub mod planner;
 pub mod probes;
+pub mod redact;
 pub mod sizer;
 pub mod sources;
 pub mod store;

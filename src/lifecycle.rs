@@ -161,6 +161,14 @@ impl FromStr for TriggerKind {
     }
 }
 
+/// The longest suffix kedge adds to a job name to make a run's Job name:
+/// `-<10 digits>-<2 digits>` for cron fires, `-<10 hex>-<2 digits>` for messages.
+pub const RUN_SUFFIX_MAX: usize = 14;
+/// Kubernetes limits a Job name (it becomes a label value) to 63 characters.
+pub const K8S_NAME_MAX: usize = 63;
+/// The longest job name that still leaves room for [`RUN_SUFFIX_MAX`].
+pub const JOB_NAME_MAX: usize = K8S_NAME_MAX - RUN_SUFFIX_MAX;
+
 /// What a run's name is derived from.
 #[derive(Debug, Clone, Copy)]
 pub enum RunKey<'a> {
@@ -182,7 +190,7 @@ pub enum RunKey<'a> {
 /// deterministic, so a re-create still answers 409.
 pub fn run_name(job: &str, key: RunKey<'_>, attempt: u32) -> String {
     let name = long_run_name(job, key, attempt);
-    if name.len() <= crate::config::job::K8S_NAME_MAX {
+    if name.len() <= K8S_NAME_MAX {
         return name;
     }
     format!("{job}-{}", hex10(name.as_bytes()))

@@ -62,7 +62,7 @@
 //!   queue jobs.
 //!
 //! Errors never contain a password: URLs are shown through
-//! [`crate::store::redact`], an HTTP URL's query string is elided (`?…`,
+//! [`crate::redact::redact`], an HTTP URL's query string is elided (`?…`,
 //! tokens often live there), and reqwest's errors are stripped of their URL.
 
 use std::fmt;
@@ -78,7 +78,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::diagnostic::FieldPath;
 use crate::config::job::Problem;
-use crate::store::{redact, Store, StoreError};
+use crate::redact::redact;
+use crate::store::{Store, StoreError};
 
 /// The most of an HTTP body a probe reads.
 const HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;

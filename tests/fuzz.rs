@@ -367,7 +367,8 @@ fn payload_intake_never_panics() {
 /// at most 63 characters, for every job name validation accepts.
 #[test]
 fn run_names_are_always_valid_job_names() {
-    use kedge::config::job::{is_dns1123_label, JOB_NAME_MAX};
+    use kedge::config::job::is_dns1123_label;
+    use kedge::lifecycle::JOB_NAME_MAX;
     use kedge::lifecycle::{run_name, RunKey};
     fuzz(
         "run_names",

@@ -138,7 +138,7 @@ string_enum!(LogFormat {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub jobs_dir: PathBuf,
-    /// The store URL. May hold a password: never log it, use [`crate::store::redact`].
+    /// The store URL. May hold a password: never log it, use [`crate::redact::redact`].
     pub store_url: String,
     /// How often the store is checked for work written by other processes
     /// (`kedge enqueue`, `kedge trigger`, another replica). Those writers

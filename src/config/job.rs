@@ -19,15 +19,8 @@ use super::queue::{RawBatch, RawDeadLetter, RawQueue};
 use super::sizing::{RawSizing, RawWindow, Sizing, Window};
 use super::yaml::{duration_text, string_enum};
 use super::{DaemonConfig, ExecutorKind};
+use crate::lifecycle::{JOB_NAME_MAX, K8S_NAME_MAX, RUN_SUFFIX_MAX};
 use crate::triggers::cron::Schedule;
-
-/// The longest suffix kedge adds to a job name to make a run's Job name:
-/// `-<10 digits>-<2 digits>` for cron fires, `-<10 hex>-<2 digits>` for messages.
-pub const RUN_SUFFIX_MAX: usize = 14;
-/// Kubernetes limits a Job name (it becomes a label value) to 63 characters.
-pub const K8S_NAME_MAX: usize = 63;
-/// The longest job name that still leaves room for [`RUN_SUFFIX_MAX`].
-pub const JOB_NAME_MAX: usize = K8S_NAME_MAX - RUN_SUFFIX_MAX;
 
 /// A job file as written.
 #[derive(Debug, Clone, Deserialize)]

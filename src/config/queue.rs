@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::diagnostic::FieldPath;
 use super::job::{parse_duration, Problem};
 use super::yaml::{duration_text, string_enum};
-use crate::store::redact;
+use crate::redact::redact;
 
 /// `trigger.queue` as written.
 #[derive(Debug, Clone, Default, Deserialize)]

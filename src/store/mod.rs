@@ -13,6 +13,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::lifecycle::{RunState, TriggerKind, WorkState};
+use crate::redact::redact;
 
 mod signal;
 use signal::Signal;
@@ -42,27 +43,6 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// Returns `url` with any password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        user.to_string()
-    };
-    format!("{}://{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
-}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -1780,23 +1760,6 @@ fn sqlite_path(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_passwords_only() {
-        assert_eq!(
-            redact("postgres://kedge:s3cret@db:5432/kedge"),
-            "postgres://kedge:***@db:5432/kedge"
-        );
-        assert_eq!(
-            redact("postgres://kedge@db/kedge"),
-            "postgres://kedge@db/kedge"
-        );
-        assert_eq!(
-            redact("sqlite://.kedge/kedge.db"),
-            "sqlite://.kedge/kedge.db"
-        );
-        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
-    }
 
     #[test]
     fn sqlite_paths() {

@@ -46,7 +46,7 @@ impl std::fmt::Debug for Signal {
             Signal::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
             Signal::Postgres { url } => f
                 .debug_struct("Postgres")
-                .field("url", &super::redact(url))
+                .field("url", &crate::redact::redact(url))
                 .finish(),
         }
     }
