@@ -3,15 +3,16 @@
 //! `support::postgres_database`) and a store with pending runs.
 //!
 //! Probes are built the way a job file builds them, through
-//! [`probes::resolve`], and measured with [`probes::measure`].
+//! [`probe::resolve`], and measured with [`probes::measure`].
 
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kedge::config::probe::{self, RawWorkProbe, WorkProbe};
 use kedge::lifecycle::TriggerKind;
-use kedge::probes::{self, ProbeContext, ProbeError, RawWorkProbe, WorkProbe};
+use kedge::probes::{self, ProbeContext, ProbeError};
 use kedge::store::{NewWorkItem, Store};
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,12 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SHORT: Duration = Duration::from_secs(20);
 
 fn resolve(raw: RawWorkProbe) -> WorkProbe {
-    probes::resolve(&raw, &|_| None).unwrap_or_else(|p| panic!("does not resolve: {p:?}"))
+    probe::resolve(&raw, &|_| None).unwrap_or_else(|p| panic!("does not resolve: {p:?}"))
 }
 
 fn resolve_with(raw: RawWorkProbe, var: &str, value: &str) -> WorkProbe {
     let env = |k: &str| (k == var).then(|| value.to_string());
-    probes::resolve(&raw, &env).unwrap_or_else(|p| panic!("does not resolve: {p:?}"))
+    probe::resolve(&raw, &env).unwrap_or_else(|p| panic!("does not resolve: {p:?}"))
 }
 
 /// A migrated in-memory store (the probes other than `queue_length` only

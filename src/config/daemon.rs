@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
-use super::job::{parse_duration, Problem};
+use super::diagnostic::{parse_duration, Problem};
 use super::yaml::{duration_text, string_enum};
 
 /// The configuration kedge uses when no `--config` is given and

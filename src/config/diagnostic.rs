@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A 1-based line and column in a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,6 +217,15 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// One problem found by a `validate`: the field and what is wrong.
+pub type Problem = (FieldPath, String);
+
+/// Parses a duration written like `30s`, `15m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("\"{s}\" is not a duration (examples: 500ms, 30s, 15m, 1h30m)"))
+}
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 use k8s_openapi::api::batch::v1::JobSpec;
 use serde::Deserialize;
 
-use super::diagnostic::FieldPath;
+use super::diagnostic::{parse_duration, FieldPath, Problem};
 pub use super::queue::QueueTrigger;
 use super::queue::{RawBatch, RawDeadLetter, RawQueue};
 use super::sizing::{RawSizing, RawWindow, Sizing, Window};
@@ -283,15 +283,6 @@ impl Job {
             Trigger::Queue(_) => None,
         }
     }
-}
-
-/// One problem found by [`validate`]: the field and what is wrong.
-pub type Problem = (FieldPath, String);
-
-/// Parses a duration written like `30s`, `15m`, `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|_| format!("\"{s}\" is not a duration (examples: 500ms, 30s, 15m, 1h30m)"))
 }
 
 /// Checks a DNS-1123 label (lower-case alphanumerics and '-', alphanumeric at

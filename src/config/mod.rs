@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod diagnostic;
 pub mod job;
+pub mod probe;
 pub mod queue;
 pub mod sizing;
 pub mod yaml;

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
-use super::job::{parse_duration, Problem};
+use super::diagnostic::{parse_duration, Problem};
 use super::yaml::{duration_text, string_enum};
 use crate::redact::redact;
 

@@ -26,9 +26,9 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
-use super::job::{parse_duration, Problem};
+use super::diagnostic::{parse_duration, Problem};
+use super::probe::{RawWorkProbe, WorkProbe};
 use super::yaml::{duration_text, string_enum};
-use crate::probes::{RawWorkProbe, WorkProbe};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(expecting = "a mapping with `deadline` or `within`")]
@@ -198,7 +198,7 @@ pub fn validate_sizing(
 ) -> Result<Sizing, Vec<Problem>> {
     let sp = FieldPath::root().key("sizing");
     let mut problems: Vec<Problem> = Vec::new();
-    let work = match crate::probes::resolve(&raw.work, env) {
+    let work = match super::probe::resolve(&raw.work, env) {
         Ok(w) => Some(w),
         Err(ps) => {
             problems.extend(ps.into_iter().map(|(p, m)| (sp.key("work").join(&p), m)));

@@ -1,5 +1,5 @@
-//! Work probes: how much work a run has, measured just before it is sized
-//! (`sizing.work` in a job file, DESIGN §5).
+//! Work probe configuration: `sizing.work` in a job file (DESIGN §5), parsed
+//! and resolved here; [`crate::probes`] measures it.
 //!
 //! ```yaml
 //! sizing:
@@ -17,7 +17,7 @@
 //! A job file says *what* to measure ([`RawWorkProbe`]); loading the job
 //! resolves it ([`resolve`]: environment variables read, URLs parsed, every
 //! problem reported with its field path) into a [`WorkProbe`], and the sizer
-//! calls [`measure`] once per run. Every probe yields a finite number, 0 or
+//! calls [`crate::probes::measure`] once per run. Every probe yields a finite number, 0 or
 //! more, in the job's `sizing.unit`, or a [`ProbeError`] saying which probe
 //! failed and why. What happens then (last known work, or maximum
 //! parallelism) is the caller's policy, not this module's.
@@ -65,32 +65,18 @@
 //! [`crate::redact::redact`], an HTTP URL's query string is elided (`?…`,
 //! tokens often live there), and reqwest's errors are stripped of their URL.
 
+//!
+//! Nothing here does I/O: URLs are parsed, never connected to.
+
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde::{de, Deserialize};
-use sqlx::postgres::{PgConnectOptions, PgValueFormat};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, Executor, Row, TypeInfo, ValueRef};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::config::diagnostic::FieldPath;
-use crate::config::job::Problem;
+use super::diagnostic::{FieldPath, Problem};
 use crate::redact::redact;
-use crate::store::{Store, StoreError};
-
-/// The most of an HTTP body a probe reads.
-const HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;
-/// The most of a command's stdout kept (a number needs far less).
-const STDOUT_LIMIT: usize = 64 * 1024;
-/// The most of a command's stderr kept (for the first line in errors).
-const STDERR_LIMIT: usize = 64 * 1024;
-/// How long a timed-out command's killed process is waited for.
-const REAP_GRACE: Duration = Duration::from_secs(2);
-/// Longest excerpt of program output or an HTTP body quoted in an error.
-const EXCERPT: usize = 200;
 
 /// `sizing.work` as written in a job file: exactly one key naming the
 /// probe (`static: 400`, `sql: {…}`, `http: {…}`, `command: […]`,
@@ -227,7 +213,7 @@ impl<'de> Deserialize<'de> for RawWorkProbe {
     }
 }
 
-/// A resolved probe: what the daemon holds and [`measure`] runs. `Debug`
+/// A resolved probe: what the daemon holds and [`crate::probes::measure`] runs. `Debug`
 /// shows URLs with their password masked.
 #[derive(Clone)]
 pub enum WorkProbe {
@@ -242,15 +228,16 @@ pub enum WorkProbe {
 /// A resolved `sql` probe.
 #[derive(Clone)]
 pub struct SqlProbe {
-    target: Box<SqlTarget>,
+    pub(crate) target: Box<SqlTarget>,
     /// The URL with its password masked, for messages.
-    shown: String,
+    pub(crate) shown: String,
     url_env: String,
-    query: String,
+    pub(crate) query: String,
 }
 
+/// Where a `sql` probe connects (read-only).
 #[derive(Clone)]
-enum SqlTarget {
+pub(crate) enum SqlTarget {
     Postgres(PgConnectOptions),
     Sqlite(SqliteConnectOptions),
 }
@@ -282,10 +269,10 @@ impl fmt::Debug for SqlProbe {
 /// A resolved `http` probe.
 #[derive(Clone)]
 pub struct HttpProbe {
-    url: reqwest::Url,
+    pub(crate) url: reqwest::Url,
     /// The URL with its password masked and its query elided, for messages.
-    shown: String,
-    pointer: String,
+    pub(crate) shown: String,
+    pub(crate) pointer: String,
 }
 
 impl HttpProbe {
@@ -332,179 +319,6 @@ impl WorkProbe {
         }
     }
 }
-
-/// What a measurement may need besides the probe.
-pub struct ProbeContext<'a> {
-    /// For `queue_length`.
-    pub store: &'a Store,
-    /// The job being sized (`queue_length` counts its runs; a command gets
-    /// it as `KEDGE_JOB`).
-    pub job: &'a str,
-}
-
-/// Why a probe measured nothing. Every message names the probe kind; URLs
-/// are shown without their password.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// The probe took longer than its timeout (a command's process group
-    /// was killed; a PostgreSQL query is stopped by the server's
-    /// `statement_timeout` a second later).
-    #[error("{kind} probe timed out after {}", humantime::format_duration(*after))]
-    Timeout { kind: &'static str, after: Duration },
-    /// The probe measured a negative or non-finite amount.
-    #[error("{kind} probe measured {value}; work must be a finite number, 0 or more")]
-    InvalidWork { kind: &'static str, value: f64 },
-
-    /// Could not connect to the database.
-    #[error("sql probe cannot connect to {url}")]
-    SqlConnect {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The query failed (syntax, permissions, no such table…).
-    #[error("sql probe query failed on {url}")]
-    SqlQuery {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The query returned no rows.
-    #[error("sql probe query returned no rows on {url}")]
-    SqlNoRows { url: String },
-    /// The first column of the first row is NULL (e.g. `SUM` over no rows).
-    #[error("sql probe query returned NULL on {url}")]
-    SqlNull { url: String },
-    /// The query's rows have no columns (`SELECT FROM t`).
-    #[error("sql probe query returned rows without columns on {url}")]
-    SqlNoColumns { url: String },
-    /// The first column is not numeric.
-    #[error("sql probe query returned a {type_name} value on {url}, not a number (CAST it in the query)")]
-    SqlNotNumeric { url: String, type_name: String },
-
-    /// The HTTP client could not be built (TLS set-up).
-    #[error("http probe cannot build its HTTP client")]
-    HttpClient(#[source] reqwest::Error),
-    /// The request failed: DNS, connection, TLS, or the body broke off.
-    #[error("http probe GET {url} failed")]
-    HttpRequest {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The server answered with a status other than 2xx.
-    #[error("http probe GET {url} answered {status}{}", excerpt_suffix(body))]
-    HttpStatus {
-        url: String,
-        status: reqwest::StatusCode,
-        /// The start of the body's first line (may be empty).
-        body: String,
-    },
-    /// The body is larger than the probe reads.
-    #[error("http probe GET {url}: the body is larger than {limit} bytes")]
-    HttpTooLarge { url: String, limit: usize },
-    /// The body is not JSON.
-    #[error("http probe GET {url}: the body is not JSON")]
-    HttpNotJson {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// Nothing in the body at the pointer.
-    #[error("http probe GET {url}: nothing at JSON pointer \"{pointer}\"")]
-    HttpPointerMissing { url: String, pointer: String },
-    /// The value at the pointer is neither a number nor a numeric string.
-    #[error("http probe GET {url}: the value at \"{pointer}\" is {found}, not a number")]
-    HttpNotNumber {
-        url: String,
-        pointer: String,
-        /// What was there, described (`the string "n/a"`, `an object`…).
-        found: String,
-    },
-
-    /// The program could not be started (not found, not executable…).
-    #[error("command probe cannot start {program}")]
-    CommandSpawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Reading the program's output or waiting for it failed.
-    #[error("command probe: reading the output of {program} failed")]
-    CommandIo {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The program exited with a non-zero code.
-    #[error(
-        "command probe: {program} exited with code {code}{}",
-        excerpt_suffix(stderr)
-    )]
-    CommandExit {
-        program: String,
-        code: i32,
-        /// The first line of its stderr (may be empty).
-        stderr: String,
-    },
-    /// The program was killed by a signal.
-    #[error(
-        "command probe: {program} was killed by signal {signal}{}",
-        excerpt_suffix(stderr)
-    )]
-    CommandSignal {
-        program: String,
-        signal: i32,
-        /// The first line of its stderr (may be empty).
-        stderr: String,
-    },
-    /// The program's stdout is not a number.
-    #[error("command probe: {program} printed {output:?}, not a number")]
-    CommandNotNumber {
-        program: String,
-        /// Its stdout, trimmed and shortened.
-        output: String,
-    },
-
-    /// The store could not count the job's pending runs.
-    #[error("queue_length probe cannot count the pending runs of {job}")]
-    QueueLength {
-        job: String,
-        #[source]
-        source: StoreError,
-    },
-}
-
-fn excerpt_suffix(s: &str) -> String {
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!(": {s}")
-    }
-}
-
-/// The first non-empty line of `bytes`, trimmed and cut to [`EXCERPT`] characters.
-fn first_line(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    shorten(line)
-}
-
-fn shorten(s: &str) -> String {
-    if s.chars().count() <= EXCERPT {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(EXCERPT).collect();
-        out.push('…');
-        out
-    }
-}
-
-// ----- resolve --------------------------------------------------------------
 
 /// Validates `raw` and resolves it: reads the environment variables it
 /// names (through `env`), parses its URLs. Problem paths are relative to
@@ -720,388 +534,6 @@ fn check_pointer(p: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-// ----- measure --------------------------------------------------------------
-
-/// Measures the work now. `timeout` bounds the whole probe (connecting
-/// included). On timeout a command's process group is killed and its
-/// leader reaped (waiting at most 2 s more) before this returns; dropping
-/// the future kills the group too. The result is finite and 0 or more.
-pub async fn measure(
-    probe: &WorkProbe,
-    ctx: &ProbeContext<'_>,
-    timeout: Duration,
-) -> Result<f64, ProbeError> {
-    let kind = probe.kind();
-    let value = match probe {
-        WorkProbe::Static(v) => *v,
-        // The command keeps its own deadline: it must kill and reap.
-        WorkProbe::Command(argv) => measure_command(argv, ctx.job, timeout).await?,
-        WorkProbe::Sql(p) => within(kind, timeout, measure_sql(p, timeout)).await?,
-        WorkProbe::Http(p) => within(kind, timeout, measure_http(p)).await?,
-        WorkProbe::QueueLength => {
-            let count = async {
-                ctx.store
-                    .pending_runs(ctx.job)
-                    .await
-                    .map(|n| n as f64)
-                    .map_err(|source| ProbeError::QueueLength {
-                        job: ctx.job.to_string(),
-                        source,
-                    })
-            };
-            within(kind, timeout, count).await?
-        }
-    };
-    if value.is_finite() && value >= 0.0 {
-        Ok(value)
-    } else {
-        Err(ProbeError::InvalidWork { kind, value })
-    }
-}
-
-/// `fut`, or [`ProbeError::Timeout`] when it takes longer than `timeout`
-/// (it is dropped then, which closes its connections).
-async fn within(
-    kind: &'static str,
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<f64, ProbeError>>,
-) -> Result<f64, ProbeError> {
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| ProbeError::Timeout {
-            kind,
-            after: timeout,
-        })?
-}
-
-// ----- sql ------------------------------------------------------------------
-
-async fn measure_sql(p: &SqlProbe, timeout: Duration) -> Result<f64, ProbeError> {
-    let url = || p.shown.clone();
-    let connect_err = |source| ProbeError::SqlConnect { url: url(), source };
-    let query_err = |source| ProbeError::SqlQuery { url: url(), source };
-    match p.target.as_ref() {
-        SqlTarget::Postgres(opts) => {
-            // A second past the probe's own deadline, so the probe reports
-            // its timeout rather than the server's cancellation, and the
-            // server still stops a query nobody waits for.
-            let ms = (timeout + Duration::from_secs(1))
-                .as_millis()
-                .min(i32::MAX as u128);
-            let opts = opts.clone().options([("statement_timeout", ms)]);
-            let mut conn = sqlx::PgConnection::connect_with(&opts)
-                .await
-                .map_err(connect_err)?;
-            // Unprepared (simple query protocol): the server sends values in
-            // text form, so NUMERIC needs no decoder.
-            let row = conn
-                .fetch_optional(sqlx::raw_sql(&p.query))
-                .await
-                .map_err(query_err);
-            let _ = conn.close().await;
-            let row = row?.ok_or_else(|| ProbeError::SqlNoRows { url: url() })?;
-            pg_number(&row, &p.shown)
-        }
-        SqlTarget::Sqlite(opts) => {
-            let mut conn = sqlx::SqliteConnection::connect_with(opts)
-                .await
-                .map_err(connect_err)?;
-            let row = conn
-                .fetch_optional(sqlx::raw_sql(&p.query))
-                .await
-                .map_err(query_err);
-            let _ = conn.close().await;
-            let row = row?.ok_or_else(|| ProbeError::SqlNoRows { url: url() })?;
-            sqlite_number(&row, &p.shown)
-        }
-    }
-}
-
-fn no_column(url: &str) -> ProbeError {
-    ProbeError::SqlNoColumns {
-        url: url.to_string(),
-    }
-}
-
-fn pg_number(row: &sqlx::postgres::PgRow, url: &str) -> Result<f64, ProbeError> {
-    if row.columns().is_empty() {
-        return Err(no_column(url));
-    }
-    let raw = row.try_get_raw(0).map_err(|source| ProbeError::SqlQuery {
-        url: url.to_string(),
-        source,
-    })?;
-    if raw.is_null() {
-        return Err(ProbeError::SqlNull {
-            url: url.to_string(),
-        });
-    }
-    let type_name = raw.type_info().name().to_string();
-    let not_numeric = || ProbeError::SqlNotNumeric {
-        url: url.to_string(),
-        type_name: type_name.clone(),
-    };
-    if !matches!(
-        type_name.as_str(),
-        "INT2" | "INT4" | "INT8" | "FLOAT4" | "FLOAT8" | "NUMERIC" | "OID"
-    ) {
-        return Err(not_numeric());
-    }
-    let text = match raw.format() {
-        PgValueFormat::Text => raw.as_str().map_err(|_| not_numeric())?,
-        // Only prepared statements answer in binary; `raw_sql` never does.
-        PgValueFormat::Binary => return Err(not_numeric()),
-    };
-    text.trim().parse::<f64>().map_err(|_| not_numeric())
-}
-
-fn sqlite_number(row: &sqlx::sqlite::SqliteRow, url: &str) -> Result<f64, ProbeError> {
-    if row.columns().is_empty() {
-        return Err(no_column(url));
-    }
-    let query_err = |source| ProbeError::SqlQuery {
-        url: url.to_string(),
-        source,
-    };
-    let raw = row.try_get_raw(0).map_err(query_err)?;
-    if raw.is_null() {
-        return Err(ProbeError::SqlNull {
-            url: url.to_string(),
-        });
-    }
-    // The value's own storage class (SQLite typing is per value).
-    match raw.type_info().name() {
-        "INTEGER" => row
-            .try_get::<i64, _>(0)
-            .map(|v| v as f64)
-            .map_err(query_err),
-        "REAL" => row.try_get::<f64, _>(0).map_err(query_err),
-        other => Err(ProbeError::SqlNotNumeric {
-            url: url.to_string(),
-            type_name: other.to_string(),
-        }),
-    }
-}
-
-// ----- http -----------------------------------------------------------------
-
-/// One client for every probe (it holds the TLS set-up and a connection pool).
-fn http_client() -> Result<reqwest::Client, ProbeError> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c.clone());
-    }
-    let c = reqwest::Client::builder()
-        .user_agent(concat!("kedge/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(ProbeError::HttpClient)?;
-    Ok(CLIENT.get_or_init(|| c).clone())
-}
-
-async fn measure_http(p: &HttpProbe) -> Result<f64, ProbeError> {
-    let url = || p.shown.clone();
-    let request_err = |e: reqwest::Error| ProbeError::HttpRequest {
-        url: url(),
-        source: e.without_url(),
-    };
-    let mut resp = http_client()?
-        .get(p.url.clone())
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(request_err)?;
-    let status = resp.status();
-    if !status.is_success() {
-        // The start of the body, for the message; a broken body is no news.
-        let body = match resp.chunk().await {
-            Ok(Some(chunk)) => first_line(&chunk),
-            _ => String::new(),
-        };
-        return Err(ProbeError::HttpStatus {
-            url: url(),
-            status,
-            body,
-        });
-    }
-    if resp
-        .content_length()
-        .is_some_and(|n| n > HTTP_BODY_LIMIT as u64)
-    {
-        return Err(ProbeError::HttpTooLarge {
-            url: url(),
-            limit: HTTP_BODY_LIMIT,
-        });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(request_err)? {
-        if body.len() + chunk.len() > HTTP_BODY_LIMIT {
-            return Err(ProbeError::HttpTooLarge {
-                url: url(),
-                limit: HTTP_BODY_LIMIT,
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let doc: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|source| ProbeError::HttpNotJson { url: url(), source })?;
-    let value = doc
-        .pointer(&p.pointer)
-        .ok_or_else(|| ProbeError::HttpPointerMissing {
-            url: url(),
-            pointer: p.pointer.clone(),
-        })?;
-    let not_number = |found: String| ProbeError::HttpNotNumber {
-        url: url(),
-        pointer: p.pointer.clone(),
-        found,
-    };
-    use serde_json::Value as V;
-    match value {
-        V::Number(n) => n
-            .as_f64()
-            .ok_or_else(|| not_number(format!("the number {n}"))),
-        V::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| not_number(format!("the string {:?}", shorten(s)))),
-        V::Null => Err(not_number("null".into())),
-        V::Bool(b) => Err(not_number(format!("{b}"))),
-        V::Array(_) => Err(not_number("an array".into())),
-        V::Object(_) => Err(not_number("an object".into())),
-    }
-}
-
-// ----- command --------------------------------------------------------------
-
-/// Kills a process group with SIGKILL, at the latest when dropped (so a
-/// cancelled measurement leaves nothing running either).
-struct GroupKill(Option<i32>);
-
-impl GroupKill {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // SAFETY: kill(2) with a negative pid signals that process group;
-            // it has no memory-safety preconditions. ESRCH (group already
-            // gone) is fine.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-impl Drop for GroupKill {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Reads `r` to its end, keeping the first `limit` bytes (the rest is
-/// drained, so the writer never blocks on a full pipe).
-async fn read_capped<R: AsyncRead + Unpin>(
-    mut r: R,
-    limit: usize,
-) -> std::io::Result<(Vec<u8>, bool)> {
-    let mut kept = Vec::new();
-    let mut truncated = false;
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok((kept, truncated));
-        }
-        let room = limit.saturating_sub(kept.len());
-        if n > room {
-            truncated = true;
-        }
-        kept.extend_from_slice(&buf[..n.min(room)]);
-    }
-}
-
-async fn measure_command(argv: &[String], job: &str, timeout: Duration) -> Result<f64, ProbeError> {
-    let program = argv.first().cloned().unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(argv.get(1..).unwrap_or_default())
-        .env("KEDGE_JOB", job)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| ProbeError::CommandSpawn {
-        program: program.clone(),
-        source,
-    })?;
-    // The child leads its own group: its pid is the group id.
-    let mut group = GroupKill(child.id().map(|p| p as i32));
-    let io_err = |source| ProbeError::CommandIo {
-        program: program.clone(),
-        source,
-    };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let run = async {
-        let out = async {
-            match stdout {
-                Some(s) => read_capped(s, STDOUT_LIMIT).await,
-                None => Ok((Vec::new(), false)),
-            }
-        };
-        let err = async {
-            match stderr {
-                Some(s) => read_capped(s, STDERR_LIMIT).await,
-                None => Ok((Vec::new(), false)),
-            }
-        };
-        let (out, err) = tokio::join!(out, err);
-        let status = child.wait().await;
-        (out, err, status)
-    };
-    let finished = tokio::time::timeout(timeout, run).await;
-    // On time or not, nothing of the probe keeps running.
-    group.kill();
-    let Ok((out, err, status)) = finished else {
-        // Reap the killed leader so it does not linger as a zombie; one
-        // stuck in the kernel (uninterruptible I/O) is left to tokio's
-        // background reaper rather than stretching the timeout.
-        let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
-        return Err(ProbeError::Timeout {
-            kind: "command",
-            after: timeout,
-        });
-    };
-    let status = status.map_err(io_err)?;
-    let (out, out_truncated) = out.map_err(io_err)?;
-    let (err, _) = err.map_err(io_err)?;
-    if !status.success() {
-        let stderr = first_line(&err);
-        return Err(match status.code() {
-            Some(code) => ProbeError::CommandExit {
-                program,
-                code,
-                stderr,
-            },
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                ProbeError::CommandSignal {
-                    program,
-                    signal: status.signal().unwrap_or(0),
-                    stderr,
-                }
-            }
-        });
-    }
-    let text = String::from_utf8_lossy(&out);
-    let trimmed = text.trim();
-    match trimmed.parse::<f64>() {
-        Ok(v) if !out_truncated => Ok(v),
-        _ => Err(ProbeError::CommandNotNumber {
-            program,
-            output: shorten(trimmed),
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -1350,14 +782,5 @@ mod tests {
         .map(WorkProbe::kind)
         .collect();
         assert_eq!(kinds, ["static", "command", "queue_length"]);
-    }
-
-    #[test]
-    fn excerpts_are_short() {
-        assert_eq!(
-            first_line(b"\n  boom: no such file  \nmore"),
-            "boom: no such file"
-        );
-        assert_eq!(shorten(&"x".repeat(500)).chars().count(), EXCERPT + 1);
     }
 }
