@@ -590,17 +590,17 @@ async fn plan_sizing(
     }
     let store = open_store(&loaded.store_url).await?;
     let measured = match work {
-        Some(w) => crate::sizer::Measured::given(w),
-        None => crate::sizer::measure_work(&store, &job, cfg)
+        Some(w) => crate::dispatcher::sizing::Measured::given(w),
+        None => crate::dispatcher::sizing::measure_work(&store, &job, cfg)
             .await
             .context("measuring the work")?,
     };
-    let model = crate::sizer::model(&store, &job, cfg)
+    let model = crate::dispatcher::sizing::model(&store, &job, cfg)
         .await
         .context("reading the job's history")?;
     store.close().await;
     let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
-    let d = crate::sizer::decide(&job, cfg, model, measured, at, deadline, max_pods);
+    let d = crate::dispatcher::sizing::decide(&job, cfg, model, measured, at, deadline, max_pods);
     if json {
         println!(
             "{}",
@@ -1042,6 +1042,7 @@ async fn serve<E: crate::executor::Executor>(
         store,
         executor,
         outcomes,
+        clock: crate::clock::Clock::system(),
     };
     daemon
         .run(shutdown, || {
@@ -1119,15 +1120,17 @@ async fn render(
     };
     let sized = match (&job.sizing, deadline) {
         (Some(cfg), Some(deadline)) => {
-            let measured = crate::sizer::measure_work(&store, &job, cfg)
+            let measured = crate::dispatcher::sizing::measure_work(&store, &job, cfg)
                 .await
                 .context("measuring the work")?;
-            let model = crate::sizer::model(&store, &job, cfg)
+            let model = crate::dispatcher::sizing::model(&store, &job, cfg)
                 .await
                 .context("reading the job's history")?;
             let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
-            let d = crate::sizer::decide(&job, cfg, model, measured, at, deadline, max_pods);
-            Some(crate::sizer::apply(&job, &d, at))
+            let d = crate::dispatcher::sizing::decide(
+                &job, cfg, model, measured, at, deadline, max_pods,
+            );
+            Some(crate::dispatcher::sizing::apply(&job, &d, at))
         }
         _ => None,
     };

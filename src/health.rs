@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -20,6 +20,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+/// Runs flagged at risk since the daemon started (a counter for operators;
+/// the dispatcher's sizing raises it).
+pub static AT_RISK_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// One queue source's state as intake sees it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -185,7 +189,7 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
         out,
         "# HELP kedge_runs_at_risk_total Runs that even the maximum parallelism cannot finish by their deadline.\n\
          # TYPE kedge_runs_at_risk_total counter\nkedge_runs_at_risk_total {}",
-        crate::sizer::AT_RISK_TOTAL.load(Ordering::Relaxed)
+        AT_RISK_TOTAL.load(Ordering::Relaxed)
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::job::{PayloadFormat, PayloadPolicy};
 use crate::config::queue::{DeadlineFrom, OnExpired, QueueTrigger};
@@ -27,6 +25,7 @@ use crate::health::Health;
 use crate::lifecycle::{run_name, RunKey, TriggerKind};
 use crate::sources::{Delivery, Source};
 use crate::store::{Intake, NewWorkItem, Store, StoreError};
+use crate::triggers::TriggerContext;
 
 /// Why a message was refused. None of these is worth retrying as is.
 #[derive(Debug, thiserror::Error)]
@@ -294,14 +293,14 @@ pub fn reconnect_backoff(n: u32) -> Duration {
 /// the store is retried with backoff; on shutdown meanwhile they are left
 /// to the broker's redelivery. A settle error loses nothing either: the
 /// broker hands the messages out again and [`offer`] sees duplicates.
-pub async fn consume<S: Source>(
-    mut source: S,
-    job: Arc<Job>,
-    store: Store,
-    wake: Arc<Notify>,
-    health: Health,
-    shutdown: CancellationToken,
-) {
+pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ctx: TriggerContext) {
+    let TriggerContext {
+        store,
+        wake,
+        shutdown,
+        clock,
+        ..
+    } = ctx;
     let crate::config::job::Trigger::Queue(queue) = &job.trigger else {
         return;
     };
@@ -362,7 +361,7 @@ pub async fn consume<S: Source>(
         let (mut stored, mut dups, mut rejected) = (0u64, 0u64, 0u64);
         let mut store_failures = 0u32;
         let offered = loop {
-            match offer_all(&store, &job, queue, &name, &deliveries, Utc::now()).await {
+            match offer_all(&store, &job, queue, &name, &deliveries, clock.now()).await {
                 Ok(o) => break o,
                 Err(e) => {
                     store_failures += 1;

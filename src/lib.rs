@@ -50,8 +50,10 @@
 //! - [`cli`] — the `kedge` command line (`main.rs` only calls it).
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dispatcher;
 pub mod executor;
 pub mod finalizer;
 pub mod health;
@@ -60,7 +62,6 @@ pub mod lifecycle;
 pub mod planner;
 pub mod probes;
 pub mod redact;
-pub mod sizer;
 pub mod sources;
 pub mod store;
 pub mod triggers;

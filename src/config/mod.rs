@@ -20,6 +20,9 @@ pub use daemon::{
 pub use diagnostic::{Diagnostic, Diagnostics, FieldPath, Position};
 pub use job::{Job, Trigger};
 
+/// The loaded jobs by name, shared by the daemon's tasks.
+pub type JobsByName = std::collections::HashMap<String, std::sync::Arc<Job>>;
+
 use yaml::Located;
 
 /// Where the configuration comes from; command-line flags win over the file.

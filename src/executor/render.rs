@@ -17,11 +17,13 @@ use k8s_openapi::api::core::v1::{Container, EnvVar};
 
 use super::Launch;
 use crate::config::Job;
-use crate::sizer::ANNOTATION_PREFIX;
 use crate::store::Run;
 
 /// Payloads up to this size go in `KEDGE_PAYLOAD`; larger ones in a file.
 pub const PAYLOAD_ENV_MAX: usize = 32 * 1024;
+
+/// Every annotation kedge writes on a Job starts with this.
+pub const ANNOTATION_PREFIX: &str = "kedge.dev/";
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_JOB: &str = "kedge.dev/job";

@@ -26,13 +26,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::TriggerContext;
 use crate::config::job::{Catchup, CronTrigger, Overlap};
 use crate::config::Job;
 use crate::intake;
-use crate::store::{FireRecord, Store};
+use crate::store::FireRecord;
 
 /// A fire this close to "now" is on time, not missed (a timer can wake late
 /// on a loaded machine).
@@ -112,17 +113,6 @@ pub fn overlap_action(policy: Overlap, running: i64, pending: i64) -> OverlapAct
     }
 }
 
-/// What the scheduler needs from the daemon.
-#[derive(Clone)]
-pub struct SchedulerContext {
-    pub store: Store,
-    /// Wakes the dispatcher after fires are stored.
-    pub wake: Arc<Notify>,
-    /// Asks the daemon to cancel a running run (overlap: replace).
-    pub cancel: mpsc::UnboundedSender<String>,
-    pub shutdown: CancellationToken,
-}
-
 /// One cron job and where its schedule stands.
 struct Timer {
     job: Arc<Job>,
@@ -131,90 +121,124 @@ struct Timer {
     cursor: DateTime<Utc>,
 }
 
+/// What the scheduler says after each pass: how many passes it made and
+/// when it looks again (`None`: no schedule has a further fire).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub passes: u64,
+    pub next: Option<DateTime<Utc>>,
+}
+
+/// Fire time → the timers due then. Jobs whose schedule has ended are not
+/// in it.
+type Queue = BTreeMap<DateTime<Utc>, Vec<usize>>;
+
 /// Runs the timer loop of every cron job in `jobs` until shutdown.
-pub async fn run(jobs: Vec<Arc<Job>>, ctx: SchedulerContext) {
-    let last = loop {
-        match ctx.store.last_cron_fires().await {
-            Ok(last) => break last,
-            Err(e) => {
-                tracing::error!(error = %error_chain(&e), "cannot read the last cron fires; retrying");
-                if pause(&ctx.shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-            }
-        }
+pub async fn run(jobs: Vec<Arc<Job>>, ctx: TriggerContext) {
+    run_reporting(jobs, ctx, watch::Sender::new(Pass::default())).await
+}
+
+/// [`run`], reporting each finished pass on `passes` (tests wait on it to
+/// know the scheduler looked, instead of waiting a fixed time).
+pub async fn run_reporting(jobs: Vec<Arc<Job>>, ctx: TriggerContext, passes: watch::Sender<Pass>) {
+    let Some(mut timers) = load_timers(jobs, &ctx).await else {
+        return;
     };
-    let start = Utc::now();
-    let mut timers: Vec<Timer> = jobs
-        .into_iter()
-        .filter_map(|job| {
-            let cron = job.cron()?.clone();
-            let cursor = last
-                .get(&job.name)
-                .and_then(|ms| DateTime::from_timestamp_millis(*ms))
-                .unwrap_or(start);
-            Some(Timer { job, cron, cursor })
-        })
-        .collect();
-    // Next fire → the timers due then. Jobs whose schedule has ended are
-    // not in it.
-    let mut queue: BTreeMap<DateTime<Utc>, Vec<usize>> = BTreeMap::new();
+    let mut queue = Queue::new();
     for (i, t) in timers.iter().enumerate() {
         schedule(&mut queue, i, t);
     }
     loop {
-        let now = Utc::now();
-        let due: Vec<(DateTime<Utc>, usize)> = queue
-            .range(..=now)
-            .flat_map(|(at, ids)| ids.iter().map(move |i| (*at, *i)))
-            .collect();
-        if !due.is_empty() {
-            let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
-                .iter()
-                .map(|(_, i)| (*i, fires_between(&timers[*i].cron, timers[*i].cursor, now)))
-                .collect();
-            match decide_and_record(&timers, &batch, &ctx, now).await {
-                Ok(()) => {
-                    for (at, i) in &due {
-                        if let Some(ids) = queue.get_mut(at) {
-                            ids.retain(|j| j != i);
-                            if ids.is_empty() {
-                                queue.remove(at);
-                            }
-                        }
-                    }
-                    for (i, fires) in batch {
-                        let t = &mut timers[i];
-                        t.cursor = fires.last().copied().unwrap_or(t.cursor);
-                        schedule(&mut queue, i, t);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %error_chain(&e), fires = batch.len(), "cannot record cron fires; retrying");
-                    if pause(&ctx.shutdown, Duration::from_secs(1)).await {
-                        return;
-                    }
-                    continue;
-                }
+        if !fire_due(&mut timers, &mut queue, &ctx).await {
+            // Not recorded: try again shortly.
+            if pause(&ctx.shutdown, Duration::from_secs(1)).await {
+                return;
             }
+            continue;
         }
-        let Some(next) = queue.keys().next().copied() else {
+        let next = queue.keys().next().copied();
+        passes.send_modify(|p| {
+            p.passes += 1;
+            p.next = next;
+        });
+        let Some(next) = next else {
             ctx.shutdown.cancelled().await;
             return;
         };
         // Re-check at least every 30 s so a wall-clock jump is noticed.
-        let wait = (next - Utc::now())
-            .to_std()
-            .unwrap_or_default()
-            .min(Duration::from_secs(30));
+        let wait = ctx.clock.until(next).min(Duration::from_secs(30));
         if pause(&ctx.shutdown, wait).await {
             return;
         }
     }
 }
 
+/// The timers of the cron jobs, each starting after its last recorded fire
+/// (or now, for a job never fired). `None` on shutdown.
+async fn load_timers(jobs: Vec<Arc<Job>>, ctx: &TriggerContext) -> Option<Vec<Timer>> {
+    let last = loop {
+        match ctx.store.last_cron_fires().await {
+            Ok(last) => break last,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot read the last cron fires; retrying");
+                if pause(&ctx.shutdown, Duration::from_secs(1)).await {
+                    return None;
+                }
+            }
+        }
+    };
+    let start = ctx.clock.now();
+    Some(
+        jobs.into_iter()
+            .filter_map(|job| {
+                let cron = job.cron()?.clone();
+                let cursor = last
+                    .get(&job.name)
+                    .and_then(|ms| DateTime::from_timestamp_millis(*ms))
+                    .unwrap_or(start);
+                Some(Timer { job, cron, cursor })
+            })
+            .collect(),
+    )
+}
+
+/// Decides and records every fire due now, in one transaction, and moves
+/// the timers on. False when recording failed (nothing moved).
+async fn fire_due(timers: &mut [Timer], queue: &mut Queue, ctx: &TriggerContext) -> bool {
+    let now = ctx.clock.now();
+    let due: Vec<(DateTime<Utc>, usize)> = queue
+        .range(..=now)
+        .flat_map(|(at, ids)| ids.iter().map(move |i| (*at, *i)))
+        .collect();
+    if due.is_empty() {
+        return true;
+    }
+    let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
+        .iter()
+        .map(|(_, i)| (*i, fires_between(&timers[*i].cron, timers[*i].cursor, now)))
+        .collect();
+    if let Err(e) = decide_and_record(timers, &batch, ctx, now).await {
+        tracing::error!(error = %error_chain(&e), fires = batch.len(), "cannot record cron fires; retrying");
+        return false;
+    }
+    for (at, i) in &due {
+        if let Some(ids) = queue.get_mut(at) {
+            ids.retain(|j| j != i);
+            if ids.is_empty() {
+                queue.remove(at);
+            }
+        }
+    }
+    for (i, fires) in batch {
+        let t = &mut timers[i];
+        t.cursor = fires.last().copied().unwrap_or(t.cursor);
+        schedule(queue, i, t);
+    }
+    true
+}
+
 /// Puts timer `i` under its next fire after its cursor.
-fn schedule(queue: &mut BTreeMap<DateTime<Utc>, Vec<usize>>, i: usize, t: &Timer) {
+fn schedule(queue: &mut Queue, i: usize, t: &Timer) {
     match t.cron.schedule.next_after(t.cursor, t.cron.timezone) {
         Some(next) => queue.entry(next).or_default().push(i),
         None => tracing::info!(job = %t.job.name, "the schedule has no further fires"),
@@ -253,7 +277,7 @@ fn fires_between(
 async fn decide_and_record(
     timers: &[Timer],
     batch: &[(usize, Vec<DateTime<Utc>>)],
-    ctx: &SchedulerContext,
+    ctx: &TriggerContext,
     now: DateTime<Utc>,
 ) -> Result<(), crate::store::StoreError> {
     let mut records: Vec<FireRecord> = Vec::new();

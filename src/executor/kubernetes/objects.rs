@@ -94,7 +94,7 @@ pub fn objects(launch: &Launch, at: &Placement) -> Objects {
     let mut annotations: BTreeMap<String, String> = launch.annotations.clone();
     if let Some(a) = &pod_meta.annotations {
         for (k, v) in a {
-            if k.starts_with(crate::sizer::ANNOTATION_PREFIX) {
+            if k.starts_with(crate::executor::render::ANNOTATION_PREFIX) {
                 annotations.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }

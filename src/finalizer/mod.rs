@@ -2,12 +2,18 @@
 //! — succeeded, retried after backoff, dead-lettered, or cancelled — and
 //! writes it in one store transaction ([`Store::settle`]).
 //!
-//! [`decide`] is pure; [`finalize`] applies it.
+//! [`decide`] is pure; [`finalize`] applies it; [`settle`] is the daemon's
+//! entry, which retries the store until the outcome is written. Dead
+//! letters bound for a broker leave through the [`outbox`].
 
-use chrono::Utc;
+pub mod outbox;
+
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use crate::config::job::RetryPolicy;
-use crate::config::Job;
+use crate::config::{Job, JobsByName};
 use crate::executor::{Outcome, OutcomeKind};
 use crate::lifecycle::{attempt_run_name, RunState};
 use crate::store::{BatchMember, MemberEnd, Run, Settlement, Store, StoreError};
@@ -104,11 +110,33 @@ pub fn next_run_id(run: &Run, attempt: i64) -> String {
     attempt_run_name(&run.job, run.trigger, &run.message_id, attempt)
 }
 
+/// Settles `outcome` for the daemon. The outcome is in memory only until
+/// settled, so store errors are retried with backoff (up to 5 s apart)
+/// rather than dropped; a crash meanwhile is covered by recovery.
+pub async fn settle(store: &Store, clock: &Clock, jobs: &JobsByName, outcome: &Outcome) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let job = match store.get_run(&outcome.run_id).await {
+            Ok(Some(run)) => jobs.get(&run.job).cloned(),
+            Ok(None) | Err(_) => None,
+        };
+        match finalize(store, clock, job.as_deref(), outcome).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(run = %outcome.run_id, error = %crate::error_chain(&e), "cannot settle; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Settles `outcome`. `job` is `None` when the run's job is no longer
 /// loaded (its default retry policy applies). Returns the run's new state,
 /// or `None` when it was already settled (an outcome reported twice).
 pub async fn finalize(
     store: &Store,
+    clock: &Clock,
     job: Option<&Job>,
     outcome: &Outcome,
 ) -> Result<Option<RunState>, StoreError> {
@@ -117,7 +145,7 @@ pub async fn finalize(
         return Ok(None);
     };
     let retry = job.map(|j| j.retry).unwrap_or_default();
-    let now = Utc::now().timestamp_millis();
+    let now = clock.now_ms();
     let members = store.batch_members(&run.run_id).await?;
     if !members.is_empty() {
         let (state, error, ends) = decide_batch(&run, &members, outcome, &retry, now);

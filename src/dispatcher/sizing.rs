@@ -1,30 +1,30 @@
-//! The sizer: the I/O around the pure [`crate::planner::sizing`] — measure the work
+//! Sizing a run at launch: the I/O around the pure [`crate::planner::sizing`] — measure the work
 //! (probes, with the configured fallback), read the job's history from the
 //! store, ask the planner, and apply the decision to the JobSpec with the
 //! annotations that explain it. Also raises the at-risk signal.
 //!
-//! A decision is made once per run, at launch; in-flight re-planning
-//! ([`replan`]) may later raise the run's parallelism.
+//! A decision is made once per run, at launch ([`size_claimed`]); in-flight
+//! re-planning ([`super::replan`]) may later raise the run's parallelism.
+//! `kedge plan` and `kedge render` call the same functions.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::config::sizing::{ProbeFallback, Sizing as SizingConfig};
+use crate::clock::Clock;
+use crate::config::sizing::{AtRiskAction, ProbeFallback, Sizing as SizingConfig};
 use crate::config::Job;
+use crate::executor::render::ANNOTATION_PREFIX;
+use crate::executor::{Outcome, OutcomeKind};
+use crate::finalizer;
 use crate::planner::sizing::{self, RateModel, Sample};
 use crate::probes::{self, ProbeContext};
-use crate::store::{RunSizing, Store, StoreError};
-
-/// Runs flagged at risk since the daemon started (a counter for operators).
-pub static AT_RISK_TOTAL: AtomicU64 = AtomicU64::new(0);
+use crate::store::{Run, RunSizing, Store, StoreError};
 
 /// History rows the rate model reads.
 const HISTORY: i64 = 50;
-
-pub const ANNOTATION_PREFIX: &str = "kedge.dev/";
 
 /// A sizing decision and everything that explains it.
 #[derive(Debug, Clone, Serialize)]
@@ -246,10 +246,10 @@ pub fn record(d: &Decision) -> RunSizing {
 }
 
 /// Raises the at-risk signal for `run_id`: a warning in the log, the
-/// [`AT_RISK_TOTAL`] counter, and the webhook (POST of the decision as JSON,
+/// [`crate::health::AT_RISK_TOTAL`] counter, and the webhook (POST of the decision as JSON,
 /// in the background, 10 s timeout; failures are logged).
 pub fn signal_at_risk(run_id: &str, d: &Decision, webhook: Option<&str>) {
-    AT_RISK_TOTAL.fetch_add(1, Ordering::Relaxed);
+    crate::health::AT_RISK_TOTAL.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(run = %run_id, job = %d.job, deadline = %d.deadline,
         projected_finish = %d.projected_finish, parallelism = d.parallelism,
         reason = %d.reason, "run at risk: it cannot finish before its deadline");
@@ -279,17 +279,50 @@ pub fn signal_at_risk(run_id: &str, d: &Decision, webhook: Option<&str>) {
     });
 }
 
-/// In-flight re-planning for one running Indexed run: a higher parallelism
-/// when its observed pace misses `deadline`, within `max`.
-pub fn replan(
-    completed: u32,
-    total: u32,
-    elapsed: Duration,
-    current: u32,
-    max: u32,
-    deadline: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Option<u32> {
-    let left = (deadline - now).num_milliseconds() as f64 / 1000.0;
-    sizing::replan(completed, total, elapsed.as_secs_f64(), current, max, left)
+/// Sizes a claimed run of a job with `sizing`: measures, decides, records
+/// the decision on the run, raises the at-risk signal. Returns the job with
+/// its JobSpec sized, or `None` when the run was settled instead (at risk
+/// with `when_at_risk: skip | fail`).
+pub(super) async fn size_claimed(
+    store: &Store,
+    clock: &Clock,
+    job: &Job,
+    cfg: &SizingConfig,
+    run: &Run,
+    max_pods: u32,
+) -> Result<Option<Job>, StoreError> {
+    let now = clock.now();
+    let deadline = run
+        .deadline_ms
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .or_else(|| job.deadline_after(now))
+        .unwrap_or(now);
+    let measured = measure_work(store, job, cfg).await?;
+    let model = model(store, job, cfg).await?;
+    let d = decide(job, cfg, model, measured, now, deadline, max_pods);
+    store.record_sizing(&run.run_id, &record(&d)).await?;
+    tracing::info!(run = %run.run_id, job = %job.name, parallelism = d.parallelism,
+        completions = d.completions, deadline = %d.deadline, projected_finish = %d.projected_finish,
+        reason = %d.reason, "run sized");
+    if !d.at_risk {
+        return Ok(Some(apply(job, &d, now)));
+    }
+    signal_at_risk(&run.run_id, &d, cfg.at_risk_webhook.as_deref());
+    let kind = match cfg.when_at_risk {
+        AtRiskAction::Run => return Ok(Some(apply(job, &d, now))),
+        AtRiskAction::Skip => OutcomeKind::Skipped {
+            reason: format!("skipped: at risk: {}", d.reason),
+        },
+        AtRiskAction::Fail => OutcomeKind::Failed {
+            reason: "AtRisk".into(),
+            message: d.reason.clone(),
+        },
+    };
+    let outcome = Outcome {
+        completed_indexes: Vec::new(),
+        run_id: run.run_id.clone(),
+        kind,
+    };
+    finalizer::finalize(store, clock, Some(job), &outcome).await?;
+    Ok(None)
 }

@@ -1,0 +1,352 @@
+//! The dispatcher: due → claim → size → launch.
+//!
+//! One pass ([`Dispatcher::pass`]):
+//!
+//! 1. forms the batches that are ready ([`batches`]);
+//! 2. reads the due pending runs, earliest first, and dead-letters the
+//!    messages whose own deadline passed while they waited;
+//! 3. asks the pure planner ([`crate::planner::admit`]) which of them the
+//!    limits admit (per job, pools, global, backpressure) and with how many
+//!    pods;
+//! 4. claims the admitted runs (`pending → running`), a chunk per store
+//!    transaction, sizes each run of a sized job ([`sizing`]), renders it
+//!    and launches it on the executor — up to [`LAUNCH_CONCURRENCY`]
+//!    launches in flight, claiming and rendering in order;
+//! 5. says how long until the next pending run is due.
+//!
+//! A failed launch puts its run back to `pending` and ends the pass (the
+//! executor is unwell; the rest of the due runs wait for the next pass).
+//! Between passes, [`replan`] watches the runs in flight.
+//!
+//! Where parallelism is decided: the job file's `sizing:` is parsed in
+//! [`crate::config::sizing`]; the arithmetic is pure, in
+//! [`crate::planner::sizing`]; the I/O around it (probe, history, record,
+//! at-risk) is [`sizing`] at launch and [`replan`] in flight; the planner's
+//! limits cap both.
+
+pub mod batches;
+pub mod replan;
+pub mod sizing;
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::job::Trigger;
+use crate::config::queue::OnExpired;
+use crate::config::{DaemonConfig, Job, JobsByName};
+use crate::executor::render::{render, render_batch};
+use crate::executor::{Executor, ExecutorError, Launch};
+use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
+use crate::store::{Run, Store, StoreError};
+
+/// How long dispatching pauses after a launch failed.
+const LAUNCH_FAILED_WAIT: Duration = Duration::from_secs(1);
+
+/// Launches in flight at once within a pass.
+pub const LAUNCH_CONCURRENCY: usize = 8;
+
+/// Runs claimed per store transaction within a pass.
+const CLAIM_CHUNK: usize = 32;
+
+/// Runs launched per dispatch pass at most.
+const DISPATCH_BATCH: i64 = 256;
+
+/// How long to wait when nothing is due and nothing is scheduled (the
+/// caller's poll interval caps it).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// A claimed run and the pods the planner granted it.
+type Grant<'r> = (&'r Run, u32);
+
+/// Launches runs as the limits admit them. Owned by the daemon's loop.
+pub struct Dispatcher {
+    store: Store,
+    jobs: JobsByName,
+    clock: Clock,
+    /// The caps of the loaded jobs, pools and the global cap;
+    /// `backpressured` is refreshed from [`replan::observe`].
+    pub limits: Limits,
+    /// Jobs not loaded whose runs were seen (warned about once each).
+    warned_unknown: HashSet<String>,
+    /// Counts finished passes (for tests that must see the dispatcher look
+    /// before they conclude that nothing launched).
+    passes: watch::Sender<u64>,
+}
+
+/// How a pass's launches went.
+#[derive(Debug, Default)]
+struct Launched {
+    count: usize,
+    failed: bool,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, jobs: JobsByName, config: &DaemonConfig, clock: Clock) -> Self {
+        let limits = limits_of(&jobs, config);
+        Dispatcher {
+            store,
+            jobs,
+            clock,
+            limits,
+            warned_unknown: HashSet::new(),
+            passes: watch::Sender::new(0),
+        }
+    }
+
+    /// The number of finished passes, updated after each one.
+    pub fn passes(&self) -> watch::Receiver<u64> {
+        self.passes.subscribe()
+    }
+
+    /// One pass: launches what the planner admits. Returns how long until
+    /// the next pending run (or partial batch) becomes due.
+    pub async fn pass<E: Executor>(&mut self, executor: &E) -> Result<Duration, StoreError> {
+        let wait = self.pass_inner(executor).await;
+        self.passes.send_modify(|n| *n += 1);
+        wait
+    }
+
+    async fn pass_inner<E: Executor>(&mut self, executor: &E) -> Result<Duration, StoreError> {
+        let batch_wait = batches::form(&self.store, &self.jobs, &self.clock).await?;
+        let now = self.clock.now_ms();
+        let mut due = self.store.due_runs(now, DISPATCH_BATCH).await?;
+        self.expire_overdue(&mut due, now).await?;
+        let mut launched = Launched::default();
+        if !due.is_empty() {
+            let grants = self.admit(&due).await?;
+            launched = self.launch_all(executor, &grants).await?;
+        }
+        if launched.failed {
+            // The executor is unwell (the API server is down, say): do not
+            // hammer it with the rest of the due runs.
+            return Ok(LAUNCH_FAILED_WAIT.min(batch_wait.unwrap_or(LAUNCH_FAILED_WAIT)));
+        }
+        if due.len() as i64 == DISPATCH_BATCH && launched.count > 0 {
+            // More due runs than one pass takes: go again at once.
+            return Ok(Duration::ZERO);
+        }
+        let wait = self.until_next_due().await?;
+        Ok(batch_wait.map_or(wait, |b| wait.min(b)))
+    }
+
+    /// Dead-letters the due single-message runs whose message's own
+    /// deadline passed while they waited (`on_expired: dead_letter`) rather
+    /// than launch late work, and drops them from `due`. (Batch runs
+    /// expire their messages before the batch forms.)
+    async fn expire_overdue(&self, due: &mut Vec<Run>, now: i64) -> Result<(), StoreError> {
+        let mut expired = HashSet::new();
+        for r in due.iter() {
+            let expires = self.jobs.get(&r.job).is_some_and(|j| match &j.trigger {
+                Trigger::Queue(q) => {
+                    q.deadline.is_some()
+                        && q.on_expired == OnExpired::DeadLetter
+                        && q.batch.is_none()
+                }
+                Trigger::Cron(_) => false,
+            });
+            if expires
+                && r.deadline_ms.is_some_and(|d| d <= now)
+                && self.store.expire_run(&r.run_id, now).await?
+            {
+                tracing::warn!(run = %r.run_id, job = %r.job, message = %r.message_id, "message expired before it could run; dead-lettered");
+                expired.insert(r.run_id.clone());
+            }
+        }
+        due.retain(|r| !expired.contains(&r.run_id));
+        Ok(())
+    }
+
+    /// The due runs the planner admits now, in launch order, with their
+    /// pod grants. Runs of jobs that are not loaded wait (warned once).
+    async fn admit<'r>(&mut self, due: &'r [Run]) -> Result<Vec<Grant<'r>>, StoreError> {
+        let usage = Usage {
+            running: (self.store.active_counts().await?.into_iter())
+                .map(|(job, running, _)| (job, running.max(0) as u32))
+                .collect(),
+            pods: (self.store.running_pods().await?.into_iter())
+                .map(|(job, pods)| (job, pods.clamp(0, u32::MAX as i64) as u32))
+                .collect(),
+        };
+        let candidates: Vec<Candidate> = due
+            .iter()
+            .map(|r| Candidate {
+                run_id: &r.run_id,
+                job: &r.job,
+            })
+            .collect();
+        let admission = planner::admit(&candidates, &usage, &self.limits);
+        for (run_id, hold) in &admission.hold {
+            if *hold != Hold::UnknownJob {
+                continue;
+            }
+            let job = due.iter().find(|r| r.run_id == *run_id).map(|r| &r.job);
+            if let Some(job) = job {
+                if self.warned_unknown.insert(job.clone()) {
+                    tracing::warn!(%job, "runs of a job that is not loaded wait until its definition is valid again");
+                }
+            }
+        }
+        Ok(admission
+            .launch
+            .iter()
+            .filter_map(|g| {
+                let run = due.iter().find(|r| r.run_id == g.run_id)?;
+                self.jobs
+                    .contains_key(&run.job)
+                    .then_some((run, g.max_pods))
+            })
+            .collect())
+    }
+
+    /// Claims and launches `grants`: claims are committed a chunk at a time
+    /// (one store transaction for [`CLAIM_CHUNK`] runs); launches overlap
+    /// (an API round trip each on Kubernetes), up to
+    /// [`LAUNCH_CONCURRENCY`] at once. After a failed launch nothing more
+    /// is launched and the claims not yet used are given back.
+    async fn launch_all<E: Executor>(
+        &self,
+        executor: &E,
+        grants: &[Grant<'_>],
+    ) -> Result<Launched, StoreError> {
+        let mut in_flight = FuturesUnordered::new();
+        let mut launched = Launched::default();
+        for chunk in grants.chunks(CLAIM_CHUNK) {
+            if launched.failed {
+                break;
+            }
+            let mut claimed = self.claim(chunk).await?;
+            while let Some((run, max_pods)) = claimed.pop_front() {
+                while in_flight.len() >= LAUNCH_CONCURRENCY && !launched.failed {
+                    if let Some(done) = in_flight.next().await {
+                        self.launched_or_requeued(done, &mut launched).await?;
+                    }
+                }
+                if launched.failed {
+                    // Not launched: give the claims back untouched.
+                    let rest: Vec<&str> = std::iter::once(run)
+                        .chain(claimed.iter().map(|(r, _)| *r))
+                        .map(|r| r.run_id.as_str())
+                        .collect();
+                    self.store.unclaim_runs(&rest).await?;
+                    break;
+                }
+                if let Some(launch) = self.prepare(run, max_pods).await? {
+                    in_flight.push(async move { (run, executor.launch(launch).await) });
+                }
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            self.launched_or_requeued(done, &mut launched).await?;
+        }
+        Ok(launched)
+    }
+
+    /// Claims a chunk of granted runs in one transaction; returns those
+    /// this pass won, in order.
+    async fn claim<'r>(&self, chunk: &[Grant<'r>]) -> Result<VecDeque<Grant<'r>>, StoreError> {
+        let ids: Vec<&str> = chunk.iter().map(|(r, _)| r.run_id.as_str()).collect();
+        let won = self.store.claim_runs(&ids, self.clock.now_ms()).await?;
+        Ok(chunk
+            .iter()
+            .zip(won)
+            .filter_map(|(g, ok)| ok.then_some(*g))
+            .collect())
+    }
+
+    /// Sizes (for a job with `sizing:`) and renders a claimed run. `None`
+    /// when sizing settled the run instead (at risk with `skip`/`fail`).
+    async fn prepare(&self, run: &Run, max_pods: u32) -> Result<Option<Launch>, StoreError> {
+        let Some(job) = self.jobs.get(&run.job) else {
+            return Ok(None); // (grants hold loaded jobs only)
+        };
+        let sized;
+        let job: &Job = match &job.sizing {
+            None => job,
+            Some(cfg) => {
+                match sizing::size_claimed(&self.store, &self.clock, job, cfg, run, max_pods)
+                    .await?
+                {
+                    Some(j) => {
+                        sized = j;
+                        &sized
+                    }
+                    None => return Ok(None),
+                }
+            }
+        };
+        let members = match &job.trigger {
+            Trigger::Queue(q) if q.batch.is_some() => self.store.batch_members(&run.run_id).await?,
+            _ => Vec::new(),
+        };
+        Ok(Some(if members.is_empty() {
+            render(job, run)
+        } else {
+            render_batch(job, run, members.into_iter().map(|m| m.payload).collect())
+        }))
+    }
+
+    /// Logs a finished launch, or puts a failed one back to pending.
+    async fn launched_or_requeued(
+        &self,
+        (run, result): (&Run, Result<(), ExecutorError>),
+        launched: &mut Launched,
+    ) -> Result<(), StoreError> {
+        match result {
+            Ok(()) => {
+                launched.count += 1;
+                tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched");
+            }
+            Err(e) => {
+                launched.failed = true;
+                tracing::error!(run = %run.run_id, error = %crate::error_chain(&e), "launch failed; the run waits for the next pass");
+                self.store
+                    .requeue_run(&run.run_id, &format!("launch failed: {e}"))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How long until the next pending run is due. A run that is due but
+    /// held back by a limit does not count: an outcome frees the slot and
+    /// wakes the loop, so there is no need to spin.
+    async fn until_next_due(&self) -> Result<Duration, StoreError> {
+        let next = self.store.next_due_ms().await?;
+        let now = self.clock.now_ms();
+        Ok(match next {
+            Some(ms) if ms > now => Duration::from_millis((ms - now) as u64),
+            Some(_) | None => IDLE_WAIT,
+        })
+    }
+}
+
+/// The limits of the loaded jobs and the daemon config.
+fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
+    Limits {
+        jobs: jobs
+            .iter()
+            .map(|(n, j)| {
+                let fixed = j.spec.parallelism.unwrap_or(1).max(1) as u32;
+                let (min_pods, want_pods) = match &j.sizing {
+                    Some(s) => (s.min, s.max),
+                    None => (fixed, fixed),
+                };
+                let caps = JobCaps {
+                    max_active: j.effective_max_active(),
+                    max_pods: j.limits.max_pods,
+                    pool: j.limits.pool.clone(),
+                    min_pods,
+                    want_pods,
+                };
+                (n.clone(), caps)
+            })
+            .collect(),
+        pools: config.pools.clone().into_iter().collect(),
+        global: config.max_active_runs,
+        backpressured: HashSet::new(),
+    }
+}
