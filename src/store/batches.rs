@@ -6,9 +6,9 @@
 use super::dead_letters::insert_dead_letter_tx;
 use super::runs::{finish_running_tx, insert_runs_tx, NewRun};
 use super::work_items::{
-    insert_row_tx, queue_item_tx, revive_replayed_tx, set_work_state_tx, NewWorkItem,
+    insert_row_tx, queue_item_tx, revive_replayed_tx, set_work_state_tx, Intake, NewWorkItem,
 };
-use super::{now_ms, parse_column, Result, Store, StoreError, Tx};
+use super::{parse_column, Result, Store, StoreError, Tx};
 use crate::lifecycle::{RunState, TriggerKind, WorkState};
 
 /// A work item waiting to be put into a batch run.
@@ -91,13 +91,7 @@ impl Store {
     /// (`awaiting_batch`) without a run until [`Store::create_batch_run`]
     /// takes it. `false` when the message was stored before.
     pub async fn insert_batch_item(&self, item: &NewWorkItem) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let stored = insert_batch_item_tx(&mut tx, item, now_ms()).await?;
-        tx.commit().await?;
-        if stored {
-            self.announce_work().await;
-        }
-        Ok(stored)
+        self.intake_one(item, &Intake::AwaitBatch).await
     }
 
     /// Work items of `job` waiting for a batch, earliest deadline first,

@@ -41,13 +41,7 @@ impl Store {
     /// nothing) when the (source, job, message id) is already stored.
     /// A running daemon is woken to launch it (see [`super::signal`]).
     pub async fn insert_work_item(&self, item: &NewWorkItem) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let inserted = insert_item_tx(&mut tx, item, now_ms()).await?;
-        tx.commit().await?;
-        if inserted {
-            self.announce_work().await;
-        }
-        Ok(inserted)
+        self.intake_one(item, &Intake::Run).await
     }
 
     /// Stores what intake made of one claim's messages, all in one
@@ -58,16 +52,34 @@ impl Store {
         let now = now_ms();
         let mut out = Vec::with_capacity(items.len());
         for (item, how) in items {
-            out.push(match how {
-                Intake::Run => insert_item_tx(&mut tx, item, now).await?,
-                Intake::AwaitBatch => insert_batch_item_tx(&mut tx, item, now).await?,
-                Intake::Dead { reason, error } => {
-                    insert_dead_item_tx(&mut tx, item, reason, error, now).await?
-                }
-            });
+            out.push(intake_tx(&mut tx, item, how, now).await?);
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Stores one message as `how` says, in a transaction of its own, and
+    /// wakes a running daemon when anything was written.
+    pub(super) async fn intake_one(&self, item: &NewWorkItem, how: &Intake) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let stored = intake_tx(&mut tx, item, how, now_ms()).await?;
+        tx.commit().await?;
+        if stored {
+            self.announce_work().await;
+        }
+        Ok(stored)
+    }
+}
+
+/// Stores one message as `how` says. False when it was stored before.
+async fn intake_tx(tx: &mut Tx, item: &NewWorkItem, how: &Intake, now: i64) -> Result<bool> {
+    match how {
+        Intake::Run => {
+            let id = uuid::Uuid::new_v4().to_string();
+            Ok(insert_items_tx(tx, &[(item, id)], now).await? == [true])
+        }
+        Intake::AwaitBatch => insert_batch_item_tx(tx, item, now).await,
+        Intake::Dead { reason, error } => insert_dead_item_tx(tx, item, reason, error, now).await,
     }
 }
 
@@ -115,12 +127,6 @@ pub(super) async fn insert_row_tx(
     .execute(&mut **tx)
     .await?;
     Ok(res.rows_affected() == 1)
-}
-
-/// Stores a work item and its first run (see [`insert_items_tx`]).
-async fn insert_item_tx(tx: &mut Tx, item: &NewWorkItem, now: i64) -> Result<bool> {
-    let id = uuid::Uuid::new_v4().to_string();
-    Ok(insert_items_tx(tx, &[(item, id)], now).await? == [true])
 }
 
 /// Stores new work items (`queued`, with the given ids) and their first
