@@ -13,11 +13,11 @@
 //! queries share; each table has a file of its own with its rows and its
 //! `impl Store` block:
 //!
-//! - [`work_items`] — intake: work items and their first runs.
-//! - [`runs`] — dispatch and settlement: due, claim, requeue, settle, list.
-//! - [`cron_fires`] — the record of every cron fire decided.
-//! - [`dead_letters`] — dead letters, their forwarding outbox and replay.
-//! - [`batches`] — work items waiting for a batch run, and its members.
+//! - `work_items.rs` — intake: work items ([`NewWorkItem`]) and their first runs.
+//! - `runs.rs` — [`Run`]s: due, claim, requeue, cancel, sizing, settle, list.
+//! - `cron_fires.rs` — the record of every cron fire decided ([`CronFire`]).
+//! - `dead_letters.rs` — [`DeadLetter`]s, their forwarding outbox and replay.
+//! - `batches.rs` — work items waiting for a batch run, and its [`BatchMember`]s.
 //!
 //! States are never spelled in SQL: queries bind `RunState::…as_str()` (and
 //! the other lifecycle enums) as parameters, and rows are read into

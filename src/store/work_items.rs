@@ -39,7 +39,7 @@ pub enum Intake {
 impl Store {
     /// Stores a work item and its first run. Returns `false` (and writes
     /// nothing) when the (source, job, message id) is already stored.
-    /// A running daemon is woken to launch it (see [`super::signal`]).
+    /// A running daemon is woken to launch it (see `store::signal`).
     pub async fn insert_work_item(&self, item: &NewWorkItem) -> Result<bool> {
         self.intake_one(item, &Intake::Run).await
     }
