@@ -109,7 +109,8 @@ impl FromStr for RunState {
 /// instead of being dropped as a duplicate. Who moves items out of:
 /// `queued` — the finalizer; `replayed` — intake; the others are final
 /// until `kedge dlq replay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WorkState {
     Queued,
     Succeeded,
@@ -127,6 +128,75 @@ impl WorkState {
             WorkState::Cancelled => "cancelled",
             WorkState::Replayed => "replayed",
         }
+    }
+}
+
+impl fmt::Display for WorkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for WorkState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "queued" => WorkState::Queued,
+            "succeeded" => WorkState::Succeeded,
+            "dead" => WorkState::Dead,
+            "cancelled" => WorkState::Cancelled,
+            "replayed" => WorkState::Replayed,
+            other => return Err(format!("unknown work item state {other:?}")),
+        })
+    }
+}
+
+/// What the cron scheduler decided about one fire, recorded once per (job,
+/// fire time). Every outcome is final: nothing moves a fire out of it (a
+/// fire recorded again is left as it was).
+///
+/// | outcome    | meaning                                                  |
+/// |------------|----------------------------------------------------------|
+/// | `launched` | a work item and its first run were stored with the fire  |
+/// | `skipped`  | not run: the overlap policy (or a newer fire) held it back |
+/// | `missed`   | not run: kedge was down at the time and the catch-up policy dropped it |
+/// | `replaced` | run, after cancelling the job's active runs (overlap `replace`) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FireOutcome {
+    Launched,
+    Skipped,
+    Missed,
+    Replaced,
+}
+
+impl FireOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FireOutcome::Launched => "launched",
+            FireOutcome::Skipped => "skipped",
+            FireOutcome::Missed => "missed",
+            FireOutcome::Replaced => "replaced",
+        }
+    }
+}
+
+impl fmt::Display for FireOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for FireOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "launched" => FireOutcome::Launched,
+            "skipped" => FireOutcome::Skipped,
+            "missed" => FireOutcome::Missed,
+            "replaced" => FireOutcome::Replaced,
+            other => return Err(format!("unknown cron fire outcome {other:?}")),
+        })
     }
 }
 
@@ -158,6 +228,12 @@ impl FromStr for TriggerKind {
             "manual" => TriggerKind::Manual,
             other => return Err(format!("unknown trigger kind {other:?}")),
         })
+    }
+}
+
+impl fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -230,6 +306,30 @@ pub fn attempt_run_name(job: &str, trigger: TriggerKind, message_id: &str, attem
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        use RunState as R;
+        for s in [R::Pending, R::Running, R::Succeeded, R::Failed, R::Dead] {
+            assert_eq!(s.as_str().parse::<RunState>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        use WorkState as W;
+        for s in [W::Queued, W::Succeeded, W::Dead, W::Cancelled, W::Replayed] {
+            assert_eq!(s.as_str().parse::<WorkState>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        use FireOutcome as F;
+        for s in [F::Launched, F::Skipped, F::Missed, F::Replaced] {
+            assert_eq!(s.as_str().parse::<FireOutcome>(), Ok(s));
+            assert_eq!(serde_json::json!(s), s.as_str());
+        }
+        for s in [TriggerKind::Cron, TriggerKind::Queue, TriggerKind::Manual] {
+            assert_eq!(s.as_str().parse::<TriggerKind>(), Ok(s));
+        }
+        assert!("launched ".parse::<FireOutcome>().is_err());
+        assert!("".parse::<WorkState>().is_err());
+    }
 
     #[test]
     fn run_names_are_deterministic_and_short() {

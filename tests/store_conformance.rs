@@ -13,7 +13,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use kedge::lifecycle::{RunState, TriggerKind};
+use kedge::lifecycle::{FireOutcome, RunState, TriggerKind};
 use kedge::store::{CronFire, DeadLetter, FireRecord, NewWorkItem, Run, Settlement, Store};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -783,7 +783,7 @@ async fn check_cron_fires(db: &Db) {
 
     let fire2 = kedge::intake::cron_work_item("nightly", chrono_ms(f2), None);
     assert!(store
-        .record_cron_fire("nightly", f2, "launched", None, Some(&fire2))
+        .record_cron_fire("nightly", f2, FireOutcome::Launched, None, Some(&fire2))
         .await
         .unwrap());
     let r2 = run(store, &fire2.run_id).await;
@@ -796,25 +796,37 @@ async fn check_cron_fires(db: &Db) {
     assert_eq!(db.work_item_state(&r2.work_item_id).await, "queued");
 
     assert!(store
-        .record_cron_fire("nightly", f1, "skipped", Some("overlap: forbid"), None)
+        .record_cron_fire(
+            "nightly",
+            f1,
+            FireOutcome::Skipped,
+            Some("overlap: forbid"),
+            None
+        )
         .await
         .unwrap());
     assert_eq!(db.count("work_items").await, 1, "a fire without work item");
 
     // The same fire again: nothing written, whatever comes with it.
     assert!(!store
-        .record_cron_fire("nightly", f2, "launched", None, Some(&fire2))
+        .record_cron_fire("nightly", f2, FireOutcome::Launched, None, Some(&fire2))
         .await
         .unwrap());
     let mut other = fire2.clone();
     other.message_id = "elsewhere".into();
     other.run_id = "nightly-elsewhere".into();
     assert!(!store
-        .record_cron_fire("nightly", f2, "replaced", Some("x"), Some(&other))
+        .record_cron_fire(
+            "nightly",
+            f2,
+            FireOutcome::Replaced,
+            Some("x"),
+            Some(&other)
+        )
         .await
         .unwrap());
     assert!(!store
-        .record_cron_fire("nightly", f1, "launched", None, None)
+        .record_cron_fire("nightly", f1, FireOutcome::Launched, None, None)
         .await
         .unwrap());
     assert_eq!(store.get_run("nightly-elsewhere").await.unwrap(), None);
@@ -834,20 +846,20 @@ async fn check_cron_fires(db: &Db) {
         .await
         .unwrap();
     store.record_missed_fires("nightly", &[]).await.unwrap();
-    let fire = |fire_ms, outcome: &str, detail: Option<&str>, wi: Option<&str>| CronFire {
+    let fire = |fire_ms, outcome: FireOutcome, detail: Option<&str>, wi: Option<&str>| CronFire {
         job: "nightly".into(),
         fire_ms,
-        outcome: outcome.into(),
+        outcome,
         detail: detail.map(str::to_string),
         work_item_id: wi.map(str::to_string),
     };
     assert_eq!(
         store.cron_fires("nightly").await.unwrap(),
         [
-            fire(f0, "missed", Some("catch-up: skip"), None),
-            fire(f1, "skipped", Some("overlap: forbid"), None),
-            fire(f2, "launched", None, Some(&r2.work_item_id)),
-            fire(f3, "missed", Some("catch-up: skip"), None),
+            fire(f0, FireOutcome::Missed, Some("catch-up: skip"), None),
+            fire(f1, FireOutcome::Skipped, Some("overlap: forbid"), None),
+            fire(f2, FireOutcome::Launched, None, Some(&r2.work_item_id)),
+            fire(f3, FireOutcome::Missed, Some("catch-up: skip"), None),
         ]
     );
     assert_eq!(store.last_cron_fire("nightly").await.unwrap(), Some(f3));
@@ -857,7 +869,7 @@ async fn check_cron_fires(db: &Db) {
     assert!(store.cron_fires("hourly").await.unwrap().is_empty());
     let hourly = kedge::intake::cron_work_item("hourly", chrono_ms(f2), None);
     assert!(store
-        .record_cron_fire("hourly", f2, "launched", None, Some(&hourly))
+        .record_cron_fire("hourly", f2, FireOutcome::Launched, None, Some(&hourly))
         .await
         .unwrap());
     assert_eq!(store.last_cron_fire("hourly").await.unwrap(), Some(f2));
@@ -867,19 +879,34 @@ async fn check_cron_fires(db: &Db) {
     // Many jobs' fires in one call (one transaction): each is recorded as
     // one call would, a recorded one is left alone.
     let batch_item = |job: &str, ms| kedge::intake::cron_work_item(job, chrono_ms(ms), None);
-    let record = |job: &str, fire_ms, outcome: &str, item: Option<NewWorkItem>| FireRecord {
+    let record = |job: &str, fire_ms, outcome: FireOutcome, item: Option<NewWorkItem>| FireRecord {
         job: job.into(),
         fire_ms,
-        outcome: outcome.into(),
-        detail: (outcome == "skipped").then(|| "overlap: forbid".to_string()),
+        outcome,
+        detail: (outcome == FireOutcome::Skipped).then(|| "overlap: forbid".to_string()),
         item,
     };
     let stored = store
         .record_cron_fires(&[
-            record("hourly", f3, "launched", Some(batch_item("hourly", f3))),
-            record("nightly", f3, "launched", Some(batch_item("nightly", f3))),
-            record("weekly", f3, "skipped", None),
-            record("weekly", f0, "launched", Some(batch_item("weekly", f0))),
+            record(
+                "hourly",
+                f3,
+                FireOutcome::Launched,
+                Some(batch_item("hourly", f3)),
+            ),
+            record(
+                "nightly",
+                f3,
+                FireOutcome::Launched,
+                Some(batch_item("nightly", f3)),
+            ),
+            record("weekly", f3, FireOutcome::Skipped, None),
+            record(
+                "weekly",
+                f0,
+                FireOutcome::Launched,
+                Some(batch_item("weekly", f0)),
+            ),
         ])
         .await
         .unwrap();
@@ -891,7 +918,7 @@ async fn check_cron_fires(db: &Db) {
             fire_of(
                 "weekly",
                 f0,
-                "launched",
+                FireOutcome::Launched,
                 None,
                 store
                     .get_run(&batch_item("weekly", f0).run_id)
@@ -899,7 +926,13 @@ async fn check_cron_fires(db: &Db) {
                     .unwrap()
                     .map(|r| r.work_item_id)
             ),
-            fire_of("weekly", f3, "skipped", Some("overlap: forbid"), None),
+            fire_of(
+                "weekly",
+                f3,
+                FireOutcome::Skipped,
+                Some("overlap: forbid"),
+                None
+            ),
         ]
     );
     assert_eq!(
@@ -919,14 +952,14 @@ async fn check_cron_fires(db: &Db) {
 fn fire_of(
     job: &str,
     fire_ms: i64,
-    outcome: &str,
+    outcome: FireOutcome,
     detail: Option<&str>,
     wi: Option<String>,
 ) -> CronFire {
     CronFire {
         job: job.into(),
         fire_ms,
-        outcome: outcome.into(),
+        outcome,
         detail: detail.map(str::to_string),
         work_item_id: wi,
     }
@@ -940,7 +973,13 @@ async fn check_many_fires_and_claims(db: &Db) {
     // 250 jobs fire at once; every third was recorded (skipped) before.
     for j in (0..250).step_by(3) {
         store
-            .record_cron_fire(&format!("j{j:03}"), f, "skipped", Some("before"), None)
+            .record_cron_fire(
+                &format!("j{j:03}"),
+                f,
+                FireOutcome::Skipped,
+                Some("before"),
+                None,
+            )
             .await
             .unwrap();
     }
@@ -952,7 +991,11 @@ async fn check_many_fires_and_claims(db: &Db) {
                 item: launch.then(|| kedge::intake::cron_work_item(&job, chrono_ms(f), None)),
                 job,
                 fire_ms: f,
-                outcome: if launch { "launched" } else { "skipped" }.into(),
+                outcome: if launch {
+                    FireOutcome::Launched
+                } else {
+                    FireOutcome::Skipped
+                },
                 detail: (!launch).then(|| "overlap: forbid".into()),
             }
         })
@@ -1235,7 +1278,7 @@ async fn check_concurrency(db: &Db) {
             let fire = T0 + i * 60_000;
             let it = kedge::intake::cron_work_item("cron", chrono_ms(fire), None);
             if store
-                .record_cron_fire("cron", fire, "launched", None, Some(&it))
+                .record_cron_fire("cron", fire, FireOutcome::Launched, None, Some(&it))
                 .await
                 .expect("record_cron_fire")
             {

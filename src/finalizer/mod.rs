@@ -295,7 +295,7 @@ mod tests {
             work_item_id: format!("w{i}"),
             message_id: format!("m{i}"),
             payload: None,
-            state: "queued".into(),
+            state: crate::lifecycle::WorkState::Queued,
         };
         let members: Vec<_> = (0..3).map(member).collect();
         let outcome = Outcome {

@@ -33,6 +33,7 @@ use super::TriggerContext;
 use crate::config::job::{Catchup, CronTrigger, Overlap};
 use crate::config::Job;
 use crate::intake;
+use crate::lifecycle::FireOutcome;
 use crate::store::FireRecord;
 
 /// A fire this close to "now" is on time, not missed (a timer can wake late
@@ -306,15 +307,15 @@ async fn decide_and_record(
             .unwrap_or(0);
         for (k, (fire, decision)) in plan.into_iter().enumerate() {
             let fire_ms = fire.timestamp_millis();
-            let record = |outcome: &str, detail: Option<String>, item| FireRecord {
+            let record = |outcome: FireOutcome, detail: Option<String>, item| FireRecord {
                 job: job.name.clone(),
                 fire_ms,
-                outcome: outcome.into(),
+                outcome,
                 detail,
                 item,
             };
             if let FireDecision::Missed(why) = decision {
-                records.push(record("missed", Some(why), None));
+                records.push(record(FireOutcome::Missed, Some(why), None));
                 continue;
             }
             let action = if cron.overlap == Overlap::Replace && k < newest_run {
@@ -327,7 +328,7 @@ async fn decide_and_record(
             let outcome = match action {
                 OverlapAction::Skip(why) => {
                     tracing::info!(job = %job.name, %fire, reason = %why, "cron fire skipped");
-                    records.push(record("skipped", Some(why), None));
+                    records.push(record(FireOutcome::Skipped, Some(why), None));
                     continue;
                 }
                 OverlapAction::Replace => {
@@ -342,9 +343,9 @@ async fn decide_and_record(
                         tracing::info!(job = %job.name, run = %run, "replacing the active run");
                         let _ = ctx.cancel.send(run);
                     }
-                    "replaced"
+                    FireOutcome::Replaced
                 }
-                OverlapAction::Launch => "launched",
+                OverlapAction::Launch => FireOutcome::Launched,
             };
             let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
             pending += 1;
