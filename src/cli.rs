@@ -761,7 +761,7 @@ async fn replay_to_source(
 ) -> Result<(), Failure> {
     use crate::sources::Outbox;
     let Some(letter) = store
-        .begin_source_replay(&d.id, store::now_ms())
+        .begin_source_replay(&d.id, store.clock().now_ms())
         .await
         .context("replaying")?
     else {
@@ -784,7 +784,7 @@ async fn replay_to_source(
     };
     if let Err(e) = outbox.replay(&letter.message_id, &payload).await {
         let _ = store
-            .abort_source_replay(&letter.work_item_id, store::now_ms())
+            .abort_source_replay(&letter.work_item_id, store.clock().now_ms())
             .await;
         return Err(Failure::Runtime(anyhow::anyhow!(
             "dlq replay: cannot return {} to {}: {}",
@@ -794,7 +794,7 @@ async fn replay_to_source(
         )));
     }
     store
-        .finish_source_replay(&d.id, store::now_ms())
+        .finish_source_replay(&d.id, store.clock().now_ms())
         .await
         .context("replaying")?;
     Ok(())
@@ -911,7 +911,7 @@ async fn dlq(src: &Sources, command: DlqCommand) -> Result<(), Failure> {
                 let run_id =
                     crate::lifecycle::attempt_run_name(&d.job, trigger, &d.message_id, next);
                 if store
-                    .replay_dead_letter(&d.id, &run_id, next, store::now_ms())
+                    .replay_dead_letter(&d.id, &run_id, next, store.clock().now_ms())
                     .await
                     .context("replaying")?
                 {
@@ -1042,7 +1042,6 @@ async fn serve<E: crate::executor::Executor>(
         store,
         executor,
         outcomes,
-        clock: crate::clock::Clock::system(),
     };
     daemon
         .run(shutdown, || {

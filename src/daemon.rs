@@ -53,8 +53,6 @@ pub struct Daemon<E: Executor> {
     pub store: Store,
     pub executor: E,
     pub outcomes: mpsc::Receiver<Outcome>,
-    /// Where every part reads the time ([`Clock::system`] outside tests).
-    pub clock: Clock,
 }
 
 /// What the serving loop works with.
@@ -84,8 +82,10 @@ impl<E: Executor> Daemon<E> {
             store,
             executor,
             outcomes,
-            clock,
         } = self;
+        // Every part reads the store's clock (the system clock outside
+        // tests on paused time).
+        let clock = store.clock();
         let jobs: JobsByName = jobs
             .into_iter()
             .map(|j| (j.name.clone(), Arc::new(j)))

@@ -407,7 +407,7 @@ pub async fn enqueue(
 ) -> Result<Accepted, IntakeError> {
     let payload = check_payload(&job.name, &job.payload, data)?;
     let message_id = message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let now = Utc::now();
+    let now = store.clock().now();
     // The message's own deadline (`trigger.queue.deadline`), if it has one.
     let own = match &job.trigger {
         crate::config::job::Trigger::Queue(QueueTrigger {
@@ -443,7 +443,7 @@ pub async fn enqueue(
 /// Starts a run of `job` now, outside its schedule.
 pub async fn trigger(store: &Store, job: &Job) -> Result<Accepted, IntakeError> {
     let message_id = format!("manual-{}", uuid::Uuid::new_v4());
-    let now = Utc::now();
+    let now = store.clock().now();
     let item = NewWorkItem {
         job: job.name.clone(),
         source: "manual".into(),

@@ -317,7 +317,7 @@ async fn check_migrate_is_idempotent(db: &Db) {
 async fn check_insert_work_item(db: &Db) {
     let store = &db.store;
     let a = with_deadline(item("q", "m1", T0), T0 + 60_000);
-    let before = kedge::store::now_ms();
+    let before = store.clock().now_ms();
     let run_a = add(store, &a).await;
     assert!(!run_a.work_item_id.is_empty());
     assert_eq!(run_a, first_run(&a, &run_a.work_item_id));

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::work_items::{insert_items_tx, NewWorkItem};
-use super::{now_ms, parse_column, placeholders, Result, Store, StoreError, ROWS_PER_STATEMENT};
+use super::{parse_column, placeholders, Result, Store, StoreError, ROWS_PER_STATEMENT};
 use crate::lifecycle::FireOutcome;
 
 /// A cron fire to record ([`Store::record_cron_fires`]).
@@ -83,7 +83,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut recorded = HashSet::new();
         let mut runs = Vec::new();
         // Multi-row statements, ROWS_PER_STATEMENT at a time: one round trip

@@ -31,6 +31,7 @@ use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::AnyPool;
 
+use crate::clock::Clock;
 use crate::redact::redact;
 
 mod batches;
@@ -74,11 +75,6 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Sqlite,
@@ -92,6 +88,9 @@ pub struct Store {
     backend: Backend,
     /// How writers in other processes wake the daemon ([`signal`]).
     signal: Signal,
+    /// Where the store and everything that uses it read the time
+    /// ([`Clock::system`] unless [`Store::with_clock`] set another).
+    clock: Clock,
 }
 
 /// A write transaction ([`Store::begin_write`]); the `*_tx` helpers of every
@@ -130,6 +129,18 @@ fn parse_column<T: FromStr<Err = String>>(value: &str) -> Result<T> {
 }
 
 impl Store {
+    /// The same store read through `clock` (tests on paused time).
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock the store stamps times with; the daemon, the dispatcher,
+    /// the triggers and the finalizer read the same one.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
     /// Opens the store at `url` (`sqlite://path`, `sqlite::memory:`,
     /// `postgres://…`). Does not migrate: call [`Store::migrate`].
     pub async fn connect(url: &str) -> Result<Store> {
@@ -149,6 +160,7 @@ impl Store {
                 backend: Backend::Sqlite,
                 // In memory: no other process can write to it.
                 signal: Signal::sqlite(path.as_deref()),
+                clock: Clock::system(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
@@ -163,6 +175,7 @@ impl Store {
                 signal: Signal::Postgres {
                     url: url.to_string(),
                 },
+                clock: Clock::system(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact(url)))

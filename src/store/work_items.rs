@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::batches::insert_batch_item_tx;
 use super::dead_letters::insert_dead_letter_tx;
 use super::runs::{insert_runs_tx, NewRun};
-use super::{now_ms, placeholders, Result, Store, Tx, ROWS_PER_STATEMENT};
+use super::{placeholders, Result, Store, Tx, ROWS_PER_STATEMENT};
 use crate::lifecycle::{TriggerKind, WorkState};
 
 /// A new work item and its first run, written by intake.
@@ -49,7 +49,7 @@ impl Store {
     /// per item, whether it was written (`false`: stored before).
     pub async fn intake_many(&self, items: &[(NewWorkItem, Intake)]) -> Result<Vec<bool>> {
         let mut tx = self.begin_write().await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut out = Vec::with_capacity(items.len());
         for (item, how) in items {
             out.push(intake_tx(&mut tx, item, how, now).await?);
@@ -62,7 +62,7 @@ impl Store {
     /// wakes a running daemon when anything was written.
     pub(super) async fn intake_one(&self, item: &NewWorkItem, how: &Intake) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let stored = intake_tx(&mut tx, item, how, now_ms()).await?;
+        let stored = intake_tx(&mut tx, item, how, self.clock.now_ms()).await?;
         tx.commit().await?;
         if stored {
             self.announce_work().await;
