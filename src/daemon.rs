@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,17 @@ impl<E: Executor> Daemon<E> {
         shutdown: CancellationToken,
         ready: impl FnOnce(),
     ) -> Result<(), StoreError> {
+        self.run_reporting(shutdown, ready, watch::Sender::new(0))
+            .await
+    }
+
+    /// [`Daemon::run`], counting finished dispatch passes on `passes`.
+    pub async fn run_reporting(
+        self,
+        shutdown: CancellationToken,
+        ready: impl FnOnce(),
+        passes: watch::Sender<u64>,
+    ) -> Result<(), StoreError> {
         let Daemon {
             config,
             jobs,
@@ -112,7 +123,8 @@ impl<E: Executor> Daemon<E> {
             .await;
         ready();
 
-        let dispatcher = Dispatcher::new(store.clone(), jobs.clone(), &config, clock);
+        let dispatcher =
+            Dispatcher::new(store.clone(), jobs.clone(), &config, clock).reporting(passes);
         let mut serving = Serving {
             store,
             executor,

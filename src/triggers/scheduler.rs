@@ -122,11 +122,16 @@ struct Timer {
     cursor: DateTime<Utc>,
 }
 
-/// What the scheduler says after each pass: how many passes it made and
-/// when it looks again (`None`: no schedule has a further fire).
+/// What the scheduler says after each pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pass {
+    /// Passes made so far.
     pub passes: u64,
+    /// When this pass looked (the clock's reading).
+    pub at: Option<DateTime<Utc>>,
+    /// Fires this pass recorded (launched, skipped or missed).
+    pub fires: usize,
+    /// When the scheduler looks again (`None`: no schedule has a further fire).
     pub next: Option<DateTime<Utc>>,
 }
 
@@ -150,17 +155,22 @@ pub async fn run_reporting(jobs: Vec<Arc<Job>>, ctx: TriggerContext, passes: wat
         schedule(&mut queue, i, t);
     }
     loop {
-        if !fire_due(&mut timers, &mut queue, &ctx).await {
+        let at = ctx.clock.now();
+        let Some(fires) = fire_due(&mut timers, &mut queue, &ctx, at).await else {
             // Not recorded: try again shortly.
             if pause(&ctx.shutdown, Duration::from_secs(1)).await {
                 return;
             }
             continue;
-        }
+        };
         let next = queue.keys().next().copied();
         passes.send_modify(|p| {
-            p.passes += 1;
-            p.next = next;
+            *p = Pass {
+                passes: p.passes + 1,
+                at: Some(at),
+                fires,
+                next,
+            }
         });
         let Some(next) = next else {
             ctx.shutdown.cancelled().await;
@@ -203,16 +213,21 @@ async fn load_timers(jobs: Vec<Arc<Job>>, ctx: &TriggerContext) -> Option<Vec<Ti
     )
 }
 
-/// Decides and records every fire due now, in one transaction, and moves
-/// the timers on. False when recording failed (nothing moved).
-async fn fire_due(timers: &mut [Timer], queue: &mut Queue, ctx: &TriggerContext) -> bool {
-    let now = ctx.clock.now();
+/// Decides and records every fire due at `now`, in one transaction, and
+/// moves the timers on. Returns how many fires were recorded; `None` when
+/// recording failed (nothing moved).
+async fn fire_due(
+    timers: &mut [Timer],
+    queue: &mut Queue,
+    ctx: &TriggerContext,
+    now: DateTime<Utc>,
+) -> Option<usize> {
     let due: Vec<(DateTime<Utc>, usize)> = queue
         .range(..=now)
         .flat_map(|(at, ids)| ids.iter().map(move |i| (*at, *i)))
         .collect();
     if due.is_empty() {
-        return true;
+        return Some(0);
     }
     let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
         .iter()
@@ -220,8 +235,9 @@ async fn fire_due(timers: &mut [Timer], queue: &mut Queue, ctx: &TriggerContext)
         .collect();
     if let Err(e) = decide_and_record(timers, &batch, ctx, now).await {
         tracing::error!(error = %error_chain(&e), fires = batch.len(), "cannot record cron fires; retrying");
-        return false;
+        return None;
     }
+    let recorded = batch.iter().map(|(_, f)| f.len()).sum();
     for (at, i) in &due {
         if let Some(ids) = queue.get_mut(at) {
             ids.retain(|j| j != i);
@@ -235,7 +251,7 @@ async fn fire_due(timers: &mut [Timer], queue: &mut Queue, ctx: &TriggerContext)
         t.cursor = fires.last().copied().unwrap_or(t.cursor);
         schedule(queue, i, t);
     }
-    true
+    Some(recorded)
 }
 
 /// Puts timer `i` under its next fire after its cursor.
