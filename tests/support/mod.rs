@@ -142,11 +142,19 @@ impl Workspace {
     /// `kedge run --log-format json ARGS` started in the background,
     /// without waiting for it to be ready.
     pub fn spawn_daemon_args(&self, args: &[&str], env: &[(String, String)]) -> Daemon {
-        let n = std::fs::read_dir(self.path())
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let log_path = self.path().join(format!("daemon-{n}.log"));
-        let log = std::fs::File::create(&log_path).expect("daemon log");
+        // The first free name, claimed with `create_new`: two daemons
+        // started at once never share (or truncate) a log. Zero-padded, so
+        // file-name order is start order.
+        let (log_path, log) = (0..)
+            .find_map(|n| {
+                let path = self.path().join(format!("daemon-{n:03}.log"));
+                match std::fs::File::create_new(&path) {
+                    Ok(f) => Some((path, f)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                    Err(e) => panic!("daemon log {}: {e}", path.display()),
+                }
+            })
+            .expect("a free daemon log name");
         let child = self
             .kedge()
             .args(["run", "--log-format", "json"])
@@ -210,15 +218,29 @@ fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-/// Polls `cond` every 25 ms until it holds; panics after `limit`.
+/// The pause between two checks of a condition that took `took`: 25 ms
+/// after a cheap check (a file read), ten times the check's own time after
+/// a costly one (a forked `kedge` CLI, a server round trip), at most 250 ms.
+/// Polling thus takes at most about a tenth of a core, which on a loaded
+/// two-core machine matters: the daemon under test needs the rest.
+fn poll_pause(took: Duration) -> Duration {
+    (took * 10).clamp(Duration::from_millis(25), Duration::from_millis(250))
+}
+
+/// Polls `cond` until it holds (see [`poll_pause`] for how often); panics
+/// after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
-    while !cond() {
+    loop {
+        let check = Instant::now();
+        if cond() {
+            return;
+        }
         assert!(
             start.elapsed() < limit,
             "timed out after {limit:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(poll_pause(check.elapsed()));
     }
 }
 
@@ -229,12 +251,16 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
-    while !cond().await {
+    loop {
+        let check = Instant::now();
+        if cond().await {
+            return;
+        }
         assert!(
             start.elapsed() < limit,
             "timed out after {limit:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(poll_pause(check.elapsed())).await;
     }
 }
 
