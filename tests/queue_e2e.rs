@@ -1023,10 +1023,16 @@ fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
 /// Messages carry their own deadline: waiting runs launch earliest
 /// deadline first, and one whose deadline passes while it waits is
 /// dead-lettered as `expired` instead of run late.
+///
+/// The one slot is held by a "blocker" run that waits for a gate file
+/// before the others are enqueued, so they all wait together however long
+/// the daemon takes to start, and "expiring" waits past its deadline for
+/// certain: the gate opens only once it was dead-lettered.
 #[test]
 fn message_deadlines_order_launches_and_expire_late_messages() {
     let ws = Workspace::new();
     let order = ws.path().join("order");
+    let gate = ws.path().join("gate");
     ws.write_job(
         "dl",
         &format!(
@@ -1043,30 +1049,39 @@ template:
       restartPolicy: Never
       containers:
         - name: main
-          command: ["sh", "-c", "echo $KEDGE_MESSAGE_ID >> {order}; case $KEDGE_MESSAGE_ID in blocker) sleep 3;; esac"]
+          command: ["sh", "-c", "echo $KEDGE_MESSAGE_ID >> {order}; case $KEDGE_MESSAGE_ID in blocker) while [ ! -e {gate} ]; do sleep 0.05; done;; esac"]
 "#,
-            order = order.display()
+            order = order.display(),
+            gate = gate.display(),
         ),
     );
     let at = |ms: i64| {
         (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
-    // Queued before the daemon starts, so all wait together, enqueued in
-    // an order unlike their deadlines'. One run at a time: "blocker" (the
-    // earliest deadline) runs 3 s, so "expiring" (deadline in 2.5 s) can
-    // never start in time.
-    for (id, ms) in [
-        ("first", 60_000),
-        ("later", 50_000),
-        ("sooner", 40_000),
-        ("expiring", 2_500),
-        ("blocker", 2_000),
-    ] {
+    let enqueue = |id: &str, ms: i64| {
         let data = format!("{{\"deadline\":\"{}\"}}", at(ms));
         ws.ok(&["enqueue", "dl", "--id", id, "--data", &data]);
-    }
+    };
     let d = ws.start_daemon();
+    enqueue("blocker", 600_000);
+    wait_until(Duration::from_secs(30), "the blocker to run", || {
+        std::fs::read_to_string(&order).is_ok_and(|o| o.contains("blocker"))
+    });
+    // Enqueued in an order unlike their deadlines'; "expiring" has the
+    // earliest deadline, which passes while the blocker holds the slot.
+    for (id, ms) in [
+        ("first", 600_000),
+        ("later", 500_000),
+        ("sooner", 400_000),
+        ("expiring", 2_000),
+    ] {
+        enqueue(id, ms);
+    }
+    wait_until(Duration::from_secs(30), "the expired dead letter", || {
+        !ws.dead_letters().is_empty()
+    });
+    std::fs::write(&gate, "").unwrap();
     wait_until(Duration::from_secs(30), "all settled", || {
         let done = ws
             .runs()
