@@ -245,7 +245,11 @@ fn kill_9_during_runs_then_restart_loses_nothing_and_succeeds_nothing_twice() {
     let ws = Workspace::new();
     let out = ws.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    // Each run takes a while, so the kill lands while several are running.
+    // Each run waits for the gate, opened only once the restarted daemon is
+    // ready: the kill lands while three are running however slow the
+    // machine, and the killed daemon's processes, if the restart left them
+    // alive, would write a second "done".
+    let gate = ws.path().join("gate");
     ws.write_job(
         "slow",
         &format!(
@@ -263,9 +267,10 @@ template:
       restartPolicy: Never
       containers:
         - name: main
-          command: ["sh", "-c", "sleep 1.5; echo done >> {out}/$KEDGE_MESSAGE_ID"]
+          command: ["sh", "-c", "while [ ! -e {gate} ]; do sleep 0.05; done; echo done >> {out}/$KEDGE_MESSAGE_ID"]
 "#,
-            out = out.display()
+            out = out.display(),
+            gate = gate.display(),
         ),
     );
     for i in 0..8 {
@@ -280,6 +285,7 @@ template:
     assert_eq!(count_state(&ws, "running"), 3);
 
     let d = ws.start_daemon();
+    std::fs::write(&gate, "").unwrap();
     wait_until(Duration::from_secs(60), "all 8 messages to succeed", || {
         count_state(&ws, "succeeded") == 8
     });
