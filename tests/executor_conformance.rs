@@ -769,13 +769,16 @@ async fn work_queue_without_completions<H: Harness>(h: &H) {
     let mut rig = Rig::start(h);
     // The first pod to claim the marker succeeds at once, the others fail
     // after it: none of them may be replaced. (Pod names are no sequence
-    // to go by: Kubernetes' carry a random suffix.)
+    // to go by: Kubernetes' carry a random suffix.) The others fail 2 s
+    // later, so even on a loaded machine the first has exited by then.
     let first = h.shared_dir().join("workqueue-first");
     let spec = JobSpecBuilder::new()
         .parallelism(3)
         .backoff_limit(10)
         .env("FIRST", &first.display().to_string())
-        .script("echo pod=$HOSTNAME; if mkdir \"$FIRST\" 2>/dev/null; then exit 0; fi; sleep 0.3; exit 1");
+        .script(
+            "echo pod=$HOSTNAME; if mkdir \"$FIRST\" 2>/dev/null; then exit 0; fi; sleep 2; exit 1",
+        );
     rig.launch(TestRun::new("conf-workqueue", spec).launch())
         .await;
     assert_eq!(
@@ -791,10 +794,19 @@ async fn work_queue_without_completions<H: Harness>(h: &H) {
 /// at once.
 async fn parallelism_is_honoured<H: Harness>(h: &H) {
     let mut rig = Rig::start(h);
+    // Each pod marks that it runs and waits (up to 20 s) until two have,
+    // so the first two overlap however late the second starts on a loaded
+    // machine; then it stays 1 s, long enough for a third pod started
+    // with them (parallelism not honoured) to overlap too.
     let spec = JobSpecBuilder::new()
         .completions(4)
         .parallelism(2)
-        .script("echo start=$(date +%s%N); sleep 0.3; echo end=$(date +%s%N)");
+        .env("SHARED", &h.shared_dir().display().to_string())
+        .script(
+            "echo start=$(date +%s%N); touch $SHARED/parallel.$$; i=0; \
+             while [ $(ls $SHARED | grep -c '^parallel\\.') -lt 2 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+             sleep 1; echo end=$(date +%s%N)",
+        );
     rig.launch(TestRun::new("conf-parallel", spec).launch())
         .await;
     assert_eq!(
@@ -1400,13 +1412,19 @@ async fn every_launch_ends_exactly_once<H: Harness>(h: &H) {
 /// after a crash → AlreadyExists).
 async fn launch_is_idempotent<H: Harness>(h: &H) {
     let mut rig = Rig::start(h);
+    // The pod runs until the gate opens after the second launch (or 30 s
+    // pass), so the second launch always finds it running.
+    let gate = h.shared_dir().join("twice-gate");
     let t = TestRun::new(
         "conf-twice",
-        JobSpecBuilder::new().script("echo ran; sleep 0.3"),
+        JobSpecBuilder::new()
+            .env("GATE", &gate.display().to_string())
+            .script("echo ran; i=0; while [ ! -e $GATE ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"),
     );
     rig.launch(t.launch()).await;
     wait_for_log(h, "conf-twice", "ran").await;
     rig.launch(t.launch()).await;
+    std::fs::write(&gate, "").unwrap();
     assert_eq!(rig.outcome_of("conf-twice").await, OutcomeKind::Succeeded);
     let logs = h.logs("conf-twice").await;
     assert_eq!(pods(&logs).len(), 1, "{logs:#?}");

@@ -190,7 +190,8 @@ async fn command_timeout_kills_its_process_group() {
     );
     let p = command(&["sh", "-c", &script]);
     let start = Instant::now();
-    let e = measure(&p, Duration::from_secs(3)).await.unwrap_err();
+    // Long enough that a loaded machine's `sh` has written both pid files.
+    let e = measure(&p, Duration::from_secs(5)).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -201,7 +202,7 @@ async fn command_timeout_kills_its_process_group() {
         ),
         "{e:?}"
     );
-    assert_eq!(e.to_string(), "command probe timed out after 3s");
+    assert_eq!(e.to_string(), "command probe timed out after 5s");
     assert!(
         start.elapsed() < Duration::from_secs(15),
         "took {:?}",
@@ -472,11 +473,10 @@ async fn http_failures_say_what_was_wrong() {
 
 #[tokio::test]
 async fn http_connection_errors_do_not_leak_the_url() {
-    // A port nothing listens on: bind one, then drop it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nothing listens on, held (bound, not listening) until the
+    // check ends, so no other test's server can take it meanwhile.
+    let reserved = support::ReservedPort::new();
+    let addr = reserved.addr();
     let p = http(&format!("http://probe:hunter2@{addr}/m?token=s3cret"), "/x");
     let e = measure(&p, SHORT).await.unwrap_err();
     assert!(matches!(e, ProbeError::HttpRequest { .. }), "{e:?}");
@@ -610,10 +610,9 @@ async fn sql_on_sqlite() {
 
 #[tokio::test]
 async fn sql_connection_errors_mask_the_password() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nothing listens on, held until the check ends (see above).
+    let reserved = support::ReservedPort::new();
+    let addr = reserved.addr();
     let p = sql(&format!("postgres://kedge:hunter2@{addr}/app"), "select 1");
     assert!(!format!("{p:?}").contains("hunter2"));
     let e = measure(&p, SHORT).await.unwrap_err();

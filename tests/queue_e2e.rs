@@ -13,8 +13,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
@@ -42,14 +41,6 @@ trait Broker {
     fn durable(&self) -> bool {
         true
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Fails under CI, else prints a loud skip message.
@@ -256,59 +247,39 @@ struct RedisServer {
 }
 
 impl RedisServer {
+    /// On a free port (another one if the first was taken meanwhile).
     fn start() -> Option<RedisServer> {
-        RedisServer::start_on(free_port(), None)
+        match support::spawn_redis_server(None) {
+            Ok((port, child)) => Some(RedisServer {
+                port,
+                child: Some(child),
+                password: None,
+            }),
+            Err(e) => {
+                unavailable("redis-server", e);
+                None
+            }
+        }
     }
 
+    /// On `port`, which the caller kept reserved until now.
     fn start_on(port: u16, password: Option<&str>) -> Option<RedisServer> {
         let mut s = RedisServer {
             port,
             child: None,
             password: password.map(str::to_string),
         };
-        if let Err(e) = s.spawn() {
-            unavailable("redis-server", e);
-            return None;
+        match support::spawn_redis_server_on(port, password) {
+            Ok(child) => s.child = Some(child),
+            Err(e @ support::RedisSpawnError::Exited(_)) => {
+                panic!("redis-server on the reserved port {port}: {e}")
+            }
+            Err(e) => {
+                unavailable("redis-server", e);
+                return None;
+            }
         }
         Some(s)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .map(str::to_string)
-        .to_vec();
-        if let Some(p) = &self.password {
-            args.extend(["--requirepass".to_string(), p.clone()]);
-        }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        self.child = Some(child);
-        let url = self.url();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("redis-server on port {} did not start", self.port));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     fn url(&self) -> String {
@@ -324,12 +295,27 @@ impl RedisServer {
             .expect("redis connection")
     }
 
+    /// Kills the server and starts it again on the same port (the
+    /// daemon's URL names it). Another test's free-port probe may hold the
+    /// port for a moment after it is released: a start that lost the port
+    /// is tried again.
     fn restart(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.spawn().expect("restart redis-server");
+        for attempt in 1.. {
+            match support::spawn_redis_server_on(self.port, self.password.as_deref()) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(support::RedisSpawnError::Exited(_)) if attempt < 10 => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!("restart redis-server on port {}: {e}", self.port),
+            }
+        }
     }
 }
 
@@ -957,7 +943,10 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// URL never appears in the log or the health output.
 #[test]
 fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
-    let port = free_port();
+    // Held until the broker starts: connections are refused meanwhile, and
+    // no other test's server can take the port.
+    let reserved = support::ReservedPort::new();
+    let port = reserved.port();
     let secret = "s3cret-do-not-log";
     let ws = Workspace::new();
     ws.write_config(
@@ -1002,6 +991,7 @@ fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
     assert!(!body.contains(secret), "{body}");
 
     // The broker comes up: the source recovers, the message runs.
+    drop(reserved);
     let Some(server) = RedisServer::start_on(port, Some(secret)) else {
         return;
     };
@@ -1033,10 +1023,16 @@ fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
 /// Messages carry their own deadline: waiting runs launch earliest
 /// deadline first, and one whose deadline passes while it waits is
 /// dead-lettered as `expired` instead of run late.
+///
+/// The one slot is held by a "blocker" run that waits for a gate file
+/// before the others are enqueued, so they all wait together however long
+/// the daemon takes to start, and "expiring" waits past its deadline for
+/// certain: the gate opens only once it was dead-lettered.
 #[test]
 fn message_deadlines_order_launches_and_expire_late_messages() {
     let ws = Workspace::new();
     let order = ws.path().join("order");
+    let gate = ws.path().join("gate");
     ws.write_job(
         "dl",
         &format!(
@@ -1053,30 +1049,39 @@ template:
       restartPolicy: Never
       containers:
         - name: main
-          command: ["sh", "-c", "echo $KEDGE_MESSAGE_ID >> {order}; case $KEDGE_MESSAGE_ID in blocker) sleep 3;; esac"]
+          command: ["sh", "-c", "echo $KEDGE_MESSAGE_ID >> {order}; case $KEDGE_MESSAGE_ID in blocker) while [ ! -e {gate} ]; do sleep 0.05; done;; esac"]
 "#,
-            order = order.display()
+            order = order.display(),
+            gate = gate.display(),
         ),
     );
     let at = |ms: i64| {
         (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
-    // Queued before the daemon starts, so all wait together, enqueued in
-    // an order unlike their deadlines'. One run at a time: "blocker" (the
-    // earliest deadline) runs 3 s, so "expiring" (deadline in 2.5 s) can
-    // never start in time.
-    for (id, ms) in [
-        ("first", 60_000),
-        ("later", 50_000),
-        ("sooner", 40_000),
-        ("expiring", 2_500),
-        ("blocker", 2_000),
-    ] {
+    let enqueue = |id: &str, ms: i64| {
         let data = format!("{{\"deadline\":\"{}\"}}", at(ms));
         ws.ok(&["enqueue", "dl", "--id", id, "--data", &data]);
-    }
+    };
     let d = ws.start_daemon();
+    enqueue("blocker", 600_000);
+    wait_until(Duration::from_secs(30), "the blocker to run", || {
+        std::fs::read_to_string(&order).is_ok_and(|o| o.contains("blocker"))
+    });
+    // Enqueued in an order unlike their deadlines'; "expiring" has the
+    // earliest deadline, which passes while the blocker holds the slot.
+    for (id, ms) in [
+        ("first", 600_000),
+        ("later", 500_000),
+        ("sooner", 400_000),
+        ("expiring", 2_000),
+    ] {
+        enqueue(id, ms);
+    }
+    wait_until(Duration::from_secs(30), "the expired dead letter", || {
+        !ws.dead_letters().is_empty()
+    });
+    std::fs::write(&gate, "").unwrap();
     wait_until(Duration::from_secs(30), "all settled", || {
         let done = ws
             .runs()

@@ -74,6 +74,12 @@ fn succeeded(ws: &Workspace) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The 4th run is sized from the rate fitted to the first three. The
+/// history spans 1 to 5 s of work per pod, so a start-up delay of a few
+/// hundred milliseconds on a loaded machine moves the fitted rate by a few
+/// per cent, well inside the 30 % allowed, which still tells the true rate
+/// from the initial one (3× it) and from anything that would size the 4th
+/// run wrong.
 #[test]
 fn after_three_runs_of_history_the_fourth_is_sized_to_finish_before_its_deadline() {
     let ws = Workspace::new();
@@ -85,16 +91,17 @@ fn after_three_runs_of_history_the_fourth_is_sized_to_finish_before_its_deadline
             &ws,
             "backup",
             "  parallelism: { min: 1, max: 8 }",
-            "5s",
+            "10s",
             true_rate * 3.0,
         ),
     );
     let d = ws.start_daemon();
-    // History with different work per pod, so rate and overhead are fitted.
-    for (i, work) in [4.0, 8.0, 12.0].into_iter().enumerate() {
+    // History with different work per pod (1, 3 and 5 s, each on one pod:
+    // 8 s are usable), so rate and overhead are fitted.
+    for (i, work) in [4.0, 12.0, 20.0].into_iter().enumerate() {
         set_work(&ws, "backup", work);
         ws.ok(&["enqueue", "backup", "--data", "{}"]);
-        wait_until(Duration::from_secs(30), "a history run", || {
+        wait_until(Duration::from_secs(60), "a history run", || {
             succeeded(&ws).len() == i + 1
         });
     }
@@ -106,20 +113,20 @@ fn after_three_runs_of_history_the_fourth_is_sized_to_finish_before_its_deadline
         "--at",
         "2026-06-01T00:00:00Z",
         "--work",
-        "24",
+        "48",
         "--json",
     ]))
     .unwrap();
     assert_eq!(plan["model"], "fitted from 3 runs", "{plan}");
     let rate = plan["rate_per_pod"].as_f64().unwrap();
     assert!(
-        (rate - true_rate).abs() / true_rate < 0.25,
+        (rate - true_rate).abs() / true_rate < 0.3,
         "fitted rate {rate} vs true {true_rate}"
     );
 
-    set_work(&ws, "backup", 24.0);
+    set_work(&ws, "backup", 48.0);
     ws.ok(&["enqueue", "backup", "--data", "{}"]);
-    wait_until(Duration::from_secs(30), "the sized run", || {
+    wait_until(Duration::from_secs(60), "the sized run", || {
         succeeded(&ws).len() == 4
     });
     assert!(d.stop().success());
@@ -127,8 +134,11 @@ fn after_three_runs_of_history_the_fourth_is_sized_to_finish_before_its_deadline
     let runs = ws.runs();
     let fourth = &runs[0];
     let sizing = &fourth["sizing"];
-    // 24 units × 0.25 s = 6 s of pod time; 4 s usable (5 s − 20 %) → 2 pods.
-    assert_eq!(sizing["parallelism"], 2, "{fourth}");
+    // 48 units × 0.25 s = 12 s of pod time; 8 s usable (10 s − 20 %) → 2
+    // pods at the true rate; 3 if the fit erred slow (within its 30 %). The
+    // initial rate would have planned 1 pod, 12 s: past the deadline.
+    let p = sizing["parallelism"].as_i64().unwrap();
+    assert!(p == 2 || p == 3, "parallelism {p}: {fourth}");
     assert_eq!(sizing["at_risk"], false, "{fourth}");
     let finished = time(&fourth["finished_at"]);
     let deadline = time(&fourth["deadline"]);
@@ -140,10 +150,24 @@ fn after_three_runs_of_history_the_fourth_is_sized_to_finish_before_its_deadline
     println!("projected {projected}, actual {finished}, deadline {deadline}");
 }
 
-/// Accepts one HTTP request on `listener` and returns its body.
-fn accept_one(listener: std::net::TcpListener) -> std::thread::JoinHandle<String> {
+/// Accepts one HTTP request on `listener` and returns its body; panics
+/// (failing the test's `join`) if none comes within `limit`, rather than
+/// hanging the test.
+fn accept_one(listener: std::net::TcpListener, limit: Duration) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("webhook call");
+        listener.set_nonblocking(true).unwrap();
+        let start = std::time::Instant::now();
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(start.elapsed() < limit, "no webhook call within {limit:?}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -178,7 +202,7 @@ fn a_run_the_maximum_cannot_finish_in_time_is_flagged_at_risk_and_skipped() {
     let ws = Workspace::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/kedge", listener.local_addr().unwrap());
-    let hook = accept_one(listener);
+    let hook = accept_one(listener, Duration::from_secs(60));
     let sizing = format!(
         "  parallelism: {{ min: 1, max: 2 }}\n  when_at_risk: skip\n  at_risk_webhook: {url}"
     );
@@ -219,17 +243,19 @@ fn a_run_the_maximum_cannot_finish_in_time_is_flagged_at_risk_and_skipped() {
 #[test]
 fn a_run_slower_than_its_history_gets_its_parallelism_raised_in_flight() {
     let ws = Workspace::new();
-    // The initial rate claims 8 units in well under the window on one pod;
-    // the shards really take 1 s each, so one pod would need 8 s of a 7 s window.
+    // The initial rate claims 64 units in well under the window on one pod;
+    // the shards really take 2 s each, so one pod would need 16 s of a 14 s
+    // window. Raised to 2 pods after the first shard, it needs about 10 s:
+    // seconds of slack for a loaded machine.
     let sizing = "  parallelism: { min: 1, max: 4 }\n  shards: 8";
     ws.write_job(
         "slow",
-        &backup_job(&ws, "slow", sizing, "7s", 3600.0 * 100.0),
+        &backup_job(&ws, "slow", sizing, "14s", 3600.0 * 100.0),
     );
-    set_work(&ws, "slow", 32.0);
+    set_work(&ws, "slow", 64.0);
     let d = ws.start_daemon();
     ws.ok(&["enqueue", "slow", "--data", "{}"]);
-    wait_until(Duration::from_secs(40), "the run to finish", || {
+    wait_until(Duration::from_secs(60), "the run to finish", || {
         succeeded(&ws).len() == 1
     });
     assert!(d.stop().success());

@@ -56,8 +56,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -231,14 +230,6 @@ fn unavailable(what: &str, e: impl std::fmt::Display) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A private redis-server without persistence (restarting the shared one
 /// would disturb other tests).
 struct RedisServer {
@@ -247,35 +238,31 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = self.try_conn() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+    /// On a free port (another one if the first was taken meanwhile).
+    fn start() -> Result<RedisServer, String> {
+        let (port, child) = support::spawn_redis_server(None)?;
+        Ok(RedisServer {
+            port,
+            child: Some(child),
+        })
+    }
+    /// Starts the killed server again on its port (the daemon's URL names
+    /// it). Another test's free-port probe may hold the port for a moment
+    /// after it is released: a start that lost the port is tried again.
+    fn respawn(&mut self) -> Result<(), String> {
+        for attempt in 1.. {
+            match support::spawn_redis_server_on(self.port, None) {
+                Ok(child) => {
+                    self.child = Some(child);
                     return Ok(());
                 }
+                Err(support::RedisSpawnError::Exited(_)) if attempt < 10 => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(format!("redis-server on port {}: {e}", self.port)),
             }
-            if Instant::now() > deadline {
-                return Err(format!("redis-server on port {} did not start", self.port));
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        unreachable!()
     }
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
@@ -514,7 +501,7 @@ impl Brokers {
 
     fn restart_redis(&mut self) {
         self.redis.kill();
-        self.redis.spawn().expect("restart redis-server");
+        self.redis.respawn().expect("restart redis-server");
         self.reconnect(Src::RedisList);
     }
 
@@ -826,13 +813,10 @@ fn soak() {
         Ok(c) => c,
         Err(e) => return unavailable("RabbitMQ at 127.0.0.1:5672", e),
     };
-    let mut redis = RedisServer {
-        port: free_port(),
-        child: None,
+    let redis = match RedisServer::start() {
+        Ok(r) => r,
+        Err(e) => return unavailable("redis-server", e),
     };
-    if let Err(e) = redis.spawn() {
-        return unavailable("redis-server", e);
-    }
     let redis_conn = redis.try_conn().expect("redis connection");
     let mut brokers = Brokers {
         tag: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),

@@ -3,6 +3,10 @@
 //! - [`Workspace`]: a temp dir with `config/kedge.yaml` and `jobs/`, to run
 //!   the built binary in as a user would.
 //! - [`wait_until`]: poll a condition with a deadline instead of sleeping.
+//! - [`ReservedPort`]: a loopback port held (bound, not listening) so that
+//!   connecting to it is refused and no other test can take it.
+//! - [`spawn_redis_server`]: a private `redis-server` on a free port, retried
+//!   on another port when the chosen one was taken.
 //! - [`postgres_database`]: a fresh database on the real PostgreSQL server,
 //!   dropped afterwards; when the server is unreachable the test fails under
 //!   `CI` and is skipped loudly elsewhere.
@@ -142,11 +146,19 @@ impl Workspace {
     /// `kedge run --log-format json ARGS` started in the background,
     /// without waiting for it to be ready.
     pub fn spawn_daemon_args(&self, args: &[&str], env: &[(String, String)]) -> Daemon {
-        let n = std::fs::read_dir(self.path())
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let log_path = self.path().join(format!("daemon-{n}.log"));
-        let log = std::fs::File::create(&log_path).expect("daemon log");
+        // The first free name, claimed with `create_new`: two daemons
+        // started at once never share (or truncate) a log. Zero-padded, so
+        // file-name order is start order.
+        let (log_path, log) = (0..)
+            .find_map(|n| {
+                let path = self.path().join(format!("daemon-{n:03}.log"));
+                match std::fs::File::create_new(&path) {
+                    Ok(f) => Some((path, f)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                    Err(e) => panic!("daemon log {}: {e}", path.display()),
+                }
+            })
+            .expect("a free daemon log name");
         let child = self
             .kedge()
             .args(["run", "--log-format", "json"])
@@ -210,15 +222,29 @@ fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-/// Polls `cond` every 25 ms until it holds; panics after `limit`.
+/// The pause between two checks of a condition that took `took`: 25 ms
+/// after a cheap check (a file read), ten times the check's own time after
+/// a costly one (a forked `kedge` CLI, a server round trip), at most 250 ms.
+/// Polling thus takes at most about a tenth of a core, which on a loaded
+/// two-core machine matters: the daemon under test needs the rest.
+fn poll_pause(took: Duration) -> Duration {
+    (took * 10).clamp(Duration::from_millis(25), Duration::from_millis(250))
+}
+
+/// Polls `cond` until it holds (see [`poll_pause`] for how often); panics
+/// after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
-    while !cond() {
+    loop {
+        let check = Instant::now();
+        if cond() {
+            return;
+        }
         assert!(
             start.elapsed() < limit,
             "timed out after {limit:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(poll_pause(check.elapsed()));
     }
 }
 
@@ -229,12 +255,16 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
-    while !cond().await {
+    loop {
+        let check = Instant::now();
+        if cond().await {
+            return;
+        }
         assert!(
             start.elapsed() < limit,
             "timed out after {limit:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(poll_pause(check.elapsed())).await;
     }
 }
 
@@ -325,4 +355,124 @@ pub fn restart_postgres_cluster() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A loopback port held by a socket that is bound but not listening: a
+/// connection to it is refused, and no other test (nor a server it starts)
+/// can take the port while this lives. Bind-then-drop would free the port
+/// at once, for anyone to take before the check that wants it refused.
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a loopback port");
+        ReservedPort { socket }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.socket.local_addr().expect("local addr")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+}
+
+/// A loopback port that was free a moment ago (bound, then released). It
+/// can be taken by someone else before it is used: whoever uses it must
+/// notice (as [`spawn_redis_server`] does) and take another.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Why [`spawn_redis_server_on`] failed.
+#[derive(Debug)]
+pub enum RedisSpawnError {
+    /// `redis-server` exited while starting: the port was taken (by a
+    /// server of another test, say) between choosing it and binding it.
+    Exited(std::process::ExitStatus),
+    /// It cannot be started at all, or never answered.
+    Failed(String),
+}
+
+impl std::fmt::Display for RedisSpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisSpawnError::Exited(s) => write!(f, "redis-server exited while starting ({s})"),
+            RedisSpawnError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Starts `redis-server` (no persistence, optionally `--requirepass`) on
+/// `port` and returns once it answers — as itself: the server that answers
+/// on the port must report our child's pid, because when the port was taken
+/// our child exits while the taker answers.
+pub fn spawn_redis_server_on(port: u16, password: Option<&str>) -> Result<Child, RedisSpawnError> {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()]).args([
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    if let Some(p) = password {
+        cmd.args(["--requirepass", p]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| RedisSpawnError::Failed(e.to_string()))?;
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let url = format!("redis://{auth}127.0.0.1:{port}/");
+    let ours = format!("process_id:{}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Err(RedisSpawnError::Exited(status));
+        }
+        let info = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
+        if info.is_ok_and(|i| i.lines().any(|l| l.trim() == ours)) {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RedisSpawnError::Failed(format!(
+                "redis-server on port {port} did not answer within 30 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`spawn_redis_server_on`] a free port, trying another port when the
+/// chosen one was taken before the server bound it. Returns the port.
+pub fn spawn_redis_server(password: Option<&str>) -> Result<(u16, Child), String> {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let port = free_port();
+        match spawn_redis_server_on(port, password) {
+            Ok(child) => return Ok((port, child)),
+            Err(RedisSpawnError::Exited(s)) => last = format!("port {port}: exited ({s})"),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "redis-server exited at start on 10 free ports; last {last}"
+    ))
 }
