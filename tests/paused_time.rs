@@ -231,11 +231,11 @@ async fn a_week_of_nightly_fires_across_dst_each_on_the_dot() {
         }
     })
     .await;
-    let fires = (store.cron_fires("nightly")).await.unwrap();
+    let fires = store.cron_fires("nightly").await.unwrap();
     assert_eq!(times(&fires), berlin_week());
     assert_eq!(recorded_at, berlin_week(), "each fire recorded on the dot");
     assert!(outcomes(&fires).iter().all(|o| *o == FireOutcome::Launched));
-    let runs = (store.list_runs(Some("nightly"), None, 100)).await.unwrap();
+    let runs = store.list_runs(Some("nightly"), None, 100).await.unwrap();
     assert_eq!(runs.len(), 7, "one pending run per fire");
     s.stop().await;
 }
@@ -248,7 +248,8 @@ async fn catchup_all_after_a_week_down_launches_the_fires_within_the_starting_de
     let dir = tempfile::tempdir().unwrap();
     let store = store_at(utc("2026-04-01T12:00:00Z")).await;
     let last = utc("2026-03-25T01:30:00Z").timestamp_millis();
-    (store.record_cron_fire("nightly", last, FireOutcome::Launched, None, None))
+    store
+        .record_cron_fire("nightly", last, FireOutcome::Launched, None, None)
         .await
         .unwrap();
     let policy = "  overlap: allow\n  catchup: all\n  starting_deadline: 84h\n";
@@ -272,7 +273,8 @@ async fn catchup_latest_after_a_week_down_launches_only_the_newest_fire() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_at(utc("2026-04-01T12:00:00Z")).await;
     let last = utc("2026-03-25T01:30:00Z").timestamp_millis();
-    (store.record_cron_fire("nightly", last, FireOutcome::Launched, None, None))
+    store
+        .record_cron_fire("nightly", last, FireOutcome::Launched, None, None)
         .await
         .unwrap();
     let mut s = Scheduler::start(nightly(dir.path(), "  overlap: allow\n"), &store);
@@ -281,7 +283,7 @@ async fn catchup_latest_after_a_week_down_launches_only_the_newest_fire() {
     let mut want = vec![FireOutcome::Missed; 6];
     want.push(FireOutcome::Launched);
     assert_eq!(outcomes(&fires[1..]), want);
-    let runs = (store.list_runs(Some("nightly"), None, 100)).await.unwrap();
+    let runs = store.list_runs(Some("nightly"), None, 100).await.unwrap();
     assert_eq!(runs.len(), 1);
     s.stop().await;
 }
@@ -314,10 +316,11 @@ async fn two_fires(overlap: &str, claim_first: bool) -> (Store, Scheduler, Vec<C
     let first = s.fires(&store, "hourly", 1).await;
     assert_eq!(first[0].outcome, FireOutcome::Launched);
     if claim_first {
-        let run = &(store.list_runs(Some("hourly"), None, 10)).await.unwrap()[0];
+        let run = &store.list_runs(Some("hourly"), None, 10).await.unwrap()[0];
         // The scheduler sleeps until 12:00 meanwhile; the clock stands
         // still while the test claims, so the claim lands before that fire.
-        let claimed = (store.claim_runs(&[run.run_id.as_str()], store.clock().now_ms()))
+        let claimed = store
+            .claim_runs(&[run.run_id.as_str()], store.clock().now_ms())
             .await
             .unwrap();
         assert_eq!(claimed, [true]);
@@ -332,7 +335,7 @@ async fn two_fires(overlap: &str, claim_first: bool) -> (Store, Scheduler, Vec<C
 }
 
 async fn states(store: &Store) -> Vec<RunState> {
-    let mut runs = (store.list_runs(Some("hourly"), None, 10)).await.unwrap();
+    let mut runs = store.list_runs(Some("hourly"), None, 10).await.unwrap();
     runs.sort_by_key(|r| r.scheduled_ms);
     runs.into_iter().map(|r| r.state).collect()
 }
@@ -394,7 +397,8 @@ async fn overlap_replace_cancels_the_active_run_for_the_new_fire() {
     // … a running one is handed to the daemon to stop on the executor.
     let (store, mut s, fires) = two_fires("replace", true).await;
     assert_eq!(outcomes(&fires), [Launched, Replaced]);
-    let running = (store.list_runs(Some("hourly"), Some(RunState::Running), 10))
+    let running = store
+        .list_runs(Some("hourly"), Some(RunState::Running), 10)
         .await
         .unwrap();
     assert_eq!(s.cancels.try_recv().ok(), Some(running[0].run_id.clone()));
@@ -585,7 +589,7 @@ async fn retry_backoff_doubles_then_the_message_is_dead_lettered() {
          template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
          containers: [{ name: c, command: [\"false\"] }]\n",
     );
-    (kedge::intake::enqueue(&store, &job, b"{}", Some("m-1".into()), None))
+    kedge::intake::enqueue(&store, &job, b"{}", Some("m-1".into()), None)
         .await
         .unwrap();
     let (executor, outcomes) = Scripted::new(store.clock(), true);
@@ -600,7 +604,7 @@ async fn retry_backoff_doubles_then_the_message_is_dead_lettered() {
         })
         .await;
 
-    let mut runs = (store.list_runs(Some("flaky"), None, 10)).await.unwrap();
+    let mut runs = store.list_runs(Some("flaky"), None, 10).await.unwrap();
     runs.sort_by_key(|r| r.attempt);
     let states: Vec<RunState> = runs.iter().map(|r| r.state).collect();
     assert_eq!(states, [RunState::Failed, RunState::Failed, RunState::Dead]);
@@ -627,9 +631,7 @@ async fn retry_backoff_doubles_then_the_message_is_dead_lettered() {
             run.run_id
         );
     }
-    let letter = &(store.dead_letters(Some("flaky"), false, 10))
-        .await
-        .unwrap()[0];
+    let letter = &store.dead_letters(Some("flaky"), false, 10).await.unwrap()[0];
     assert_eq!(letter.attempts, 3);
     assert!(letter.reason.contains("3 of 3"), "{}", letter.reason);
     daemon.stop().await;
@@ -656,7 +658,7 @@ async fn a_run_behind_its_deadline_is_replanned_up_within_its_maximum() {
          template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
          containers: [{ name: c, command: [\"true\"] }]\n",
     );
-    (kedge::intake::enqueue(&store, &job, b"{}", Some("nightly".into()), None))
+    kedge::intake::enqueue(&store, &job, b"{}", Some("nightly".into()), None)
         .await
         .unwrap();
     let (executor, outcomes) = Scripted::new(store.clock(), false);
@@ -667,10 +669,13 @@ async fn a_run_behind_its_deadline_is_replanned_up_within_its_maximum() {
         })
         .await;
 
-    let seen = executor.seen();
-    let (run_id, launched_at, first, completions) = seen.launches[0].clone();
+    let (launched, raised) = {
+        let seen = executor.seen();
+        (seen.launches[0].clone(), seen.raised[0].clone())
+    };
+    let (run_id, launched_at, first, completions) = launched;
     assert_eq!(completions, 8);
-    let (raised_run, to, at) = seen.raised[0].clone();
+    let (raised_run, to, at) = raised;
     assert_eq!(raised_run, run_id);
     assert!(
         to > first && to <= 6,
@@ -683,8 +688,7 @@ async fn a_run_behind_its_deadline_is_replanned_up_within_its_maximum() {
         (Duration::from_secs(1800)..=Duration::from_secs(1803)).contains(&after),
         "raised {after:?} after launch"
     );
-    drop(seen);
-    let run = (store.get_run(&run_id)).await.unwrap().unwrap();
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
     let sizing = run.sizing.expect("sized");
     assert_eq!(sizing.parallelism, i64::from(to));
     assert!(
