@@ -7,7 +7,7 @@
 //!    the executor, which adopts what still runs; the rest go back to
 //!    `pending` to be launched again.
 //! 2. **Start**: the HTTP endpoints, one intake task per queue source, the
-//!    cron scheduler, the dead-letter [`outbox`](crate::finalizer::outbox)
+//!    cron scheduler, the dead-letter [`crate::finalizer::outbox`]
 //!    and the store's wake-up channel for work other processes store.
 //! 3. **Serve**: one loop owns dispatching and settling, so the two never
 //!    race. It runs a [`Dispatcher`] pass, then waits for whichever comes

@@ -4,21 +4,24 @@
 //!
 //! # Layout
 //!
-//! Work flows left to right; each stage has one module.
+//! Work flows left to right; each stage has one room.
 //!
 //! ```text
-//! triggers ──▶ intake ──▶ planner ──▶ executor ──▶ (tracking) ──▶ finalizer
-//!   cron        durable     limits      local        outcomes       succeed / retry /
-//!   sources     work items  (pure)      processes,   per run        dead-letter,
-//!   builtin q.                          or k8s Jobs  (a watcher)    cleanup
+//! triggers ──▶ intake ──▶ dispatcher ──────────────▶ executor ──▶ (tracking) ──▶ finalizer
+//!   cron        durable     due → claim → size →      local        outcomes       succeed / retry /
+//!   sources     work items  launch, under the         processes,   per run        dead-letter,
+//!   builtin q.              planner's limits (pure)   or k8s Jobs  (a watcher)    outbox
 //! ```
 //!
 //! - [`config`] — the daemon config and job definitions: parse, validate
 //!   every field, report all problems as `path:line:column: field: message`.
+//!   Pure: no store, no probes' measuring ([`config::probe`] only parses and
+//!   resolves `sizing.work`).
 //! - [`triggers`] — where work comes from: [`triggers::cron`] (Debian cron
 //!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop for
 //!   every cron job, fires due together recorded in one transaction;
-//!   overlap and catch-up policies).
+//!   overlap and catch-up policies). Every trigger task gets a
+//!   [`triggers::TriggerContext`].
 //! - [`sources`] — queue sources behind [`sources::Source`] (claim,
 //!   settle): `redis_list`, `redis_stream`, `rabbitmq`, `postgres`; their
 //!   dead-letter targets and replays behind [`sources::Outbox`].
@@ -26,25 +29,38 @@
 //!   and a pending run in the store before it is acknowledged;
 //!   [`intake::consume`] drives a source (claim → store → settle,
 //!   reconnect with backoff); bad messages become dead letters.
+//! - [`dispatcher`] — due → claim → size → launch, one pass at a time:
+//!   [`dispatcher::batches`] forms batch runs, [`dispatcher::sizing`] sizes
+//!   a run at launch (probe → planner → decision on the JobSpec),
+//!   [`dispatcher::replan`] watches runs in flight (backpressure, raising
+//!   parallelism when a run falls behind its deadline). *Where is
+//!   parallelism decided?* The arithmetic in [`planner::sizing`], the I/O
+//!   around it in `dispatcher::sizing` and `dispatcher::replan`.
 //! - [`planner`] — pure: which due runs may launch under the limits (per
-//!   job, pools, global), [`planner::sizing`], the parallelism that
-//!   finishes a run inside its window, and [`planner::batching`], which
-//!   waiting messages go into one batch run.
-//! - [`probes`] — measure how much work a run has (`sizing.work`).
-//! - [`sizer`] — the I/O around sizing: probe, history, decision applied to
-//!   the JobSpec with its annotations, the at-risk signal, re-planning.
+//!   job, pools, global, backpressure), [`planner::sizing`], the
+//!   parallelism that finishes a run inside its window, and
+//!   [`planner::batching`], which waiting messages go into one batch run.
+//! - [`probes`] — measure how much work a run has (`sizing.work`): sql,
+//!   http, command, queue length.
 //! - [`executor`] — where runs run, behind the [`executor::Executor`] trait:
-//!   [`executor::render`] builds the JobSpec with kedge's env,
+//!   [`mod@executor::render`] builds the JobSpec with kedge's env,
 //!   [`executor::local`] runs it as processes and tracks them to an outcome,
 //!   [`executor::kubernetes`] creates Jobs (and payload ConfigMaps) through
 //!   the API server, tracks them with one watcher, cleans them up, and
 //!   elects the one launching replica on a Lease.
-//! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter.
-//! - [`lifecycle`] — the run state machine, documented, and run names.
-//! - [`store`] — SQLite or PostgreSQL through sqlx: work items, runs, cron
-//!   fires, dead letters; migrations in `migrations/`.
-//! - [`daemon`] — wires the stages together and runs until a signal; also
-//!   publishes stored dead letters to their broker target (an outbox).
+//! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter;
+//!   [`finalizer::outbox`] publishes stored dead letters to their broker.
+//! - [`lifecycle`] — the work item and run state machines with every
+//!   transition and who makes it, cron fire outcomes, run names and their
+//!   length limits.
+//! - [`store`] — SQLite or PostgreSQL through sqlx, one file per table:
+//!   work items, runs, cron fires, batches, dead letters; migrations in
+//!   `migrations/`.
+//! - [`clock`] — where every stage reads the time: the system clock, or one
+//!   driven by tokio's paused time in tests.
+//! - [`redact`] — passwords out of URLs, for logs and errors.
+//! - [`daemon`] — wires the stages together: recover, start the triggers,
+//!   serve (one loop for dispatching and settling), drain.
 //! - [`health`] — source states and counters: `/healthz`, `/readyz`,
 //!   `/metrics`.
 //! - [`cli`] — the `kedge` command line (`main.rs` only calls it).

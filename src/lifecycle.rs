@@ -11,18 +11,36 @@
 //! ```text
 //!            intake                dispatcher              finalizer
 //!   (none) ─────────▶ pending ───────────────▶ running ──┬──▶ succeeded
-//!                        ▲                       │       ├──▶ failed ──▶ (next attempt: new pending run)
-//!                        │ shutdown / crash      │       ├──▶ dead   ──▶ dead letter written
-//!                        └───────────────────────┘       └──▶ failed (cancelled: replaced by a newer cron fire)
+//!                      │  ▲                      │       ├──▶ failed ──▶ (next attempt: new pending run)
+//!                      │  │ launch failed,       │       ├──▶ dead   ──▶ dead letter written
+//!                      │  │ shutdown, crash      │       └──▶ failed (cancelled, skipped at risk)
+//!                      │  └──────────────────────┘
+//!                      ├──▶ failed  (scheduler: `overlap: replace` cancels it)
+//!                      └──▶ dead    (dispatcher: the message's deadline passed)
 //! ```
 //!
 //! | run state   | meaning                                        | moved out by |
 //! |-------------|------------------------------------------------|--------------|
-//! | `pending`   | waiting for its time (`scheduled_at`, retry backoff) and for a slot | the dispatcher |
-//! | `running`   | launched on the executor                       | the finalizer; start-up recovery |
+//! | `pending`   | waiting for its time (`scheduled_at`, retry backoff) and for a slot | the dispatcher; the scheduler; the dispatcher's expiry |
+//! | `running`   | launched on the executor                       | the finalizer; the dispatcher (launch failed); shutdown; start-up recovery |
 //! | `succeeded` | finished well (final)                          | nobody |
 //! | `failed`    | this attempt failed; a later attempt exists, or the run was cancelled (final) | nobody |
-//! | `dead`      | the last attempt failed; the work item was dead-lettered (final) | nobody |
+//! | `dead`      | the last attempt failed, or the message expired; the work item was dead-lettered (final) | nobody |
+//!
+//! Every transition, who makes it and where:
+//!
+//! | from → to | who | store call |
+//! |-----------|-----|------------|
+//! | (none) → `pending` | intake (queue message, manual trigger, cron fire) | `intake_many`, `insert_work_item`, `record_cron_fires` |
+//! | (none) → `pending` | the dispatcher forms a batch run | `create_batch_run` |
+//! | (none) → `pending` | the finalizer schedules the next attempt; a batch member retried alone | `settle`, `settle_batch` |
+//! | (none) → `pending` | `kedge dlq replay` | `replay_dead_letter` |
+//! | `pending` → `running` | the dispatcher claims a due run | `claim_runs` |
+//! | `pending` → `failed` | the scheduler, `overlap: replace`: a newer fire cancels it | `cancel_pending_runs` |
+//! | `pending` → `dead` | the dispatcher: the message's own deadline passed (`on_expired: dead_letter`) | `expire_run` |
+//! | `running` → `pending` | the dispatcher: a claim not launched after a launch failed in the same pass | `unclaim_runs` |
+//! | `running` → `pending` | the dispatcher: the launch failed; the daemon: shutdown or start-up recovery interrupted it | `requeue_run` |
+//! | `running` → `succeeded` / `failed` / `dead` | the finalizer, from the executor's outcome or sizing's at-risk skip/fail | `settle`, `settle_batch` |
 //!
 //! # Guarantees
 //!

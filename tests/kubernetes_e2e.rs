@@ -636,9 +636,16 @@ fn pods_stuck_pending_stop_further_launches_of_their_job() {
     for i in 0..3 {
         enqueue(&ws, "stuck", &format!("held{i}"), "{}");
     }
-    // A negative can only be observed over a while: several dispatch
-    // passes (50 ms poll) and re-planning ticks (1 s).
-    std::thread::sleep(Duration::from_millis(2500));
+    // The dispatcher looked at each held run and said why it waits: the
+    // pass that logged it is the pass that did not launch it.
+    wait_until(Duration::from_secs(20), "the three runs held back", || {
+        daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("run held back") && l.contains("backpressure"))
+            .count()
+            >= 3
+    });
     assert_eq!(
         c.job_creates().len(),
         1,
@@ -730,11 +737,29 @@ fn a_hung_request_does_not_cost_the_leader_its_lease() {
     let ws = workspace_with_timeout(&c, "3s", "2s");
     queue_job(&ws, "work", "duration=1s", "");
     let daemon = ws.start_daemon();
-    // While idle, the Lease renewals (every second) are most of the
-    // requests: hang a few of them.
-    for _ in 0..3 {
+    // While idle, the Lease renewals (a seventh of the Lease apart) are most of the
+    // requests: hang a few of them. After each hang, two more renewals must
+    // land: the leader got over the hung request and kept its Lease.
+    let renewed = || {
+        let lease = c.sim.object("leases", "default", "kedge").expect("lease");
+        lease["spec"]["renewTime"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    for i in 0..3 {
         c.sim.hang_next(1);
-        std::thread::sleep(Duration::from_millis(1500));
+        wait_until(Duration::from_secs(20), &format!("hang {i} taken"), || {
+            c.sim.sim().faults.hang_next.remaining() == 0
+        });
+        for k in 0..2 {
+            let before = renewed();
+            wait_until(
+                Duration::from_secs(20),
+                &format!("renewal {k} after hang {i}"),
+                || renewed() != before,
+            );
+        }
     }
     assert!(
         !daemon.log().contains("stops launching"),

@@ -18,7 +18,7 @@
 //! resolves it ([`resolve`]: environment variables read, URLs parsed, every
 //! problem reported with its field path) into a [`WorkProbe`], and the sizer
 //! calls [`crate::probes::measure`] once per run. Every probe yields a finite number, 0 or
-//! more, in the job's `sizing.unit`, or a [`ProbeError`] saying which probe
+//! more, in the job's `sizing.unit`, or a [`crate::probes::ProbeError`] saying which probe
 //! failed and why. What happens then (last known work, or maximum
 //! parallelism) is the caller's policy, not this module's.
 //!
@@ -56,7 +56,7 @@
 //!   is killed, so a probe leaves nothing behind; a background process that
 //!   keeps stdout open makes the probe wait until its timeout.
 //! - `queue_length: {}` — the job's pending runs in the store
-//!   ([`Store::pending_runs`]): messages received and not yet launched,
+//!   ([`crate::store::Store::pending_runs`]): messages received and not yet launched,
 //!   including retries waiting out their backoff and, when the probe runs
 //!   before the run being sized leaves `pending`, that run itself. Meant for
 //!   queue jobs.

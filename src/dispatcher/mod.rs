@@ -28,7 +28,7 @@ pub mod batches;
 pub mod replan;
 pub mod sizing;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -72,6 +72,10 @@ pub struct Dispatcher {
     pub limits: Limits,
     /// Jobs not loaded whose runs were seen (warned about once each).
     warned_unknown: HashSet<String>,
+    /// Why each due run the planner held back waits, as last logged: a run
+    /// is logged when it starts waiting or its reason changes, not on
+    /// every pass.
+    held: HashMap<String, Hold>,
     /// Counts finished passes (for tests that must see the dispatcher look
     /// before they conclude that nothing launched).
     passes: watch::Sender<u64>,
@@ -93,6 +97,7 @@ impl Dispatcher {
             clock,
             limits,
             warned_unknown: HashSet::new(),
+            held: HashMap::new(),
             passes: watch::Sender::new(0),
         }
     }
@@ -181,17 +186,7 @@ impl Dispatcher {
             })
             .collect();
         let admission = planner::admit(&candidates, &usage, &self.limits);
-        for (run_id, hold) in &admission.hold {
-            if *hold != Hold::UnknownJob {
-                continue;
-            }
-            let job = due.iter().find(|r| r.run_id == *run_id).map(|r| &r.job);
-            if let Some(job) = job {
-                if self.warned_unknown.insert(job.clone()) {
-                    tracing::warn!(%job, "runs of a job that is not loaded wait until its definition is valid again");
-                }
-            }
-        }
+        self.log_holds(due, &admission.hold);
         Ok(admission
             .launch
             .iter()
@@ -202,6 +197,26 @@ impl Dispatcher {
                     .then_some((run, g.max_pods))
             })
             .collect())
+    }
+
+    /// Logs each held run once per reason (a job that is not loaded once
+    /// per job), and forgets the runs no longer held.
+    fn log_holds(&mut self, due: &[Run], holds: &[(&str, Hold)]) {
+        let mut now_held = HashMap::with_capacity(holds.len());
+        for (run_id, hold) in holds {
+            let Some(run) = due.iter().find(|r| r.run_id == *run_id) else {
+                continue;
+            };
+            if *hold == Hold::UnknownJob {
+                if self.warned_unknown.insert(run.job.clone()) {
+                    tracing::warn!(job = %run.job, "runs of a job that is not loaded wait until its definition is valid again");
+                }
+            } else if self.held.get(*run_id) != Some(hold) {
+                tracing::info!(run = %run_id, job = %run.job, reason = hold.describe(), "run held back");
+            }
+            now_held.insert(run_id.to_string(), *hold);
+        }
+        self.held = now_held;
     }
 
     /// Claims and launches `grants`: claims are committed a chunk at a time

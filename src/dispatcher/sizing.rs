@@ -3,7 +3,7 @@
 //! store, ask the planner, and apply the decision to the JobSpec with the
 //! annotations that explain it. Also raises the at-risk signal.
 //!
-//! A decision is made once per run, at launch ([`size_claimed`]); in-flight
+//! A decision is made once per run, at launch (`size_claimed`); in-flight
 //! re-planning ([`super::replan`]) may later raise the run's parallelism.
 //! `kedge plan` and `kedge render` call the same functions.
 

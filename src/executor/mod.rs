@@ -1,7 +1,7 @@
 //! Executors: where a run's Job actually runs.
 //!
 //! Every executor takes a rendered [`Launch`] (the job's JobSpec with
-//! kedge's env and labels, see [`render`]) and later reports exactly one
+//! kedge's env and labels, see [`mod@render`]) and later reports exactly one
 //! [`Outcome`] per launch on the channel it was built with — unless the
 //! daemon shuts down first, in which case [`Executor::shutdown`] returns the
 //! interrupted run ids instead. All executors pass the shared conformance

@@ -31,7 +31,7 @@ struct Target {
     outbox: AnySource,
 }
 
-/// Publishes stored dead letters to their targets every [`FORWARD_EVERY`]
+/// Publishes stored dead letters to their targets every `FORWARD_EVERY`
 /// until `shutdown`. Returns at once when no job has a target.
 pub async fn forward(
     jobs: JobsByName,

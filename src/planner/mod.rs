@@ -64,7 +64,7 @@ pub struct Usage {
 }
 
 /// Why a candidate was held back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
     /// Its job is not loaded (file removed or invalid); the run waits.
     UnknownJob,
@@ -78,6 +78,20 @@ pub enum Hold {
     GlobalLimit,
     /// The job's pods are stuck Pending (pending-pod backpressure).
     Backpressure,
+}
+
+impl Hold {
+    /// Why the run waits, in words (for logs and operators).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hold::UnknownJob => "its job is not loaded",
+            Hold::JobLimit => "the job's max_active is reached",
+            Hold::PodLimit => "too few pods left under the job's max_pods",
+            Hold::PoolLimit => "the job's pool has no free slot",
+            Hold::GlobalLimit => "the global max_active_runs is reached",
+            Hold::Backpressure => "the job's pods are stuck Pending (backpressure)",
+        }
+    }
 }
 
 /// A run allowed to launch, with the most pods it may use.

@@ -1,7 +1,7 @@
 //! Work probes measure how much work a run has, just before it is sized
 //! (`sizing.work` in a job file, DESIGN §5). What a job file says and how it
 //! is resolved lives in [`crate::config::probe`]; this module runs the
-//! resolved [`WorkProbe`]: [`sql`], [`http`] and [`command`] each in their
+//! resolved [`WorkProbe`]: `sql`, `http` and `command` each in their
 //! own file, `static` and `queue_length` here.
 //!
 //! Every probe yields a finite number, 0 or more, in the job's

@@ -404,7 +404,8 @@ impl Store {
     }
 
     /// `running → pending` (same attempt, launched again later): for runs a
-    /// shutdown or crash interrupted. False when the run was not running.
+    /// shutdown or crash interrupted, and for a launch the executor refused
+    /// or could not complete. False when the run was not running.
     pub async fn requeue_run(&self, run_id: &str, note: &str) -> Result<bool> {
         let res = sqlx::query(
             "UPDATE runs SET state = $1, started_ms = NULL, error = $2 \
