@@ -594,9 +594,11 @@ fn api_writes_keep_to_the_client_side_rate_limit() {
     let c = Cluster::start(0.01);
     let ws = workspace(&c, "15s");
     let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
+    let anchor = "    request_timeout: 10s\n";
+    assert!(config.contains(anchor), "the limits go after: {config}");
     ws.write_config(&config.replace(
-        "    request_timeout: 2s\n",
-        "    request_timeout: 2s\n    api_qps: 10\n    api_burst: 2\n",
+        anchor,
+        &format!("{anchor}    api_qps: 10\n    api_burst: 2\n"),
     ));
     queue_job(&ws, "work", "duration=1s", "");
     for i in 0..20 {
