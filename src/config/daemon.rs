@@ -247,54 +247,107 @@ pub fn validate(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<DaemonConfig, Vec<Problem>> {
     let mut problems: Vec<Problem> = Vec::new();
-    let root = FieldPath::root();
-    let mut duration = |field: FieldPath, v: &Option<String>, default: Duration| match v {
-        None => default,
-        Some(s) => parse_duration(s).unwrap_or_else(|e| {
-            problems.push((field, e));
-            default
-        }),
-    };
-    let sp = root.key("store");
-    let poll_interval = duration(
-        sp.key("poll_interval"),
-        &raw.store.poll_interval,
-        Duration::from_secs(1),
-    );
-    let lp = root.key("executor").key("local");
-    let defaults = LocalConfig::default();
-    let pod_backoff = duration(
-        lp.key("pod_backoff"),
-        &raw.executor.local.pod_backoff,
-        defaults.pod_backoff,
-    );
-    let pod_backoff_max = duration(
-        lp.key("pod_backoff_max"),
-        &raw.executor.local.pod_backoff_max,
-        defaults.pod_backoff_max,
-    );
-    let shutdown_timeout = duration(
-        root.key("shutdown_timeout"),
-        &raw.shutdown_timeout,
-        Duration::from_secs(30),
-    );
+    let durations = Durations::validate(&raw, &mut problems);
+    let store_url = validate_store_url(&raw.store, env, &mut problems);
+    if raw.limits.max_active_runs == Some(0) {
+        problems.push((
+            FieldPath::root().key("limits").key("max_active_runs"),
+            "must be at least 1 (0 would never run anything)".into(),
+        ));
+    }
+    check_kubernetes(&raw.executor.kubernetes, &durations, &mut problems);
+    let executor = executor_config(&raw.executor, &durations);
+    check_pools(&raw.pools, &mut problems);
+    let http_listen = validate_http_listen(&raw.http, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(DaemonConfig {
+        http_listen,
+        pools: raw.pools.clone(),
+        jobs_dir: PathBuf::from(raw.jobs_dir.unwrap_or_else(|| "jobs".into())),
+        store_url,
+        poll_interval: durations.poll_interval,
+        executor,
+        max_active_runs: raw.limits.max_active_runs,
+        log_format: raw.log_format.unwrap_or_default(),
+        shutdown_timeout: durations.shutdown_timeout,
+    })
+}
 
-    let kp = root.key("executor").key("kubernetes");
-    let rk = &raw.executor.kubernetes;
-    let kdefaults = KubernetesConfig::default();
-    let request_timeout = duration(
-        kp.key("request_timeout"),
-        &rk.request_timeout,
-        kdefaults.request_timeout,
-    );
-    let lease_duration = duration(
-        kp.key("lease").key("duration"),
-        &rk.lease.duration,
-        kdefaults.lease_duration,
-    );
-    let store_url = match (&raw.store.url, &raw.store.url_env) {
+/// Every duration in the daemon config, each its default when unset or
+/// wrong (a wrong one is a problem).
+struct Durations {
+    poll_interval: Duration,
+    pod_backoff: Duration,
+    pod_backoff_max: Duration,
+    shutdown_timeout: Duration,
+    request_timeout: Duration,
+    lease_duration: Duration,
+}
+
+impl Durations {
+    /// Parses them in the order problems are reported.
+    fn validate(raw: &RawDaemon, problems: &mut Vec<Problem>) -> Durations {
+        let root = FieldPath::root();
+        let lp = root.key("executor").key("local");
+        let kp = root.key("executor").key("kubernetes");
+        let local = LocalConfig::default();
+        let kubernetes = KubernetesConfig::default();
+        let rk = &raw.executor.kubernetes;
+        let mut duration = |field: FieldPath, v: &Option<String>, default: Duration| match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                problems.push((field, e));
+                default
+            }),
+        };
+        // Struct fields are evaluated in the order written.
+        Durations {
+            poll_interval: duration(
+                root.key("store").key("poll_interval"),
+                &raw.store.poll_interval,
+                Duration::from_secs(1),
+            ),
+            pod_backoff: duration(
+                lp.key("pod_backoff"),
+                &raw.executor.local.pod_backoff,
+                local.pod_backoff,
+            ),
+            pod_backoff_max: duration(
+                lp.key("pod_backoff_max"),
+                &raw.executor.local.pod_backoff_max,
+                local.pod_backoff_max,
+            ),
+            shutdown_timeout: duration(
+                root.key("shutdown_timeout"),
+                &raw.shutdown_timeout,
+                Duration::from_secs(30),
+            ),
+            request_timeout: duration(
+                kp.key("request_timeout"),
+                &rk.request_timeout,
+                kubernetes.request_timeout,
+            ),
+            lease_duration: duration(
+                kp.key("lease").key("duration"),
+                &rk.lease.duration,
+                kubernetes.lease_duration,
+            ),
+        }
+    }
+}
+
+/// `store`: `url`, `url_env` (read now), or the SQLite file under `.kedge/`.
+fn validate_store_url(
+    store: &RawStore,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> String {
+    let sp = FieldPath::root().key("store");
+    match (&store.url, &store.url_env) {
         (Some(_), Some(_)) => {
-            problems.push((sp.clone(), "set either `url` or `url_env`, not both".into()));
+            problems.push((sp, "set either `url` or `url_env`, not both".into()));
             String::new()
         }
         (Some(u), None) => u.clone(),
@@ -306,14 +359,15 @@ pub fn validate(
             String::new()
         }),
         (None, None) => "sqlite://.kedge/kedge.db".to_string(),
-    };
-    if raw.limits.max_active_runs == Some(0) {
-        problems.push((
-            root.key("limits").key("max_active_runs"),
-            "must be at least 1 (0 would never run anything)".into(),
-        ));
     }
-    if lease_duration < Duration::from_secs(2) {
+}
+
+/// `executor.kubernetes`: a lease long enough to renew, API rates of at
+/// least 1, valid namespace and Lease names. Checked whichever executor
+/// is chosen.
+fn check_kubernetes(rk: &RawKubernetes, durations: &Durations, problems: &mut Vec<Problem>) {
+    let kp = FieldPath::root().key("executor").key("kubernetes");
+    if durations.lease_duration < Duration::from_secs(2) {
         problems.push((
             kp.key("lease").key("duration"),
             "must be at least 2s (the leader renews every seventh of it and steps down after two thirds without a renewal)".into(),
@@ -340,76 +394,84 @@ pub fn validate(
             ));
         }
     }
-    let executor = match raw.executor.kind.unwrap_or(ExecutorKind::Local) {
-        ExecutorKind::Kubernetes => ExecutorConfig::Kubernetes(KubernetesConfig {
-            kubeconfig: rk.kubeconfig.as_ref().map(PathBuf::from),
-            context: rk.context.clone(),
-            namespace: rk.namespace.clone(),
-            api_qps: rk.api_qps.unwrap_or(kdefaults.api_qps).max(1),
-            api_burst: rk.api_burst.unwrap_or(kdefaults.api_burst).max(1),
-            request_timeout,
-            successful_jobs_history_limit: rk
-                .successful_jobs_history_limit
-                .unwrap_or(kdefaults.successful_jobs_history_limit),
-            failed_jobs_history_limit: rk
-                .failed_jobs_history_limit
-                .unwrap_or(kdefaults.failed_jobs_history_limit),
-            ttl_seconds_after_finished: rk
-                .ttl_seconds_after_finished
-                .unwrap_or(kdefaults.ttl_seconds_after_finished),
-            lease_name: rk.lease.name.clone().unwrap_or(kdefaults.lease_name),
-            lease_duration,
-            identity: rk.lease.identity.clone(),
-        }),
+}
+
+/// The chosen executor's settings, defaults filled in.
+fn executor_config(raw: &RawExecutor, durations: &Durations) -> ExecutorConfig {
+    match raw.kind.unwrap_or(ExecutorKind::Local) {
+        ExecutorKind::Kubernetes => {
+            ExecutorConfig::Kubernetes(kubernetes_config(&raw.kubernetes, durations))
+        }
         ExecutorKind::Local => ExecutorConfig::Local(LocalConfig {
             work_dir: raw
-                .executor
                 .local
                 .work_dir
+                .as_ref()
                 .map(PathBuf::from)
-                .unwrap_or(defaults.work_dir),
-            pod_backoff,
-            pod_backoff_max,
+                .unwrap_or(LocalConfig::default().work_dir),
+            pod_backoff: durations.pod_backoff,
+            pod_backoff_max: durations.pod_backoff_max,
         }),
-    };
-    for (name, slots) in &raw.pools {
+    }
+}
+
+/// `executor.kubernetes`, defaults filled in.
+fn kubernetes_config(rk: &RawKubernetes, durations: &Durations) -> KubernetesConfig {
+    let defaults = KubernetesConfig::default();
+    KubernetesConfig {
+        kubeconfig: rk.kubeconfig.as_ref().map(PathBuf::from),
+        context: rk.context.clone(),
+        namespace: rk.namespace.clone(),
+        api_qps: rk.api_qps.unwrap_or(defaults.api_qps).max(1),
+        api_burst: rk.api_burst.unwrap_or(defaults.api_burst).max(1),
+        request_timeout: durations.request_timeout,
+        successful_jobs_history_limit: rk
+            .successful_jobs_history_limit
+            .unwrap_or(defaults.successful_jobs_history_limit),
+        failed_jobs_history_limit: rk
+            .failed_jobs_history_limit
+            .unwrap_or(defaults.failed_jobs_history_limit),
+        ttl_seconds_after_finished: rk
+            .ttl_seconds_after_finished
+            .unwrap_or(defaults.ttl_seconds_after_finished),
+        lease_name: rk.lease.name.clone().unwrap_or(defaults.lease_name),
+        lease_duration: durations.lease_duration,
+        identity: rk.lease.identity.clone(),
+    }
+}
+
+/// `pools`: each a valid name with at least one slot.
+fn check_pools(pools: &std::collections::BTreeMap<String, u32>, problems: &mut Vec<Problem>) {
+    let pp = FieldPath::root().key("pools");
+    for (name, slots) in pools {
         if *slots == 0 {
             problems.push((
-                root.key("pools").key(name),
+                pp.key(name),
                 "must be at least 1 slot (0 would never run anything)".into(),
             ));
         }
         if !super::job::is_dns1123_label(name) {
             problems.push((
-                root.key("pools").key(name),
+                pp.key(name),
                 format!("\"{name}\" is not a valid pool name (lower-case letters, digits and '-')"),
             ));
         }
     }
-    let http_listen =
-        raw.http.listen.as_deref().and_then(|l| {
-            l.trim()
-                .parse::<std::net::SocketAddr>()
-                .map_err(|_| {
-                    problems.push((
-                root.key("http").key("listen"),
+}
+
+/// `http.listen`: an IP address and port, if set.
+fn validate_http_listen(
+    http: &RawHttp,
+    problems: &mut Vec<Problem>,
+) -> Option<std::net::SocketAddr> {
+    let l = http.listen.as_deref()?;
+    l.trim()
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| {
+            problems.push((
+                FieldPath::root().key("http").key("listen"),
                 format!("\"{l}\" is not HOST:PORT with an IP address (for example 127.0.0.1:9464)"),
             ))
-                })
-                .ok()
-        });
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(DaemonConfig {
-        http_listen,
-        pools: raw.pools.clone(),
-        jobs_dir: PathBuf::from(raw.jobs_dir.unwrap_or_else(|| "jobs".into())),
-        store_url,
-        poll_interval,
-        executor,
-        max_active_runs: raw.limits.max_active_runs,
-        log_format: raw.log_format.unwrap_or_default(),
-        shutdown_timeout,
-    })
+        })
+        .ok()
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::api::core::v1::Container;
 use serde::Deserialize;
 
 use super::diagnostic::{parse_duration, FieldPath, Problem};
@@ -309,287 +310,18 @@ pub fn validate(
     daemon: &DaemonConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Job, Vec<Problem>> {
-    let executor = daemon.executor.kind();
     let mut problems: Vec<Problem> = Vec::new();
     let root = FieldPath::root();
-    let mut bad = |path: FieldPath, msg: String| problems.push((path, msg));
-
-    // name: the characters and the length are separate problems.
-    if !has_dns1123_characters(&raw.name) {
-        bad(
-            root.key("name"),
-            format!(
-                "\"{}\" is not a valid Kubernetes name: use lower-case letters, digits and '-', starting and ending with a letter or digit",
-                raw.name
-            ),
-        );
-    }
-    let name_chars = raw.name.chars().count();
-    if name_chars > JOB_NAME_MAX {
-        bad(
-            root.key("name"),
-            format!(
-                "\"{}\" is {name_chars} characters; with the run suffix kedge adds (up to {RUN_SUFFIX_MAX}) a Job name must stay within {K8S_NAME_MAX}, so at most {JOB_NAME_MAX}",
-                raw.name,
-            ),
-        );
-    }
-
-    // trigger
-    let t = &raw.trigger;
-    let tp = root.key("trigger");
-    let trigger = match (&t.cron, &t.queue) {
-        (Some(_), Some(_)) => {
-            bad(tp.clone(), "set either `cron` or `queue`, not both".into());
-            None
-        }
-        (None, None) => {
-            bad(tp.clone(), "needs `cron` or `queue`".into());
-            None
-        }
-        (Some(expr), None) => {
-            let schedule = Schedule::parse(expr)
-                .map_err(|e| bad(tp.key("cron"), e.to_string()))
-                .ok();
-            let timezone = match &t.timezone {
-                None => Some(Tz::UTC),
-                Some(name) => name
-                    .parse::<Tz>()
-                    .map_err(|_| {
-                        bad(
-                            tp.key("timezone"),
-                            format!("unknown time zone \"{name}\" (use an IANA name such as Europe/Berlin or UTC)"),
-                        )
-                    })
-                    .ok(),
-            };
-            let starting_deadline = match &t.starting_deadline {
-                None => Some(None),
-                Some(s) => parse_duration(s)
-                    .map_err(|e| bad(tp.key("starting_deadline"), e))
-                    .ok()
-                    .map(Some),
-            };
-            match (schedule, timezone, starting_deadline) {
-                (Some(schedule), Some(timezone), Some(starting_deadline)) => {
-                    Some(Trigger::Cron(CronTrigger {
-                        schedule,
-                        timezone,
-                        overlap: t.overlap.unwrap_or(Overlap::Forbid),
-                        catchup: t.catchup.unwrap_or(Catchup::Latest),
-                        starting_deadline,
-                    }))
-                }
-                _ => None,
-            }
-        }
-        (None, Some(q)) => {
-            for (field, set) in [
-                ("timezone", t.timezone.is_some()),
-                ("overlap", t.overlap.is_some()),
-                ("catchup", t.catchup.is_some()),
-                ("starting_deadline", t.starting_deadline.is_some()),
-            ] {
-                if set {
-                    bad(tp.key(field), "only applies to cron triggers".into());
-                }
-            }
-            let mut found = Vec::new();
-            let q = super::queue::validate(
-                q,
-                raw.batch.as_ref(),
-                raw.dead_letter.as_ref(),
-                &tp.key("queue"),
-                &root,
-                env,
-                &mut found,
-            );
-            for (path, msg) in found {
-                bad(path, msg);
-            }
-            q.map(Trigger::Queue)
-        }
-    };
-    if raw.batch.is_some() {
-        if raw.sizing.is_some() {
-            bad(
-                root.key("batch"),
-                "cannot be combined with `sizing`: a batch run's completions are its messages"
-                    .into(),
-            );
-        }
-        for (field, set) in [
-            ("completions", raw.template.completions.is_some()),
-            ("completionMode", raw.template.completion_mode.is_some()),
-        ] {
-            if set {
-                bad(
-                    root.key("template").key(field),
-                    "is set by kedge for a batch job (Indexed, one completion per message); remove it".into(),
-                );
-            }
-        }
-    }
-    if t.queue.is_none() {
-        for (field, set) in [
-            ("batch", raw.batch.is_some()),
-            ("dead_letter", raw.dead_letter.is_some()),
-        ] {
-            if set {
-                bad(root.key(field), "only applies to queue triggers".into());
-            }
-        }
-    }
-
-    // retry
-    let rp = root.key("retry");
-    let mut retry = RetryPolicy::default();
-    if let Some(n) = raw.retry.max_attempts {
-        if (1..=99).contains(&n) {
-            retry.max_attempts = n;
-        } else {
-            bad(rp.key("max_attempts"), format!("{n} is out of range 1-99"));
-        }
-    }
-    if let Some(s) = &raw.retry.backoff {
-        match parse_duration(s) {
-            Ok(d) => retry.backoff = d,
-            Err(e) => bad(rp.key("backoff"), e),
-        }
-    }
-    if let Some(s) = &raw.retry.max_backoff {
-        match parse_duration(s) {
-            Ok(d) => retry.max_backoff = d,
-            Err(e) => bad(rp.key("max_backoff"), e),
-        }
-    }
-    if retry.max_backoff < retry.backoff {
-        bad(
-            rp.key("max_backoff"),
-            "must not be shorter than `backoff`".into(),
-        );
-    }
-
-    // limits
-    let lp = root.key("limits");
-    for (field, v) in [
-        ("max_active", raw.limits.max_active),
-        ("max_pods", raw.limits.max_pods),
-    ] {
-        if v == Some(0) {
-            bad(
-                lp.key(field),
-                "must be at least 1 (0 would never run anything)".into(),
-            );
-        }
-    }
-    if let Some(pool) = &raw.limits.pool {
-        if !daemon.pools.contains_key(pool) {
-            let known: Vec<&str> = daemon.pools.keys().map(String::as_str).collect();
-            bad(
-                lp.key("pool"),
-                format!(
-                    "unknown pool \"{pool}\" (the daemon config defines: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-        }
-    }
-
-    if raw.sizing.is_none() {
-        if let Some(mp) = raw.limits.max_pods {
-            let p = raw.template.parallelism.unwrap_or(1);
-            if i64::from(p) > i64::from(mp) {
-                bad(
-                    lp.key("max_pods"),
-                    format!("{mp} is less than template.parallelism {p}: no run could ever start"),
-                );
-            }
-        }
-    }
-
-    let pending_timeout = match &raw.limits.pending_timeout {
-        None => JobLimits::DEFAULT_PENDING_TIMEOUT,
-        Some(t) => parse_duration(t).unwrap_or_else(|e| {
-            bad(lp.key("pending_timeout"), e);
-            JobLimits::DEFAULT_PENDING_TIMEOUT
-        }),
-    };
-
-    // window and sizing
-    let window = match &raw.window {
-        None => None,
-        Some(w) => match super::sizing::validate_window(w) {
-            Ok(w) => Some(w),
-            Err(ps) => {
-                ps.into_iter().for_each(|(p, m)| bad(p, m));
-                None
-            }
-        },
-    };
-    let sizing = match &raw.sizing {
-        None => None,
-        Some(s) => {
-            if raw.window.is_none() {
-                bad(
-                    root.key("sizing"),
-                    "needs a `window` to size against".into(),
-                );
-            }
-            match super::sizing::validate_sizing(s, env) {
-                Ok(s) => {
-                    if let Some(mp) = raw.limits.max_pods {
-                        if mp < s.min {
-                            bad(
-                                lp.key("max_pods"),
-                                format!("{mp} is less than sizing.parallelism.min {}", s.min),
-                            );
-                        }
-                    }
-                    Some(s)
-                }
-                Err(ps) => {
-                    ps.into_iter().for_each(|(p, m)| bad(p, m));
-                    None
-                }
-            }
-        }
-    };
-
-    // payload
-    let mut payload = PayloadPolicy::default();
-    if let Some(f) = raw.payload.format {
-        payload.format = f;
-    }
-    if let Some(m) = raw.payload.max_bytes {
-        if m == 0 {
-            bad(
-                root.key("payload").key("max_bytes"),
-                "must be at least 1".into(),
-            );
-        }
-        payload.max_bytes = m;
-    }
-
-    // env_from_host
-    let mut host_env = Vec::new();
-    for (i, name) in raw.env_from_host.iter().enumerate() {
-        match env(name) {
-            Some(v) => host_env.push((name.clone(), v)),
-            None => bad(
-                root.key("env_from_host").index(i),
-                format!("environment variable {name} is not set"),
-            ),
-        }
-    }
-
-    // template
-    for (path, msg) in check_job_spec(&raw.template, executor) {
-        bad(root.key("template").join(&path), msg);
+    check_name(&raw.name, &mut problems);
+    let trigger = validate_trigger(&raw, env, &mut problems);
+    check_queue_only_fields(&raw, &mut problems);
+    let retry = validate_retry(&raw.retry, &root.key("retry"), &mut problems);
+    let limits = validate_limits(&raw, daemon, &mut problems);
+    let (window, sizing) = validate_window_and_sizing(&raw, env, &mut problems);
+    let payload = validate_payload(&raw.payload, &mut problems);
+    let host_env = read_host_env(&raw.env_from_host, env, &mut problems);
+    for (path, msg) in check_job_spec(&raw.template, daemon.executor.kind()) {
+        problems.push((root.key("template").join(&path), msg));
     }
 
     match (problems.is_empty(), trigger) {
@@ -599,12 +331,7 @@ pub fn validate(
             file,
             trigger,
             retry,
-            limits: JobLimits {
-                max_active: raw.limits.max_active,
-                max_pods: raw.limits.max_pods,
-                pool: raw.limits.pool,
-                pending_timeout,
-            },
+            limits,
             payload,
             host_env,
             window,
@@ -615,46 +342,326 @@ pub fn validate(
     }
 }
 
+/// `name`: the characters and the length are separate problems.
+fn check_name(name: &str, problems: &mut Vec<Problem>) {
+    let path = FieldPath::root().key("name");
+    if !has_dns1123_characters(name) {
+        problems.push((
+            path.clone(),
+            format!(
+                "\"{name}\" is not a valid Kubernetes name: use lower-case letters, digits and '-', starting and ending with a letter or digit"
+            ),
+        ));
+    }
+    let name_chars = name.chars().count();
+    if name_chars > JOB_NAME_MAX {
+        problems.push((
+            path,
+            format!(
+                "\"{name}\" is {name_chars} characters; with the run suffix kedge adds (up to {RUN_SUFFIX_MAX}) a Job name must stay within {K8S_NAME_MAX}, so at most {JOB_NAME_MAX}",
+            ),
+        ));
+    }
+}
+
+/// `trigger`: exactly one of `cron` or `queue`.
+fn validate_trigger(
+    raw: &RawJob,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Trigger> {
+    let t = &raw.trigger;
+    let tp = FieldPath::root().key("trigger");
+    match (&t.cron, &t.queue) {
+        (Some(_), Some(_)) => {
+            problems.push((tp, "set either `cron` or `queue`, not both".into()));
+            None
+        }
+        (None, None) => {
+            problems.push((tp, "needs `cron` or `queue`".into()));
+            None
+        }
+        (Some(expr), None) => validate_cron(expr, t, &tp, problems).map(Trigger::Cron),
+        (None, Some(q)) => validate_queue_trigger(raw, q, &tp, env, problems).map(Trigger::Queue),
+    }
+}
+
+/// `trigger.cron` with its time zone, overlap, catch-up and starting deadline.
+fn validate_cron(
+    expr: &str,
+    t: &RawTrigger,
+    tp: &FieldPath,
+    problems: &mut Vec<Problem>,
+) -> Option<CronTrigger> {
+    let schedule = Schedule::parse(expr)
+        .map_err(|e| problems.push((tp.key("cron"), e.to_string())))
+        .ok();
+    let timezone = match &t.timezone {
+        None => Some(Tz::UTC),
+        Some(name) => name
+            .parse::<Tz>()
+            .map_err(|_| {
+                problems.push((
+                    tp.key("timezone"),
+                    format!("unknown time zone \"{name}\" (use an IANA name such as Europe/Berlin or UTC)"),
+                ))
+            })
+            .ok(),
+    };
+    let starting_deadline = match &t.starting_deadline {
+        None => Some(None),
+        Some(s) => parse_duration(s)
+            .map_err(|e| problems.push((tp.key("starting_deadline"), e)))
+            .ok()
+            .map(Some),
+    };
+    Some(CronTrigger {
+        schedule: schedule?,
+        timezone: timezone?,
+        overlap: t.overlap.unwrap_or(Overlap::Forbid),
+        catchup: t.catchup.unwrap_or(Catchup::Latest),
+        starting_deadline: starting_deadline?,
+    })
+}
+
+/// `trigger.queue`, with the job's `batch` and `dead_letter`; the cron
+/// settings do not apply.
+fn validate_queue_trigger(
+    raw: &RawJob,
+    q: &RawQueue,
+    tp: &FieldPath,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<QueueTrigger> {
+    let t = &raw.trigger;
+    for (field, set) in [
+        ("timezone", t.timezone.is_some()),
+        ("overlap", t.overlap.is_some()),
+        ("catchup", t.catchup.is_some()),
+        ("starting_deadline", t.starting_deadline.is_some()),
+    ] {
+        if set {
+            problems.push((tp.key(field), "only applies to cron triggers".into()));
+        }
+    }
+    super::queue::validate(
+        q,
+        raw.batch.as_ref(),
+        raw.dead_letter.as_ref(),
+        &tp.key("queue"),
+        &FieldPath::root(),
+        env,
+        problems,
+    )
+}
+
+/// `batch` sets the run's completions itself; `batch` and `dead_letter`
+/// only apply to queue triggers.
+fn check_queue_only_fields(raw: &RawJob, problems: &mut Vec<Problem>) {
+    let root = FieldPath::root();
+    if raw.batch.is_some() {
+        if raw.sizing.is_some() {
+            problems.push((
+                root.key("batch"),
+                "cannot be combined with `sizing`: a batch run's completions are its messages"
+                    .into(),
+            ));
+        }
+        for (field, set) in [
+            ("completions", raw.template.completions.is_some()),
+            ("completionMode", raw.template.completion_mode.is_some()),
+        ] {
+            if set {
+                problems.push((
+                    root.key("template").key(field),
+                    "is set by kedge for a batch job (Indexed, one completion per message); remove it".into(),
+                ));
+            }
+        }
+    }
+    if raw.trigger.queue.is_none() {
+        for (field, set) in [
+            ("batch", raw.batch.is_some()),
+            ("dead_letter", raw.dead_letter.is_some()),
+        ] {
+            if set {
+                problems.push((root.key(field), "only applies to queue triggers".into()));
+            }
+        }
+    }
+}
+
+/// `retry` (at `rp`): 1-99 attempts, `max_backoff` not below `backoff`.
+fn validate_retry(raw: &RawRetry, rp: &FieldPath, problems: &mut Vec<Problem>) -> RetryPolicy {
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = raw.max_attempts {
+        if (1..=99).contains(&n) {
+            retry.max_attempts = n;
+        } else {
+            problems.push((rp.key("max_attempts"), format!("{n} is out of range 1-99")));
+        }
+    }
+    for (field, text, value) in [
+        ("backoff", &raw.backoff, &mut retry.backoff),
+        ("max_backoff", &raw.max_backoff, &mut retry.max_backoff),
+    ] {
+        if let Some(s) = text {
+            match parse_duration(s) {
+                Ok(d) => *value = d,
+                Err(e) => problems.push((rp.key(field), e)),
+            }
+        }
+    }
+    if retry.max_backoff < retry.backoff {
+        problems.push((
+            rp.key("max_backoff"),
+            "must not be shorter than `backoff`".into(),
+        ));
+    }
+    retry
+}
+
+/// `limits`: caps of at least 1, a pool the daemon defines, `max_pods`
+/// that lets a run start (without `sizing`; with it, see
+/// [`validate_window_and_sizing`]).
+fn validate_limits(raw: &RawJob, daemon: &DaemonConfig, problems: &mut Vec<Problem>) -> JobLimits {
+    let lp = FieldPath::root().key("limits");
+    let limits = &raw.limits;
+    for (field, v) in [
+        ("max_active", limits.max_active),
+        ("max_pods", limits.max_pods),
+    ] {
+        if v == Some(0) {
+            problems.push((
+                lp.key(field),
+                "must be at least 1 (0 would never run anything)".into(),
+            ));
+        }
+    }
+    if let Some(pool) = &limits.pool {
+        if !daemon.pools.contains_key(pool) {
+            let known: Vec<&str> = daemon.pools.keys().map(String::as_str).collect();
+            problems.push((
+                lp.key("pool"),
+                format!(
+                    "unknown pool \"{pool}\" (the daemon config defines: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    if raw.sizing.is_none() {
+        if let Some(mp) = limits.max_pods {
+            let p = raw.template.parallelism.unwrap_or(1);
+            if i64::from(p) > i64::from(mp) {
+                problems.push((
+                    lp.key("max_pods"),
+                    format!("{mp} is less than template.parallelism {p}: no run could ever start"),
+                ));
+            }
+        }
+    }
+    let pending_timeout = match &limits.pending_timeout {
+        None => JobLimits::DEFAULT_PENDING_TIMEOUT,
+        Some(t) => parse_duration(t).unwrap_or_else(|e| {
+            problems.push((lp.key("pending_timeout"), e));
+            JobLimits::DEFAULT_PENDING_TIMEOUT
+        }),
+    };
+    JobLimits {
+        max_active: limits.max_active,
+        max_pods: limits.max_pods,
+        pool: limits.pool.clone(),
+        pending_timeout,
+    }
+}
+
+/// `window` and `sizing`: sizing needs a window, and `limits.max_pods`
+/// must allow its minimum parallelism.
+fn validate_window_and_sizing(
+    raw: &RawJob,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> (Option<Window>, Option<Sizing>) {
+    let window = raw.window.as_ref().and_then(|w| {
+        super::sizing::validate_window(w)
+            .map_err(|ps| problems.extend(ps))
+            .ok()
+    });
+    let Some(s) = &raw.sizing else {
+        return (window, None);
+    };
+    if raw.window.is_none() {
+        problems.push((
+            FieldPath::root().key("sizing"),
+            "needs a `window` to size against".into(),
+        ));
+    }
+    let sizing = match super::sizing::validate_sizing(s, env) {
+        Ok(s) => s,
+        Err(ps) => {
+            problems.extend(ps);
+            return (window, None);
+        }
+    };
+    if let Some(mp) = raw.limits.max_pods {
+        if mp < sizing.min {
+            problems.push((
+                FieldPath::root().key("limits").key("max_pods"),
+                format!("{mp} is less than sizing.parallelism.min {}", sizing.min),
+            ));
+        }
+    }
+    (window, Some(sizing))
+}
+
+/// `payload`: a format and a size cap of at least 1 byte.
+fn validate_payload(raw: &RawPayload, problems: &mut Vec<Problem>) -> PayloadPolicy {
+    let mut payload = PayloadPolicy::default();
+    if let Some(f) = raw.format {
+        payload.format = f;
+    }
+    if let Some(m) = raw.max_bytes {
+        if m == 0 {
+            problems.push((
+                FieldPath::root().key("payload").key("max_bytes"),
+                "must be at least 1".into(),
+            ));
+        }
+        payload.max_bytes = m;
+    }
+    payload
+}
+
+/// `env_from_host`: each variable read from the daemon's environment now.
+fn read_host_env(
+    names: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, String)> {
+    let mut host_env = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match env(name) {
+            Some(v) => host_env.push((name.clone(), v)),
+            None => problems.push((
+                FieldPath::root().key("env_from_host").index(i),
+                format!("environment variable {name} is not set"),
+            )),
+        }
+    }
+    host_env
+}
+
 /// What a Kubernetes API server would reject in a JobSpec, plus what the
 /// local executor cannot do. Paths are relative to the JobSpec.
 fn check_job_spec(spec: &JobSpec, executor: ExecutorKind) -> Vec<Problem> {
     let mut out: Vec<Problem> = Vec::new();
-    let root = FieldPath::root();
-    let nonneg = |v: Option<i32>, field: &str, out: &mut Vec<Problem>| {
-        if let Some(n) = v {
-            if n < 0 {
-                out.push((root.key(field), format!("{n} must be 0 or more")));
-            }
-        }
-    };
-    nonneg(spec.parallelism, "parallelism", &mut out);
-    nonneg(spec.completions, "completions", &mut out);
-    nonneg(spec.backoff_limit, "backoffLimit", &mut out);
-    if let Some(d) = spec.active_deadline_seconds {
-        if d <= 0 {
-            out.push((
-                root.key("activeDeadlineSeconds"),
-                format!("{d} must be greater than 0"),
-            ));
-        }
-    }
-    match spec.completion_mode.as_deref() {
-        None | Some("NonIndexed") => {}
-        Some("Indexed") => {
-            if spec.completions.is_none() {
-                out.push((
-                    root.key("completions"),
-                    "is required when completionMode is Indexed".into(),
-                ));
-            }
-        }
-        Some(other) => out.push((
-            root.key("completionMode"),
-            format!("\"{other}\" is not one of NonIndexed, Indexed"),
-        )),
-    }
-
-    let pod = root.key("template").key("spec");
+    check_job_counts(spec, &mut out);
+    let pod = FieldPath::root().key("template").key("spec");
     let Some(pod_spec) = &spec.template.spec else {
         out.push((pod, "is required: the pod template needs a spec".into()));
         return out;
@@ -690,46 +697,96 @@ fn check_job_spec(spec: &JobSpec, executor: ExecutorKind) -> Vec<Problem> {
                 .map(|(i, c)| (pod.key("containers").index(i), c)),
         );
     for (cp, c) in all {
-        if c.name.is_empty() {
-            // k8s-openapi reads a missing required string as "".
-            out.push((cp.key("name"), "is required".into()));
-        } else if !is_dns1123_label(&c.name) {
+        check_container(c, &cp, &mut names, executor, &mut out);
+    }
+    out
+}
+
+/// The JobSpec's own counts: parallelism, completions, backoffLimit,
+/// activeDeadlineSeconds and completionMode.
+fn check_job_counts(spec: &JobSpec, out: &mut Vec<Problem>) {
+    let root = FieldPath::root();
+    for (field, v) in [
+        ("parallelism", spec.parallelism),
+        ("completions", spec.completions),
+        ("backoffLimit", spec.backoff_limit),
+    ] {
+        if let Some(n) = v.filter(|n| *n < 0) {
+            out.push((root.key(field), format!("{n} must be 0 or more")));
+        }
+    }
+    if let Some(d) = spec.active_deadline_seconds {
+        if d <= 0 {
             out.push((
-                cp.key("name"),
-                format!(
-                    "\"{}\" is not a valid container name (DNS-1123 label)",
-                    c.name
-                ),
+                root.key("activeDeadlineSeconds"),
+                format!("{d} must be greater than 0"),
             ));
-        } else if !names.insert(c.name.clone()) {
+        }
+    }
+    match spec.completion_mode.as_deref() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if spec.completions.is_none() {
+                out.push((
+                    root.key("completions"),
+                    "is required when completionMode is Indexed".into(),
+                ));
+            }
+        }
+        Some(other) => out.push((
+            root.key("completionMode"),
+            format!("\"{other}\" is not one of NonIndexed, Indexed"),
+        )),
+    }
+}
+
+/// One container (at `cp`): a unique DNS-1123 name (`names` holds the ones
+/// seen), named env entries, and what the local executor needs.
+fn check_container(
+    c: &Container,
+    cp: &FieldPath,
+    names: &mut BTreeSet<String>,
+    executor: ExecutorKind,
+    out: &mut Vec<Problem>,
+) {
+    if c.name.is_empty() {
+        // k8s-openapi reads a missing required string as "".
+        out.push((cp.key("name"), "is required".into()));
+    } else if !is_dns1123_label(&c.name) {
+        out.push((
+            cp.key("name"),
+            format!(
+                "\"{}\" is not a valid container name (DNS-1123 label)",
+                c.name
+            ),
+        ));
+    } else if !names.insert(c.name.clone()) {
+        out.push((
+            cp.key("name"),
+            format!("\"{}\" is used by another container", c.name),
+        ));
+    }
+    for (j, e) in c.env.iter().flatten().enumerate() {
+        if e.name.is_empty() {
+            out.push((cp.key("env").index(j).key("name"), "is required".into()));
+        }
+    }
+    if executor == ExecutorKind::Local {
+        if c.command.as_ref().is_none_or(|v| v.is_empty()) {
             out.push((
-                cp.key("name"),
-                format!("\"{}\" is used by another container", c.name),
+                cp.key("command"),
+                "the local executor needs an explicit command (it cannot run an image's entrypoint)".into(),
             ));
         }
         for (j, e) in c.env.iter().flatten().enumerate() {
-            if e.name.is_empty() {
-                out.push((cp.key("env").index(j).key("name"), "is required".into()));
-            }
-        }
-        if executor == ExecutorKind::Local {
-            if c.command.as_ref().is_none_or(|v| v.is_empty()) {
+            if e.value_from.is_some() {
                 out.push((
-                    cp.key("command"),
-                    "the local executor needs an explicit command (it cannot run an image's entrypoint)".into(),
+                    cp.key("env").index(j).key("valueFrom"),
+                    "is not supported by the local executor; use value or env_from_host".into(),
                 ));
-            }
-            for (j, e) in c.env.iter().flatten().enumerate() {
-                if e.value_from.is_some() {
-                    out.push((
-                        cp.key("env").index(j).key("valueFrom"),
-                        "is not supported by the local executor; use value or env_from_host".into(),
-                    ));
-                }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -330,101 +330,17 @@ pub fn resolve(
     let root = FieldPath::root();
     let mut problems: Vec<Problem> = Vec::new();
     let probe = match raw {
-        RawWorkProbe::Static(v) => {
-            if !(v.is_finite() && *v >= 0.0) {
-                problems.push((
-                    root.key("static"),
-                    format!("{v} must be a finite number, 0 or more"),
-                ));
-            }
-            Some(WorkProbe::Static(*v))
-        }
+        RawWorkProbe::Static(v) => Some(resolve_static(*v, &root.key("static"), &mut problems)),
         RawWorkProbe::Sql { url_env, query } => {
-            let p = root.key("sql");
-            if query.trim().is_empty() {
-                problems.push((p.key("query"), "must not be empty".into()));
-            }
-            let url = env_value(env, url_env, &p.key("url_env"), &mut problems);
-            let target = url.and_then(|url| match sql_target(&url) {
-                Ok(t) => Some((Box::new(t), redact(&url))),
-                Err(why) => {
-                    problems.push((
-                        p.key("url_env"),
-                        format!("environment variable {url_env} {why}"),
-                    ));
-                    None
-                }
-            });
-            target.map(|(target, shown)| {
-                WorkProbe::Sql(SqlProbe {
-                    target,
-                    shown,
-                    url_env: url_env.clone(),
-                    query: query.trim().to_string(),
-                })
-            })
+            resolve_sql(url_env, query, &root.key("sql"), env, &mut problems)
         }
         RawWorkProbe::Http {
             url,
             url_env,
             pointer,
-        } => {
-            let p = root.key("http");
-            if let Err(why) = check_pointer(pointer) {
-                problems.push((p.key("pointer"), why));
-            }
-            let text = match (url, url_env) {
-                (Some(_), Some(_)) => {
-                    problems.push((p.clone(), "set either `url` or `url_env`, not both".into()));
-                    None
-                }
-                (None, None) => {
-                    problems.push((
-                        p.key("url"),
-                        "is required (or `url_env`: an environment variable holding the URL)"
-                            .into(),
-                    ));
-                    None
-                }
-                (Some(u), None) => parse_http_url(u)
-                    .map_err(|why| {
-                        problems.push((p.key("url"), format!("\"{}\" {why}", redact(u))))
-                    })
-                    .ok(),
-                (None, Some(var)) => env_value(env, var, &p.key("url_env"), &mut problems)
-                    .and_then(|u| {
-                        parse_http_url(&u)
-                            .map_err(|why| {
-                                problems.push((
-                                    p.key("url_env"),
-                                    format!(
-                                        "environment variable {var} holds \"{}\", which {why}",
-                                        redact(&u)
-                                    ),
-                                ))
-                            })
-                            .ok()
-                    }),
-            };
-            text.map(|url| {
-                WorkProbe::Http(HttpProbe {
-                    shown: shown_http_url(&url),
-                    url,
-                    pointer: pointer.clone(),
-                })
-            })
-        }
+        } => resolve_http(url, url_env, pointer, &root.key("http"), env, &mut problems),
         RawWorkProbe::Command(argv) => {
-            let p = root.key("command");
-            const EXAMPLE: &str = r#"e.g. ["sh", "-c", "du -sb /data | cut -f1"]"#;
-            match argv.first() {
-                None => problems.push((p, format!("needs at least the program to run, {EXAMPLE}"))),
-                Some(program) if program.trim().is_empty() => {
-                    problems.push((p.index(0), "the program must not be empty".into()))
-                }
-                Some(_) => {}
-            }
-            Some(WorkProbe::Command(argv.clone()))
+            Some(resolve_command(argv, &root.key("command"), &mut problems))
         }
         RawWorkProbe::QueueLength {} => Some(WorkProbe::QueueLength),
     };
@@ -432,6 +348,116 @@ pub fn resolve(
         Some(probe) if problems.is_empty() => Ok(probe),
         _ => Err(problems),
     }
+}
+
+/// `static: N` (at `p`): a finite number, 0 or more.
+fn resolve_static(v: f64, p: &FieldPath, problems: &mut Vec<Problem>) -> WorkProbe {
+    if !(v.is_finite() && v >= 0.0) {
+        problems.push((p.clone(), format!("{v} must be a finite number, 0 or more")));
+    }
+    WorkProbe::Static(v)
+}
+
+/// `sql` (at `p`): a query, and a database URL in the environment.
+fn resolve_sql(
+    url_env: &str,
+    query: &str,
+    p: &FieldPath,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<WorkProbe> {
+    if query.trim().is_empty() {
+        problems.push((p.key("query"), "must not be empty".into()));
+    }
+    let url = env_value(env, url_env, &p.key("url_env"), problems)?;
+    let target = sql_target(&url)
+        .map_err(|why| {
+            problems.push((
+                p.key("url_env"),
+                format!("environment variable {url_env} {why}"),
+            ))
+        })
+        .ok()?;
+    Some(WorkProbe::Sql(SqlProbe {
+        target: Box::new(target),
+        shown: redact(&url),
+        url_env: url_env.to_string(),
+        query: query.trim().to_string(),
+    }))
+}
+
+/// `http` (at `p`): a JSON pointer, and exactly one of `url` or `url_env`
+/// holding an http(s) URL.
+fn resolve_http(
+    url: &Option<String>,
+    url_env: &Option<String>,
+    pointer: &str,
+    p: &FieldPath,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<WorkProbe> {
+    if let Err(why) = check_pointer(pointer) {
+        problems.push((p.key("pointer"), why));
+    }
+    let url = match (url, url_env) {
+        (Some(_), Some(_)) => {
+            problems.push((p.clone(), "set either `url` or `url_env`, not both".into()));
+            None
+        }
+        (None, None) => {
+            problems.push((
+                p.key("url"),
+                "is required (or `url_env`: an environment variable holding the URL)".into(),
+            ));
+            None
+        }
+        (Some(u), None) => parse_http_url(u)
+            .map_err(|why| problems.push((p.key("url"), format!("\"{}\" {why}", redact(u)))))
+            .ok(),
+        (None, Some(var)) => http_url_from_env(var, &p.key("url_env"), env, problems),
+    }?;
+    Some(WorkProbe::Http(HttpProbe {
+        shown: shown_http_url(&url),
+        url,
+        pointer: pointer.to_string(),
+    }))
+}
+
+/// The http(s) URL in environment variable `var` (named at `path`).
+fn http_url_from_env(
+    var: &str,
+    path: &FieldPath,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<reqwest::Url> {
+    let u = env_value(env, var, path, problems)?;
+    parse_http_url(&u)
+        .map_err(|why| {
+            problems.push((
+                path.clone(),
+                format!(
+                    "environment variable {var} holds \"{}\", which {why}",
+                    redact(&u)
+                ),
+            ))
+        })
+        .ok()
+}
+
+/// `command` (at `p`): at least a program.
+fn resolve_command(argv: &[String], p: &FieldPath, problems: &mut Vec<Problem>) -> WorkProbe {
+    const EXAMPLE: &str = r#"e.g. ["sh", "-c", "du -sb /data | cut -f1"]"#;
+    match argv.first() {
+        None => problems.push((
+            p.clone(),
+            format!("needs at least the program to run, {EXAMPLE}"),
+        )),
+        Some(program) if program.trim().is_empty() => {
+            problems.push((p.index(0), "the program must not be empty".into()))
+        }
+        Some(_) => {}
+    }
+    WorkProbe::Command(argv.to_vec())
 }
 
 /// The value of environment variable `var`, or a problem at `path`.

@@ -321,6 +321,159 @@ pub enum DeadLetterTarget {
     Postgres(String),
 }
 
+/// Which source a `trigger.queue` names. Known even when the source's URL
+/// did not check out, so the deadline and dead-letter checks still report
+/// against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Builtin,
+    RedisList,
+    RedisStream,
+    Rabbitmq,
+    Postgres,
+}
+
+impl Kind {
+    /// The sources `q` names, in the order the file format lists them.
+    fn named_in(q: &RawQueue) -> Vec<Kind> {
+        [
+            (Kind::Builtin, q.builtin.is_some()),
+            (Kind::RedisList, q.redis_list.is_some()),
+            (Kind::RedisStream, q.redis_stream.is_some()),
+            (Kind::Rabbitmq, q.rabbitmq.is_some()),
+            (Kind::Postgres, q.postgres.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, set)| set.then_some(kind))
+        .collect()
+    }
+
+    /// The key that names it under `trigger.queue`.
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Builtin => "builtin",
+            Kind::RedisList => "redis_list",
+            Kind::RedisStream => "redis_stream",
+            Kind::Rabbitmq => "rabbitmq",
+            Kind::Postgres => "postgres",
+        }
+    }
+
+    /// Whether its messages carry headers a deadline can be read from.
+    fn has_headers(self) -> bool {
+        matches!(self, Kind::RedisStream | Kind::Rabbitmq)
+    }
+
+    /// What its `dead_letter` takes, for the message when it is given else.
+    fn dead_letter_wants(self) -> &'static str {
+        match self {
+            Kind::Builtin => {
+                "nothing: builtin dead letters stay in kedge's store (`kedge dlq list`)"
+            }
+            Kind::RedisList => "`list`",
+            Kind::RedisStream => "`stream`",
+            Kind::Rabbitmq => "`exchange` (and `routing_key`)",
+            Kind::Postgres => "`table`",
+        }
+    }
+}
+
+/// Where `validate`'s problems go, in the order it reports them: a missing
+/// or doubled source and a source's URL at once (`now`), every field check
+/// after those (`later`, appended when validation ends).
+struct Checks<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    now: &'a mut Vec<Problem>,
+    later: Vec<Problem>,
+}
+
+impl Checks<'_> {
+    /// A field problem, reported after the URL problems.
+    fn later(&mut self, path: FieldPath, msg: impl Into<String>) {
+        self.later.push((path, msg.into()));
+    }
+
+    /// `v` at `p` must not be blank.
+    fn not_empty(&mut self, v: &str, p: FieldPath) {
+        if v.trim().is_empty() {
+            self.later(p, "must not be empty");
+        }
+    }
+
+    /// The duration `v` at `p`, more than 0; `default` when unset or wrong.
+    fn duration_or(&mut self, v: &Option<String>, default: Duration, p: FieldPath) -> Duration {
+        match v {
+            None => default,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.later(p, "must be more than 0");
+                    default
+                }
+                Err(e) => {
+                    self.later(p, e);
+                    default
+                }
+            },
+        }
+    }
+
+    /// A source's broker URL (at `p`): `url`, or the environment variable
+    /// `url_env` names, with one of `schemes`.
+    fn url(
+        &mut self,
+        raw_url: &Option<String>,
+        raw_env: &Option<String>,
+        p: &FieldPath,
+        schemes: &[&str],
+    ) -> Option<BrokerUrl> {
+        let (text, field) = self.url_text(raw_url, raw_env, p)?;
+        let scheme = text.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !schemes.contains(&scheme) {
+            let wanted: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+            self.now.push((
+                field,
+                format!(
+                    "{} is not a URL this source takes ({})",
+                    redact(&text),
+                    wanted.join(" or ")
+                ),
+            ));
+            return None;
+        }
+        Some(BrokerUrl::new(&text))
+    }
+
+    /// The URL text and the field it came from (`url` or `url_env`).
+    fn url_text(
+        &mut self,
+        raw_url: &Option<String>,
+        raw_env: &Option<String>,
+        p: &FieldPath,
+    ) -> Option<(String, FieldPath)> {
+        let (path, msg) = match (raw_url, raw_env) {
+            (Some(_), Some(_)) => (p.clone(), "set either `url` or `url_env`, not both".into()),
+            (None, None) => (p.clone(), "needs `url` or `url_env`".into()),
+            (Some(u), None) => return Some((u.trim().to_string(), p.key("url"))),
+            (None, Some(var)) => match (self.env)(var) {
+                Some(v) if !v.trim().is_empty() => {
+                    return Some((v.trim().to_string(), p.key("url_env")))
+                }
+                Some(_) => (
+                    p.key("url_env"),
+                    format!("environment variable {var} is empty"),
+                ),
+                None => (
+                    p.key("url_env"),
+                    format!("environment variable {var} is not set"),
+                ),
+            },
+        };
+        self.now.push((path, msg));
+        None
+    }
+}
+
 /// Validates `trigger.queue` (at `qp`), `batch` and `dead_letter` (at `root`).
 pub fn validate(
     q: &RawQueue,
@@ -331,314 +484,42 @@ pub fn validate(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> Option<QueueTrigger> {
-    let mut bad = |path: FieldPath, msg: String| problems.push((path, msg));
-    let given: Vec<&str> = [
-        ("builtin", q.builtin.is_some()),
-        ("redis_list", q.redis_list.is_some()),
-        ("redis_stream", q.redis_stream.is_some()),
-        ("rabbitmq", q.rabbitmq.is_some()),
-        ("postgres", q.postgres.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(n, set)| set.then_some(n))
-    .collect();
-    if given.len() > 1 {
-        bad(
+    let named = Kind::named_in(q);
+    if named.len() > 1 {
+        let keys: Vec<&str> = named.iter().map(|k| k.key()).collect();
+        problems.push((
             qp.clone(),
             format!(
                 "names {} sources ({}); a job reads from one",
-                given.len(),
-                given.join(", ")
+                named.len(),
+                keys.join(", ")
             ),
-        );
+        ));
         return None;
     }
-
-    let mut url =
-        |raw_url: &Option<String>, raw_env: &Option<String>, p: &FieldPath, schemes: &[&str]| {
-            let (text, field) = match (raw_url, raw_env) {
-                (Some(_), Some(_)) => {
-                    bad(p.clone(), "set either `url` or `url_env`, not both".into());
-                    return None;
-                }
-                (None, None) => {
-                    bad(p.clone(), "needs `url` or `url_env`".into());
-                    return None;
-                }
-                (Some(u), None) => (u.trim().to_string(), p.key("url")),
-                (None, Some(var)) => match env(var) {
-                    Some(v) if !v.trim().is_empty() => (v.trim().to_string(), p.key("url_env")),
-                    Some(_) => {
-                        bad(
-                            p.key("url_env"),
-                            format!("environment variable {var} is empty"),
-                        );
-                        return None;
-                    }
-                    None => {
-                        bad(
-                            p.key("url_env"),
-                            format!("environment variable {var} is not set"),
-                        );
-                        return None;
-                    }
-                },
-            };
-            let scheme = text.split_once("://").map(|(s, _)| s).unwrap_or("");
-            if !schemes.contains(&scheme) {
-                bad(
-                    field,
-                    format!(
-                        "{} is not a URL this source takes ({})",
-                        redact(&text),
-                        schemes
-                            .iter()
-                            .map(|s| format!("{s}://"))
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    ),
-                );
-                return None;
-            }
-            Some(BrokerUrl::new(&text))
-        };
-
-    let mut more: Vec<Problem> = Vec::new();
-    let name = |v: &str, p: FieldPath, more: &mut Vec<Problem>| {
-        if v.trim().is_empty() {
-            more.push((p, "must not be empty".into()));
-        }
+    let kind = named.first().copied();
+    let mut c = Checks {
+        env,
+        now: problems,
+        later: Vec::new(),
     };
-    let source = if q.builtin.is_some() {
-        Some(QueueSource::Builtin)
-    } else if let Some(s) = &q.redis_list {
-        let p = qp.key("redis_list");
-        name(&s.list, p.key("list"), &mut more);
-        let lease = duration_or(&s.lease, Duration::from_secs(30), p.key("lease"), &mut more);
-        url(&s.url, &s.url_env, &p, &["redis", "rediss"]).map(|url| {
-            QueueSource::RedisList(RedisListSource {
-                url,
-                list: s.list.clone(),
-                lease,
-            })
-        })
-    } else if let Some(s) = &q.redis_stream {
-        let p = qp.key("redis_stream");
-        name(&s.stream, p.key("stream"), &mut more);
-        let group = s.group.clone().unwrap_or_else(|| "kedge".into());
-        name(&group, p.key("group"), &mut more);
-        let claim_idle = duration_or(
-            &s.claim_idle,
-            Duration::from_secs(60),
-            p.key("claim_idle"),
-            &mut more,
-        );
-        url(&s.url, &s.url_env, &p, &["redis", "rediss"]).map(|url| {
-            QueueSource::RedisStream(RedisStreamSource {
-                url,
-                stream: s.stream.clone(),
-                group,
-                claim_idle,
-            })
-        })
-    } else if let Some(s) = &q.rabbitmq {
-        let p = qp.key("rabbitmq");
-        name(&s.queue, p.key("queue"), &mut more);
-        let prefetch = s.prefetch.unwrap_or(32);
-        if prefetch == 0 {
-            more.push((
-                p.key("prefetch"),
-                "must be at least 1 (0 would mean unbounded)".into(),
-            ));
-        }
-        url(&s.url, &s.url_env, &p, &["amqp", "amqps"]).map(|url| {
-            QueueSource::Rabbitmq(RabbitmqSource {
-                url,
-                queue: s.queue.clone(),
-                prefetch,
-            })
-        })
-    } else if let Some(s) = &q.postgres {
-        let p = qp.key("postgres");
-        if !is_sql_name(&s.table, true) {
-            more.push((
-                p.key("table"),
-                format!(
-                    "{:?} is not a table name (letters, digits and _, optionally schema.table)",
-                    s.table
-                ),
-            ));
-        }
-        let column = |v: &Option<String>, default: &str, field: &str, more: &mut Vec<Problem>| {
-            let v = v.clone().unwrap_or_else(|| default.to_string());
-            if !is_sql_name(&v, false) {
-                more.push((
-                    p.key(field),
-                    format!("{v:?} is not a column name (letters, digits and _)"),
-                ));
-            }
-            v
-        };
-        let id_column = column(&s.id_column, "id", "id_column", &mut more);
-        let payload_column = column(&s.payload_column, "payload", "payload_column", &mut more);
-        let status_column = column(&s.status_column, "status", "status_column", &mut more);
-        let on_claim = s.on_claim.unwrap_or(OnClaim::Delete);
-        if on_claim == OnClaim::Delete && s.status_column.is_some() {
-            more.push((
-                p.key("status_column"),
-                "only applies with `on_claim: mark`".into(),
-            ));
-        }
-        if let Some(c) = &s.channel {
-            if !is_sql_name(c, false) {
-                more.push((
-                    p.key("channel"),
-                    format!("{c:?} is not a channel name (letters, digits and _)"),
-                ));
-            }
-        }
-        let poll_interval = duration_or(
-            &s.poll_interval,
-            Duration::from_secs(5),
-            p.key("poll_interval"),
-            &mut more,
-        );
-        url(&s.url, &s.url_env, &p, &["postgres", "postgresql"]).map(|url| {
-            QueueSource::Postgres(PostgresSource {
-                url,
-                table: s.table.clone(),
-                id_column,
-                payload_column,
-                on_claim,
-                status_column,
-                channel: s.channel.clone(),
-                poll_interval,
-            })
-        })
-    } else {
-        bad(
-            qp.clone(),
-            "needs a source: builtin, redis_list, redis_stream, rabbitmq or postgres".into(),
-        );
-        None
-    };
-
-    let deadline = match &q.deadline {
-        None => None,
-        Some(d) => {
-            let p = qp.key("deadline");
-            match (&d.json_pointer, &d.header) {
-                (Some(ptr), None) => {
-                    if !(ptr.is_empty() || ptr.starts_with('/')) {
-                        more.push((
-                            p.key("json_pointer"),
-                            format!("{ptr:?} is not a JSON pointer (it starts with /)"),
-                        ));
-                    }
-                    Some(DeadlineFrom::JsonPointer(ptr.clone()))
-                }
-                (None, Some(h)) if !h.trim().is_empty() => Some(DeadlineFrom::Header(h.clone())),
-                (None, Some(_)) => {
-                    more.push((p.key("header"), "must not be empty".into()));
-                    None
-                }
-                _ => {
-                    more.push((p, "set exactly one of `json_pointer` or `header`".into()));
-                    None
-                }
-            }
-        }
-    };
-    // Which source the file names, even when its URL did not check out,
-    // so the checks below still report against it.
-    #[derive(PartialEq)]
-    enum Kind {
-        Builtin,
-        RedisList,
-        RedisStream,
-        Rabbitmq,
-        Postgres,
-    }
-    let kind = match given.first().copied() {
-        Some("builtin") => Some(Kind::Builtin),
-        Some("redis_list") => Some(Kind::RedisList),
-        Some("redis_stream") => Some(Kind::RedisStream),
-        Some("rabbitmq") => Some(Kind::Rabbitmq),
-        Some("postgres") => Some(Kind::Postgres),
-        _ => None,
-    };
-    if matches!(deadline, Some(DeadlineFrom::Header(_)))
-        && matches!(kind, Some(Kind::Builtin | Kind::RedisList | Kind::Postgres))
-    {
-        more.push((
+    let source = validate_source(q, qp, &mut c);
+    let deadline = q
+        .deadline
+        .as_ref()
+        .and_then(|d| validate_deadline(d, qp, &mut c));
+    if matches!(deadline, Some(DeadlineFrom::Header(_))) && kind.is_some_and(|k| !k.has_headers()) {
+        c.later(
             qp.key("deadline").key("header"),
-            "this source's messages have no headers; use `json_pointer`".into(),
-        ));
-    }
-
-    let batch = batch.map(|b| {
-        let p = root.key("batch");
-        if !(1..=1000).contains(&b.max_messages) {
-            more.push((
-                p.key("max_messages"),
-                format!("{} is out of range 1-1000", b.max_messages),
-            ));
-        }
-        let max_wait = duration_or(
-            &b.max_wait,
-            Duration::from_secs(1),
-            p.key("max_wait"),
-            &mut more,
+            "this source's messages have no headers; use `json_pointer`",
         );
-        Batch {
-            max_messages: b.max_messages.clamp(1, 1000),
-            max_wait,
-        }
-    });
+    }
+    let batch = batch.map(|b| validate_batch(b, &root.key("batch"), &mut c));
+    let dead_letter =
+        dead_letter.and_then(|d| validate_dead_letter(kind, d, &root.key("dead_letter"), &mut c));
 
-    let dead_letter = dead_letter.and_then(|d| {
-        let p = root.key("dead_letter");
-        let target = match (&kind, d) {
-            (Some(Kind::RedisList), RawDeadLetter { list: Some(l), stream: None, exchange: None, routing_key: None, table: None }) => {
-                Some(DeadLetterTarget::RedisList(l.clone()))
-            }
-            (Some(Kind::RedisStream), RawDeadLetter { stream: Some(s), list: None, exchange: None, routing_key: None, table: None }) => {
-                Some(DeadLetterTarget::RedisStream(s.clone()))
-            }
-            (Some(Kind::Rabbitmq), RawDeadLetter { exchange: Some(e), routing_key, list: None, stream: None, table: None }) => {
-                Some(DeadLetterTarget::Rabbitmq {
-                    exchange: e.clone(),
-                    routing_key: routing_key.clone().unwrap_or_default(),
-                })
-            }
-            (Some(Kind::Postgres), RawDeadLetter { table: Some(t), list: None, stream: None, exchange: None, routing_key: None }) => {
-                if !is_sql_name(t, true) {
-                    more.push((p.key("table"), format!("{t:?} is not a table name (letters, digits and _, optionally schema.table)")));
-                }
-                Some(DeadLetterTarget::Postgres(t.clone()))
-            }
-            (None, _) => None,
-            (Some(s), _) => {
-                let want = match s {
-                    Kind::Builtin => "nothing: builtin dead letters stay in kedge's store (`kedge dlq list`)",
-                    Kind::RedisList => "`list`",
-                    Kind::RedisStream => "`stream`",
-                    Kind::Rabbitmq => "`exchange` (and `routing_key`)",
-                    Kind::Postgres => "`table`",
-                };
-                more.push((p.clone(), format!("for this source takes {want}")));
-                None
-            }
-        };
-        if let Some(DeadLetterTarget::RedisList(n) | DeadLetterTarget::RedisStream(n)) = &target {
-            if n.trim().is_empty() {
-                more.push((p.clone(), "names an empty key".into()));
-            }
-        }
-        target
-    });
-
-    problems.extend(more);
+    let later = c.later;
+    problems.extend(later);
     source.map(|source| QueueTrigger {
         source,
         deadline,
@@ -648,26 +529,218 @@ pub fn validate(
     })
 }
 
-fn duration_or(
-    v: &Option<String>,
-    default: Duration,
-    p: FieldPath,
-    more: &mut Vec<Problem>,
-) -> Duration {
-    match v {
-        None => default,
-        Some(t) => match parse_duration(t) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                more.push((p, "must be more than 0".into()));
-                default
-            }
-            Err(e) => {
-                more.push((p, e));
-                default
-            }
-        },
+/// The one source `q` names (at most one, checked before).
+fn validate_source(q: &RawQueue, qp: &FieldPath, c: &mut Checks) -> Option<QueueSource> {
+    if q.builtin.is_some() {
+        Some(QueueSource::Builtin)
+    } else if let Some(s) = &q.redis_list {
+        validate_redis_list(s, &qp.key("redis_list"), c)
+    } else if let Some(s) = &q.redis_stream {
+        validate_redis_stream(s, &qp.key("redis_stream"), c)
+    } else if let Some(s) = &q.rabbitmq {
+        validate_rabbitmq(s, &qp.key("rabbitmq"), c)
+    } else if let Some(s) = &q.postgres {
+        validate_postgres(s, &qp.key("postgres"), c)
+    } else {
+        c.now.push((
+            qp.clone(),
+            "needs a source: builtin, redis_list, redis_stream, rabbitmq or postgres".into(),
+        ));
+        None
     }
+}
+
+/// `trigger.queue.redis_list` (at `p`).
+fn validate_redis_list(s: &RawRedisList, p: &FieldPath, c: &mut Checks) -> Option<QueueSource> {
+    c.not_empty(&s.list, p.key("list"));
+    let lease = c.duration_or(&s.lease, Duration::from_secs(30), p.key("lease"));
+    let url = c.url(&s.url, &s.url_env, p, &["redis", "rediss"])?;
+    Some(QueueSource::RedisList(RedisListSource {
+        url,
+        list: s.list.clone(),
+        lease,
+    }))
+}
+
+/// `trigger.queue.redis_stream` (at `p`).
+fn validate_redis_stream(s: &RawRedisStream, p: &FieldPath, c: &mut Checks) -> Option<QueueSource> {
+    c.not_empty(&s.stream, p.key("stream"));
+    let group = s.group.clone().unwrap_or_else(|| "kedge".into());
+    c.not_empty(&group, p.key("group"));
+    let claim_idle = c.duration_or(&s.claim_idle, Duration::from_secs(60), p.key("claim_idle"));
+    let url = c.url(&s.url, &s.url_env, p, &["redis", "rediss"])?;
+    Some(QueueSource::RedisStream(RedisStreamSource {
+        url,
+        stream: s.stream.clone(),
+        group,
+        claim_idle,
+    }))
+}
+
+/// `trigger.queue.rabbitmq` (at `p`).
+fn validate_rabbitmq(s: &RawRabbitmq, p: &FieldPath, c: &mut Checks) -> Option<QueueSource> {
+    c.not_empty(&s.queue, p.key("queue"));
+    let prefetch = s.prefetch.unwrap_or(32);
+    if prefetch == 0 {
+        c.later(
+            p.key("prefetch"),
+            "must be at least 1 (0 would mean unbounded)",
+        );
+    }
+    let url = c.url(&s.url, &s.url_env, p, &["amqp", "amqps"])?;
+    Some(QueueSource::Rabbitmq(RabbitmqSource {
+        url,
+        queue: s.queue.clone(),
+        prefetch,
+    }))
+}
+
+/// `trigger.queue.postgres` (at `p`): names that are quoted into SQL must
+/// be plain identifiers.
+fn validate_postgres(s: &RawPostgres, p: &FieldPath, c: &mut Checks) -> Option<QueueSource> {
+    check_table_name(&s.table, p.key("table"), c);
+    let mut column = |v: &Option<String>, default: &str, field: &str| {
+        let v = v.clone().unwrap_or_else(|| default.to_string());
+        if !is_sql_name(&v, false) {
+            c.later(
+                p.key(field),
+                format!("{v:?} is not a column name (letters, digits and _)"),
+            );
+        }
+        v
+    };
+    let id_column = column(&s.id_column, "id", "id_column");
+    let payload_column = column(&s.payload_column, "payload", "payload_column");
+    let status_column = column(&s.status_column, "status", "status_column");
+    let on_claim = s.on_claim.unwrap_or(OnClaim::Delete);
+    if on_claim == OnClaim::Delete && s.status_column.is_some() {
+        c.later(p.key("status_column"), "only applies with `on_claim: mark`");
+    }
+    if let Some(ch) = &s.channel {
+        if !is_sql_name(ch, false) {
+            c.later(
+                p.key("channel"),
+                format!("{ch:?} is not a channel name (letters, digits and _)"),
+            );
+        }
+    }
+    let poll_interval = c.duration_or(
+        &s.poll_interval,
+        Duration::from_secs(5),
+        p.key("poll_interval"),
+    );
+    let url = c.url(&s.url, &s.url_env, p, &["postgres", "postgresql"])?;
+    Some(QueueSource::Postgres(PostgresSource {
+        url,
+        table: s.table.clone(),
+        id_column,
+        payload_column,
+        on_claim,
+        status_column,
+        channel: s.channel.clone(),
+        poll_interval,
+    }))
+}
+
+/// A Postgres table name (at `p`), optionally schema-qualified.
+fn check_table_name(table: &str, p: FieldPath, c: &mut Checks) {
+    if !is_sql_name(table, true) {
+        c.later(
+            p,
+            format!(
+                "{table:?} is not a table name (letters, digits and _, optionally schema.table)"
+            ),
+        );
+    }
+}
+
+/// `trigger.queue.deadline`: exactly one of `json_pointer` or `header`.
+fn validate_deadline(d: &RawDeadlineFrom, qp: &FieldPath, c: &mut Checks) -> Option<DeadlineFrom> {
+    let p = qp.key("deadline");
+    match (&d.json_pointer, &d.header) {
+        (Some(ptr), None) => {
+            if !(ptr.is_empty() || ptr.starts_with('/')) {
+                c.later(
+                    p.key("json_pointer"),
+                    format!("{ptr:?} is not a JSON pointer (it starts with /)"),
+                );
+            }
+            Some(DeadlineFrom::JsonPointer(ptr.clone()))
+        }
+        (None, Some(h)) if !h.trim().is_empty() => Some(DeadlineFrom::Header(h.clone())),
+        (None, Some(_)) => {
+            c.later(p.key("header"), "must not be empty");
+            None
+        }
+        _ => {
+            c.later(p, "set exactly one of `json_pointer` or `header`");
+            None
+        }
+    }
+}
+
+/// `batch` (at `p`): 1-1000 messages, waiting more than 0 for them.
+fn validate_batch(b: &RawBatch, p: &FieldPath, c: &mut Checks) -> Batch {
+    if !(1..=1000).contains(&b.max_messages) {
+        c.later(
+            p.key("max_messages"),
+            format!("{} is out of range 1-1000", b.max_messages),
+        );
+    }
+    let max_wait = c.duration_or(&b.max_wait, Duration::from_secs(1), p.key("max_wait"));
+    Batch {
+        max_messages: b.max_messages.clamp(1, 1000),
+        max_wait,
+    }
+}
+
+/// `dead_letter` (at `p`): the one target the `kind` source takes. `None`
+/// for no source (already reported).
+fn validate_dead_letter(
+    kind: Option<Kind>,
+    d: &RawDeadLetter,
+    p: &FieldPath,
+    c: &mut Checks,
+) -> Option<DeadLetterTarget> {
+    // One row per source: the field it takes; every other field unset.
+    let RawDeadLetter {
+        list,
+        stream,
+        exchange,
+        routing_key,
+        table,
+    } = d;
+    let target = match (kind?, list, stream, exchange, routing_key, table) {
+        (Kind::RedisList, Some(l), None, None, None, None) => {
+            Some(DeadLetterTarget::RedisList(l.clone()))
+        }
+        (Kind::RedisStream, None, Some(s), None, None, None) => {
+            Some(DeadLetterTarget::RedisStream(s.clone()))
+        }
+        (Kind::Rabbitmq, None, None, Some(e), routing_key, None) => {
+            Some(DeadLetterTarget::Rabbitmq {
+                exchange: e.clone(),
+                routing_key: routing_key.clone().unwrap_or_default(),
+            })
+        }
+        (Kind::Postgres, None, None, None, None, Some(t)) => {
+            check_table_name(t, p.key("table"), c);
+            Some(DeadLetterTarget::Postgres(t.clone()))
+        }
+        (kind, ..) => {
+            c.later(
+                p.clone(),
+                format!("for this source takes {}", kind.dead_letter_wants()),
+            );
+            None
+        }
+    };
+    if let Some(DeadLetterTarget::RedisList(n) | DeadLetterTarget::RedisStream(n)) = &target {
+        if n.trim().is_empty() {
+            c.later(p.clone(), "names an empty key");
+        }
+    }
+    target
 }
 
 /// A plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes), or

@@ -295,151 +295,27 @@ async fn run_job(
     stop: CancellationToken,
     live: &Live,
 ) -> (Option<OutcomeKind>, Vec<i32>) {
-    let spec = &launch.spec;
-    let Some(pod_spec) = spec.template.spec.clone() else {
-        return (
-            Some(failed("StartError", "the pod template has no spec".into())),
-            Vec::new(),
-        );
+    let mut run = match JobRun::new(&inner.cfg, &launch, dir, base, live) {
+        Ok(run) => run,
+        Err(unstartable) => return (Some(unstartable), Vec::new()),
     };
-    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-    let mut parallelism = spec.parallelism.unwrap_or(1).max(0) as usize;
-    let work_queue = spec.completions.is_none() && !indexed;
-    let completions = match spec.completions {
-        Some(c) => c.max(0),
-        None if work_queue => parallelism as i32,
-        None => 1,
-    };
-    let per_index_limit = spec
-        .backoff_limit_per_index
-        .filter(|_| indexed)
-        .map(|l| l.max(0));
-    // With a per-index limit the Job-wide one defaults to "no limit".
-    let backoff_limit = match per_index_limit {
-        Some(_) => spec.backoff_limit.unwrap_or(i32::MAX).max(0),
-        None => spec.backoff_limit.unwrap_or(6).max(0),
-    };
-    let mut index_failures: HashMap<i32, i32> = HashMap::new();
-    let mut failed_indexes: BTreeSet<i32> = BTreeSet::new();
-    let mut completed_indexes: BTreeSet<i32> = BTreeSet::new();
-    let deadline = spec
-        .active_deadline_seconds
-        .map(|s| Instant::now() + Duration::from_secs(s.max(0) as u64));
-    let grace = Duration::from_secs(
-        pod_spec
-            .termination_grace_period_seconds
-            .unwrap_or(30)
-            .clamp(0, 3600) as u64,
-    );
-
-    // What still has to succeed: an index each (Indexed) or a count.
-    let mut todo: VecDeque<Option<i32>> = if indexed {
-        (0..completions).map(Some).collect()
-    } else {
-        (0..completions).map(|_| None).collect()
-    };
-    let mut waiting: Vec<(Instant, Option<i32>)> = Vec::new();
-    let mut pods: JoinSet<(Option<i32>, PodResult)> = JoinSet::new();
-    let kill_pods = CancellationToken::new();
-    let mut failures: i32 = 0;
-    let mut pod_seq: u32 = 0;
-    // Work queue only: a pod has succeeded, so no pod is started or replaced.
-    let mut drained = false;
-
     let result = loop {
-        parallelism = live.parallelism.load(Ordering::Relaxed) as usize;
-        while pods.len() < parallelism {
-            let Some(index) = todo.pop_front() else { break };
-            pod_seq += 1;
-            let pod_name = match index {
-                Some(i) => format!("{}-{i}-{pod_seq}", launch.run_id),
-                None => format!("{}-{pod_seq}", launch.run_id),
-            };
-            let pod = PodRun {
-                spec: pod_spec.clone(),
-                name: pod_name.clone(),
-                index,
-                dir: dir.join(&pod_name),
-                base: base.clone(),
-                grace,
-                kill: kill_pods.child_token(),
-            };
-            pods.spawn(async move { (index, pod.run().await) });
+        run.start_due_pods();
+        if let Some(ended) = run.all_ended() {
+            break Some(ended);
         }
-        if pods.is_empty() && todo.is_empty() && waiting.is_empty() {
-            if failed_indexes.is_empty() {
-                break Some(OutcomeKind::Succeeded);
-            }
-            let list: Vec<String> = failed_indexes.iter().map(|i| i.to_string()).collect();
-            break Some(failed(
-                "FailedIndexes",
-                format!(
-                    "index(es) {} failed more than backoffLimitPerIndex {} time(s)",
-                    list.join(","),
-                    per_index_limit.unwrap_or_default()
-                ),
-            ));
-        }
-        let next_retry = waiting.iter().map(|(t, _)| *t).min();
+        let next_retry = run.waiting.iter().map(|(t, _)| *t).min();
         tokio::select! {
-            Some(joined) = pods.join_next(), if !pods.is_empty() => {
-                let (index, result) = match joined {
-                    Ok(r) => r,
-                    Err(e) => (None, PodResult::Failed(format!("pod task failed: {e}"))),
-                };
-                if matches!(result, PodResult::Succeeded) {
-                    live.completed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(i) = index {
-                        completed_indexes.insert(i);
-                    }
-                }
-                match result {
-                    PodResult::Succeeded if work_queue => {
-                        // The queue is drained: start nothing more.
-                        drained = true;
-                        todo.clear();
-                        waiting.clear();
-                    }
-                    PodResult::Succeeded => {}
-                    PodResult::Killed => {}
-                    PodResult::Failed(why) => {
-                        failures += 1;
-                        if let (Some(limit), Some(i)) = (per_index_limit, index) {
-                            let n = index_failures.entry(i).or_default();
-                            *n += 1;
-                            if *n > limit {
-                                tracing::info!(run = %launch.run_id, index = i, %why, "index failed for good");
-                                failed_indexes.insert(i);
-                                continue;
-                            }
-                        }
-                        if failures > backoff_limit {
-                            break Some(failed(
-                                "BackoffLimitExceeded",
-                                format!("{failures} pod(s) failed (backoffLimit {backoff_limit}); last: {why}"),
-                            ));
-                        }
-                        if !drained {
-                            let delay = pod_backoff(&inner.cfg, failures);
-                            waiting.push((Instant::now() + delay, index));
-                        }
-                    }
+            Some(joined) = run.pods.join_next(), if !run.pods.is_empty() => {
+                if let Some(ended) = run.reap(joined) {
+                    break Some(ended);
                 }
             }
             _ = sleep_until(next_retry.unwrap_or_else(far_future)), if next_retry.is_some() => {
-                let now = Instant::now();
-                let (ready, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(t, _)| *t <= now);
-                waiting = later;
-                todo.extend(ready.into_iter().map(|(_, i)| i));
+                run.release_due_retries();
             }
-            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                break Some(failed(
-                    "DeadlineExceeded",
-                    format!(
-                        "activeDeadlineSeconds {} passed",
-                        spec.active_deadline_seconds.unwrap_or_default()
-                    ),
-                ));
+            _ = sleep_until(run.deadline.unwrap_or_else(far_future)), if run.deadline.is_some() => {
+                break Some(run.deadline_exceeded());
             }
             _ = live.changed.notified() => {}
             _ = stop.cancelled() => {
@@ -447,10 +323,239 @@ async fn run_job(
             }
         }
     };
-    // Whatever the outcome, no pod outlives its Job.
-    kill_pods.cancel();
-    while pods.join_next().await.is_some() {}
-    (result, completed_indexes.into_iter().collect())
+    run.finish(result).await
+}
+
+/// One run's state in [`run_job`]'s loop: what the JobSpec asks for, the
+/// pods running, and what is left to do.
+struct JobRun<'a> {
+    cfg: &'a LocalConfig,
+    live: &'a Live,
+    run_id: &'a str,
+    dir: PathBuf,
+    base: BaseEnv,
+    pod_spec: PodSpec,
+    grace: Duration,
+    /// `completions` unset and not Indexed: the first success drains it.
+    work_queue: bool,
+    /// `backoffLimitPerIndex` (Indexed only).
+    per_index_limit: Option<i32>,
+    backoff_limit: i32,
+    active_deadline_seconds: Option<i64>,
+    /// When `activeDeadlineSeconds` runs out.
+    deadline: Option<Instant>,
+
+    /// What still has to succeed: an index each (Indexed) or a count.
+    todo: VecDeque<Option<i32>>,
+    /// Failed pods' replacements, each waiting out its backoff.
+    waiting: Vec<(Instant, Option<i32>)>,
+    pods: JoinSet<(Option<i32>, PodResult)>,
+    /// Cancelled when the run ends: no pod outlives its Job.
+    kill_pods: CancellationToken,
+    failures: i32,
+    pod_seq: u32,
+    /// Work queue only: a pod has succeeded, so no pod is started or replaced.
+    drained: bool,
+    index_failures: HashMap<i32, i32>,
+    failed_indexes: BTreeSet<i32>,
+    completed_indexes: BTreeSet<i32>,
+}
+
+impl<'a> JobRun<'a> {
+    /// The run as the JobSpec sets it up; `Err` is the outcome of a Job
+    /// that cannot start.
+    fn new(
+        cfg: &'a LocalConfig,
+        launch: &'a Launch,
+        dir: PathBuf,
+        base: BaseEnv,
+        live: &'a Live,
+    ) -> Result<Self, OutcomeKind> {
+        let spec = &launch.spec;
+        let Some(pod_spec) = spec.template.spec.clone() else {
+            return Err(failed("StartError", "the pod template has no spec".into()));
+        };
+        let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+        let parallelism = spec.parallelism.unwrap_or(1).max(0);
+        let work_queue = spec.completions.is_none() && !indexed;
+        let completions = match spec.completions {
+            Some(c) => c.max(0),
+            None if work_queue => parallelism,
+            None => 1,
+        };
+        let per_index_limit = spec
+            .backoff_limit_per_index
+            .filter(|_| indexed)
+            .map(|l| l.max(0));
+        // With a per-index limit the Job-wide one defaults to "no limit".
+        let backoff_limit = match per_index_limit {
+            Some(_) => spec.backoff_limit.unwrap_or(i32::MAX).max(0),
+            None => spec.backoff_limit.unwrap_or(6).max(0),
+        };
+        let deadline = spec
+            .active_deadline_seconds
+            .map(|s| Instant::now() + Duration::from_secs(s.max(0) as u64));
+        let grace = Duration::from_secs(
+            pod_spec
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .clamp(0, 3600) as u64,
+        );
+        let todo = (0..completions).map(|i| indexed.then_some(i)).collect();
+        Ok(JobRun {
+            cfg,
+            live,
+            run_id: &launch.run_id,
+            dir,
+            base,
+            pod_spec,
+            grace,
+            work_queue,
+            per_index_limit,
+            backoff_limit,
+            active_deadline_seconds: spec.active_deadline_seconds,
+            deadline,
+            todo,
+            waiting: Vec::new(),
+            pods: JoinSet::new(),
+            kill_pods: CancellationToken::new(),
+            failures: 0,
+            pod_seq: 0,
+            drained: false,
+            index_failures: HashMap::new(),
+            failed_indexes: BTreeSet::new(),
+            completed_indexes: BTreeSet::new(),
+        })
+    }
+
+    /// Starts pods for what is to do, up to the current parallelism (which
+    /// the daemon may have changed since the last pass).
+    fn start_due_pods(&mut self) {
+        let parallelism = self.live.parallelism.load(Ordering::Relaxed) as usize;
+        while self.pods.len() < parallelism {
+            let Some(index) = self.todo.pop_front() else {
+                break;
+            };
+            self.pod_seq += 1;
+            let pod_name = match index {
+                Some(i) => format!("{}-{i}-{}", self.run_id, self.pod_seq),
+                None => format!("{}-{}", self.run_id, self.pod_seq),
+            };
+            let pod = PodRun {
+                spec: self.pod_spec.clone(),
+                name: pod_name.clone(),
+                index,
+                dir: self.dir.join(&pod_name),
+                base: self.base.clone(),
+                grace: self.grace,
+                kill: self.kill_pods.child_token(),
+            };
+            self.pods.spawn(async move { (index, pod.run().await) });
+        }
+    }
+
+    /// The outcome once nothing runs, waits or is left to do.
+    fn all_ended(&self) -> Option<OutcomeKind> {
+        if !(self.pods.is_empty() && self.todo.is_empty() && self.waiting.is_empty()) {
+            return None;
+        }
+        if self.failed_indexes.is_empty() {
+            return Some(OutcomeKind::Succeeded);
+        }
+        let list: Vec<String> = self.failed_indexes.iter().map(|i| i.to_string()).collect();
+        Some(failed(
+            "FailedIndexes",
+            format!(
+                "index(es) {} failed more than backoffLimitPerIndex {} time(s)",
+                list.join(","),
+                self.per_index_limit.unwrap_or_default()
+            ),
+        ))
+    }
+
+    /// Counts a pod that ended; `Some` when that ends the run.
+    fn reap(
+        &mut self,
+        joined: Result<(Option<i32>, PodResult), tokio::task::JoinError>,
+    ) -> Option<OutcomeKind> {
+        let (index, result) = match joined {
+            Ok(r) => r,
+            Err(e) => (None, PodResult::Failed(format!("pod task failed: {e}"))),
+        };
+        match result {
+            PodResult::Succeeded => {
+                self.live.completed.fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = index {
+                    self.completed_indexes.insert(i);
+                }
+                if self.work_queue {
+                    // The queue is drained: start nothing more.
+                    self.drained = true;
+                    self.todo.clear();
+                    self.waiting.clear();
+                }
+                None
+            }
+            PodResult::Killed => None,
+            PodResult::Failed(why) => self.pod_failed(index, why),
+        }
+    }
+
+    /// Counts a failed pod against the backoff limits and, within them,
+    /// schedules its replacement.
+    fn pod_failed(&mut self, index: Option<i32>, why: String) -> Option<OutcomeKind> {
+        self.failures += 1;
+        if let (Some(limit), Some(i)) = (self.per_index_limit, index) {
+            let n = self.index_failures.entry(i).or_default();
+            *n += 1;
+            if *n > limit {
+                tracing::info!(run = %self.run_id, index = i, %why, "index failed for good");
+                self.failed_indexes.insert(i);
+                return None;
+            }
+        }
+        if self.failures > self.backoff_limit {
+            return Some(failed(
+                "BackoffLimitExceeded",
+                format!(
+                    "{} pod(s) failed (backoffLimit {}); last: {why}",
+                    self.failures, self.backoff_limit
+                ),
+            ));
+        }
+        if !self.drained {
+            let delay = pod_backoff(self.cfg, self.failures);
+            self.waiting.push((Instant::now() + delay, index));
+        }
+        None
+    }
+
+    /// Moves the replacements whose backoff has passed back to the to-do list.
+    fn release_due_retries(&mut self) {
+        let now = Instant::now();
+        let (ready, later): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|(t, _)| *t <= now);
+        self.waiting = later;
+        self.todo.extend(ready.into_iter().map(|(_, i)| i));
+    }
+
+    /// The outcome when `activeDeadlineSeconds` has passed.
+    fn deadline_exceeded(&self) -> OutcomeKind {
+        failed(
+            "DeadlineExceeded",
+            format!(
+                "activeDeadlineSeconds {} passed",
+                self.active_deadline_seconds.unwrap_or_default()
+            ),
+        )
+    }
+
+    /// Whatever the outcome, no pod outlives its Job: kills what still
+    /// runs and waits for it.
+    async fn finish(mut self, result: Option<OutcomeKind>) -> (Option<OutcomeKind>, Vec<i32>) {
+        self.kill_pods.cancel();
+        while self.pods.join_next().await.is_some() {}
+        (result, self.completed_indexes.into_iter().collect())
+    }
 }
 
 fn failed(reason: &str, message: String) -> OutcomeKind {
