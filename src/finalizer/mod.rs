@@ -116,11 +116,16 @@ pub fn next_run_id(run: &Run, attempt: i64) -> String {
 pub async fn settle(store: &Store, clock: &Clock, jobs: &JobsByName, outcome: &Outcome) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let job = match store.get_run(&outcome.run_id).await {
-            Ok(Some(run)) => jobs.get(&run.job).cloned(),
-            Ok(None) | Err(_) => None,
+        // The run's job decides its retry policy: a store error here is
+        // retried like any other, never guessed as the default policy.
+        let settled = match store.get_run(&outcome.run_id).await {
+            Ok(run) => {
+                let job = run.and_then(|r| jobs.get(&r.job).cloned());
+                finalize(store, clock, job.as_deref(), outcome).await
+            }
+            Err(e) => Err(e),
         };
-        match finalize(store, clock, job.as_deref(), outcome).await {
+        match settled {
             Ok(_) => return,
             Err(e) => {
                 tracing::error!(run = %outcome.run_id, error = %crate::error_chain(&e), "cannot settle; retrying");
