@@ -25,7 +25,9 @@
 //! - [`intake`] — every message, fire and manual trigger becomes a work item
 //!   and a pending run in the store before it is acknowledged;
 //!   [`intake::consume`] drives a source (claim → store → settle,
-//!   reconnect with backoff); bad messages become dead letters.
+//!   reconnect with backoff); bad messages become dead letters;
+//!   [`intake::submit`] takes a message given by hand (to the job's broker,
+//!   or the store).
 //! - [`planner`] — pure: which due runs may launch under the limits (per
 //!   job, pools, global), [`planner::sizing`], the parallelism that
 //!   finishes a run inside its window, and [`planner::batching`], which
@@ -65,6 +67,9 @@ pub mod redact;
 pub mod sources;
 pub mod store;
 pub mod triggers;
+
+#[cfg(test)]
+mod testing;
 
 /// An error and its causes, joined with ": " (for logs).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

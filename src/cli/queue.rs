@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::{one_job, open_store, read_data, Failure};
 use crate::config::{self, Sources};
-use crate::intake::{self, Accepted, IntakeError};
+use crate::intake::{self, Accepted, Destination, IntakeError};
 
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
@@ -23,47 +23,46 @@ pub struct EnqueueArgs {
 pub(super) async fn enqueue(src: &Sources, args: EnqueueArgs) -> Result<(), Failure> {
     let loaded = config::load_daemon(src)?;
     let job = one_job(&loaded, &args.job)?;
-    if job.cron().is_some() {
-        return Err(Failure::Input(format!(
-            "job {} is triggered by cron and takes no messages; use `kedge trigger {}` to run it now",
-            job.name, job.name
-        )));
-    }
+    let destination = intake::destination(&job, "kedge-enqueue").map_err(|e| {
+        Failure::Input(format!(
+            "{e}; use `kedge trigger {}` to run it now",
+            job.name
+        ))
+    })?;
     let bytes = read_data(args.data)?;
-    // A broker job's messages go into its broker, where the
-    // daemon claims them like any other producer's.
-    let broker = match &job.trigger {
-        crate::config::job::Trigger::Queue(q) => {
-            crate::sources::AnySource::new(&q.source, "kedge-enqueue").map(|s| (s, q.source.name()))
+    match destination {
+        Destination::Broker(mut broker) => {
+            broker
+                .publish(&job, &bytes, args.id)
+                .await
+                .map_err(refused)?;
+            println!("published to {}", broker.name);
         }
-        _ => None,
-    };
-    if let Some((mut outbox, name)) = broker {
-        use crate::sources::Outbox;
-        intake::check_payload(&job.name, &job.payload, &bytes)
-            .map_err(|e| Failure::Input(format!("--data: {e}")))?;
-        let id = args.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        outbox.replay(&id, &bytes).await.map_err(|e| {
-            Failure::Runtime(anyhow::anyhow!(
-                "cannot publish to {name}: {}",
-                crate::error_chain(&e)
-            ))
-        })?;
-        println!("published to {name}");
-        return Ok(());
-    }
-    let store = open_store(&loaded.store_url).await?;
-    let accepted = intake::enqueue(&store, &job, &bytes, args.id, None).await;
-    store.close().await;
-    match accepted {
-        Ok(Accepted::New { run_id }) => println!("enqueued: run {run_id}"),
-        Ok(Accepted::Duplicate) => {
-            println!("already enqueued (same message id): nothing added")
+        Destination::Store => {
+            let store = open_store(&loaded.store_url).await?;
+            let accepted = intake::enqueue(&store, &job, &bytes, args.id, None).await;
+            store.close().await;
+            match accepted.map_err(refused)? {
+                Accepted::New { run_id } => println!("enqueued: run {run_id}"),
+                Accepted::Duplicate => {
+                    println!("already enqueued (same message id): nothing added")
+                }
+            }
         }
-        Err(IntakeError::Store(e)) => return Err(Failure::Runtime(e.into())),
-        Err(e) => return Err(Failure::Input(format!("--data: {e}"))),
     }
     Ok(())
+}
+
+/// An intake error as the command reports it: the message's own problems
+/// are bad input (`--data`), the store's or broker's are runtime failures.
+fn refused(e: IntakeError) -> Failure {
+    match e {
+        IntakeError::Store(e) => Failure::Runtime(e.into()),
+        e @ IntakeError::Publish { .. } => {
+            Failure::Runtime(anyhow::anyhow!("{}", crate::error_chain(&e)))
+        }
+        e => Failure::Input(format!("--data: {e}")),
+    }
 }
 
 /// `kedge trigger`.
@@ -83,6 +82,7 @@ pub(super) async fn trigger(src: &Sources, name: &str) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::super::{tests::parse, Command};
+    use super::*;
 
     #[test]
     fn enqueue_takes_the_job_and_an_optional_message_and_id() {
@@ -100,5 +100,13 @@ mod tests {
         assert_eq!(a.id.as_deref(), Some("m-1"));
         let e = parse(&["enqueue"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn a_bad_message_is_bad_input_and_a_store_error_is_not() {
+        let bad = IntakeError::BadDeadline("deadline at /d: soon".into());
+        assert!(matches!(refused(bad), Failure::Input(m) if m == "--data: deadline at /d: soon"));
+        let store = IntakeError::Store(crate::store::StoreError::UnsupportedUrl("x".into()));
+        assert!(matches!(refused(store), Failure::Runtime(_)));
     }
 }
