@@ -50,55 +50,21 @@ pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
             serve(daemon, jobs, store, executor, rx, shutdown).await
         }
         config::ExecutorConfig::Kubernetes(k) => {
-            use crate::executor::kubernetes::lease::LeaderLease;
-            let (client, namespace) = kubernetes::client(k).await.map_err(Failure::Runtime)?;
-            let identity = kubernetes::identity(k);
-            let lease = LeaderLease::new(
-                client.clone(),
-                &namespace,
-                &k.lease_name,
-                &identity,
-                k.lease_duration,
-            );
-            tracing::info!(%namespace, %identity, lease = %k.lease_name, "waiting to lead (only the Lease holder launches)");
-            if !lease.acquire(&shutdown).await {
-                tracing::info!("stopped before becoming the leader");
+            let k = k.clone();
+            // Only the Lease holder opens the store and launches.
+            let Some(leader) = kubernetes::elect(&k, &shutdown)
+                .await
+                .map_err(Failure::Runtime)?
+            else {
                 return Ok(());
-            }
-            // Losing the Lease stops this replica like a signal would; the
-            // exit status then says so.
-            let lost = CancellationToken::new();
-            let holding = CancellationToken::new();
-            let renew = {
-                let (holding, lost) = (holding.clone(), lost.clone());
-                tokio::spawn(async move { lease.hold(holding, lost).await })
             };
-            let stop = shutdown.clone();
-            let lost_watch = lost.clone();
-            tokio::spawn(async move {
-                lost_watch.cancelled().await;
-                stop.cancel();
-            });
             let store = open_store(&daemon.store_url).await?;
             let instance = instance_id(&store).await?;
-            let executor = crate::executor::KubernetesExecutor::new(
-                client,
-                &namespace,
-                k.clone(),
-                instance,
-                identity,
-                tx,
-            );
-            let result = serve(daemon.clone(), jobs, store, executor, rx, shutdown).await;
-            holding.cancel();
-            let _ = renew.await;
-            result?;
-            if lost.is_cancelled() {
-                return Err(Failure::Runtime(anyhow::anyhow!(
-                    "lost the leader Lease; stopped launching (another replica leads now)"
-                )));
-            }
-            Ok(())
+            let executor = leader.executor(k, instance, tx);
+            let served = serve(daemon, jobs, store, executor, rx, shutdown).await;
+            let stepped_down = leader.step_down().await;
+            served?;
+            stepped_down.map_err(|lost| Failure::Runtime(lost.into()))
         }
     }
 }
