@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use super::{ms_to_rfc3339, open_store, Failure};
 use crate::config::{self, Sources};
+use crate::finalizer::replay::{self, ReplayError, Replayed};
 use crate::store::{DeadLetter, Store};
 
 #[derive(Debug, Subcommand)]
@@ -120,119 +121,30 @@ async fn replay(
             "dlq replay: name dead letter ids, or --all".into(),
         ));
     }
-    let letters = store
-        .dead_letters(job, false, i64::MAX)
-        .await
-        .context("listing dead letters")?;
-    let chosen: Vec<_> = if all {
-        letters
-    } else {
-        let mut chosen = Vec::new();
-        for id in ids {
-            match letters.iter().find(|d| &d.id == id) {
-                Some(d) => chosen.push(d.clone()),
-                None => {
-                    return Err(Failure::Input(format!(
-                        "dlq replay: no open dead letter with id {id}"
-                    )))
-                }
-            }
-        }
-        chosen
-    };
+    let chosen = replay::choose(store, job, ids, all).await.map_err(failed)?;
     let (jobs, _) = config::load_jobs(cfg);
     let mut replayed = 0;
     for d in chosen {
-        // A broker message goes back into its broker (when the job
-        // still reads from that source); everything else is queued
-        // again in the store.
-        let broker = jobs
-            .iter()
-            .find(|j| j.name == d.job)
-            .and_then(|j| match &j.trigger {
-                crate::config::job::Trigger::Queue(q) if q.source.name() == d.source => {
-                    crate::sources::AnySource::new(&q.source, "kedge-dlq-replay")
-                }
-                _ => None,
-            });
-        if let Some(mut outbox) = broker {
-            replay_to_source(store, &mut outbox, &d).await?;
-            println!("replayed {} into {}", d.id, d.source);
-            replayed += 1;
-            continue;
+        match replay::replay(store, &jobs, &d).await.map_err(failed)? {
+            Replayed::IntoSource => println!("replayed {} into {}", d.id, d.source),
+            Replayed::AsRun(run_id) => println!("replayed {} as run {run_id}", d.id),
+            Replayed::Closed => continue,
         }
-        let last = store
-            .last_attempt(&d.work_item_id)
-            .await
-            .context("reading attempts")?;
-        let next = last + 1;
-        let trigger = if d.source == "cron" {
-            crate::lifecycle::TriggerKind::Cron
-        } else {
-            crate::lifecycle::TriggerKind::Queue
-        };
-        let run_id = crate::lifecycle::attempt_run_name(&d.job, trigger, &d.message_id, next);
-        if store
-            .replay_dead_letter(&d.id, &run_id, next, store.clock().now_ms())
-            .await
-            .context("replaying")?
-        {
-            println!("replayed {} as run {run_id}", d.id);
-            replayed += 1;
-        }
+        replayed += 1;
     }
     println!("{replayed} dead letter(s) replayed");
     Ok(())
 }
 
-/// Publishes a dead letter's message back into its broker source. The
-/// work item is marked `replayed` first, so the source's delivery of it
-/// revives the item rather than being dropped as a duplicate; if the
-/// publish fails the item is dead again and the letter stays open.
-async fn replay_to_source(
-    store: &Store,
-    outbox: &mut crate::sources::AnySource,
-    d: &DeadLetter,
-) -> Result<(), Failure> {
-    use crate::sources::Outbox;
-    let Some(letter) = store
-        .begin_source_replay(&d.id, store.clock().now_ms())
-        .await
-        .context("replaying")?
-    else {
-        return Err(Failure::Input(format!(
-            "dlq replay: dead letter {} was replayed meanwhile",
-            d.id
-        )));
-    };
-    let payload: Vec<u8> = match letter.payload.as_deref() {
-        Some(p) => match p.strip_prefix("base64:") {
-            Some(b) => {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .unwrap_or_else(|_| p.as_bytes().to_vec())
-            }
-            None => p.as_bytes().to_vec(),
-        },
-        None => Vec::new(),
-    };
-    if let Err(e) = outbox.replay(&letter.message_id, &payload).await {
-        let _ = store
-            .abort_source_replay(&letter.work_item_id, store.clock().now_ms())
-            .await;
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "dlq replay: cannot return {} to {}: {}",
-            d.id,
-            d.source,
-            crate::error_chain(&e)
-        )));
+/// A replay error as the command reports it.
+fn failed(e: ReplayError) -> Failure {
+    match e {
+        ReplayError::Store(e) => Failure::Runtime(anyhow::Error::new(e).context("replaying")),
+        e @ ReplayError::Publish { .. } => {
+            Failure::Runtime(anyhow::anyhow!("dlq replay: {}", crate::error_chain(&e)))
+        }
+        e => Failure::Input(format!("dlq replay: {e}")),
     }
-    store
-        .finish_source_replay(&d.id, store.clock().now_ms())
-        .await
-        .context("replaying")?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -281,5 +193,19 @@ mod tests {
         assert_eq!(kind, ErrorKind::ArgumentConflict);
         let kind = parse(&["dlq"]).unwrap_err().kind();
         assert_eq!(kind, ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+    }
+
+    #[test]
+    fn replay_errors_keep_their_exit_codes() {
+        let missing = failed(ReplayError::NoSuchLetter("d-1".into()));
+        assert!(
+            matches!(&missing, Failure::Input(m) if m == "dlq replay: no open dead letter with id d-1"),
+            "{missing:?}"
+        );
+        let raced = failed(ReplayError::ReplayedMeanwhile("d-1".into()));
+        assert!(
+            matches!(&raced, Failure::Input(m) if m == "dlq replay: dead letter d-1 was replayed meanwhile"),
+            "{raced:?}"
+        );
     }
 }
