@@ -9,10 +9,10 @@ use super::{
     one_job, open_store, parse_time, pretty_json, read_data, rfc3339, ClusterArgs, Failure,
 };
 use crate::config::{self, ExecutorKind, Sources};
+use crate::dispatcher::preview;
 use crate::dispatcher::sizing::{self, Decision};
 use crate::executor::kubernetes::{self, objects};
-use crate::lifecycle::{attempt_run_name, TriggerKind};
-use crate::store;
+use crate::lifecycle::TriggerKind;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -83,18 +83,11 @@ async fn plan_sizing(
         }
     }
     let store = open_store(&loaded.store_url).await?;
-    let measured = match work {
-        Some(w) => sizing::Measured::given(w),
-        None => sizing::measure_work(&store, &job, cfg)
-            .await
-            .context("measuring the work")?,
-    };
-    let model = sizing::model(&store, &job, cfg)
+    let d = sizing::preview(&store, &job, cfg, at, deadline, work)
         .await
-        .context("reading the job's history")?;
+        .context("sizing the run");
     store.close().await;
-    let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
-    let d = sizing::decide(&job, cfg, model, measured, at, deadline, max_pods);
+    let d = d?;
     if json {
         println!("{}", pretty_json(&d)?);
     } else {
@@ -189,58 +182,13 @@ pub(super) async fn render(src: &Sources, args: RenderArgs) -> Result<(), Failur
     let job = one_job(&loaded, &args.job)?;
     let message = message(&job, at, args.payload)?;
     let store = open_store(&loaded.store_url).await?;
-    let instance = store
-        .instance_id()
-        .await
-        .context("reading the store's instance id")?;
-    let deadline = job.deadline_after(at);
-    let run = store::Run {
-        run_id: attempt_run_name(&job.name, message.trigger, &message.message_id, 1),
-        work_item_id: String::new(),
-        job: job.name.clone(),
-        attempt: 1,
-        state: crate::lifecycle::RunState::Pending,
-        trigger: message.trigger,
-        scheduled_ms: at.timestamp_millis(),
-        started_ms: None,
-        finished_ms: None,
-        launches: 0,
-        error: None,
-        source: message.trigger.as_str().into(),
-        message_id: message.message_id,
-        payload: message.body.clone(),
-        deadline_ms: deadline.map(|d| d.timestamp_millis()),
-        attempt_base: 0,
-        sizing: None,
-    };
-    let sized = match (&job.sizing, deadline) {
-        (Some(cfg), Some(deadline)) => {
-            let measured = sizing::measure_work(&store, &job, cfg)
-                .await
-                .context("measuring the work")?;
-            let model = sizing::model(&store, &job, cfg)
-                .await
-                .context("reading the job's history")?;
-            let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
-            let d = sizing::decide(&job, cfg, model, measured, at, deadline, max_pods);
-            Some(sizing::apply(&job, &d, at))
-        }
-        _ => None,
-    };
+    let launch = preview::launch(&store, &job, message, at).await;
+    let instance = store.instance_id().await;
     store.close().await;
-    let job = sized.as_ref().unwrap_or(&job);
-    let batched = matches!(&job.trigger, config::Trigger::Queue(q) if q.batch.is_some());
-    let launch = if batched {
-        crate::executor::render::render_batch(job, &run, vec![message.body])
-    } else {
-        crate::executor::render(job, &run)
-    };
-    let placement = objects::Placement {
-        namespace: k.namespace.clone().unwrap_or_else(|| "default".into()),
-        instance,
-        identity: kubernetes::identity(k),
-        ttl_seconds_after_finished: k.ttl_seconds_after_finished.min(i32::MAX as u32) as i32,
-    };
+    let launch = launch.context("sizing the run")?;
+    let instance = instance.context("reading the store's instance id")?;
+    let namespace = k.namespace.clone().unwrap_or_else(|| "default".into());
+    let placement = objects::Placement::new(k, namespace, instance, kubernetes::identity(k));
     let objs = objects::objects(&launch, &placement);
     let mut out = String::new();
     if let Some(cm) = &objs.config_map {
@@ -253,27 +201,20 @@ pub(super) async fn render(src: &Sources, args: RenderArgs) -> Result<(), Failur
     Ok(())
 }
 
-/// The message of a rendered run.
-struct Message {
-    trigger: TriggerKind,
-    message_id: String,
-    body: Option<String>,
-}
-
 /// The rendered run's message: a cron job's fire at `at`; a queue job's
 /// `--payload` (checked against its payload policy), `{}` by default.
 fn message(
     job: &config::Job,
     at: DateTime<Utc>,
     payload: Option<String>,
-) -> Result<Message, Failure> {
+) -> Result<preview::Message, Failure> {
     match &job.trigger {
         config::Trigger::Cron(_) => match payload {
             Some(_) => Err(Failure::Input(format!(
                 "--payload: job {} is triggered by cron and takes no messages",
                 job.name
             ))),
-            None => Ok(Message {
+            None => Ok(preview::Message {
                 trigger: TriggerKind::Cron,
                 message_id: at.timestamp_millis().to_string(),
                 body: None,
@@ -283,7 +224,7 @@ fn message(
             let bytes = read_data(Some(payload.unwrap_or_else(|| "{}".into())))?;
             let body = crate::intake::check_payload(&job.name, &job.payload, &bytes)
                 .map_err(|e| Failure::Input(format!("--payload: {e}")))?;
-            Ok(Message {
+            Ok(preview::Message {
                 trigger: TriggerKind::Queue,
                 message_id: "rendered".to_string(),
                 body: Some(body),

@@ -229,12 +229,7 @@ impl KubernetesExecutor {
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let events: Api<Event> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let at = Placement {
-            namespace: namespace.to_string(),
-            instance,
-            identity,
-            ttl_seconds_after_finished: cfg.ttl_seconds_after_finished.min(i32::MAX as u32) as i32,
-        };
+        let at = Placement::new(&cfg, namespace.to_string(), instance, identity);
         let quota = Quota::per_second(NonZeroU32::new(cfg.api_qps).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.api_burst).unwrap_or(NonZeroU32::MIN));
         let closed = CancellationToken::new();
