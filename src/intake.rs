@@ -505,7 +505,7 @@ pub enum Destination {
     /// The job reads a broker (redis_list, redis_stream, rabbitmq,
     /// postgres): the message is published there and the daemon claims it
     /// like any producer's.
-    Broker(Broker),
+    Broker(Box<Broker>),
     /// The job reads the builtin queue: the message is stored ([`enqueue`]).
     Store,
 }
@@ -556,10 +556,10 @@ pub fn destination(job: &Job, producer: &str) -> Result<Destination, IntakeError
         });
     };
     Ok(match AnySource::new(&q.source, producer) {
-        Some(outbox) => Destination::Broker(Broker {
+        Some(outbox) => Destination::Broker(Box::new(Broker {
             outbox,
             name: q.source.name(),
-        }),
+        })),
         None => Destination::Store,
     })
 }

@@ -41,7 +41,8 @@
 //!   [`executor::kubernetes`] creates Jobs (and payload ConfigMaps) through
 //!   the API server, tracks them with one watcher, cleans them up, and
 //!   elects the one launching replica on a Lease.
-//! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter.
+//! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter;
+//!   [`finalizer::replay`] returns dead letters to their queue.
 //! - [`lifecycle`] — the run state machine, documented, and run names.
 //! - [`store`] — SQLite or PostgreSQL through sqlx: work items, runs, cron
 //!   fires, dead letters; migrations in `migrations/`.
@@ -49,7 +50,8 @@
 //!   publishes stored dead letters to their broker target (an outbox).
 //! - [`health`] — source states and counters: `/healthz`, `/readyz`,
 //!   `/metrics`.
-//! - [`cli`] — the `kedge` command line (`main.rs` only calls it).
+//! - [`cli`] — the `kedge` command line (`main.rs` only calls it): parsing
+//!   and printing, one file per command group; the work is the rooms' above.
 
 pub mod cli;
 pub mod clock;

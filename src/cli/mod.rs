@@ -1,18 +1,19 @@
 //! The `kedge` command line: parsing and printing only. Each command group
 //! has one file; the work itself is done by the module that owns it.
 //!
-//! - [`run`] — `kedge run`: load and validate, build the executor (the
+//! - `run` — `kedge run`: load and validate, build the executor (the
 //!   Kubernetes one elected on a Lease, [`crate::executor::kubernetes::elect`]),
 //!   run the [`crate::daemon`] until a signal.
-//! - [`validate`] — `kedge validate`.
-//! - [`plan`] — `kedge plan` (next fires, or a sizing decision from
-//!   [`crate::dispatcher::sizing::preview`]) and `kedge render`.
-//! - [`queue`] — `kedge enqueue` ([`crate::intake::submit`]: to the
+//! - `validate` — `kedge validate`.
+//! - `plan` — `kedge plan` (next fires, or a sizing decision from
+//!   [`crate::dispatcher::sizing::preview`]) and `kedge render`
+//!   ([`crate::dispatcher::preview`]).
+//! - `queue` — `kedge enqueue` ([`crate::intake::destination`]: to the
 //!   job's broker or the store) and `kedge trigger`.
-//! - [`runs`] — `kedge runs` and `kedge fires`: the store's records.
-//! - [`dlq`] — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
-//! - [`migrate`] — `kedge migrate`.
-//! - [`cluster`] — `--kubeconfig` / `--namespace`, shared by run and render.
+//! - `runs` — `kedge runs` and `kedge fires`: the store's records.
+//! - `dlq` — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
+//! - `migrate` — `kedge migrate`.
+//! - `cluster` — `--kubeconfig` / `--namespace`, shared by run and render.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (store unreachable, I/O);
 //! 2 bad input (invalid definitions, unknown job, bad `--data`, bad flags).

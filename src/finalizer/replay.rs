@@ -211,7 +211,7 @@ mod tests {
     #[tokio::test]
     async fn named_letters_must_be_open() {
         let (store, _, letter) = one_letter().await;
-        let chosen = choose(&store, None, &[letter.id.clone()], false)
+        let chosen = choose(&store, None, std::slice::from_ref(&letter.id), false)
             .await
             .unwrap();
         assert_eq!(chosen.len(), 1);
