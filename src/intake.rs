@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::job::{PayloadFormat, PayloadPolicy};
+use crate::config::job::{PayloadFormat, PayloadPolicy, Trigger};
 use crate::config::queue::{DeadlineFrom, OnExpired, QueueTrigger};
 use crate::config::Job;
 use crate::health::Health;
 use crate::lifecycle::{run_name, RunKey, TriggerKind};
-use crate::sources::{Delivery, Source};
+use crate::sources::{AnySource, Delivery, Outbox, Source, SourceError};
 use crate::store::{Intake, NewWorkItem, Store, StoreError};
 use crate::triggers::TriggerContext;
 
@@ -43,6 +43,16 @@ pub enum IntakeError {
     /// The message's own deadline cannot be read.
     #[error("{0}")]
     BadDeadline(String),
+    /// The job is triggered by cron: it takes no messages.
+    #[error("job {job} is triggered by cron and takes no messages")]
+    TakesNoMessages { job: String },
+    /// The job's broker did not take the message; it may be retried.
+    #[error("cannot publish to {to}")]
+    Publish {
+        to: String,
+        #[source]
+        cause: SourceError,
+    },
     /// The store failed; the message was not accepted and may be retried.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -92,6 +102,8 @@ impl IntakeError {
             IntakeError::NotJson { .. } => "not_json",
             IntakeError::TooLarge { .. } => "too_large",
             IntakeError::BadDeadline(_) => "bad_deadline",
+            IntakeError::TakesNoMessages { .. } => "takes_no_messages",
+            IntakeError::Publish { .. } => "publish",
             IntakeError::Store(_) => "store",
         }
     }
@@ -301,7 +313,7 @@ pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ct
         clock,
         ..
     } = ctx;
-    let crate::config::job::Trigger::Queue(queue) = &job.trigger else {
+    let Trigger::Queue(queue) = &job.trigger else {
         return;
     };
     let name = queue.source.name();
@@ -358,22 +370,12 @@ pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ct
         if deliveries.is_empty() {
             continue;
         }
-        let (mut stored, mut dups, mut rejected) = (0u64, 0u64, 0u64);
-        let mut store_failures = 0u32;
-        let offered = loop {
-            match offer_all(&store, &job, queue, &name, &deliveries, clock.now()).await {
-                Ok(o) => break o,
-                Err(e) => {
-                    store_failures += 1;
-                    let wait = reconnect_backoff(store_failures);
-                    tracing::error!(job = %job.name, error = %crate::error_chain(&e), retry_in = ?wait, "cannot store messages; they stay claimed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
+        let Some(offered) =
+            offer_until_stored(&store, &job, queue, &name, &deliveries, &clock, &shutdown).await
+        else {
+            return;
         };
+        let (mut stored, mut dups, mut rejected) = (0u64, 0u64, 0u64);
         for o in offered {
             match o {
                 Offered::Stored => stored += 1,
@@ -395,6 +397,35 @@ pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ct
     }
 }
 
+/// [`offer_all`] until the store takes the deliveries, backing off between
+/// tries; `None` if shut down meanwhile (they stay claimed, for the
+/// broker to redeliver).
+async fn offer_until_stored(
+    store: &Store,
+    job: &Job,
+    queue: &QueueTrigger,
+    source: &str,
+    deliveries: &[Delivery],
+    clock: &crate::clock::Clock,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<Offered>> {
+    let mut failures = 0u32;
+    loop {
+        match offer_all(store, job, queue, source, deliveries, clock.now()).await {
+            Ok(o) => return Some(o),
+            Err(e) => {
+                failures += 1;
+                let wait = reconnect_backoff(failures);
+                tracing::error!(job = %job.name, error = %crate::error_chain(&e), retry_in = ?wait, "cannot store messages; they stay claimed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Stores a builtin-queue message for `job`. `message_id` defaults to a
 /// fresh id (every enqueue is a new message); give one to make retries of
 /// the same enqueue idempotent.
@@ -410,7 +441,7 @@ pub async fn enqueue(
     let now = store.clock().now();
     // The message's own deadline (`trigger.queue.deadline`), if it has one.
     let own = match &job.trigger {
-        crate::config::job::Trigger::Queue(QueueTrigger {
+        Trigger::Queue(QueueTrigger {
             deadline: Some(from),
             ..
         }) => message_deadline(from, &payload, &[]).map_err(IntakeError::BadDeadline)?,
@@ -427,7 +458,7 @@ pub async fn enqueue(
         trigger: TriggerKind::Queue,
         scheduled_ms: now.timestamp_millis(),
     };
-    if matches!(&job.trigger, crate::config::job::Trigger::Queue(q) if q.batch.is_some()) {
+    if matches!(&job.trigger, Trigger::Queue(q) if q.batch.is_some()) {
         // A batching job's message waits for its batch run.
         return Ok(if store.insert_batch_item(&item).await? {
             Accepted::New {
@@ -464,6 +495,93 @@ async fn store_item(store: &Store, item: &NewWorkItem) -> Result<Accepted, Intak
         })
     } else {
         Ok(Accepted::Duplicate)
+    }
+}
+
+// ----- messages given by hand: `kedge enqueue`, the HTTP API --------------
+
+/// Where a message given to kedge for a queue job goes.
+pub enum Destination {
+    /// The job reads a broker (redis_list, redis_stream, rabbitmq,
+    /// postgres): the message is published there and the daemon claims it
+    /// like any producer's.
+    Broker(Box<Broker>),
+    /// The job reads the builtin queue: the message is stored ([`enqueue`]).
+    Store,
+}
+
+/// A queue job's broker, as a producer sees it.
+pub struct Broker {
+    outbox: AnySource,
+    /// The source's name (`redis_list:LIST`, `rabbitmq:QUEUE`, …).
+    pub name: String,
+}
+
+impl Broker {
+    /// Publishes a message for `job` (checked against its payload policy
+    /// first) as `message_id`, a fresh id by default.
+    pub async fn publish(
+        &mut self,
+        job: &Job,
+        data: &[u8],
+        message_id: Option<String>,
+    ) -> Result<(), IntakeError> {
+        check_payload(&job.name, &job.payload, data)?;
+        let id = message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.outbox
+            .replay(&id, data)
+            .await
+            .map_err(|cause| IntakeError::Publish {
+                to: self.name.clone(),
+                cause,
+            })
+    }
+}
+
+/// What became of a submitted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Published to the job's broker, this source.
+    Published { to: String },
+    /// Stored in kedge's store (the builtin queue).
+    Stored(Accepted),
+}
+
+/// Where a message for `job` goes; `producer` names the publisher to a
+/// broker (its consumer name there). A cron job takes no messages.
+pub fn destination(job: &Job, producer: &str) -> Result<Destination, IntakeError> {
+    let Trigger::Queue(q) = &job.trigger else {
+        return Err(IntakeError::TakesNoMessages {
+            job: job.name.clone(),
+        });
+    };
+    Ok(match AnySource::new(&q.source, producer) {
+        Some(outbox) => Destination::Broker(Box::new(Broker {
+            outbox,
+            name: q.source.name(),
+        })),
+        None => Destination::Store,
+    })
+}
+
+/// Takes a message for `job` as `message_id` (a fresh id by default): a
+/// broker job's is published to its broker, a builtin-queue job's stored
+/// ([`enqueue`]). `producer` names the publisher to the broker.
+pub async fn submit(
+    store: &Store,
+    job: &Job,
+    data: &[u8],
+    message_id: Option<String>,
+    producer: &str,
+) -> Result<Submitted, IntakeError> {
+    match destination(job, producer)? {
+        Destination::Broker(mut broker) => {
+            broker.publish(job, data, message_id).await?;
+            Ok(Submitted::Published { to: broker.name })
+        }
+        Destination::Store => Ok(Submitted::Stored(
+            enqueue(store, job, data, message_id, None).await?,
+        )),
     }
 }
 
@@ -528,28 +646,12 @@ mod tests {
         );
     }
 
-    async fn setup(queue_extra: &str) -> (Store, Job, QueueTrigger) {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("q.yaml");
-        std::fs::write(
-            &file,
-            format!(
-                "name: q\ntrigger:\n  queue:\n    builtin: {{}}\n{queue_extra}\
-                 payload: {{ max_bytes: 64 }}\n\
-                 template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
-                 containers: [{{ name: m, command: [\"true\"] }}]\n"
-            ),
-        )
-        .unwrap();
-        let daemon =
-            crate::config::daemon::validate(Default::default(), &|_| None).expect("daemon config");
-        let (job, _) = crate::config::load_job_file(&file, &daemon, &|_| None).expect("job");
-        let crate::config::job::Trigger::Queue(q) = job.trigger.clone() else {
+    async fn setup(queue_extra: &[&str]) -> (Store, Job, QueueTrigger) {
+        let job = crate::testing::queue_job("q", queue_extra);
+        let Trigger::Queue(q) = job.trigger.clone() else {
             panic!("a queue job")
         };
-        let store = Store::connect("sqlite::memory:").await.unwrap();
-        store.migrate().await.unwrap();
-        (store, job, q)
+        (crate::testing::store().await, job, q)
     }
 
     fn delivery(id: &str, body: &[u8]) -> Delivery {
@@ -566,7 +668,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_messages_become_dead_letters_with_their_reason() {
-        let (store, job, q) = setup("    deadline: { json_pointer: /deadline }\n").await;
+        let (store, job, q) = setup(&["    deadline: { json_pointer: /deadline }"]).await;
         let now = Utc::now();
         let offer = |id: &'static str, body: &'static [u8]| {
             let (store, job, q) = (store.clone(), job.clone(), q.clone());
@@ -629,6 +731,60 @@ mod tests {
         let runs = store.list_runs(Some("q"), None, 10).await.unwrap();
         let soon = runs.iter().find(|r| r.message_id == "soon").unwrap();
         assert_eq!(soon.deadline_ms, Some(4102444800000));
+    }
+
+    #[tokio::test]
+    async fn a_builtin_queue_message_is_stored() {
+        let (store, job, _) = setup(&[]).await;
+        let submit = |data: &'static [u8]| {
+            let (store, job) = (store.clone(), job.clone());
+            async move { submit(&store, &job, data, Some("m1".into()), "test").await }
+        };
+        let Submitted::Stored(Accepted::New { run_id }) = submit(b"{}").await.unwrap() else {
+            panic!("not stored")
+        };
+        let runs = store.list_runs(Some("q"), None, 10).await.unwrap();
+        assert_eq!(runs[0].run_id, run_id);
+        assert_eq!(
+            submit(b"{}").await.unwrap(),
+            Submitted::Stored(Accepted::Duplicate)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broker_message_is_checked_then_published_to_its_broker() {
+        let job = crate::testing::job_with_trigger(
+            "b",
+            &[
+                "  queue:",
+                "    redis_list: { url: \"redis://127.0.0.1:1/\", list: jobs }",
+            ],
+        );
+        let Destination::Broker(mut broker) = destination(&job, "test").unwrap() else {
+            panic!("not a broker")
+        };
+        assert_eq!(broker.name, "redis_list:jobs");
+        // The payload policy holds before any connection is tried.
+        let e = broker.publish(&job, b"{oops", None).await.unwrap_err();
+        assert_eq!(e.reason(), "not_json");
+        // Nothing listens on port 1: the broker's error, with its name.
+        let e = broker.publish(&job, b"{}", None).await.unwrap_err();
+        assert!(
+            matches!(&e, IntakeError::Publish { to, .. } if to == "redis_list:jobs"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_cron_job_takes_no_messages() {
+        let job = crate::testing::job_with_trigger("c", &["  cron: \"0 * * * *\""]);
+        let Err(e) = destination(&job, "test") else {
+            panic!("a destination for a cron job")
+        };
+        assert_eq!(
+            e.to_string(),
+            "job c is triggered by cron and takes no messages"
+        );
     }
 
     #[test]

@@ -28,14 +28,18 @@
 //! - [`intake`] — every message, fire and manual trigger becomes a work item
 //!   and a pending run in the store before it is acknowledged;
 //!   [`intake::consume`] drives a source (claim → store → settle,
-//!   reconnect with backoff); bad messages become dead letters.
+//!   reconnect with backoff); bad messages become dead letters;
+//!   [`intake::submit`] takes a message given by hand (to the job's broker,
+//!   or the store).
 //! - [`dispatcher`] — due → claim → size → launch, one pass at a time:
 //!   [`dispatcher::batches`] forms batch runs, [`dispatcher::sizing`] sizes
 //!   a run at launch (probe → planner → decision on the JobSpec),
 //!   [`dispatcher::replan`] watches runs in flight (backpressure, raising
 //!   parallelism when a run falls behind its deadline). *Where is
 //!   parallelism decided?* The arithmetic in [`planner::sizing`], the I/O
-//!   around it in `dispatcher::sizing` and `dispatcher::replan`.
+//!   around it in `dispatcher::sizing` and `dispatcher::replan`;
+//!   [`dispatcher::preview`] shows what a run would launch (`kedge plan`,
+//!   `kedge render`).
 //! - [`planner`] — pure: which due runs may launch under the limits (per
 //!   job, pools, global, backpressure), [`planner::sizing`], the
 //!   parallelism that finishes a run inside its window, and
@@ -49,7 +53,8 @@
 //!   the API server, tracks them with one watcher, cleans them up, and
 //!   elects the one launching replica on a Lease.
 //! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter;
-//!   [`finalizer::outbox`] publishes stored dead letters to their broker.
+//!   [`finalizer::outbox`] publishes stored dead letters to their broker,
+//!   [`finalizer::replay`] returns dead letters to their queue.
 //! - [`lifecycle`] — the work item and run state machines with every
 //!   transition and who makes it, cron fire outcomes, run names and their
 //!   length limits.
@@ -63,7 +68,8 @@
 //!   serve (one loop for dispatching and settling), drain.
 //! - [`health`] — source states and counters: `/healthz`, `/readyz`,
 //!   `/metrics`.
-//! - [`cli`] — the `kedge` command line (`main.rs` only calls it).
+//! - [`cli`] — the `kedge` command line (`main.rs` only calls it): parsing
+//!   and printing, one file per command group; the work is the rooms' above.
 
 pub mod cli;
 pub mod clock;
@@ -81,6 +87,9 @@ pub mod redact;
 pub mod sources;
 pub mod store;
 pub mod triggers;
+
+#[cfg(test)]
+mod testing;
 
 /// An error and its causes, joined with ": " (for logs).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -16,7 +16,8 @@
 //!
 //! A failed launch puts its run back to `pending` and ends the pass (the
 //! executor is unwell; the rest of the due runs wait for the next pass).
-//! Between passes, [`replan`] watches the runs in flight.
+//! Between passes, [`replan`] watches the runs in flight. [`preview`]
+//! makes a launch without claiming anything (`kedge render`).
 //!
 //! Where parallelism is decided: the job file's `sizing:` is parsed in
 //! [`crate::config::sizing`]; the arithmetic is pure, in
@@ -25,6 +26,7 @@
 //! limits cap both.
 
 pub mod batches;
+pub mod preview;
 pub mod replan;
 pub mod sizing;
 

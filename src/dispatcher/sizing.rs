@@ -5,7 +5,7 @@
 //!
 //! A decision is made once per run, at launch (`size_claimed`); in-flight
 //! re-planning ([`super::replan`]) may later raise the run's parallelism.
-//! `kedge plan` and `kedge render` call the same functions.
+//! `kedge plan` and `kedge render` decide through [`preview`], which records nothing.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -325,4 +325,25 @@ pub(super) async fn size_claimed(
     };
     finalizer::finalize(store, clock, Some(job), &outcome).await?;
     Ok(None)
+}
+
+/// The decision for a run of `job` at `at` with `deadline`, made as at
+/// launch but recorded nowhere: the work measured by the job's probe (or
+/// `work`, when given), the rate model from the job's history, at most the
+/// job's `limits.max_pods`. For `kedge plan --at` and `kedge render`.
+pub async fn preview(
+    store: &Store,
+    job: &Job,
+    cfg: &SizingConfig,
+    at: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    work: Option<f64>,
+) -> Result<Decision, StoreError> {
+    let measured = match work {
+        Some(w) => Measured::given(w),
+        None => measure_work(store, job, cfg).await?,
+    };
+    let model = model(store, job, cfg).await?;
+    let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
+    Ok(decide(job, cfg, model, measured, at, deadline, max_pods))
 }

@@ -4,9 +4,11 @@
 //!
 //! [`decide`] is pure; [`finalize`] applies it; [`settle`] is the daemon's
 //! entry, which retries the store until the outcome is written. Dead
-//! letters bound for a broker leave through the [`outbox`].
+//! letters bound for a broker leave through the [`outbox`]; [`replay`]
+//! returns dead letters to their queue (`kedge dlq replay`).
 
 pub mod outbox;
+pub mod replay;
 
 use std::time::Duration;
 

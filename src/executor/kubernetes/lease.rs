@@ -262,3 +262,60 @@ impl LeaderLease {
             .map(|_| ())
     }
 }
+
+/// The held Lease of an elected replica ([`LeaderLease::lead`]): renewed
+/// in the background until [`Leadership::step_down`].
+pub struct Leadership {
+    /// Cancelled to stop renewing and release the Lease.
+    holding: CancellationToken,
+    /// Cancelled by the renewal when the Lease was lost.
+    lost: CancellationToken,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+/// This replica lost the Lease while it led: another replica leads now.
+#[derive(Debug, thiserror::Error)]
+#[error("lost the leader Lease; stopped launching (another replica leads now)")]
+pub struct LeaseLost;
+
+impl LeaderLease {
+    /// Waits until this replica holds the Lease, then keeps it in the
+    /// background. Losing it later cancels `shutdown`, stopping this
+    /// replica like a signal would ([`Leadership::step_down`] then says
+    /// so). `None` if `shutdown` came first.
+    pub async fn lead(self, shutdown: &CancellationToken) -> Option<Leadership> {
+        if !self.acquire(shutdown).await {
+            tracing::info!("stopped before becoming the leader");
+            return None;
+        }
+        let lost = CancellationToken::new();
+        let holding = CancellationToken::new();
+        let renewal = {
+            let (holding, lost) = (holding.clone(), lost.clone());
+            tokio::spawn(async move { self.hold(holding, lost).await })
+        };
+        let (stop, lost_watch) = (shutdown.clone(), lost.clone());
+        tokio::spawn(async move {
+            lost_watch.cancelled().await;
+            stop.cancel();
+        });
+        Some(Leadership {
+            holding,
+            lost,
+            renewal,
+        })
+    }
+}
+
+impl Leadership {
+    /// Stops renewing and releases the Lease (when still held), so the
+    /// next replica takes over at once. `Err` if it was lost meanwhile.
+    pub async fn step_down(self) -> Result<(), LeaseLost> {
+        self.holding.cancel();
+        let _ = self.renewal.await;
+        if self.lost.is_cancelled() {
+            return Err(LeaseLost);
+        }
+        Ok(())
+    }
+}

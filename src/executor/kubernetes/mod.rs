@@ -5,7 +5,8 @@
 //! - [`tracker`] runs one kube-runtime watcher over kedge's label selector
 //!   (no per-Job polling; backoff on reconnect, relist on 410) and turns
 //!   terminal conditions into [`Outcome`]s.
-//! - [`lease`] elects the one replica that launches.
+//! - [`lease`] elects the one replica that launches; [`elect`] waits to
+//!   lead and hands out the [`Leader`]'s executor.
 //!
 //! # Launch, idempotently
 //! The Job is named by its run id. `launch` creates the payload ConfigMap
@@ -132,6 +133,69 @@ pub fn identity(cfg: &KubernetesConfig) -> String {
     })
 }
 
+/// A replica elected on the Lease: it alone launches, through
+/// [`Leader::executor`], until [`Leader::step_down`].
+pub struct Leader {
+    client: Client,
+    namespace: String,
+    identity: String,
+    leadership: lease::Leadership,
+}
+
+/// Connects as `cfg` says and waits to hold the Lease
+/// (`cfg.lease_name`); losing it later cancels `shutdown`. `None` if
+/// `shutdown` came first.
+pub async fn elect(
+    cfg: &KubernetesConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Leader>> {
+    let (client, namespace) = client(cfg).await?;
+    let identity = identity(cfg);
+    let lease = lease::LeaderLease::new(
+        client.clone(),
+        &namespace,
+        &cfg.lease_name,
+        &identity,
+        cfg.lease_duration,
+    );
+    tracing::info!(%namespace, %identity, lease = %cfg.lease_name, "waiting to lead (only the Lease holder launches)");
+    let Some(leadership) = lease.lead(shutdown).await else {
+        return Ok(None);
+    };
+    Ok(Some(Leader {
+        client,
+        namespace,
+        identity,
+        leadership,
+    }))
+}
+
+impl Leader {
+    /// The executor this leader launches with; `instance` is the store's
+    /// instance id, `outcomes` where finished runs are reported.
+    pub fn executor(
+        &self,
+        cfg: KubernetesConfig,
+        instance: String,
+        outcomes: mpsc::Sender<Outcome>,
+    ) -> KubernetesExecutor {
+        KubernetesExecutor::new(
+            self.client.clone(),
+            &self.namespace,
+            cfg,
+            instance,
+            self.identity.clone(),
+            outcomes,
+        )
+    }
+
+    /// Stops renewing and releases the Lease; `Err` if it was lost while
+    /// leading.
+    pub async fn step_down(self) -> Result<(), lease::LeaseLost> {
+        self.leadership.step_down().await
+    }
+}
+
 /// Runs Jobs on Kubernetes. Cheap to clone.
 #[derive(Clone)]
 pub struct KubernetesExecutor {
@@ -165,12 +229,7 @@ impl KubernetesExecutor {
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let events: Api<Event> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let at = Placement {
-            namespace: namespace.to_string(),
-            instance,
-            identity,
-            ttl_seconds_after_finished: cfg.ttl_seconds_after_finished.min(i32::MAX as u32) as i32,
-        };
+        let at = Placement::new(&cfg, namespace.to_string(), instance, identity);
         let quota = Quota::per_second(NonZeroU32::new(cfg.api_qps).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.api_burst).unwrap_or(NonZeroU32::MIN));
         let closed = CancellationToken::new();

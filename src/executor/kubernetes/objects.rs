@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
+use crate::config::KubernetesConfig;
 use crate::executor::render::{literal, LABEL_JOB, LABEL_MANAGED_BY, LABEL_RUN, PAYLOAD_DIR};
 use crate::executor::Launch;
 
@@ -51,6 +52,24 @@ pub struct Placement {
     /// `ttlSecondsAfterFinished` when the template sets none: a backstop
     /// that removes a finished Job even if kedge never gets to.
     pub ttl_seconds_after_finished: i32,
+}
+
+impl Placement {
+    /// Where `cfg`'s executor puts a launch's objects: in `namespace`,
+    /// labelled with the store's `instance`, launched by `identity`.
+    pub fn new(
+        cfg: &KubernetesConfig,
+        namespace: String,
+        instance: String,
+        identity: String,
+    ) -> Placement {
+        Placement {
+            namespace,
+            instance,
+            identity,
+            ttl_seconds_after_finished: cfg.ttl_seconds_after_finished.min(i32::MAX as u32) as i32,
+        }
+    }
 }
 
 /// The objects of one launch.

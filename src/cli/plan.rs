@@ -1,0 +1,308 @@
+//! `kedge plan` (the next cron fires, or with `--at` a sizing decision) and
+//! `kedge render` (the Kubernetes objects one run would create).
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use super::{
+    one_job, open_store, parse_time, pretty_json, read_data, rfc3339, ClusterArgs, Failure,
+};
+use crate::config::{self, ExecutorKind, Sources};
+use crate::dispatcher::preview;
+use crate::dispatcher::sizing::{self, Decision};
+use crate::executor::kubernetes::{self, objects};
+use crate::lifecycle::TriggerKind;
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Only this job
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Start from this time instead of now (RFC 3339, e.g. 2026-03-27T00:00:00Z)
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    /// Fires per job
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+    /// Print JSON: an array of {"job", "timezone", "fires": [...]}, or with --at the decision
+    #[arg(long)]
+    pub json: bool,
+    /// Size a run of --job starting at this time (RFC 3339)
+    #[arg(long, value_name = "RFC3339", requires = "job")]
+    pub at: Option<String>,
+    /// With --at: the work, instead of running the job's probe
+    #[arg(long, requires = "at")]
+    pub work: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The job
+    #[arg(long)]
+    pub job: String,
+    /// The run's time (RFC 3339) [default: now]
+    #[arg(long, value_name = "RFC3339")]
+    pub at: Option<String>,
+    /// A queue job's message: JSON text, or @FILE [default: {}]
+    #[arg(long, value_name = "JSON")]
+    pub payload: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `kedge plan`: with `--at`, the sizing decision; else the next fires.
+pub(super) async fn plan(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
+    match (&args.job, &args.at) {
+        (Some(job), Some(at)) => plan_sizing(src, job, at, args.work, args.json).await,
+        _ => plan_fires(src, args),
+    }
+}
+
+/// `kedge plan --at`: how a run of `name` at `at` would be sized.
+async fn plan_sizing(
+    src: &Sources,
+    name: &str,
+    at: &str,
+    work: Option<f64>,
+    json: bool,
+) -> Result<(), Failure> {
+    let loaded = config::load_daemon(src)?;
+    let at = parse_time("--at", at)?;
+    let job = one_job(&loaded, name)?;
+    let (Some(cfg), Some(deadline)) = (&job.sizing, job.deadline_after(at)) else {
+        return Err(Failure::Input(format!(
+            "job {name} has no `sizing` and `window`: there is nothing to size"
+        )));
+    };
+    if let Some(w) = work {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(Failure::Input(format!(
+                "--work: {w} must be a number of 0 or more"
+            )));
+        }
+    }
+    let store = open_store(&loaded.store_url).await?;
+    let d = sizing::preview(&store, &job, cfg, at, deadline, work)
+        .await
+        .context("sizing the run");
+    store.close().await;
+    let d = d?;
+    if json {
+        println!("{}", pretty_json(&d)?);
+    } else {
+        print_decision(&d);
+    }
+    Ok(())
+}
+
+fn print_decision(d: &Decision) {
+    println!("job              {}", d.job);
+    println!("work             {} {}", d.work, d.unit);
+    println!(
+        "rate per pod     {:.3} {}/h ({})",
+        d.rate_per_pod, d.unit, d.model
+    );
+    println!("overhead         {:.1}s", d.overhead_s);
+    println!(
+        "parallelism      {} (completions {})",
+        d.parallelism, d.completions
+    );
+    println!("deadline         {}", d.deadline);
+    println!("projected finish {}", d.projected_finish);
+    println!("at risk          {}", d.at_risk);
+    println!("why              {}", d.reason);
+    if let Some(n) = &d.probe_note {
+        println!("note             {n}");
+    }
+}
+
+/// `kedge plan` without `--at`: the next `count` fires of each cron job.
+fn plan_fires(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
+    let loaded = config::load(src)?;
+    let from = match &args.from {
+        None => Utc::now(),
+        Some(s) => parse_time("--from", s)?,
+    };
+    if let Some(name) = &args.job {
+        if !loaded.jobs.iter().any(|j| &j.name == name) {
+            one_job(&loaded.daemon, name)?;
+        }
+    }
+    let mut out = Vec::new();
+    for j in &loaded.jobs {
+        if args.job.as_ref().is_some_and(|n| n != &j.name) {
+            continue;
+        }
+        let Some(c) = j.cron() else { continue };
+        let fires: Vec<String> = c
+            .schedule
+            .upcoming(from, c.timezone, args.count)
+            .into_iter()
+            .map(rfc3339)
+            .collect();
+        out.push(serde_json::json!({
+            "job": j.name,
+            "timezone": c.timezone.name(),
+            "fires": fires,
+        }));
+    }
+    if args.json {
+        println!("{}", pretty_json(&out)?);
+        return Ok(());
+    }
+    for e in &out {
+        println!(
+            "{} ({})",
+            e["job"].as_str().unwrap_or(""),
+            e["timezone"].as_str().unwrap_or("")
+        );
+        for f in e["fires"].as_array().into_iter().flatten() {
+            println!("  {}", f.as_str().unwrap_or(""));
+        }
+    }
+    if !loaded.job_problems.is_empty() {
+        eprint!("{}", loaded.job_problems);
+    }
+    Ok(())
+}
+
+/// `kedge render`: the objects one run of the job would create.
+pub(super) async fn render(src: &Sources, args: RenderArgs) -> Result<(), Failure> {
+    let mut loaded = config::load_daemon(src)?;
+    args.cluster
+        .apply(Some(ExecutorKind::Kubernetes), &mut loaded.executor)?;
+    let config::ExecutorConfig::Kubernetes(k) = &loaded.executor else {
+        unreachable!("apply() made it kubernetes");
+    };
+    let at = match &args.at {
+        Some(t) => parse_time("--at", t)?,
+        None => Utc::now(),
+    };
+    let job = one_job(&loaded, &args.job)?;
+    let message = message(&job, at, args.payload)?;
+    let store = open_store(&loaded.store_url).await?;
+    let launch = preview::launch(&store, &job, message, at).await;
+    let instance = store.instance_id().await;
+    store.close().await;
+    let launch = launch.context("sizing the run")?;
+    let instance = instance.context("reading the store's instance id")?;
+    let namespace = k.namespace.clone().unwrap_or_else(|| "default".into());
+    let placement = objects::Placement::new(k, namespace, instance, kubernetes::identity(k));
+    let objs = objects::objects(&launch, &placement);
+    let mut out = String::new();
+    if let Some(cm) = &objs.config_map {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(cm).map_err(anyhow::Error::from)?);
+    }
+    out.push_str("---\n");
+    out.push_str(&serde_saphyr::to_string(&objs.job).map_err(anyhow::Error::from)?);
+    print!("{out}");
+    Ok(())
+}
+
+/// The rendered run's message: a cron job's fire at `at`; a queue job's
+/// `--payload` (checked against its payload policy), `{}` by default.
+fn message(
+    job: &config::Job,
+    at: DateTime<Utc>,
+    payload: Option<String>,
+) -> Result<preview::Message, Failure> {
+    match &job.trigger {
+        config::Trigger::Cron(_) => match payload {
+            Some(_) => Err(Failure::Input(format!(
+                "--payload: job {} is triggered by cron and takes no messages",
+                job.name
+            ))),
+            None => Ok(preview::Message {
+                trigger: TriggerKind::Cron,
+                message_id: at.timestamp_millis().to_string(),
+                body: None,
+            }),
+        },
+        config::Trigger::Queue(_) => {
+            let bytes = read_data(Some(payload.unwrap_or_else(|| "{}".into())))?;
+            let body = crate::intake::check_payload(&job.name, &job.payload, &bytes)
+                .map_err(|e| Failure::Input(format!("--payload: {e}")))?;
+            Ok(preview::Message {
+                trigger: TriggerKind::Queue,
+                message_id: "rendered".to_string(),
+                body: Some(body),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{tests::parse, Command};
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn plan_args(args: &[&str]) -> PlanArgs {
+        match parse(args).unwrap().command {
+            Command::Plan(a) => a,
+            other => panic!("not plan: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_defaults_to_five_fires_of_every_job() {
+        let a = plan_args(&["plan"]);
+        assert_eq!((a.job, a.from, a.count, a.json), (None, None, 5, false));
+        assert_eq!((a.at, a.work), (None, None));
+        let a = plan_args(&["plan", "--job", "j", "--count", "2", "--json"]);
+        assert_eq!((a.job.as_deref(), a.count, a.json), (Some("j"), 2, true));
+    }
+
+    #[test]
+    fn plan_at_needs_a_job_and_work_needs_at() {
+        let a = plan_args(&[
+            "plan",
+            "--job",
+            "j",
+            "--at",
+            "2026-01-01T00:00:00Z",
+            "--work",
+            "12.5",
+        ]);
+        assert_eq!(a.at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(a.work, Some(12.5));
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&["plan", "--at", "2026-01-01T00:00:00Z"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["plan", "--job", "j", "--work", "1"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["plan", "--count", "many"]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn render_needs_a_job() {
+        let kind = parse(&["render"]).unwrap_err().kind();
+        assert_eq!(kind, ErrorKind::MissingRequiredArgument);
+        let Command::Render(a) = parse(&[
+            "render",
+            "--job",
+            "j",
+            "--payload",
+            "@m.json",
+            "--namespace",
+            "ns",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not render")
+        };
+        assert_eq!(a.job, "j");
+        assert_eq!(a.payload.as_deref(), Some("@m.json"));
+        assert_eq!(a.cluster.namespace.as_deref(), Some("ns"));
+    }
+}

@@ -1,0 +1,174 @@
+//! `kedge run`: load and validate, build the executor, run the daemon until
+//! a signal (or, on Kubernetes, until this replica loses the Lease).
+
+use anyhow::Context;
+use clap::Args;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{open_store, ClusterArgs, Failure};
+use crate::config::{self, DaemonConfig, ExecutorKind, Job, LogFormat, Sources};
+use crate::executor::{kubernetes, Executor, LocalExecutor, Outcome};
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Log format [default: the config's log_format, pretty]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Where runs run [default: the config's executor.kind, local]
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `kedge run`.
+pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
+    let mut daemon = config::load_daemon(src)?;
+    // The executor decides what a valid job is (the local one needs
+    // commands), so the flags apply before the jobs are read.
+    args.cluster.apply(args.executor, &mut daemon.executor)?;
+    let (jobs, job_problems) = config::load_jobs(&daemon);
+    init_logging(args.log_format.unwrap_or(daemon.log_format));
+    for d in &job_problems.0 {
+        tracing::error!(problem = %d, "job definition rejected; the other jobs keep running");
+    }
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        signal.cancel();
+    });
+    let (tx, rx) = mpsc::channel(1024);
+    match &daemon.executor {
+        config::ExecutorConfig::Local(local) => {
+            let store = open_store(&daemon.store_url).await?;
+            let instance = instance_id(&store).await?;
+            let executor = LocalExecutor::new(local.clone(), instance, tx);
+            serve(daemon, jobs, store, executor, rx, shutdown).await
+        }
+        config::ExecutorConfig::Kubernetes(k) => {
+            let k = k.clone();
+            // Only the Lease holder opens the store and launches.
+            let Some(leader) = kubernetes::elect(&k, &shutdown)
+                .await
+                .map_err(Failure::Runtime)?
+            else {
+                return Ok(());
+            };
+            let store = open_store(&daemon.store_url).await?;
+            let instance = instance_id(&store).await?;
+            let executor = leader.executor(k, instance, tx);
+            let served = serve(daemon, jobs, store, executor, rx, shutdown).await;
+            let stepped_down = leader.step_down().await;
+            served?;
+            stepped_down.map_err(|lost| Failure::Runtime(lost.into()))
+        }
+    }
+}
+
+async fn instance_id(store: &Store) -> Result<String, Failure> {
+    Ok(store
+        .instance_id()
+        .await
+        .context("reading the store's instance id")?)
+}
+
+/// Runs the daemon with one executor until `shutdown`.
+async fn serve<E: Executor>(
+    cfg: DaemonConfig,
+    jobs: Vec<Job>,
+    store: Store,
+    executor: E,
+    outcomes: mpsc::Receiver<Outcome>,
+    shutdown: CancellationToken,
+) -> Result<(), Failure> {
+    let count = jobs.len();
+    let cron = jobs.iter().filter(|j| j.cron().is_some()).count();
+    let store_url = crate::redact::redact(&cfg.store_url);
+    let kind = cfg.executor.kind();
+    let daemon = crate::daemon::Daemon {
+        config: cfg,
+        jobs,
+        store,
+        executor,
+        outcomes,
+    };
+    daemon
+        .run(shutdown, || {
+            tracing::info!(jobs = count, cron, store = %store_url, executor = ?kind, "kedge ready");
+        })
+        .await
+        .context("the daemon stopped on a store error")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{tests::parse, Command};
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        match parse(args).unwrap().command {
+            Command::Run(a) => a,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_defaults_to_the_config() {
+        let a = run_args(&["run"]);
+        assert_eq!(a.log_format, None);
+        assert_eq!(a.executor, None);
+        assert!(a.cluster.kubeconfig.is_none() && a.cluster.namespace.is_none());
+    }
+
+    #[test]
+    fn run_takes_the_executor_and_cluster_flags() {
+        let a = run_args(&[
+            "run",
+            "--log-format",
+            "json",
+            "--executor",
+            "kubernetes",
+            "--namespace",
+            "jobs",
+            "--kubeconfig",
+            "kc",
+        ]);
+        assert_eq!(a.log_format, Some(LogFormat::Json));
+        assert_eq!(a.executor, Some(ExecutorKind::Kubernetes));
+        assert_eq!(a.cluster.namespace.as_deref(), Some("jobs"));
+        let e = parse(&["run", "--executor", "nomad"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+}

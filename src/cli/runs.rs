@@ -1,0 +1,197 @@
+//! `kedge runs` and `kedge fires`: what the store recorded, as a table or JSON.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{ms_to_rfc3339, open_store, Failure};
+use crate::config::{self, Sources};
+use crate::lifecycle::RunState;
+use crate::store::{BatchMember, CronFire, Run};
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only this job
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only runs in this state
+    #[arg(long, value_enum)]
+    pub state: Option<RunState>,
+    /// At most this many
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    /// Print a JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FiresArgs {
+    /// The cron job
+    pub job: String,
+    /// The latest this many
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print a JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kedge runs`.
+pub(super) async fn runs(src: &Sources, args: RunsArgs) -> Result<(), Failure> {
+    let loaded = config::load_daemon(src)?;
+    let store = open_store(&loaded.store_url).await?;
+    let runs = store
+        .list_runs(args.job.as_deref(), args.state, args.limit.max(0))
+        .await
+        .context("listing runs")?;
+    let mut batches = HashMap::new();
+    if args.json {
+        for r in &runs {
+            let members = store
+                .batch_members(&r.run_id)
+                .await
+                .context("listing batch members")?;
+            if !members.is_empty() {
+                batches.insert(r.run_id.clone(), members);
+            }
+        }
+    }
+    store.close().await;
+    if args.json {
+        let rows: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| run_json(r, batches.get(&r.run_id)))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        print_runs(&runs);
+    }
+    Ok(())
+}
+
+/// One run as `kedge runs --json` prints it; `batch` holds its members
+/// when it is a batch run.
+fn run_json(r: &Run, batch: Option<&Vec<BatchMember>>) -> serde_json::Value {
+    serde_json::json!({
+        "job": r.job,
+        "run_id": r.run_id,
+        "attempt": r.attempt,
+        "state": r.state,
+        "trigger": r.trigger,
+        "source": r.source,
+        "message_id": r.message_id,
+        "scheduled_at": ms_to_rfc3339(Some(r.scheduled_ms)),
+        "started_at": ms_to_rfc3339(r.started_ms),
+        "finished_at": ms_to_rfc3339(r.finished_ms),
+        "launches": r.launches,
+        "error": r.error,
+        "deadline": ms_to_rfc3339(r.deadline_ms),
+        "batch": batch.map(|members| members.iter().map(|m| serde_json::json!({
+            "index": m.index,
+            "message_id": m.message_id,
+            "state": m.state,
+        })).collect::<Vec<_>>()),
+        "sizing": r.sizing.as_ref().map(|s| serde_json::json!({
+            "work": s.work,
+            "parallelism": s.parallelism,
+            "completions": s.completions,
+            "projected_finish": ms_to_rfc3339(Some(s.projected_finish_ms)),
+            "at_risk": s.at_risk,
+            "note": s.note,
+        })),
+    })
+}
+
+/// Runs as a table.
+fn print_runs(runs: &[Run]) {
+    println!(
+        "{:<40} {:<24} {:>3} {:<10} {:<25} {:<25} ERROR",
+        "RUN", "JOB", "TRY", "STATE", "SCHEDULED", "FINISHED"
+    );
+    for r in runs {
+        println!(
+            "{:<40} {:<24} {:>3} {:<10} {:<25} {:<25} {}",
+            r.run_id,
+            r.job,
+            r.attempt,
+            r.state,
+            ms_to_rfc3339(Some(r.scheduled_ms)).unwrap_or_default(),
+            ms_to_rfc3339(r.finished_ms).unwrap_or_else(|| "-".into()),
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// `kedge fires`.
+pub(super) async fn fires(src: &Sources, args: FiresArgs) -> Result<(), Failure> {
+    let loaded = config::load_daemon(src)?;
+    let store = open_store(&loaded.store_url).await?;
+    let fires = store
+        .cron_fires(&args.job)
+        .await
+        .context("listing cron fires");
+    store.close().await;
+    let fires = fires?;
+    let fires = &fires[fires.len().saturating_sub(args.limit)..];
+    if args.json {
+        let rows: Vec<serde_json::Value> = fires.iter().map(fire_json).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!("{:<25} {:<9} DETAIL", "FIRE", "OUTCOME");
+    for f in fires {
+        println!(
+            "{:<25} {:<9} {}",
+            ms_to_rfc3339(Some(f.fire_ms)).unwrap_or_default(),
+            f.outcome,
+            f.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// One fire as `kedge fires --json` prints it.
+fn fire_json(f: &CronFire) -> serde_json::Value {
+    serde_json::json!({
+        "job": f.job,
+        "fire": ms_to_rfc3339(Some(f.fire_ms)),
+        "outcome": f.outcome,
+        "detail": f.detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{tests::parse, Command};
+    use super::*;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn runs_lists_twenty_of_every_state_by_default() {
+        let Command::Runs(a) = parse(&["runs"]).unwrap().command else {
+            panic!("not runs")
+        };
+        assert_eq!((a.job, a.state, a.limit, a.json), (None, None, 20, false));
+        let Command::Runs(a) = parse(&["runs", "--state", "dead", "--limit", "3", "--json"])
+            .unwrap()
+            .command
+        else {
+            panic!("not runs")
+        };
+        assert_eq!((a.state, a.limit, a.json), (Some(RunState::Dead), 3, true));
+        let kind = parse(&["runs", "--state", "sleeping"]).unwrap_err().kind();
+        assert_eq!(kind, ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn fires_takes_a_job_and_shows_the_latest_twenty() {
+        let Command::Fires(a) = parse(&["fires", "nightly"]).unwrap().command else {
+            panic!("not fires")
+        };
+        assert_eq!((a.job.as_str(), a.limit, a.json), ("nightly", 20, false));
+        let kind = parse(&["fires"]).unwrap_err().kind();
+        assert_eq!(kind, ErrorKind::MissingRequiredArgument);
+    }
+}
