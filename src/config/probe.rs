@@ -16,7 +16,7 @@
 //!
 //! A job file says *what* to measure ([`RawWorkProbe`]); loading the job
 //! resolves it ([`resolve`]: environment variables read, URLs parsed, every
-//! problem reported with its field path) into a [`WorkProbe`], and the sizer
+//! problem reported with its field path) into a [`WorkProbe`], and the dispatcher's sizing
 //! calls [`crate::probes::measure`] once per run. Every probe yields a finite number, 0 or
 //! more, in the job's `sizing.unit`, or a [`crate::probes::ProbeError`] saying which probe
 //! failed and why. What happens then (last known work, or maximum

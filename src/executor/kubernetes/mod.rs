@@ -356,7 +356,7 @@ impl KubernetesExecutor {
         Ok(true)
     }
 
-    /// Records a Warning Event `AtRisk` on the Job (the sizer flagged that
+    /// Records a Warning Event `AtRisk` on the Job (sizing flagged that
     /// even the maximum parallelism may miss the deadline), so `kubectl
     /// describe job` and cluster event pipelines show it. Best effort.
     async fn at_risk_event(&self, name: &str, uid: &str, why: String) {

@@ -109,7 +109,7 @@ pub fn objects(launch: &Launch, at: &Placement) -> Objects {
         .extend(labels.clone());
 
     // The Job's annotations: what kedge knows about the run, plus the
-    // sizing decision the sizer wrote on the pod template.
+    // sizing decision the dispatcher wrote on the pod template.
     let mut annotations: BTreeMap<String, String> = launch.annotations.clone();
     if let Some(a) = &pod_meta.annotations {
         for (k, v) in a {
@@ -203,7 +203,7 @@ fn mount_payload(spec: &mut k8s_openapi::api::batch::v1::JobSpec, name: &str, si
     }
 }
 
-/// The sizer's explanation when it flagged the Job at risk of missing its
+/// The sizing explanation when it flagged the Job at risk of missing its
 /// deadline (`kedge.dev/at-risk: "true"`), `None` otherwise.
 pub fn at_risk(job: &Job) -> Option<String> {
     let a = job.metadata.annotations.as_ref()?;
