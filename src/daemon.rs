@@ -300,7 +300,15 @@ async fn consumer_name(store: &Store) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "kedge".into());
-    let instance = store.instance_id().await.unwrap_or_default();
+    // Without the store's id the name is still unique to this process (the
+    // random suffix below); the id only makes it easier to read.
+    let instance = match store.instance_id().await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the store's instance id; the consumer name goes without it");
+            String::new()
+        }
+    };
     let short: String = instance
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())

@@ -122,16 +122,29 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
             return (Vec::new(), diags);
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml") | Some("yml")
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        // An entry the directory listing could not read is reported like a
+        // bad file, never skipped in silence.
+        match entry {
+            Ok(e) => files.push(e.path()),
+            Err(e) => diags.push(
+                Diagnostic::new(
+                    FieldPath::root(),
+                    Position::start(),
+                    format!("cannot read an entry of the jobs directory: {e}"),
                 )
-        })
-        .collect();
+                .in_file(dir),
+            ),
+        }
+    }
+    files.retain(|p| {
+        p.is_file()
+            && matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml") | Some("yml")
+            )
+    });
     files.sort();
 
     let mut jobs: Vec<Job> = Vec::new();

@@ -31,6 +31,7 @@ pub(super) async fn measure(p: &SqlProbe, timeout: Duration) -> Result<f64, Prob
                 .fetch_optional(sqlx::raw_sql(&p.query))
                 .await
                 .map_err(query_err);
+            // The answer is in hand; a failed goodbye only drops the socket.
             let _ = conn.close().await;
             let row = row?.ok_or_else(|| ProbeError::SqlNoRows { url: url() })?;
             pg_number(&row, &p.shown)
@@ -43,6 +44,7 @@ pub(super) async fn measure(p: &SqlProbe, timeout: Duration) -> Result<f64, Prob
                 .fetch_optional(sqlx::raw_sql(&p.query))
                 .await
                 .map_err(query_err);
+            // The answer is in hand; a failed close only drops the handle.
             let _ = conn.close().await;
             let row = row?.ok_or_else(|| ProbeError::SqlNoRows { url: url() })?;
             sqlite_number(&row, &p.shown)

@@ -331,6 +331,9 @@ impl Tracker {
 
     async fn send(&self, outcome: Option<Outcome>) {
         if let Some(o) = outcome {
+            // The receiver closes only when the daemon has stopped settling;
+            // the run stays `running` in the store and the next daemon's
+            // recovery reads its outcome from the Job.
             let _ = self.outcomes.send(o).await;
         }
     }
