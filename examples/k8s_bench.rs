@@ -546,6 +546,7 @@ fn run(job: &Job, tag: &str, i: usize) -> Run {
         started_ms: None,
         finished_ms: None,
         launches: 0,
+        first_launch_ms: None,
         error: None,
         source: "builtin".into(),
         message_id,

@@ -25,6 +25,25 @@ use tokio_util::sync::CancellationToken;
 /// the dispatcher's sizing raises it).
 pub static AT_RISK_TOTAL: AtomicU64 = AtomicU64::new(0);
 
+/// Launches that failed, by (job, reason): `rejected` (the API refused for
+/// good), `transient` (tried again after a backoff), `launch_timeout`.
+static LAUNCH_FAILURES: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one failed launch of `job` for `reason` (a bounded set of words,
+/// never a message or a run id).
+pub fn count_launch_failure(job: &str, reason: &'static str) {
+    let mut m = LAUNCH_FAILURES.lock().unwrap_or_else(|p| p.into_inner());
+    *m.entry((job.to_string(), reason.to_string())).or_default() += 1;
+}
+
+/// The launch failures counted so far, by (job, reason).
+pub fn launch_failures() -> BTreeMap<(String, String), u64> {
+    LAUNCH_FAILURES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// One queue source's state as intake sees it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceStatus {
@@ -191,6 +210,18 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
          # TYPE kedge_runs_at_risk_total counter\nkedge_runs_at_risk_total {}",
         AT_RISK_TOTAL.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP kedge_launch_failures_total Launches that failed, by job and reason (rejected, transient, launch_timeout).\n\
+         # TYPE kedge_launch_failures_total counter"
+    );
+    for ((job, reason), n) in launch_failures() {
+        let _ = writeln!(
+            out,
+            "kedge_launch_failures_total{{job=\"{}\",reason=\"{reason}\"}} {n}",
+            job.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -536,6 +536,7 @@ impl TestRun {
             started_ms: None,
             finished_ms: None,
             launches: 0,
+            first_launch_ms: None,
             error: None,
             source: "manual".into(),
             message_id: format!("msg-{run_id}"),

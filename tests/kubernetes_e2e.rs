@@ -839,3 +839,157 @@ fn run_flags_choose_the_kubernetes_executor_its_kubeconfig_and_namespace() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--executor kubernetes"));
 }
+
+/// The create records (any answer) of Jobs whose name starts with `prefix`.
+fn create_answers(c: &Cluster, prefix: &str) -> Vec<kube_sim::CreateRecord> {
+    c.sim
+        .creates_of("jobs")
+        .into_iter()
+        .filter(|r| r.name.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_create_the_api_refuses_for_good_fails_the_attempt_then_dead_letters() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    // An admission webhook denies every Job of `poison`.
+    c.sim.deny_creates(
+        "poison-",
+        403,
+        "admission webhook \"deny.example.com\" denied the request: {name} is not allowed",
+    );
+    queue_job(
+        &ws,
+        "poison",
+        "duration=1s",
+        "retry:\n  max_attempts: 2\n  backoff: 100ms\n",
+    );
+    queue_job(&ws, "work", "duration=1s", "");
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "poison", "p1", "{}");
+    enqueue(&ws, "work", "w1", "{}");
+    wait_until(
+        Duration::from_secs(60),
+        "the refused message dead-lettered",
+        || !ws.dead_letters().is_empty(),
+    );
+    let dead = ws.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["message_id"], "p1");
+    let error = dead[0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.starts_with(
+            "rejected: Forbidden: admission webhook \"deny.example.com\" denied the request"
+        ),
+        "the API's refusal is the reason: {}",
+        dead[0]
+    );
+    // One create per attempt: no retry loop on a refusal.
+    let answers = create_answers(&c, "poison-");
+    assert_eq!(
+        answers.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [403, 403],
+        "{answers:?}"
+    );
+    wait_until(Duration::from_secs(60), "the other job's run", || {
+        ws.runs()
+            .iter()
+            .any(|r| r["job"] == "work" && r["state"] == "succeeded")
+    });
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("the API refused the run's Job").count(),
+        2,
+        "one line per refused attempt:\n{log}"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_create_that_fails_transiently_backs_off_per_run_and_launches_when_the_api_recovers() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    // (500: kube-rs's client itself retries 429, 503 and 504 within one
+    // request, up to request_timeout; kedge's backoff is between launches.)
+    c.sim
+        .deny_creates("flaky-", 500, "etcdserver: leader changed");
+    queue_job(&ws, "flaky", "duration=1s", "retry:\n  max_attempts: 1\n");
+    queue_job(&ws, "work", "duration=1s", "");
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "flaky", "f1", "{}");
+    wait_until(Duration::from_secs(30), "four refused creates", || {
+        create_answers(&c, "flaky-").len() >= 4
+    });
+    // Meanwhile other runs launch.
+    enqueue(&ws, "work", "w1", "{}");
+    wait_until(Duration::from_secs(30), "the other job's run", || {
+        ws.runs()
+            .iter()
+            .any(|r| r["job"] == "work" && r["state"] == "succeeded")
+    });
+    let flaky = ws
+        .runs()
+        .into_iter()
+        .find(|r| r["job"] == "flaky")
+        .expect("the flaky run");
+    assert_eq!(flaky["state"], "pending", "waits out its backoff: {flaky}");
+    // The gaps between tries grow (1 s, 2 s, 4 s, ±20 %): no hot loop.
+    let at: Vec<std::time::Instant> = create_answers(&c, "flaky-").iter().map(|r| r.at).collect();
+    for (k, pair) in at.windows(2).take(3).enumerate() {
+        let gap = pair[1] - pair[0];
+        let least = Duration::from_millis(800 << k);
+        assert!(gap >= least, "gap {k} is {gap:?}, at least {least:?}");
+    }
+    // The API recovers: the same attempt launches and succeeds.
+    c.sim.allow_creates();
+    wait_until(Duration::from_secs(60), "the flaky run succeeded", || {
+        ws.runs()
+            .iter()
+            .any(|r| r["job"] == "flaky" && r["state"] == "succeeded")
+    });
+    let runs: Vec<_> = ws
+        .runs()
+        .into_iter()
+        .filter(|r| r["job"] == "flaky")
+        .collect();
+    assert_eq!(
+        runs.len(),
+        1,
+        "no new attempt for a transient failure: {runs:?}"
+    );
+    assert!(ws.dead_letters().is_empty());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_launch_that_keeps_failing_past_launch_timeout_fails_the_attempt() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
+    let anchor = "    request_timeout: 10s\n";
+    assert!(config.contains(anchor), "{config}");
+    ws.write_config(&config.replace(anchor, &format!("{anchor}    launch_timeout: 3s\n")));
+    c.sim
+        .deny_creates("stuck-", 500, "etcdserver: request timed out");
+    queue_job(&ws, "stuck", "duration=1s", "retry:\n  max_attempts: 1\n");
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "stuck", "s1", "{}");
+    wait_until(Duration::from_secs(60), "the message dead-lettered", || {
+        !ws.dead_letters().is_empty()
+    });
+    let dead = ws.dead_letters();
+    let error = dead[0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.starts_with("launch_timeout: no launch succeeded within 3s"),
+        "{}",
+        dead[0]
+    );
+    assert!(error.contains("etcdserver: request timed out"), "{error}");
+    let tries = create_answers(&c, "stuck-").len();
+    assert!(
+        (2..=5).contains(&tries),
+        "backed off, not hammered: {tries} tries in 3 s"
+    );
+    assert!(daemon.stop().success());
+}

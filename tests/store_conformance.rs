@@ -188,6 +188,7 @@ fn first_run(item: &NewWorkItem, work_item_id: &str) -> Run {
         started_ms: None,
         finished_ms: None,
         launches: 0,
+        first_launch_ms: None,
         error: None,
         source: item.source.clone(),
         message_id: item.message_id.clone(),
@@ -421,6 +422,7 @@ async fn check_claim_and_requeue(db: &Db) {
         state: RunState::Running,
         started_ms: Some(T0 + 5),
         launches: 1,
+        first_launch_ms: Some(T0 + 5),
         ..pending.clone()
     };
     assert_eq!(run(store, "j-m").await, running);
@@ -535,6 +537,7 @@ async fn check_settle_succeeded(db: &Db) {
         started_ms: Some(T0 + 1),
         finished_ms: Some(T0 + 100),
         launches: 1,
+        first_launch_ms: Some(T0 + 1),
         ..r.clone()
     };
     assert_eq!(run(store, "j-m").await, done);
@@ -576,6 +579,7 @@ async fn check_settle_retry(db: &Db) {
             started_ms: Some(T0 + 1),
             finished_ms: Some(T0 + 100),
             launches: 1,
+            first_launch_ms: Some(T0 + 1),
             error: Some("BackoffLimitExceeded: boom".into()),
             ..first.clone()
         }
@@ -639,6 +643,7 @@ async fn check_settle_dead(db: &Db) {
         started_ms: Some(T0 + 60),
         finished_ms: Some(T0 + 500),
         launches: 1,
+        first_launch_ms: Some(T0 + 60),
         error: Some("E2".into()),
         ..first.clone()
     };
@@ -686,6 +691,7 @@ async fn check_settle_cancelled(db: &Db) {
         started_ms: Some(T0 + 1),
         finished_ms: Some(T0 + 7),
         launches: 1,
+        first_launch_ms: Some(T0 + 1),
         error: Some("cancelled: replaced by a newer cron fire".into()),
         ..r.clone()
     };
@@ -1183,6 +1189,7 @@ async fn check_replay_dead_letter(db: &Db) {
         started_ms: None,
         finished_ms: None,
         launches: 0,
+        first_launch_ms: None,
         error: None,
         attempt_base: 3,
         ..first.clone()

@@ -64,7 +64,7 @@ pub struct RawExecutor {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(
-    expecting = "a mapping with kubeconfig, context, namespace, api_qps, api_burst, request_timeout, successful_jobs_history_limit, failed_jobs_history_limit, ttl_seconds_after_finished or lease"
+    expecting = "a mapping with kubeconfig, context, namespace, api_qps, api_burst, request_timeout, launch_timeout, successful_jobs_history_limit, failed_jobs_history_limit, ttl_seconds_after_finished or lease"
 )]
 pub struct RawKubernetes {
     pub kubeconfig: Option<String>,
@@ -74,6 +74,8 @@ pub struct RawKubernetes {
     pub api_burst: Option<u32>,
     #[serde(default, deserialize_with = "duration_text")]
     pub request_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub launch_timeout: Option<String>,
     pub successful_jobs_history_limit: Option<u32>,
     pub failed_jobs_history_limit: Option<u32>,
     pub ttl_seconds_after_finished: Option<u32>,
@@ -163,11 +165,25 @@ pub enum ExecutorConfig {
     Kubernetes(KubernetesConfig),
 }
 
+/// How long a run may keep failing to launch for reasons that may pass (the
+/// API server unreachable, 429, 5xx) before the attempt fails.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl ExecutorConfig {
     pub fn kind(&self) -> ExecutorKind {
         match self {
             ExecutorConfig::Local(_) => ExecutorKind::Local,
             ExecutorConfig::Kubernetes(_) => ExecutorKind::Kubernetes,
+        }
+    }
+
+    /// How long launches of one attempt may fail transiently before it
+    /// fails as `launch_timeout` (`executor.kubernetes.launch_timeout`;
+    /// [`LAUNCH_TIMEOUT`] for the local executor).
+    pub fn launch_timeout(&self) -> Duration {
+        match self {
+            ExecutorConfig::Local(_) => LAUNCH_TIMEOUT,
+            ExecutorConfig::Kubernetes(k) => k.launch_timeout,
         }
     }
 }
@@ -188,6 +204,9 @@ pub struct KubernetesConfig {
     /// How long one API write may take before it is abandoned (and retried:
     /// creates are idempotent by name).
     pub request_timeout: Duration,
+    /// How long a run's Job create may keep failing transiently (no answer,
+    /// 429, 5xx, a quota) before the attempt fails as `launch_timeout`.
+    pub launch_timeout: Duration,
     /// Finished Jobs kept per job, as a CronJob's history limits.
     pub successful_jobs_history_limit: u32,
     pub failed_jobs_history_limit: u32,
@@ -210,6 +229,7 @@ impl Default for KubernetesConfig {
             api_qps: 50,
             api_burst: 100,
             request_timeout: Duration::from_secs(30),
+            launch_timeout: LAUNCH_TIMEOUT,
             successful_jobs_history_limit: 3,
             failed_jobs_history_limit: 1,
             ttl_seconds_after_finished: 86_400,
@@ -283,6 +303,7 @@ struct Durations {
     pod_backoff_max: Duration,
     shutdown_timeout: Duration,
     request_timeout: Duration,
+    launch_timeout: Duration,
     lease_duration: Duration,
 }
 
@@ -328,6 +349,11 @@ impl Durations {
                 kp.key("request_timeout"),
                 &rk.request_timeout,
                 kubernetes.request_timeout,
+            ),
+            launch_timeout: duration(
+                kp.key("launch_timeout"),
+                &rk.launch_timeout,
+                kubernetes.launch_timeout,
             ),
             lease_duration: duration(
                 kp.key("lease").key("duration"),
@@ -425,6 +451,7 @@ fn kubernetes_config(rk: &RawKubernetes, durations: &Durations) -> KubernetesCon
         api_qps: rk.api_qps.unwrap_or(defaults.api_qps).max(1),
         api_burst: rk.api_burst.unwrap_or(defaults.api_burst).max(1),
         request_timeout: durations.request_timeout,
+        launch_timeout: durations.launch_timeout,
         successful_jobs_history_limit: rk
             .successful_jobs_history_limit
             .unwrap_or(defaults.successful_jobs_history_limit),

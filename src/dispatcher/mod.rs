@@ -41,7 +41,8 @@ use crate::config::job::Trigger;
 use crate::config::queue::OnExpired;
 use crate::config::{DaemonConfig, Job, JobsByName};
 use crate::executor::render::{render, render_batch};
-use crate::executor::{Executor, ExecutorError, Launch};
+use crate::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind};
+use crate::finalizer;
 use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
 use crate::store::{Run, Store, StoreError};
 
@@ -81,6 +82,8 @@ pub struct Dispatcher {
     /// Counts finished passes (for tests that must see the dispatcher look
     /// before they conclude that nothing launched).
     passes: watch::Sender<u64>,
+    /// How long an attempt's launches may fail transiently before it fails.
+    launch_timeout: Duration,
 }
 
 /// How a pass's launches went.
@@ -101,6 +104,7 @@ impl Dispatcher {
             warned_unknown: HashSet::new(),
             held: HashMap::new(),
             passes: watch::Sender::new(0),
+            launch_timeout: config.executor.launch_timeout(),
         }
     }
 
@@ -308,7 +312,8 @@ impl Dispatcher {
         }))
     }
 
-    /// Logs a finished launch, or puts a failed one back to pending.
+    /// Logs a finished launch, or handles a failed one
+    /// ([`Dispatcher::launch_failed`]).
     async fn launched_or_requeued(
         &self,
         (run, result): (&Run, Result<(), ExecutorError>),
@@ -321,12 +326,54 @@ impl Dispatcher {
             }
             Err(e) => {
                 launched.failed = true;
-                tracing::error!(run = %run.run_id, error = %crate::error_chain(&e), "launch failed; the run waits for the next pass");
-                self.store
-                    .requeue_run(&run.run_id, &format!("launch failed: {e}"))
-                    .await?;
+                self.launch_failed(run, e).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A launch that failed for a reason that may pass (the executor has
+    /// already failed the attempt itself when the refusal is for good): the
+    /// run goes back to `pending` and waits out a backoff of its own
+    /// ([`launch_backoff`]), so it never loops hot and other runs launch
+    /// meanwhile. When its launches have failed for `launch_timeout`, the
+    /// attempt fails as `launch_timeout` and the job's retry policy decides.
+    async fn launch_failed(&self, run: &Run, e: ExecutorError) -> Result<(), StoreError> {
+        let note = format!("launch failed: {e}");
+        if matches!(e, ExecutorError::ShuttingDown) {
+            self.store.requeue_run(&run.run_id, &note).await?;
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let tried = Duration::from_millis((now - run.first_launch_ms.unwrap_or(now)).max(0) as u64);
+        if tried >= self.launch_timeout {
+            crate::health::count_launch_failure(&run.job, "launch_timeout");
+            let message = format!(
+                "no launch succeeded within {}; the last: {e}",
+                humantime::format_duration(self.launch_timeout)
+            );
+            tracing::error!(run = %run.run_id, job = %run.job, %message, "launch timed out; the attempt fails");
+            let outcome = Outcome {
+                run_id: run.run_id.clone(),
+                kind: OutcomeKind::Failed {
+                    reason: "launch_timeout".into(),
+                    message,
+                },
+                completed_indexes: Vec::new(),
+            };
+            let job = self.jobs.get(&run.job).cloned();
+            finalizer::finalize(&self.store, &self.clock, job.as_deref(), &outcome).await?;
+            return Ok(());
+        }
+        crate::health::count_launch_failure(&run.job, "transient");
+        // The claim counted this launch.
+        let backoff = launch_backoff(run.launches + 1);
+        tracing::warn!(run = %run.run_id, job = %run.job, error = %crate::error_chain(&e),
+            retry_in = ?backoff, "launch failed; the run is tried again after its backoff");
+        let not_before = now + backoff.as_millis() as i64;
+        self.store
+            .requeue_launch(&run.run_id, &note, not_before)
+            .await?;
         Ok(())
     }
 
@@ -341,6 +388,15 @@ impl Dispatcher {
             Some(_) | None => IDLE_WAIT,
         })
     }
+}
+
+/// The wait before launching a run again after its `launches`-th launch
+/// failed transiently: 1 s doubling per failure, at most 1 min, with ±20 %
+/// jitter so runs that failed together do not retry together.
+pub fn launch_backoff(launches: i64) -> Duration {
+    let doublings = (launches - 1).clamp(0, 6) as u32;
+    let base = Duration::from_secs(1 << doublings).min(Duration::from_secs(60));
+    base.mul_f64(rand::random_range(0.8..1.2))
 }
 
 /// The limits of the loaded jobs and the daemon config.
@@ -367,5 +423,33 @@ fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
         pools: config.pools.clone().into_iter().collect(),
         global: config.max_active_runs,
         backpressured: HashSet::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_backoff_doubles_from_a_second_to_a_minute_with_jitter() {
+        for _ in 0..200 {
+            for (launches, secs) in [
+                (1, 1.0),
+                (2, 2.0),
+                (3, 4.0),
+                (6, 32.0),
+                (7, 60.0),
+                (50, 60.0),
+            ] {
+                let b = launch_backoff(launches).as_secs_f64();
+                assert!(
+                    (secs * 0.8..=secs * 1.2).contains(&b),
+                    "after {launches} failed launches: {b} s, want {secs} s ± 20 %"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| launch_backoff(3).as_millis()).collect();
+        assert!(spread.len() > 10, "jittered: {spread:?}");
     }
 }

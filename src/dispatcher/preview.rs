@@ -35,6 +35,7 @@ pub fn run(job: &Job, message: Message, at: DateTime<Utc>) -> Run {
         started_ms: None,
         finished_ms: None,
         launches: 0,
+        first_launch_ms: None,
         error: None,
         source: message.trigger.as_str().into(),
         message_id: message.message_id,

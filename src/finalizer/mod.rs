@@ -220,6 +220,7 @@ mod tests {
             started_ms: Some(0),
             finished_ms: None,
             launches: 1,
+            first_launch_ms: Some(0),
             error: None,
             source: "builtin".into(),
             message_id: "m1".into(),

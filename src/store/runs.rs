@@ -23,6 +23,10 @@ pub struct Run {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub launches: i64,
+    /// When this attempt's first launch was tried (launch_timeout counts
+    /// from here).
+    #[serde(skip)]
+    pub first_launch_ms: Option<i64>,
     pub error: Option<String>,
     pub source: String,
     pub message_id: String,
@@ -86,6 +90,7 @@ struct RunRow {
     started_ms: Option<i64>,
     finished_ms: Option<i64>,
     launches: i64,
+    first_launch_ms: Option<i64>,
     error: Option<String>,
     source: String,
     message_id: String,
@@ -126,6 +131,7 @@ impl TryFrom<RunRow> for Run {
             started_ms: r.started_ms,
             finished_ms: r.finished_ms,
             launches: r.launches,
+            first_launch_ms: r.first_launch_ms,
             error: r.error,
             source: r.source,
             message_id: r.message_id,
@@ -154,7 +160,7 @@ impl Run {
 }
 
 const RUN_COLUMNS: &str = "r.run_id, r.work_item_id, r.job, r.attempt, r.state, r.trigger_kind, \
-     r.scheduled_ms, r.started_ms, r.finished_ms, r.launches, r.error, \
+     r.scheduled_ms, r.started_ms, r.finished_ms, r.launches, r.first_launch_ms, r.error, \
      w.source, w.message_id, w.payload, w.deadline_ms, w.attempt_base, \
      r.work, r.parallelism, r.completions, r.projected_finish_ms, r.at_risk, r.sizing_note";
 
@@ -241,7 +247,8 @@ async fn run_tx(tx: &mut Tx, run_id: &str) -> Result<Option<Run>> {
 /// ids)`: binds the start time, then the two states, then the ids.
 fn claim_sql(n: usize) -> String {
     format!(
-        "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1 \
+        "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
+         first_launch_ms = COALESCE(first_launch_ms, $1) \
          WHERE state = $3 AND run_id IN ({}) RETURNING run_id",
         placeholder_list(4, n)
     )
@@ -351,7 +358,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         for run_id in run_ids {
             sqlx::query(
-                "UPDATE runs SET state = $1, started_ms = NULL, launches = launches - 1 \
+                "UPDATE runs SET state = $1, started_ms = NULL, launches = launches - 1, \
+                 first_launch_ms = CASE WHEN launches = 1 THEN NULL ELSE first_launch_ms END \
                  WHERE run_id = $2 AND state = $3",
             )
             .bind(RunState::Pending.as_str())
@@ -413,6 +421,29 @@ impl Store {
         )
         .bind(RunState::Pending.as_str())
         .bind(note)
+        .bind(run_id)
+        .bind(RunState::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// `running → pending` after a launch that failed for a reason that may
+    /// pass: the run is due again at `not_before_ms` (its backoff). False
+    /// when the run was not running.
+    pub async fn requeue_launch(
+        &self,
+        run_id: &str,
+        note: &str,
+        not_before_ms: i64,
+    ) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE runs SET state = $1, started_ms = NULL, error = $2, scheduled_ms = $3 \
+             WHERE run_id = $4 AND state = $5",
+        )
+        .bind(RunState::Pending.as_str())
+        .bind(note)
+        .bind(not_before_ms)
         .bind(run_id)
         .bind(RunState::Running.as_str())
         .execute(&self.pool)
@@ -659,8 +690,9 @@ mod tests {
     fn claim_binds_the_ids_after_the_time_and_states() {
         assert_eq!(
             claim_sql(2),
-            "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1 \
-             WHERE state = $3 AND run_id IN ($4, $5) RETURNING run_id"
+            "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
+         first_launch_ms = COALESCE(first_launch_ms, $1) \
+         WHERE state = $3 AND run_id IN ($4, $5) RETURNING run_id"
         );
     }
 }

@@ -475,6 +475,33 @@ enum WriteError {
     Other(String),
 }
 
+impl WriteError {
+    /// Why the API refused for good — `<reason>: <message>` — or `None`
+    /// when the same request may succeed later.
+    ///
+    /// Transient: no answer, a connection error or timeout, 429, 5xx, and a
+    /// 403 whose message says `exceeded quota` (a ResourceQuota frees up as
+    /// other Jobs end; the Job controller retries those too). Permanent:
+    /// every other 4xx — 400, 403 from admission or RBAC, 404 (the namespace
+    /// does not exist), 422 (409 never reaches here: it means "already
+    /// launched").
+    fn refusal(&self) -> Option<String> {
+        let WriteError::Status(s) = self else {
+            return None;
+        };
+        let quota = s.code == 403 && s.message.contains("exceeded quota");
+        if !(400..500).contains(&s.code) || s.code == 429 || s.code == 409 || quota {
+            return None;
+        }
+        let reason = if s.reason.is_empty() {
+            s.code.to_string()
+        } else {
+            s.reason.clone()
+        };
+        Some(format!("{reason}: {}", s.message))
+    }
+}
+
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -515,13 +542,27 @@ impl Executor for KubernetesExecutor {
                     .await;
                 Ok(())
             }
-            Err(e) => {
-                self.inner.tracker.untrack(&run_id);
-                Err(ExecutorError::Api {
-                    run_id,
-                    message: e.to_string(),
-                })
-            }
+            Err(e) => match e.refusal() {
+                Some(why) => {
+                    // Trying again would be refused again: the attempt fails
+                    // now and the job's retry policy takes over.
+                    tracing::error!(run = %run_id, refusal = %why, "the API refused the run's Job; the attempt fails");
+                    crate::health::count_launch_failure(&launch.job, "rejected");
+                    let failed = OutcomeKind::Failed {
+                        reason: "rejected".into(),
+                        message: why,
+                    };
+                    self.inner.tracker.report(&run_id, failed).await;
+                    Ok(())
+                }
+                None => {
+                    self.inner.tracker.untrack(&run_id);
+                    Err(ExecutorError::Api {
+                        run_id,
+                        message: e.to_string(),
+                    })
+                }
+            },
         }
     }
 
@@ -646,5 +687,42 @@ mod tests {
     fn watches_end_before_the_read_timeout() {
         assert_eq!(watch_timeout(Duration::from_secs(30)), 22);
         assert_eq!(watch_timeout(Duration::from_secs(1)), 1);
+    }
+
+    fn status(code: u16, reason: &str, message: &str) -> WriteError {
+        WriteError::Status(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn creates_refused_for_good_are_told_from_those_worth_retrying() {
+        let admission = "admission webhook \"x\" denied the request: no";
+        assert_eq!(
+            status(403, "Forbidden", admission).refusal().as_deref(),
+            Some("Forbidden: admission webhook \"x\" denied the request: no")
+        );
+        for (code, reason) in [(400, "BadRequest"), (404, "NotFound"), (422, "Invalid")] {
+            assert!(status(code, reason, "m").refusal().is_some(), "{code}");
+        }
+        let quota =
+            "jobs.batch \"j\" is forbidden: exceeded quota: q, requested: count/jobs.batch=1";
+        for e in [
+            status(403, "Forbidden", quota),
+            status(429, "TooManyRequests", "slow down"),
+            status(500, "InternalError", "etcd"),
+            status(503, "ServiceUnavailable", "later"),
+            status(409, "AlreadyExists", "exists"),
+            WriteError::Other("no answer within 10s".into()),
+        ] {
+            assert_eq!(e.refusal(), None, "{e}");
+        }
+        assert_eq!(
+            status(403, "", "nope").refusal().as_deref(),
+            Some("403: nope")
+        );
     }
 }

@@ -84,8 +84,11 @@ pub async fn handle(
     let intent = (method == Method::POST)
         .then(|| CreateIntent::parse(&uri, &body))
         .flatten();
+    let denied = intent.as_ref().and_then(|i| sim.faults.denial_of(&i.name));
     let response = if let Some(code) = sim.faults.take_fail() {
         ApiError::Injected(code).into_response()
+    } else if let Some((code, message)) = denied {
+        ApiError::Denied { code, message }.into_response()
     } else {
         match dispatch(&sim, &method, &uri, &headers, &body).await {
             Ok(r) => r,

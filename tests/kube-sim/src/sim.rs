@@ -77,6 +77,16 @@ pub struct Faults {
     pub drop_events: Countdown,
     /// Milliseconds every watch event line is held back before it is sent.
     pub event_delay_ms: AtomicU64,
+    /// Creates refused while their name contains a pattern.
+    deny: Mutex<Vec<Denial>>,
+}
+
+/// A rule of [`KubeSim::deny_creates`].
+#[derive(Debug, Clone)]
+struct Denial {
+    pattern: String,
+    code: u16,
+    message: String,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +101,15 @@ impl Faults {
     pub fn set_fail_next(&self, n: u64, code: u16) {
         let mut fail = self.fail.lock().unwrap_or_else(|p| p.into_inner());
         *fail = FailNext { remaining: n, code };
+    }
+
+    /// The code and message refusing a create of `name`, if a denial rule
+    /// matches it (the first rule added wins).
+    pub fn denial_of(&self, name: &str) -> Option<(u16, String)> {
+        let deny = self.deny.lock().unwrap_or_else(|p| p.into_inner());
+        deny.iter()
+            .find(|d| name.contains(&d.pattern))
+            .map(|d| (d.code, d.message.replace("{name}", name)))
     }
 
     /// Takes one armed failure: the code to answer with, or `None` when
@@ -269,6 +288,35 @@ impl KubeSim {
     /// Fails the next `n` requests with HTTP `code` (as a Status body).
     pub fn fail_next(&self, n: u64, code: u16) {
         self.sim.faults.set_fail_next(n, code);
+    }
+
+    /// Refuses every create (POST) whose `metadata.name` contains `pattern`
+    /// with HTTP `code` and `message` (`{name}` in it becomes the name), as
+    /// an admission webhook (403), a ResourceQuota (403 "exceeded quota"),
+    /// validation (422) or an overloaded server (429, 5xx) would, until
+    /// [`KubeSim::allow_creates`]. Other requests are untouched.
+    pub fn deny_creates(&self, pattern: &str, code: u16, message: &str) {
+        let mut deny = self
+            .sim
+            .faults
+            .deny
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        deny.push(Denial {
+            pattern: pattern.to_string(),
+            code,
+            message: message.to_string(),
+        });
+    }
+
+    /// Lifts every [`KubeSim::deny_creates`] rule.
+    pub fn allow_creates(&self) {
+        self.sim
+            .faults
+            .deny
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Makes the next `n` requests hang.

@@ -122,6 +122,10 @@ pub enum ApiError {
     /// A chosen code injected by a fault hook.
     #[error("injected fault")]
     Injected(u16),
+    /// A create refused by [`crate::KubeSim::deny_creates`], as an admission
+    /// webhook, a ResourceQuota or RBAC refuses one: its code and message.
+    #[error("{message}")]
+    Denied { code: u16, message: String },
 }
 
 fn join_causes(causes: &[Cause]) -> String {
@@ -147,6 +151,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Injected(c) => *c,
+            ApiError::Denied { code, .. } => *code,
         }
     }
 
@@ -165,6 +170,18 @@ impl ApiError {
             ApiError::Injected(503) => "ServiceUnavailable",
             ApiError::Injected(504) => "Timeout",
             ApiError::Injected(_) => "Unknown",
+            ApiError::Denied { code, .. } => match code {
+                400 => "BadRequest",
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "AlreadyExists",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                503 => "ServiceUnavailable",
+                500..=599 => "InternalError",
+                _ => "Unknown",
+            },
         }
     }
 

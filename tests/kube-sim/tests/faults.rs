@@ -234,3 +234,37 @@ async fn delayed_events_arrive_no_sooner_than_the_delay() {
     assert_eq!(added_name(&ev).as_deref(), Some("c"));
     assert!(t1.elapsed() < delay, "delay off");
 }
+
+#[tokio::test]
+async fn deny_creates_refuses_matching_names_with_the_given_status() {
+    let (sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    sim.deny_creates(
+        "poison",
+        403,
+        "admission webhook \"deny.example.com\" denied the request: {name} is not allowed",
+    );
+    let e = jobs
+        .create(&Default::default(), &job("a-poison-1", json!({})))
+        .await
+        .unwrap_err();
+    let s = status(e);
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        s.message,
+        "admission webhook \"deny.example.com\" denied the request: a-poison-1 is not allowed"
+    );
+    assert!(
+        jobs.get_opt("a-poison-1").await.unwrap().is_none(),
+        "not stored"
+    );
+    create(&jobs, "fine", json!({})).await;
+    let creates = sim.creates_of("jobs");
+    assert_eq!(
+        creates.iter().map(|c| c.code).collect::<Vec<_>>(),
+        [403, 201],
+        "refusals are in the create log"
+    );
+    sim.allow_creates();
+    create(&jobs, "a-poison-1", json!({})).await;
+}
