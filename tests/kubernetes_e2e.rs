@@ -36,6 +36,18 @@ fn workspace_with_timeout(cluster: &Cluster, lease: &str, request_timeout: &str)
     ws
 }
 
+/// Adds `lines` (four-space indented) to the workspace config's
+/// `executor.kubernetes` block, after its `request_timeout`.
+fn kubernetes_settings(ws: &Workspace, lines: &str) {
+    let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
+    let anchor = "    request_timeout: 10s\n";
+    assert!(
+        config.contains(anchor),
+        "no request_timeout to add after: {config}"
+    );
+    ws.write_config(&config.replace(anchor, &format!("{anchor}{lines}")));
+}
+
 /// A builtin-queue job whose pods behave as `outcome` (kube-sim's script);
 /// `extra` holds more top-level fields (`retry:`, `batch:`).
 fn queue_job(ws: &Workspace, name: &str, outcome: &str, extra: &str) {
@@ -593,13 +605,7 @@ fn a_job_removed_by_its_ttl_before_kedge_looked_still_reports_its_result() {
 fn api_writes_keep_to_the_client_side_rate_limit() {
     let c = Cluster::start(0.01);
     let ws = workspace(&c, "15s");
-    let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
-    let anchor = "    request_timeout: 10s\n";
-    assert!(config.contains(anchor), "the limits go after: {config}");
-    ws.write_config(&config.replace(
-        anchor,
-        &format!("{anchor}    api_qps: 10\n    api_burst: 2\n"),
-    ));
+    kubernetes_settings(&ws, "    api_qps: 10\n    api_burst: 2\n");
     queue_job(&ws, "work", "duration=1s", "");
     for i in 0..20 {
         enqueue(&ws, "work", &format!("r{i}"), "{}");
@@ -966,10 +972,7 @@ fn a_create_that_fails_transiently_backs_off_per_run_and_launches_when_the_api_r
 fn a_launch_that_keeps_failing_past_launch_timeout_fails_the_attempt() {
     let c = Cluster::start(0.01);
     let ws = workspace(&c, "15s");
-    let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
-    let anchor = "    request_timeout: 10s\n";
-    assert!(config.contains(anchor), "{config}");
-    ws.write_config(&config.replace(anchor, &format!("{anchor}    launch_timeout: 3s\n")));
+    kubernetes_settings(&ws, "    launch_timeout: 3s\n");
     c.sim
         .deny_creates("stuck-", 500, "etcdserver: request timed out");
     queue_job(&ws, "stuck", "duration=1s", "retry:\n  max_attempts: 1\n");

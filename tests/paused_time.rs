@@ -240,18 +240,25 @@ async fn a_week_of_nightly_fires_across_dst_each_on_the_dot() {
     s.stop().await;
 }
 
-/// After a week down (across the DST change), `catchup: all` launches every
-/// fire within `starting_deadline` and marks the older ones missed.
-#[tokio::test(start_paused = true)]
-async fn catchup_all_after_a_week_down_launches_the_fires_within_the_starting_deadline() {
-    let _time = ManualTime::start();
-    let dir = tempfile::tempdir().unwrap();
+/// A store whose nightly job last fired on 2026-03-25 (02:30 CET), read
+/// on 2026-04-01 at noon: a week down, across the DST change.
+async fn back_after_a_week_down() -> Store {
     let store = store_at(utc("2026-04-01T12:00:00Z")).await;
     let last = utc("2026-03-25T01:30:00Z").timestamp_millis();
     store
         .record_cron_fire("nightly", last, FireOutcome::Launched, None, None)
         .await
         .unwrap();
+    store
+}
+
+/// After a week down (across the DST change), `catchup: all` launches every
+/// fire within `starting_deadline` and marks the older ones missed.
+#[tokio::test(start_paused = true)]
+async fn catchup_all_after_a_week_down_launches_the_fires_within_the_starting_deadline() {
+    let _time = ManualTime::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = back_after_a_week_down().await;
     let policy = "  overlap: allow\n  catchup: all\n  starting_deadline: 84h\n";
     let mut s = Scheduler::start(nightly(dir.path(), policy), &store);
     let fires = s.fires(&store, "nightly", 8).await;
@@ -271,12 +278,7 @@ async fn catchup_all_after_a_week_down_launches_the_fires_within_the_starting_de
 async fn catchup_latest_after_a_week_down_launches_only_the_newest_fire() {
     let _time = ManualTime::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = store_at(utc("2026-04-01T12:00:00Z")).await;
-    let last = utc("2026-03-25T01:30:00Z").timestamp_millis();
-    store
-        .record_cron_fire("nightly", last, FireOutcome::Launched, None, None)
-        .await
-        .unwrap();
+    let store = back_after_a_week_down().await;
     let mut s = Scheduler::start(nightly(dir.path(), "  overlap: allow\n"), &store);
     let fires = s.fires(&store, "nightly", 8).await;
     assert_eq!(times(&fires[1..]), berlin_week());
