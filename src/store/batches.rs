@@ -3,12 +3,11 @@
 //! dispatcher puts them in a batch run; `batch_members` maps the run's
 //! indexes to them, so each message settles on its own index's outcome.
 
-use super::dead_letters::insert_dead_letter_tx;
-use super::runs::{finish_running_tx, insert_runs_tx, NewRun};
-use super::work_items::{
-    insert_row_tx, queue_item_tx, revive_replayed_tx, set_work_state_tx, Intake, NewWorkItem,
+use super::rows::{
+    finish_running_tx, insert_dead_letter_tx, insert_runs_tx, queue_item_tx, set_work_state_tx,
+    NewRun, NewWorkItem,
 };
-use super::{parse_column, Result, Store, StoreError, Tx};
+use super::{parse_column, Intake, Result, Store, StoreError};
 use crate::lifecycle::{RunState, TriggerKind, WorkState};
 
 /// A work item waiting to be put into a batch run.
@@ -70,20 +69,6 @@ pub enum MemberEnd {
         reason: String,
         error: String,
     },
-}
-
-/// Stores a message waiting for a batch (`queued`, `awaiting_batch`, no
-/// run), or revives its replayed work item. False when it is a duplicate.
-pub(super) async fn insert_batch_item_tx(
-    tx: &mut Tx,
-    item: &NewWorkItem,
-    now: i64,
-) -> Result<bool> {
-    let id = uuid::Uuid::new_v4().to_string();
-    if insert_row_tx(tx, &id, item, WorkState::Queued, true, now).await? {
-        return Ok(true);
-    }
-    revive_replayed_tx(tx, item, now).await
 }
 
 impl Store {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::work_items::{insert_items_tx, NewWorkItem};
+use super::rows::{insert_items_tx, NewWorkItem};
 use super::{parse_column, placeholders, Result, Store, StoreError, ROWS_PER_STATEMENT};
 use crate::lifecycle::FireOutcome;
 

@@ -3,9 +3,8 @@
 //! to its dead-letter target after they are stored here, so an unreachable
 //! broker delays a letter but never loses it.
 
-use super::runs::{insert_runs_tx, NewRun};
-use super::work_items::NewWorkItem;
-use super::{parse_column, Result, Store, Tx};
+use super::rows::{insert_runs_tx, NewRun};
+use super::{parse_column, Result, Store};
 use crate::lifecycle::{TriggerKind, WorkState};
 
 /// A dead-lettered work item.
@@ -26,37 +25,6 @@ pub struct DeadLetter {
 
 const DEAD_LETTER_COLUMNS: &str = "id, work_item_id, job, source, message_id, payload, reason, \
      attempts, last_error, created_ms, replayed_ms";
-
-/// Writes the dead letter of work item `work_item_id` (its message is
-/// `item`'s) after `attempts` attempts.
-pub(super) async fn insert_dead_letter_tx(
-    tx: &mut Tx,
-    work_item_id: &str,
-    item: &NewWorkItem,
-    reason: &str,
-    attempts: i64,
-    error: &str,
-    now: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO dead_letters (id, work_item_id, job, source, message_id, payload, \
-         reason, attempts, last_error, created_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(work_item_id)
-    .bind(&item.job)
-    .bind(&item.source)
-    .bind(&item.message_id)
-    .bind(item.payload.as_deref())
-    .bind(reason)
-    .bind(attempts)
-    .bind(error)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
 
 impl Store {
     /// Dead letters, newest first; replayed ones only when `include_replayed`.

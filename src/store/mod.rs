@@ -37,6 +37,7 @@ use crate::redact::redact;
 mod batches;
 mod cron_fires;
 mod dead_letters;
+mod rows;
 mod runs;
 mod signal;
 mod work_items;
@@ -44,8 +45,9 @@ mod work_items;
 pub use batches::{BatchCandidate, BatchMember, MemberEnd};
 pub use cron_fires::{CronFire, FireRecord};
 pub use dead_letters::DeadLetter;
+pub use rows::NewWorkItem;
 pub use runs::{HistoryRow, Run, RunSizing, Settlement};
-pub use work_items::{Intake, NewWorkItem};
+pub use work_items::Intake;
 
 use signal::Signal;
 

@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 
-use super::dead_letters::insert_dead_letter_tx;
-use super::work_items::{set_work_state_tx, NewWorkItem};
-use super::{
-    parse_column, placeholder_list, placeholders, Result, Store, StoreError, Tx, ROWS_PER_STATEMENT,
+use super::rows::{
+    finish_running_tx, insert_dead_letter_tx, insert_runs_tx, set_work_state_tx, NewRun,
+    NewWorkItem,
 };
+use super::{parse_column, placeholder_list, Result, Store, StoreError, Tx, ROWS_PER_STATEMENT};
 use crate::lifecycle::{RunState, TriggerKind, WorkState};
 
 /// A run joined with its work item: everything needed to launch or settle it.
@@ -172,66 +172,6 @@ fn select_runs(rest: &str) -> String {
 
 fn runs_from_rows(rows: Vec<RunRow>) -> Result<Vec<Run>> {
     rows.into_iter().map(Run::try_from).collect()
-}
-
-/// A new pending run, as every insert into `runs` writes one.
-pub(super) struct NewRun<'a> {
-    pub run_id: &'a str,
-    pub work_item_id: &'a str,
-    pub job: &'a str,
-    pub attempt: i64,
-    pub trigger: TriggerKind,
-    pub scheduled_ms: i64,
-}
-
-/// Inserts `runs` as `pending`, with multi-row statements.
-pub(super) async fn insert_runs_tx(tx: &mut Tx, runs: &[NewRun<'_>]) -> Result<()> {
-    for chunk in runs.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO runs (run_id, work_item_id, job, attempt, state, trigger_kind, scheduled_ms) \
-             VALUES {}",
-            placeholders(chunk.len(), 7)
-        );
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q
-                .bind(r.run_id)
-                .bind(r.work_item_id)
-                .bind(r.job)
-                .bind(r.attempt)
-                .bind(RunState::Pending.as_str())
-                .bind(r.trigger.as_str())
-                .bind(r.scheduled_ms);
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-/// `running → state` (final), with `error`. False when the run was not
-/// running. Guarded on `running` in the UPDATE itself: a SELECT before it
-/// takes no row lock, so on PostgreSQL (READ COMMITTED) two concurrent
-/// settlements could both read `running`; this UPDATE waits for the other
-/// one's row lock and re-checks the guard, so only one of them settles.
-pub(super) async fn finish_running_tx(
-    tx: &mut Tx,
-    run_id: &str,
-    state: RunState,
-    error: Option<&str>,
-    now: i64,
-) -> Result<bool> {
-    let res = sqlx::query(
-        "UPDATE runs SET state = $1, finished_ms = $2, error = $3 \
-         WHERE run_id = $4 AND state = $5",
-    )
-    .bind(state.as_str())
-    .bind(now)
-    .bind(error)
-    .bind(run_id)
-    .bind(RunState::Running.as_str())
-    .execute(&mut **tx)
-    .await?;
-    Ok(res.rows_affected() == 1)
 }
 
 /// One run, read inside a transaction.
