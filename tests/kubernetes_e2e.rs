@@ -996,3 +996,38 @@ fn a_launch_that_keeps_failing_past_launch_timeout_fails_the_attempt() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_hung_request_while_taking_the_lease_is_given_up_and_retried() {
+    use kedge::executor::kubernetes::lease::LeaderLease;
+    let c = Cluster::start(0.01);
+    let client = kube_client(&c);
+    // The first request of the acquisition (reading the Lease) never gets
+    // an answer: the replica must give up on it and look again, not wait
+    // for the client's read timeout (minutes).
+    c.sim.hang_next(1);
+    let took = c.rt.block_on(async move {
+        let lease = LeaderLease::new(
+            client,
+            "default",
+            "kedge-hang",
+            "me",
+            Duration::from_secs(3),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let start = std::time::Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(20), lease.acquire(&stop)).await;
+        assert_eq!(
+            got.ok(),
+            Some(true),
+            "the Lease taken despite the hung request"
+        );
+        start.elapsed()
+    });
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(
+        c.sim.sim().faults.hang_next.remaining(),
+        0,
+        "the hang was taken"
+    );
+}

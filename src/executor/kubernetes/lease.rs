@@ -77,16 +77,22 @@ impl LeaderLease {
         let mut observed: Option<Observed> = None;
         let mut announced = false;
         loop {
-            match self.try_acquire(&mut observed).await {
-                Ok(true) => return true,
-                Ok(false) => {
+            // Each look is bounded as a renewal is: a request the API server
+            // never answers must not keep a replica from ever leading.
+            let look = tokio::time::timeout(self.renew_period(), self.try_acquire(&mut observed));
+            match look.await {
+                Ok(Ok(true)) => return true,
+                Ok(Ok(false)) => {
                     if !announced {
                         announced = true;
                         tracing::info!(lease = %self.name, "another replica leads; waiting for the Lease");
                     }
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(lease = %self.name, error = %crate::error_chain(&e), "cannot read or take the Lease; retrying")
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.name, timeout = ?self.renew_period(), "no answer reading or taking the Lease; retrying")
                 }
             }
             tokio::select! {
