@@ -904,7 +904,14 @@ fn soak() {
             }
         });
         let start = |ws: &Workspace| -> Daemon {
-            let d = ws.start_daemon_with(&env);
+            // The chaos thread arms a fault every 1–3 s. Right after a
+            // kill -9 the new replica is the stand-in's only client, so it
+            // takes most of them while it waits out the dead leader's Lease:
+            // give it longer than the usual 30 s to lead.
+            let d = ws.spawn_daemon_args(&[], &env);
+            support::wait_until(Duration::from_secs(120), "the daemon to be ready", || {
+                d.log().contains("kedge ready")
+            });
             rss.pid.store(d.pid(), Ordering::SeqCst);
             d
         };
