@@ -121,7 +121,7 @@ fn print_decision(d: &Decision) {
 fn plan_fires(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
     let loaded = config::load(src)?;
     let from = match &args.from {
-        None => Utc::now(),
+        None => crate::clock::Clock::system().now(),
         Some(s) => parse_time("--from", s)?,
     };
     if let Some(name) = &args.job {
@@ -175,13 +175,15 @@ pub(super) async fn render(src: &Sources, args: RenderArgs) -> Result<(), Failur
     let config::ExecutorConfig::Kubernetes(k) = &loaded.executor else {
         unreachable!("apply() made it kubernetes");
     };
-    let at = match &args.at {
-        Some(t) => parse_time("--at", t)?,
-        None => Utc::now(),
-    };
+    let at = args
+        .at
+        .as_deref()
+        .map(|t| parse_time("--at", t))
+        .transpose()?;
     let job = one_job(&loaded, &args.job)?;
-    let message = message(&job, at, args.payload)?;
     let store = open_store(&loaded.store_url).await?;
+    let at = at.unwrap_or_else(|| store.clock().now());
+    let message = message(&job, at, args.payload)?;
     let launch = preview::launch(&store, &job, message, at).await;
     let instance = store.instance_id().await;
     store.close().await;

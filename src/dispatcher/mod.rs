@@ -208,9 +208,10 @@ impl Dispatcher {
     /// Logs each held run once per reason (a job that is not loaded once
     /// per job), and forgets the runs no longer held.
     fn log_holds(&mut self, due: &[Run], holds: &[(&str, Hold)]) {
+        let by_id: HashMap<&str, &Run> = due.iter().map(|r| (r.run_id.as_str(), r)).collect();
         let mut now_held = HashMap::with_capacity(holds.len());
         for (run_id, hold) in holds {
-            let Some(run) = due.iter().find(|r| r.run_id == *run_id) else {
+            let Some(run) = by_id.get(run_id) else {
                 continue;
             };
             if *hold == Hold::UnknownJob {
