@@ -11,7 +11,11 @@
 //! - `fail-indexes=1,3`: pods of these completion indexes always exit 1;
 //! - `hang`: pods run forever (until deleted or the deadline strikes);
 //! - `duration=2s` (or `500ms`, `1m`): how long a container runs (default 1 s);
-//! - `unschedulable`: pods stay Pending with `PodScheduled=False`.
+//! - `unschedulable`: pods stay Pending with `PodScheduled=False` and the
+//!   scheduler's message; `unschedulable=3s`: for that long, then they
+//!   schedule and run as usual;
+//! - `refuse-pods`, `image-pull-error`, `invalid-image`, `config-error`:
+//!   pods that never start, see [`crate::pod_start`].
 //!
 //! # Time
 //! Every simulated delay is multiplied by [`SimConfig::time_scale`](crate::SimConfig):
@@ -28,6 +32,7 @@
 //! (`restartPolicy: OnFailure` behaves as `Never`).
 
 use crate::kubelet::ProcessKubelet;
+use crate::pod_start::{self, StartFault};
 use crate::resource::{JOBS, PODS};
 use crate::sim::{Kubelet, Sim};
 use crate::status::ApiError;
@@ -51,6 +56,9 @@ pub struct Outcome {
     pub hang: bool,
     pub duration: Duration,
     pub unschedulable: bool,
+    /// `unschedulable=3s`: the pods schedule after this long.
+    pub schedulable_after: Option<Duration>,
+    pub start: Option<StartFault>,
 }
 
 impl Default for Outcome {
@@ -62,6 +70,8 @@ impl Default for Outcome {
             hang: false,
             duration: Duration::from_secs(1),
             unschedulable: false,
+            schedulable_after: None,
+            start: None,
         }
     }
 }
@@ -94,8 +104,11 @@ pub fn parse_outcome(s: &str) -> Outcome {
             }
             "hang" => o.hang = true,
             "duration" => o.duration = parse_duration(v).unwrap_or(o.duration),
-            "unschedulable" => o.unschedulable = true,
-            _ => {}
+            "unschedulable" => {
+                o.unschedulable = true;
+                o.schedulable_after = parse_duration(v);
+            }
+            other => o.start = StartFault::parse(other).or(o.start),
         }
     }
     o
@@ -126,6 +139,8 @@ struct PodPlan {
     fail: bool,
     hang: bool,
     unschedulable: bool,
+    schedulable_after: Option<Duration>,
+    start: Option<StartFault>,
     run_for: Duration,
 }
 
@@ -144,6 +159,9 @@ struct JobMem {
     failures_per_index: HashMap<i64, u32>,
     attempts_per_index: HashMap<i64, u32>,
     pods_created: u32,
+    /// Pod creates refused in a row, and when the next may be tried.
+    refusals: u32,
+    create_retry_at: Option<Instant>,
     consecutive_failures: u32,
     last_failure: Option<Instant>,
     interim_at: Option<Instant>,
@@ -290,39 +308,67 @@ impl Controller {
             });
             return;
         }
+        let scale = self.sim.config.time_scale.max(0.0);
         for pod in &pods {
-            let Some(plan) = self.plans.get(meta(pod, "uid")) else {
+            let Some(plan) = self.plans.get_mut(meta(pod, "uid")) else {
                 continue;
             };
-            if plan.unschedulable || is_terminal(pod) {
+            if is_terminal(pod) {
                 continue;
             }
             let elapsed = now.duration_since(plan.created);
+            if plan.unschedulable {
+                // The scheduler binds the pod once its hold is over.
+                if plan
+                    .schedulable_after
+                    .is_some_and(|d| elapsed >= d.mul_f64(scale))
+                {
+                    plan.unschedulable = false;
+                    plan.created = now;
+                    update_pod(&self.sim, pod, |p| {
+                        p["spec"]["nodeName"] = json!(NODE);
+                        p["status"]["conditions"] = json!([pod_start::scheduled_condition(true)]);
+                    });
+                }
+                continue;
+            }
+            if let Some(fault) = plan.start {
+                let image = pod["spec"]["containers"][0]["image"].as_str().unwrap_or("");
+                if let Some((reason, message)) = fault.waiting(image, elapsed, start_delay) {
+                    let shown =
+                        &pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
+                    if shown != reason.as_str() {
+                        update_pod(&self.sim, pod, |p| {
+                            pod_start::set_waiting(p, &reason, &message)
+                        });
+                    }
+                }
+                continue;
+            }
             let target = if elapsed < start_delay {
                 "Pending"
-            } else if plan.hang || elapsed < start_delay + self.scaled(plan.run_for) {
+            } else if plan.hang || elapsed < start_delay + plan.run_for.mul_f64(scale) {
                 "Running"
             } else if plan.fail {
                 "Failed"
             } else {
                 "Succeeded"
             };
-            if pod["status"]["phase"] == target {
-                continue;
+            if pod["status"]["phase"] != target {
+                update_pod(&self.sim, pod, |p| set_pod_phase(p, target));
             }
-            let (ns, name, uid) = (meta(pod, "namespace"), meta(pod, "name"), meta(pod, "uid"));
-            let _ = self.sim.store.update(&PODS, ns, name, |cur| {
-                let mut n = cur.clone();
-                if meta(cur, "uid") != uid {
-                    return Ok(n);
-                }
-                set_pod_phase(&mut n, target);
-                Ok(n)
-            });
         }
     }
 
-    fn create_pod(&mut self, job: &Value, index: Option<i64>, mem: &mut JobMem, now: Instant) {
+    /// Creates one pod of `job`; false when the create was refused (the
+    /// controller then backs off before its next create).
+    fn create_pod(
+        &mut self,
+        job: &Value,
+        index: Option<i64>,
+        mem: &mut JobMem,
+        now: Instant,
+    ) -> bool {
         let (ns, name, uid) = (meta(job, "namespace"), meta(job, "name"), meta(job, "uid"));
         let template = &job["spec"]["template"];
         let script = template["metadata"]["annotations"][OUTCOME_ANNOTATION]
@@ -330,6 +376,20 @@ impl Controller {
             .or(job["metadata"]["annotations"][OUTCOME_ANNOTATION].as_str())
             .unwrap_or("succeed");
         let outcome = parse_outcome(script);
+        if outcome.start == Some(StartFault::RefusePods) {
+            let pod = generate_name(&format!("{name}-"));
+            pod_start::record_failed_create(
+                &self.sim.store,
+                ns,
+                name,
+                uid,
+                &pod_start::refusal_message(&pod),
+            );
+            mem.refusals += 1;
+            mem.create_retry_at = Some(now + self.scaled(pod_start::refusal_backoff(mem.refusals)));
+            return false;
+        }
+        mem.refusals = 0;
         let attempt = match index {
             Some(i) => {
                 let a = mem.attempts_per_index.entry(i).or_default();
@@ -375,18 +435,11 @@ impl Controller {
             }
             None => format!("{name}-"),
         };
-        let status = if outcome.unschedulable {
-            json!({"phase": "Pending", "qosClass": "BestEffort", "conditions": [{
-                "type": "PodScheduled", "status": "False", "lastProbeTime": null,
-                "lastTransitionTime": timestamp(), "reason": "Unschedulable",
-                "message": "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
-            }]})
-        } else {
+        if !outcome.unschedulable {
             spec["nodeName"] = json!(NODE);
-            json!({"phase": "Pending", "qosClass": "BestEffort", "conditions": [{
-                "type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": timestamp()
-            }]})
-        };
+        }
+        let status = json!({"phase": "Pending", "qosClass": "BestEffort",
+            "conditions": [pod_start::scheduled_condition(!outcome.unschedulable)]});
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
@@ -405,10 +458,13 @@ impl Controller {
                     fail,
                     hang: outcome.hang,
                     unschedulable: outcome.unschedulable,
+                    schedulable_after: outcome.schedulable_after,
+                    start: outcome.start,
                     run_for: outcome.duration,
                 },
             );
         }
+        true
     }
 
     /// `owned`: the pods in the Job's namespace whose controller is the Job.
@@ -579,7 +635,8 @@ impl Controller {
                     }
                     _ => true,
                 };
-                if backoff_over {
+                let refusing = mem.create_retry_at.is_some_and(|t| now < t);
+                if backoff_over && !refusing {
                     if indexed {
                         let busy: HashSet<i64> = active.iter().map(|p| pod_index(p)).collect();
                         let todo: Vec<i64> = (0..completions.unwrap_or(0))
@@ -591,7 +648,9 @@ impl Controller {
                             .take((parallelism - active_count).max(0) as usize)
                             .collect();
                         for i in todo {
-                            self.create_pod(job, Some(i), mem, now);
+                            if !self.create_pod(job, Some(i), mem, now) {
+                                break;
+                            }
                             active_count += 1;
                         }
                     } else {
@@ -602,7 +661,9 @@ impl Controller {
                         };
                         let want = parallelism.min(remaining) - active_count;
                         for _ in 0..want.max(0) {
-                            self.create_pod(job, None, mem, now);
+                            if !self.create_pod(job, None, mem, now) {
+                                break;
+                            }
                             active_count += 1;
                         }
                     }
@@ -689,6 +750,19 @@ impl Controller {
             self.sim.kick_controllers();
         }
     }
+}
+
+/// Writes a pod's new state, unless the pod was replaced meanwhile (same
+/// name, another uid). A pod deleted meanwhile is left alone.
+fn update_pod(sim: &Sim, pod: &Value, change: impl FnOnce(&mut Value)) {
+    let (ns, name, uid) = (meta(pod, "namespace"), meta(pod, "name"), meta(pod, "uid"));
+    let _ = sim.store.update(&PODS, ns, name, |cur| {
+        let mut n = cur.clone();
+        if meta(cur, "uid") == uid {
+            change(&mut n);
+        }
+        Ok(n)
+    });
 }
 
 fn set_pod_phase(pod: &mut Value, phase: &str) {

@@ -16,6 +16,7 @@
 //! - [`gc`]: the garbage collector (orphan / foreground / dangling owners).
 //! - [`job_controller`]: the Job controller, kubelet and TTL controller;
 //!   outcome scripts (`kube-sim/outcome`) and the time scale.
+//! - [`pod_start`]: pods that never start (refused, image errors).
 //! - [`kubelet`]: the process kubelet ([`Kubelet::Processes`]): pods run
 //!   their containers as local processes, with logs per Job.
 //! - [`resource`]: the resources served.
@@ -86,6 +87,19 @@
 //!   `unschedulable`) — `hanging_pods_run_and_are_ready`,
 //!   `job_controller::tests`; `SimConfig::time_scale` / `--time-scale` —
 //!   `time_scale_stretches_every_delay`.
+//! - [x] Runs that never start ([`pod_start`]): the scheduler's message on
+//!   unschedulable pods, pods that schedule later (`unschedulable=5s`) —
+//!   `unschedulable_pods_carry_the_schedulers_message`,
+//!   `pods_unschedulable_for_a_while_then_schedule_and_run`; refused pods
+//!   → no pods, a `FailedCreate` Warning Event series on the Job, the
+//!   controller's 1 s → 60 s backoff —
+//!   `refused_pods_leave_failed_create_events_and_back_off`;
+//!   `ErrImagePull` → `ImagePullBackOff`, `InvalidImageName`,
+//!   `CreateContainerConfigError` container waiting states —
+//!   `image_pull_errors_back_off_and_never_finish`,
+//!   `invalid_images_and_missing_secrets_wait_with_their_reason`. Event
+//!   field selectors (`involvedObject.*`, `reason`, `source`, `type`, …)
+//!   as core/v1 converts them; others 400.
 //! - [x] Lease: `renewTime`/`acquireTime` MicroTime keep microseconds —
 //!   `tests/leases.rs::create_get_replace_keep_microseconds`; stale
 //!   resourceVersion → 409 Conflict on `leases.coordination.k8s.io` —
@@ -191,6 +205,7 @@ pub mod gc;
 pub mod job_controller;
 pub mod kubelet;
 pub mod patch;
+pub mod pod_start;
 pub mod resource;
 pub mod selector;
 pub mod sim;

@@ -192,6 +192,13 @@ fn field_value(obj: &Value, field: &str) -> String {
     if field == "status.successful" {
         return obj["status"]["succeeded"].as_i64().unwrap_or(0).to_string();
     }
+    if field == "source" {
+        // An Event's `source` label is its source's component.
+        return obj["source"]["component"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+    }
     let mut v = obj;
     for seg in field.split('.') {
         v = &v[seg];

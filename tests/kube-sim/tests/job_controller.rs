@@ -383,6 +383,204 @@ async fn unschedulable_pods_stay_pending() {
     assert!(pods[0].spec.as_ref().unwrap().node_name.is_none());
 }
 
+/// Waits until `f` holds for the pods of `job`.
+async fn wait_pods(
+    client: &kube::Client,
+    job: &str,
+    what: &str,
+    f: impl Fn(&[Pod]) -> bool,
+) -> Vec<Pod> {
+    for _ in 0..500 {
+        let pods = pods_of(client, job).await;
+        if f(&pods) {
+            return pods;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for the pods of {job}: {what}");
+}
+
+fn waiting_reason(p: &Pod) -> Option<String> {
+    p.status.as_ref()?.container_statuses.as_ref()?[0]
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+#[tokio::test]
+async fn unschedulable_pods_carry_the_schedulers_message() {
+    let (_sim, client) = fast().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job_with("um", "unschedulable", json!({})),
+    )
+    .await
+    .unwrap();
+    let pods = wait_pods(&client, "um", "one pod", |p| p.len() == 1).await;
+    let c = &pods[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .as_ref()
+        .unwrap()[0];
+    assert!(
+        c.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("0/3 nodes are available: 3 Insufficient cpu")),
+        "{c:?}"
+    );
+}
+
+#[tokio::test]
+async fn pods_unschedulable_for_a_while_then_schedule_and_run() {
+    let (_sim, client) = fast().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    // 5 simulated seconds unschedulable = 100 ms.
+    jobs.create(
+        &PostParams::default(),
+        &job_with("us", "unschedulable=5s", json!({})),
+    )
+    .await
+    .unwrap();
+    let pods = wait_pods(&client, "us", "one pod", |p| p.len() == 1).await;
+    assert!(pods[0].spec.as_ref().unwrap().node_name.is_none());
+    let j = wait_for(&jobs, "us", "Complete", |j| has(j, "Complete")).await;
+    assert_eq!(j.status.unwrap().succeeded, Some(1));
+    let pods = pods_of(&client, "us").await;
+    assert_eq!(
+        pods[0].spec.as_ref().unwrap().node_name.as_deref(),
+        Some("kube-sim-node")
+    );
+}
+
+#[tokio::test]
+async fn image_pull_errors_back_off_and_never_finish() {
+    let (_sim, client) = fast().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job_with("ip", "image-pull-error", json!({})),
+    )
+    .await
+    .unwrap();
+    let pods = wait_pods(&client, "ip", "ErrImagePull", |p| {
+        p.first().and_then(waiting_reason).as_deref() == Some("ErrImagePull")
+    })
+    .await;
+    let w = pods[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .clone()
+        .unwrap();
+    assert!(w.message.unwrap().contains("busybox:1"));
+    let pods = wait_pods(&client, "ip", "ImagePullBackOff", |p| {
+        p.first().and_then(waiting_reason).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    assert_eq!(
+        pods[0].status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // 15 simulated seconds
+    let j = jobs.get("ip").await.unwrap();
+    assert!(condition_types(&j).is_empty(), "{:?}", condition_types(&j));
+    assert_eq!(
+        waiting_reason(&pods_of(&client, "ip").await[0]).as_deref(),
+        Some("ImagePullBackOff")
+    );
+}
+
+#[tokio::test]
+async fn invalid_images_and_missing_secrets_wait_with_their_reason() {
+    let (_sim, client) = fast().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    for (name, script, reason) in [
+        ("ii", "invalid-image", "InvalidImageName"),
+        ("cc", "config-error", "CreateContainerConfigError"),
+    ] {
+        jobs.create(&PostParams::default(), &job_with(name, script, json!({})))
+            .await
+            .unwrap();
+        wait_pods(&client, name, reason, |p| {
+            p.first().and_then(waiting_reason).as_deref() == Some(reason)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn refused_pods_leave_failed_create_events_and_back_off() {
+    use k8s_openapi::api::core::v1::Event;
+    let (_sim, client) = fast().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job_with("rp", "refuse-pods", json!({})),
+    )
+    .await
+    .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let lp = ListParams::default()
+        .fields("involvedObject.kind=Job,involvedObject.name=rp,reason=FailedCreate");
+    // The first refusal, then the fourth: the Job controller waits 1 + 2 +
+    // 4 simulated seconds (140 ms) between them; without a backoff its
+    // 20 ms passes would take 60 ms.
+    let count = |min: i32| {
+        let (events, lp) = (events.clone(), lp.clone());
+        async move {
+            for _ in 0..500 {
+                let list = events.list(&lp).await.unwrap().items;
+                if let Some(e) = list.into_iter().find(|e| e.count.unwrap_or(0) >= min) {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no FailedCreate event with count >= {min}");
+        }
+    };
+    count(1).await;
+    let first = std::time::Instant::now();
+    let e = count(4).await;
+    assert!(
+        first.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        first.elapsed()
+    );
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    let msg = e.message.unwrap();
+    assert!(
+        msg.starts_with("Error creating: pods \"rp-") && msg.contains("violates PodSecurity"),
+        "{msg}"
+    );
+    assert!(pods_of(&client, "rp").await.is_empty());
+    let j = jobs.get("rp").await.unwrap();
+    assert!(condition_types(&j).is_empty());
+    assert_eq!(j.status.and_then(|s| s.active), None);
+    let other = events
+        .list(&ListParams::default().fields("reason=FailedCreate,involvedObject.name=nope"))
+        .await
+        .unwrap();
+    assert!(other.items.is_empty());
+    // A field the server does not index is refused, as kube-apiserver does.
+    let bad = events
+        .list(&ListParams::default().fields("message=x"))
+        .await;
+    assert!(matches!(bad, Err(kube::Error::Api(s)) if s.code == 400));
+}
+
 #[tokio::test]
 async fn hanging_pods_run_and_are_ready() {
     let (_sim, client) = fast().await;
