@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::job::Trigger;
 use crate::config::{DaemonConfig, Job, JobsByName};
+use crate::dispatcher::stuck::Watchdog;
 use crate::dispatcher::{replan, Dispatcher};
 use crate::executor::{Executor, Outcome};
 use crate::finalizer::{self, outbox};
@@ -225,6 +226,7 @@ impl<E: Executor> Serving<E> {
     /// again. Returns on `shutdown`.
     async fn serve(&mut self, mut dispatcher: Dispatcher, shutdown: &CancellationToken) {
         let mut store_failures: u32 = 0;
+        let mut watchdog = Watchdog::default();
         let mut replan_tick = tokio::time::interval(REPLAN_EVERY);
         replan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -247,7 +249,7 @@ impl<E: Executor> Serving<E> {
                 Some(outcome) = self.outcomes.recv() => self.settle_queued(outcome).await,
                 Some(run_id) = self.cancels.recv() => self.executor.cancel(&run_id).await,
                 _ = replan_tick.tick() => {
-                    match replan::observe(&self.store, &self.executor, &self.jobs, &self.clock).await {
+                    match replan::observe(&self.store, &self.executor, &self.jobs, &self.clock, &mut watchdog).await {
                         Ok(stuck) => dispatcher.limits.backpressured = stuck,
                         Err(e) => tracing::error!(error = %crate::error_chain(&e), "re-planning failed"),
                     }

@@ -44,6 +44,20 @@ pub fn launch_failures() -> BTreeMap<(String, String), u64> {
         .clone()
 }
 
+/// Runs whose pods have not started, by (job, reason) as the dispatcher
+/// last saw them: a gauge, replaced whole after every look.
+static RUNS_STUCK: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// Replaces the stuck-run counts (`kedge_runs_stuck{job,reason}`).
+pub fn set_runs_stuck(counts: BTreeMap<(String, String), u64>) {
+    *RUNS_STUCK.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+}
+
+/// The stuck-run counts, by (job, reason).
+pub fn runs_stuck() -> BTreeMap<(String, String), u64> {
+    RUNS_STUCK.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// One queue source's state as intake sees it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceStatus {
@@ -130,6 +144,9 @@ impl Health {
 struct HealthBody {
     status: &'static str,
     sources: BTreeMap<String, SourceStatus>,
+    /// Runs whose pods have not started, counted by reason
+    /// (`Unschedulable`, `ImagePullBackOff`, `FailedCreate`, …).
+    stuck_runs: BTreeMap<String, u64>,
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -139,7 +156,15 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
     } else {
         "degraded"
     };
-    Json(HealthBody { status, sources })
+    let mut stuck_runs = BTreeMap::new();
+    for ((_, reason), n) in runs_stuck() {
+        *stuck_runs.entry(reason).or_default() += n;
+    }
+    Json(HealthBody {
+        status,
+        sources,
+        stuck_runs,
+    })
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
@@ -222,7 +247,27 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             job.replace('\\', "\\\\").replace('"', "\\\"")
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP kedge_runs_stuck Runs none of whose pods has started, by job and reason.\n\
+         # TYPE kedge_runs_stuck gauge"
+    );
+    for ((job, reason), n) in runs_stuck() {
+        let _ = writeln!(
+            out,
+            "kedge_runs_stuck{{job=\"{}\",reason=\"{}\"}} {n}",
+            label(&job),
+            label(&reason)
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address

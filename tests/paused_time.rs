@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use kedge::clock::Clock;
 use kedge::config::{DaemonConfig, Job};
 use kedge::daemon::Daemon;
-use kedge::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind, Progress};
+use kedge::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind, Progress, Stall};
 use kedge::lifecycle::{FireOutcome, RunState};
 use kedge::store::{CronFire, Store};
 use kedge::triggers::scheduler::{self, Pass};
@@ -418,6 +418,8 @@ struct Seen {
     raised: Vec<(String, u32, DateTime<Utc>)>,
     /// Running runs: launched at, parallelism, completions.
     running: HashMap<String, (DateTime<Utc>, u32, u32)>,
+    /// Runs given up on: run id, reason, message, when.
+    abandoned: Vec<(String, String, String, DateTime<Utc>)>,
 }
 
 /// An executor that fails every launch (`fail`) or keeps runs running and
@@ -430,6 +432,8 @@ struct Scripted {
     clock: Clock,
     fail: bool,
     index_every: Duration,
+    /// Runs never start: progress reports this stall reason from launch on.
+    stall: Option<&'static str>,
 }
 
 impl Scripted {
@@ -441,6 +445,7 @@ impl Scripted {
             clock,
             fail,
             index_every: Duration::from_secs(1800),
+            stall: None,
         };
         (s, rx)
     }
@@ -490,7 +495,34 @@ impl Executor for Scripted {
             parallelism,
             elapsed,
             pending_for: None,
+            stall: self.stall.map(|reason| Stall {
+                stalled_for: elapsed,
+                reason: reason.into(),
+                message: "0/3 nodes are available: 3 Insufficient cpu.".into(),
+            }),
         })
+    }
+
+    async fn abandon(&self, run_id: &str, reason: &str, message: &str) -> bool {
+        let now = self.clock.now();
+        {
+            let mut seen = self.seen();
+            if seen.running.remove(run_id).is_none() {
+                return false;
+            }
+            seen.abandoned
+                .push((run_id.into(), reason.into(), message.into(), now));
+        }
+        let outcome = Outcome {
+            run_id: run_id.into(),
+            kind: OutcomeKind::Failed {
+                reason: reason.into(),
+                message: message.into(),
+            },
+            completed_indexes: Vec::new(),
+        };
+        self.outcomes.send(outcome).await.unwrap();
+        true
     }
 
     async fn set_parallelism(&self, run_id: &str, parallelism: u32) -> bool {
@@ -636,6 +668,69 @@ async fn retry_backoff_doubles_then_the_message_is_dead_lettered() {
     let letter = &store.dead_letters(Some("flaky"), false, 10).await.unwrap()[0];
     assert_eq!(letter.attempts, 3);
     assert!(letter.reason.contains("3 of 3"), "{}", letter.reason);
+    daemon.stop().await;
+}
+
+/// A run whose pods never start fails exactly its `limits.start_timeout`
+/// after launch, with the executor's evidence; it is retried after its
+/// backoff, and the last attempt's failure dead-letters the message with
+/// the reason (`start_timeout: Unschedulable: …`).
+#[tokio::test(start_paused = true)]
+async fn a_run_that_never_starts_fails_at_its_start_timeout_then_is_retried_and_dead_lettered() {
+    let _time = ManualTime::start();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = utc("2026-06-01T09:00:00Z");
+    let store = store_at(t0).await;
+    let job = job(
+        dir.path(),
+        "name: stuck\n\
+         trigger:\n  queue:\n    builtin: {}\n\
+         retry: { max_attempts: 2, backoff: 1m }\n\
+         limits: { start_timeout: 2m }\n\
+         template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+         containers: [{ name: c, command: [\"true\"] }]\n",
+    );
+    kedge::intake::enqueue(&store, &job, b"{}", Some("m-1".into()), None)
+        .await
+        .unwrap();
+    let (mut executor, outcomes) = Scripted::new(store.clock(), false);
+    executor.stall = Some("Unschedulable");
+    let mut daemon = Running::start(job, &store, executor.clone(), outcomes);
+    daemon
+        .until("the message is dead-lettered", || async {
+            !store
+                .dead_letters(Some("stuck"), false, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+    let seen = executor.seen();
+    assert_eq!(seen.launches.len(), 2, "{:?}", seen.launches);
+    assert_eq!(seen.abandoned.len(), 2, "{:?}", seen.abandoned);
+    for ((run, launched, ..), (gave_up, reason, message, at)) in
+        seen.launches.iter().zip(&seen.abandoned)
+    {
+        assert_eq!((run, reason.as_str()), (gave_up, "start_timeout"));
+        assert_eq!(
+            message,
+            "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+        );
+        let waited = (*at - *launched).num_milliseconds();
+        assert!(
+            (120_000..=121_000).contains(&waited),
+            "{run} given up after {waited} ms"
+        );
+    }
+    drop(seen);
+    let letter = &store.dead_letters(Some("stuck"), false, 10).await.unwrap()[0];
+    assert!(
+        letter
+            .reason
+            .contains("start_timeout: Unschedulable: 0/3 nodes are available"),
+        "{}",
+        letter.reason
+    );
     daemon.stop().await;
 }
 

@@ -75,13 +75,19 @@ pub struct RawRetry {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(expecting = "a mapping with max_active, max_pods, pool or pending_timeout")]
+#[serde(
+    expecting = "a mapping with max_active, max_pods, pool, pending_timeout, start_timeout or image_pull_timeout"
+)]
 pub struct RawLimits {
     pub max_active: Option<u32>,
     pub max_pods: Option<u32>,
     pub pool: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
     pub pending_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub start_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub image_pull_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -219,11 +225,23 @@ pub struct JobLimits {
     /// Pods Pending longer than this stop new launches of the job until
     /// they schedule (pending-pod backpressure). Default 5 minutes.
     pub pending_timeout: Duration,
+    /// A run none of whose pods has started for this long (since its Job
+    /// was created, or since its last pod ran) fails as `start_timeout`,
+    /// and its Job is deleted. Default 10 minutes.
+    pub start_timeout: Duration,
+    /// Sooner for evidence a registry or a Secret may still fix
+    /// (`ErrImagePull`, `ImagePullBackOff`, `CreateContainerConfigError`):
+    /// fails as `image_pull_timeout`. Default 3 minutes.
+    pub image_pull_timeout: Duration,
 }
 
 impl JobLimits {
     /// `limits.pending_timeout` when the file does not set it.
     pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(300);
+    /// `limits.start_timeout` when the file does not set it.
+    pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(600);
+    /// `limits.image_pull_timeout` when the file does not set it.
+    pub const DEFAULT_IMAGE_PULL_TIMEOUT: Duration = Duration::from_secs(180);
 }
 
 impl Default for JobLimits {
@@ -233,6 +251,8 @@ impl Default for JobLimits {
             max_pods: None,
             pool: None,
             pending_timeout: Self::DEFAULT_PENDING_TIMEOUT,
+            start_timeout: Self::DEFAULT_START_TIMEOUT,
+            image_pull_timeout: Self::DEFAULT_IMAGE_PULL_TIMEOUT,
         }
     }
 }
@@ -565,18 +585,40 @@ fn validate_limits(raw: &RawJob, daemon: &DaemonConfig, problems: &mut Vec<Probl
             }
         }
     }
-    let pending_timeout = match &limits.pending_timeout {
-        None => JobLimits::DEFAULT_PENDING_TIMEOUT,
-        Some(t) => parse_duration(t).unwrap_or_else(|e| {
-            problems.push((lp.key("pending_timeout"), e));
-            JobLimits::DEFAULT_PENDING_TIMEOUT
-        }),
+    // A zero start timeout would fail every run before its pods could start.
+    let mut timeout = |field: &str, text: &Option<String>, default: Duration| match text {
+        None => default,
+        Some(t) => match parse_duration(t) {
+            Ok(d) if d.is_zero() && field != "pending_timeout" => {
+                problems.push((lp.key(field), "must be longer than 0s".to_string()));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                problems.push((lp.key(field), e));
+                default
+            }
+        },
     };
     JobLimits {
         max_active: limits.max_active,
         max_pods: limits.max_pods,
         pool: limits.pool.clone(),
-        pending_timeout,
+        pending_timeout: timeout(
+            "pending_timeout",
+            &limits.pending_timeout,
+            JobLimits::DEFAULT_PENDING_TIMEOUT,
+        ),
+        start_timeout: timeout(
+            "start_timeout",
+            &limits.start_timeout,
+            JobLimits::DEFAULT_START_TIMEOUT,
+        ),
+        image_pull_timeout: timeout(
+            "image_pull_timeout",
+            &limits.image_pull_timeout,
+            JobLimits::DEFAULT_IMAGE_PULL_TIMEOUT,
+        ),
     }
 }
 

@@ -16,7 +16,8 @@
 //!
 //! A failed launch puts its run back to `pending` and ends the pass (the
 //! executor is unwell; the rest of the due runs wait for the next pass).
-//! Between passes, [`replan`] watches the runs in flight. [`preview`]
+//! Between passes, [`replan`] watches the runs in flight ([`stuck`]: runs
+//! that never start). [`preview`]
 //! makes a launch without claiming anything (`kedge render`).
 //!
 //! Where parallelism is decided: the job file's `sizing:` is parsed in
@@ -29,6 +30,7 @@ pub mod batches;
 pub mod preview;
 pub mod replan;
 pub mod sizing;
+pub mod stuck;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! - **pending-pod backpressure**: a job with a pod Pending longer than its
 //!   `limits.pending_timeout` gets no new launches until it schedules
 //!   ([`crate::planner::Limits::backpressured`]);
+//! - **runs that never start** fail after `limits.start_timeout` (sooner
+//!   for image errors), see [`super::stuck`];
 //! - **in-flight re-planning**: a running run of a sized job whose pace
 //!   misses its deadline gets a higher parallelism, within
 //!   `sizing.parallelism.max` and the job's `max_pods`
@@ -21,6 +23,8 @@ use crate::lifecycle::RunState;
 use crate::planner::sizing;
 use crate::store::{Run, Store, StoreError};
 
+use super::stuck::Watchdog;
+
 /// Looks at every running run once. Returns the jobs that are
 /// backpressured (a pod Pending too long).
 pub async fn observe<E: Executor>(
@@ -28,10 +32,13 @@ pub async fn observe<E: Executor>(
     executor: &E,
     jobs: &JobsByName,
     clock: &Clock,
+    watchdog: &mut Watchdog,
 ) -> Result<HashSet<String>, StoreError> {
     let pods: HashMap<String, i64> = store.running_pods().await?.into_iter().collect();
-    let mut stuck = HashSet::new();
+    let mut pressed = HashSet::new();
+    let mut running = HashSet::new();
     for run in store.runs_in_state(RunState::Running).await? {
+        running.insert(run.run_id.clone());
         let Some(job) = jobs.get(&run.job) else {
             continue;
         };
@@ -41,15 +48,20 @@ pub async fn observe<E: Executor>(
         if progress
             .pending_for
             .is_some_and(|p| p > job.limits.pending_timeout)
-            && stuck.insert(job.name.clone())
         {
-            tracing::warn!(job = %job.name, run = %run.run_id,
-                "pods stuck Pending: no new launches of this job until they schedule");
+            pressed.insert(job.name.clone());
+        }
+        if watchdog
+            .check(executor, &job.limits, &run, progress.stall.as_ref())
+            .await
+        {
+            continue;
         }
         let others = pods.get(&run.job).copied().unwrap_or(0) - i64::from(progress.parallelism);
         replan_run(store, executor, job, &run, &progress, others, clock.now()).await?;
     }
-    Ok(stuck)
+    watchdog.tick_done(&running, &pressed);
+    Ok(pressed)
 }
 
 /// Raises the parallelism of one running run of a sized job when it falls

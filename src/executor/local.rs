@@ -78,10 +78,12 @@ struct Live {
     changed: tokio::sync::Notify,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StopReason {
     Cancel,
     Shutdown,
+    /// [`Executor::abandon`]: reported as failed with this reason and message.
+    Abandon(String, String),
 }
 
 impl LocalExecutor {
@@ -110,7 +112,7 @@ impl LocalExecutor {
         let mut stopped = Vec::new();
         for (id, ctl) in runs.iter() {
             if run_id.is_none_or(|r| r == id) {
-                *ctl.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                *ctl.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
                 ctl.stop.cancel();
                 stopped.push(id.clone());
             }
@@ -191,12 +193,15 @@ impl Executor for LocalExecutor {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run_id);
-            let why = *ctl.why.lock().unwrap_or_else(|e| e.into_inner());
+            let why = ctl.why.lock().unwrap_or_else(|e| e.into_inner()).clone();
             // A run that ended on its own reports its outcome even when a
             // stop was asked for in the meantime (it lost the race).
             let kind = match (result, why) {
                 (Some(kind), _) => kind,
                 (None, Some(StopReason::Cancel)) => OutcomeKind::Cancelled,
+                (None, Some(StopReason::Abandon(reason, message))) => {
+                    OutcomeKind::Failed { reason, message }
+                }
                 // Interrupted by shutdown: no outcome; shutdown() reports it.
                 (None, _) => {
                     inner
@@ -232,7 +237,13 @@ impl Executor for LocalExecutor {
             parallelism: live.parallelism.load(Ordering::Relaxed),
             elapsed: live.started.elapsed(),
             pending_for: None,
+            stall: None,
         })
+    }
+
+    async fn abandon(&self, run_id: &str, reason: &str, message: &str) -> bool {
+        let why = StopReason::Abandon(reason.to_string(), message.to_string());
+        !self.stop(Some(run_id), why).is_empty()
     }
 
     async fn set_parallelism(&self, run_id: &str, parallelism: u32) -> bool {

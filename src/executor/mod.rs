@@ -68,8 +68,23 @@ pub struct Outcome {
     pub completed_indexes: Vec<i32>,
 }
 
+/// Why none of a running run's pods runs, from the most specific evidence
+/// the executor has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// Since the run's Job was created, or since a pod of it last ran.
+    pub stalled_for: std::time::Duration,
+    /// A container's waiting reason (`InvalidImageName`, `ErrImagePull`,
+    /// `ImagePullBackOff`, `CreateContainerConfigError`, …), the pod's
+    /// scheduling reason (`Unschedulable`), the Job controller's
+    /// `FailedCreate`, or, without evidence, `ContainerCreating`,
+    /// `Pending` or `NoPods`.
+    pub reason: String,
+    pub message: String,
+}
+
 /// A running run's progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// Successful completions (pods, or indexes for Indexed Jobs) so far.
     pub completed: u32,
@@ -82,6 +97,10 @@ pub struct Progress {
     /// scheduled); `None` when none is. The local executor starts pods at
     /// once, so it always reports `None`.
     pub pending_for: Option<std::time::Duration>,
+    /// Set while none of the run's pods runs (it has not started, or its
+    /// next pod cannot); `None` while one runs. The local executor starts
+    /// a run's processes at launch, so it always reports `None`.
+    pub stall: Option<Stall>,
 }
 
 /// Errors starting a run. The run is not running after one of these.
@@ -116,6 +135,18 @@ pub trait Executor: Send + Sync + 'static {
     /// How far a running run is: completions done of the total, and its
     /// parallelism now. `None` for runs this executor does not track.
     fn progress(&self, run_id: &str) -> impl Future<Output = Option<Progress>> + Send;
+
+    /// Gives up on a run that cannot start: stops it (on Kubernetes its Job
+    /// is deleted, Background, so no pod of it can start later) and
+    /// reports it as [`OutcomeKind::Failed`] with `reason` and `message`,
+    /// keeping the indexes it completed. False when the run is not running
+    /// here.
+    fn abandon(
+        &self,
+        run_id: &str,
+        reason: &str,
+        message: &str,
+    ) -> impl Future<Output = bool> + Send;
 
     /// Changes a running run's parallelism (Kubernetes lets `spec.parallelism`
     /// of a running Job change). False when the run is not running here.

@@ -34,6 +34,7 @@
 
 pub mod lease;
 pub mod objects;
+pub mod pods;
 pub mod tracker;
 
 use std::num::NonZeroU32;
@@ -64,7 +65,7 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
     ("", "configmaps", &["create", "delete", "list", "patch"]),
     ("", "pods", &["list", "watch"]),
-    ("", "events", &["create"]),
+    ("", "events", &["create", "list", "watch"]),
     (
         "coordination.k8s.io",
         "leases",
@@ -211,6 +212,9 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     tracker: Tracker,
     closed: CancellationToken,
+    /// Jobs of abandoned runs whose deletion failed: tried again with the
+    /// history clean-up, so no pod of them starts later.
+    doomed: std::sync::Mutex<Vec<String>>,
 }
 
 impl KubernetesExecutor {
@@ -236,6 +240,7 @@ impl KubernetesExecutor {
         let tracker = Tracker::start(
             jobs.clone(),
             pods,
+            events.clone(),
             objects::selector(&at.instance),
             watch_timeout(cfg.request_timeout),
             outcomes,
@@ -251,6 +256,7 @@ impl KubernetesExecutor {
                 limiter: RateLimiter::direct(quota),
                 tracker,
                 closed,
+                doomed: std::sync::Mutex::new(Vec::new()),
             }),
         };
         // Deletions that failed are tried again, independent of new outcomes.
@@ -403,8 +409,21 @@ impl KubernetesExecutor {
         }
     }
 
-    /// Deletes finished Jobs beyond the history limits.
+    /// Deletes finished Jobs beyond the history limits, and abandoned
+    /// runs' Jobs whose deletion failed.
     async fn trim_history(&self) {
+        let doomed =
+            std::mem::take(&mut *self.inner.doomed.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in doomed {
+            if let Err(e) = self.delete_job(&name).await {
+                tracing::warn!(job = %name, error = %e, "cannot delete a run's Job that never started; trying again shortly");
+                self.inner
+                    .doomed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(name);
+            }
+        }
         let excess = self.inner.tracker.excess_history(
             self.inner.cfg.successful_jobs_history_limit as usize,
             self.inner.cfg.failed_jobs_history_limit as usize,
@@ -578,6 +597,29 @@ impl Executor for KubernetesExecutor {
 
     async fn progress(&self, run_id: &str) -> Option<Progress> {
         self.inner.tracker.progress(run_id)
+    }
+
+    async fn abandon(&self, run_id: &str, reason: &str, message: &str) -> bool {
+        // After shutdown the running Jobs belong to the next leader.
+        if self.inner.closed.is_cancelled() {
+            return false;
+        }
+        let kind = OutcomeKind::Failed {
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        if !self.inner.tracker.abandon(run_id, kind).await {
+            return false;
+        }
+        if let Err(e) = self.delete_job(run_id).await {
+            tracing::warn!(run = %run_id, error = %e, "cannot delete a run's Job that never started; trying again shortly");
+            self.inner
+                .doomed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(run_id.to_string());
+        }
+        true
     }
 
     async fn set_parallelism(&self, run_id: &str, parallelism: u32) -> bool {

@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::pods::{self, RunPods};
 use crate::executor::render::LABEL_JOB;
 use crate::executor::{Outcome, OutcomeKind, Progress};
 
@@ -43,6 +44,8 @@ struct View {
     completions: u32,
     /// Successful completions (completed indexes for Indexed Jobs).
     done: u32,
+    /// Indexed Jobs: the completed indexes.
+    completed: Vec<i32>,
     started: Option<DateTime<Utc>>,
     /// The terminal outcome and the completed indexes, once finished.
     end: Option<(OutcomeKind, Vec<i32>)>,
@@ -92,6 +95,11 @@ impl View {
             parallelism: spec.and_then(|s| s.parallelism).unwrap_or(1).max(0) as u32,
             completions: spec.and_then(|s| s.completions).unwrap_or(1).max(1) as u32,
             done,
+            completed: if indexed {
+                completed.clone()
+            } else {
+                Vec::new()
+            },
             started: status
                 .and_then(|s| s.start_time.as_ref())
                 .or(job.metadata.creation_timestamp.as_ref())
@@ -102,7 +110,7 @@ impl View {
     }
 }
 
-fn timestamp(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+pub(super) fn timestamp(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_micros(t.as_microsecond()).unwrap_or_default()
 }
 
@@ -143,14 +151,17 @@ struct State {
     history: HashMap<String, (VecDeque<String>, VecDeque<String>)>,
     /// The relist in progress: when it began and what it listed so far.
     relist: Option<(Instant, HashSet<String>)>,
-    /// Pods of this instance's Jobs that are Pending: pod → (run, since).
-    pending: HashMap<String, (String, DateTime<Utc>)>,
+    /// Per run: its pods not finished, and when one last ran.
+    pods: HashMap<String, RunPods>,
+    /// Per Job name: the Job controller's latest `FailedCreate` message.
+    refused: HashMap<String, String>,
 }
 
 impl State {
     /// Ends a tracked run (if it is) with `kind`.
     fn end(&mut self, run_id: &str, kind: OutcomeKind, indexes: Vec<i32>) -> Option<Outcome> {
         self.runs.remove(run_id)?;
+        self.pods.remove(run_id);
         let finished = match &kind {
             OutcomeKind::Succeeded => Some(true),
             OutcomeKind::Failed { reason, .. }
@@ -256,6 +267,7 @@ impl Tracker {
     pub fn start(
         api: Api<Job>,
         pods: Api<Pod>,
+        events: Api<Event>,
         selector: String,
         watch_timeout: u32,
         outcomes: mpsc::Sender<Outcome>,
@@ -267,6 +279,14 @@ impl Tracker {
             pods,
             watcher::Config::default()
                 .labels(&selector)
+                .timeout(watch_timeout),
+            state.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(watch_events(
+            events,
+            watcher::Config::default()
+                .fields("reason=FailedCreate,involvedObject.kind=Job")
                 .timeout(watch_timeout),
             state.clone(),
             stop.clone(),
@@ -358,24 +378,46 @@ impl Tracker {
         let s = self.lock();
         s.runs.get(run_id)?;
         let v = s.jobs.get(run_id)?;
+        let now = Utc::now();
         let elapsed = v
             .started
-            .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+            .map(|t| (now - t).to_std().unwrap_or_default())
             .unwrap_or_default();
-        let now = Utc::now();
-        let pending_for = s
-            .pending
-            .values()
-            .filter(|(run, _)| run == run_id)
-            .map(|(_, since)| (now - *since).to_std().unwrap_or_default())
-            .max();
+        let run_pods = s.pods.get(run_id);
+        let refused = s.refused.get(run_id).map(String::as_str);
         Some(Progress {
             completed: v.done,
             total: v.completions,
             parallelism: v.parallelism,
             elapsed,
-            pending_for,
+            pending_for: run_pods.and_then(|p| p.pending_for(now)),
+            stall: match v.end {
+                Some(_) => None,
+                None => pods::stall(v.started, run_pods, refused, now),
+            },
         })
+    }
+
+    /// Ends a tracked run that is given up on with `kind`, keeping the
+    /// indexes its Job completed. Its Job is being deleted, so it does not
+    /// join the history. False when it is not tracked.
+    pub async fn abandon(&self, run_id: &str, kind: OutcomeKind) -> bool {
+        let outcome = {
+            let mut s = self.lock();
+            let indexes = s
+                .jobs
+                .get(run_id)
+                .map(|v| v.completed.clone())
+                .unwrap_or_default();
+            let outcome = s.end(run_id, kind, indexes);
+            if outcome.is_some() {
+                s.reported.insert(run_id.to_string(), None);
+            }
+            outcome
+        };
+        let ended = outcome.is_some();
+        self.send(outcome).await;
+        ended
     }
 
     /// Waits until the first full list has arrived.
@@ -532,8 +574,9 @@ async fn watch_jobs(
     }
 }
 
-/// Keeps [`State::pending`]: which pods wait to be scheduled or started
-/// (pending-pod backpressure reads it through [`Tracker::progress`]).
+/// Keeps [`State::pods`]: which pods of each run wait or run, why they
+/// wait, and when one last ran (pending-pod backpressure and start
+/// timeouts read it through [`Tracker::progress`]).
 async fn watch_pods(
     api: Api<Pod>,
     config: watcher::Config,
@@ -543,58 +586,91 @@ async fn watch_pods(
     let stream = watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     // The pods listed by the relist in progress.
-    let mut listed: Option<HashMap<String, (String, DateTime<Utc>)>> = None;
+    let mut listed: Option<HashMap<String, RunPods>> = None;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             e = stream.next() => e,
         };
         let Some(event) = event else { return };
-        let pending = |pod: &Pod| -> Option<(String, (String, DateTime<Utc>))> {
-            let name = pod.metadata.name.clone()?;
-            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            if phase != Some("Pending") {
-                return None;
-            }
-            let run = pod
-                .metadata
-                .labels
-                .as_ref()?
-                .get(crate::executor::render::LABEL_RUN)?;
-            let since = pod
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| timestamp(&t.0))
-                .unwrap_or_else(Utc::now);
-            Some((name, (run.clone(), since)))
-        };
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Ok(watcher::Event::Init) => listed = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(pod)) => {
-                if let (Some(l), Some((name, p))) = (listed.as_mut(), pending(&pod)) {
-                    l.insert(name, p);
+                if let (Some(l), Some((run, seen))) = (listed.as_mut(), pods::see(&pod)) {
+                    let tracked = s.runs.contains_key(&run);
+                    pods::apply(l, run, seen, tracked);
                 }
             }
-            Ok(watcher::Event::InitDone) => s.pending = listed.take().unwrap_or_default(),
-            Ok(watcher::Event::Apply(pod)) => match pending(&pod) {
-                Some((name, p)) => {
-                    s.pending.insert(name, p);
-                }
-                None => {
-                    if let Some(name) = &pod.metadata.name {
-                        s.pending.remove(name);
+            Ok(watcher::Event::InitDone) => {
+                let mut fresh = listed.take().unwrap_or_default();
+                // What was known of tracked runs' progress stays known.
+                let s = &mut *s;
+                for (run, old) in s.pods.drain() {
+                    if let Some(at) = old.progressed.filter(|_| s.runs.contains_key(&run)) {
+                        fresh.entry(run).or_default().progress(at);
                     }
                 }
-            },
+                s.pods = fresh;
+            }
+            Ok(watcher::Event::Apply(pod)) => {
+                if let Some((run, seen)) = pods::see(&pod) {
+                    let tracked = s.runs.contains_key(&run);
+                    pods::apply(&mut s.pods, run, seen, tracked);
+                }
+            }
             Ok(watcher::Event::Delete(pod)) => {
-                if let Some(name) = &pod.metadata.name {
-                    s.pending.remove(name);
+                if let Some((run, name)) = pods::run_of(&pod) {
+                    let tracked = s.runs.contains_key(&run);
+                    pods::remove(&mut s.pods, &run, &name, tracked);
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %crate::error_chain(&e), "watching pods failed; retrying with backoff")
+            }
+        }
+    }
+}
+
+/// Keeps [`State::refused`]: the Job controller's `FailedCreate` Events
+/// (pods refused by admission or a quota), latest message per Job.
+async fn watch_events(
+    api: Api<Event>,
+    config: watcher::Config,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+) {
+    let stream = watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    let mut listed: Option<HashMap<String, String>> = None;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.next() => e,
+        };
+        let Some(event) = event else { return };
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(watcher::Event::Init) => listed = Some(HashMap::new()),
+            Ok(watcher::Event::InitApply(e)) => {
+                if let (Some(l), Some((job, message))) = (listed.as_mut(), pods::failed_create(&e))
+                {
+                    l.insert(job, message);
+                }
+            }
+            Ok(watcher::Event::InitDone) => s.refused = listed.take().unwrap_or_default(),
+            Ok(watcher::Event::Apply(e)) => {
+                if let Some((job, message)) = pods::failed_create(&e) {
+                    s.refused.insert(job, message);
+                }
+            }
+            Ok(watcher::Event::Delete(e)) => {
+                if let Some((job, _)) = pods::failed_create(&e) {
+                    s.refused.remove(&job);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::error_chain(&e), "watching Events failed; retrying with backoff")
             }
         }
     }
