@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use support::kube::Cluster;
-use support::{wait_until, Daemon, Workspace};
+use support::{http_get, wait_until, Daemon, Workspace};
 
 /// A workspace whose daemon uses the Kubernetes executor on `cluster`,
 /// with a request timeout that a loaded machine does not reach.
@@ -661,6 +661,13 @@ fn pods_stuck_pending_stop_further_launches_of_their_job() {
     );
     let pending = ws.runs().iter().filter(|r| r["state"] == "pending").count();
     assert_eq!(pending, 3, "the held runs wait, nothing is lost");
+    // Logged when it began, not on every look since.
+    assert_eq!(
+        log_lines(&daemon, "WARN", "pods stuck Pending").len(),
+        1,
+        "{}",
+        daemon.log()
+    );
     assert!(daemon.stop().success());
 }
 
@@ -1030,4 +1037,241 @@ fn a_hung_request_while_taking_the_lease_is_given_up_and_retried() {
         0,
         "the hang was taken"
     );
+}
+
+/// Milliseconds from a run's start to its end (`kedge runs --json`).
+fn run_took_ms(r: &serde_json::Value) -> i64 {
+    let at = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap_or_else(|| panic!("{k}: {r}")))
+            .unwrap()
+            .timestamp_millis()
+    };
+    at("finished_at") - at("started_at")
+}
+
+/// The JSON log lines of `d` at `level` whose message contains `needle`.
+fn log_lines(d: &Daemon, level: &str, needle: &str) -> Vec<serde_json::Value> {
+    d.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["level"] == level
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_whose_pods_never_schedule_fails_at_its_start_timeout_then_is_retried_and_dead_lettered() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(
+        &ws,
+        "stuck",
+        "unschedulable",
+        "retry: { max_attempts: 2, backoff: 100ms }\nlimits: { start_timeout: 4s }\n",
+    );
+    let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
+    ws.write_config(&format!("{config}http:\n  listen: 127.0.0.1:0\n"));
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "stuck", "s1", "{}");
+    // While it waits, the stuck run shows in /healthz and /metrics.
+    let addr = daemon.http_addr();
+    wait_until(Duration::from_secs(20), "the stuck run in /healthz", || {
+        let (_, body) = http_get(&addr, "/healthz");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        health["stuck_runs"]["Unschedulable"] == 1
+    });
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("kedge_runs_stuck{job=\"stuck\",reason=\"Unschedulable\"} 1"),
+        "{metrics}"
+    );
+    wait_until(Duration::from_secs(60), "the message dead-lettered", || {
+        !ws.dead_letters().is_empty()
+    });
+    let dead = ws.dead_letters();
+    let error = dead[0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.starts_with(
+            "start_timeout: Unschedulable: 0/3 nodes are available: 3 Insufficient cpu"
+        ),
+        "the scheduler's message is the reason: {}",
+        dead[0]
+    );
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("start_timeout: Unschedulable"),
+        "{}",
+        dead[0]
+    );
+    // Two attempts, each its own Job, each failed no sooner than 4 s after
+    // its create, each deleted.
+    let creates = c.job_creates();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    let runs = ws.runs();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert_eq!(
+            r["state"],
+            if r["attempt"] == 2 { "dead" } else { "failed" },
+            "{r}"
+        );
+        let took = run_took_ms(r);
+        assert!(took >= 4_000, "{} failed after {took} ms", r["run_id"]);
+    }
+    wait_until(Duration::from_secs(30), "both Jobs deleted", || {
+        c.left("jobs").is_empty() && c.left("pods").is_empty()
+    });
+    // One line per state change per attempt: stuck (WARN), failed (ERROR).
+    assert_eq!(
+        log_lines(&daemon, "WARN", "run stuck").len(),
+        2,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        log_lines(&daemon, "ERROR", "start_timeout: Unschedulable").len(),
+        2
+    );
+    assert!(log_lines(&daemon, "INFO", "no longer stuck").is_empty());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn runs_that_cannot_start_fail_with_the_most_specific_evidence() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    let once = |timeouts: &str| format!("retry: {{ max_attempts: 1 }}\nlimits: {{ {timeouts} }}\n");
+    // Refused pods wait for the start timeout; image and Secret errors for
+    // the (shorter) image-pull timeout; an invalid image fails at once.
+    queue_job(&ws, "refused", "refuse-pods", &once("start_timeout: 2s"));
+    let pull = once("start_timeout: 60s, image_pull_timeout: 1s");
+    queue_job(&ws, "pull", "image-pull-error", &pull);
+    queue_job(&ws, "secret", "config-error", &pull);
+    queue_job(&ws, "invalid", "invalid-image", &once("start_timeout: 60s"));
+    let daemon = ws.start_daemon();
+    for job in ["refused", "pull", "secret", "invalid"] {
+        enqueue(&ws, job, &format!("{job}-1"), "{}");
+    }
+    wait_until(Duration::from_secs(60), "four dead letters", || {
+        ws.dead_letters().len() == 4
+    });
+    let error_of = |job: &str| {
+        let dead = ws.dead_letters();
+        let d = dead.iter().find(|d| d["job"] == job).unwrap();
+        d["last_error"].as_str().unwrap_or("").to_string()
+    };
+    let refused = error_of("refused");
+    assert!(
+        refused.starts_with("start_timeout: FailedCreate: Error creating: pods \"refused-")
+            && refused.contains("violates PodSecurity"),
+        "{refused}"
+    );
+    let pull = error_of("pull");
+    assert!(
+        pull.starts_with(
+            "image_pull_timeout: ImagePullBackOff: Back-off pulling image \"busybox\""
+        ) || pull.starts_with("image_pull_timeout: ErrImagePull: "),
+        "{pull}"
+    );
+    let secret = error_of("secret");
+    assert!(
+        secret.starts_with("image_pull_timeout: CreateContainerConfigError: secret "),
+        "{secret}"
+    );
+    let invalid = error_of("invalid");
+    assert!(
+        invalid.starts_with("start_failed: InvalidImageName: Failed to apply default image tag"),
+        "{invalid}"
+    );
+    // Each failed within its own timeout (plus a re-planning tick or two).
+    for r in ws.runs() {
+        let took = run_took_ms(&r);
+        let (min, max) = match r["job"].as_str().unwrap() {
+            "refused" => (2_000, 10_000),
+            "pull" | "secret" => (1_000, 10_000),
+            _ => (0, 10_000),
+        };
+        assert!((min..=max).contains(&took), "{}: {took} ms", r["job"]);
+    }
+    wait_until(Duration::from_secs(30), "every Job deleted", || {
+        c.left("jobs").is_empty() && c.left("pods").is_empty()
+    });
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_pod_that_schedules_before_the_start_timeout_lets_the_run_finish() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    // Unschedulable for 150 simulated seconds = 1.5 s here.
+    queue_job(
+        &ws,
+        "late",
+        "unschedulable=150s; duration=300s",
+        "retry: { max_attempts: 1 }\nlimits: { start_timeout: 20s }\n",
+    );
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "late", "l1", "{}");
+    wait_until(Duration::from_secs(60), "the run succeeded", || {
+        succeeded(&ws.runs()) == 1
+    });
+    assert!(ws.dead_letters().is_empty());
+    assert_eq!(
+        log_lines(&daemon, "WARN", "run stuck").len(),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(log_lines(&daemon, "INFO", "no longer stuck").len(), 1);
+    assert!(log_lines(&daemon, "ERROR", "start_timeout").is_empty());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn an_index_whose_pod_cannot_start_fails_alone() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(
+        &ws,
+        "shards",
+        "unschedulable-indexes=1",
+        "batch: { max_messages: 3, max_wait: 300ms }\nretry: { max_attempts: 1 }\nlimits: { start_timeout: 2s }\n",
+    );
+    for i in 0..3 {
+        enqueue(&ws, "shards", &format!("m{i}"), "{}");
+    }
+    let daemon = ws.start_daemon();
+    wait_until(
+        Duration::from_secs(60),
+        "the stuck index dead-lettered",
+        || !ws.dead_letters().is_empty(),
+    );
+    let dead = ws.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let runs = ws.runs();
+    let batch = runs.iter().find(|r| r["batch"].is_array()).unwrap();
+    let members = batch["batch"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{batch}");
+    for m in members {
+        let want = if m["index"] == 1 { "dead" } else { "succeeded" };
+        assert_eq!(m["state"], want, "{m}");
+        if m["index"] == 1 {
+            assert_eq!(dead[0]["message_id"], m["message_id"]);
+        }
+    }
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("start_timeout: Unschedulable"),
+        "{}",
+        dead[0]
+    );
+    assert!(daemon.stop().success());
 }

@@ -705,24 +705,25 @@ async fn a_run_that_never_starts_fails_at_its_start_timeout_then_is_retried_and_
                 .is_empty()
         })
         .await;
-    let seen = executor.seen();
-    assert_eq!(seen.launches.len(), 2, "{:?}", seen.launches);
-    assert_eq!(seen.abandoned.len(), 2, "{:?}", seen.abandoned);
-    for ((run, launched, ..), (gave_up, reason, message, at)) in
-        seen.launches.iter().zip(&seen.abandoned)
     {
-        assert_eq!((run, reason.as_str()), (gave_up, "start_timeout"));
-        assert_eq!(
-            message,
-            "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
-        );
-        let waited = (*at - *launched).num_milliseconds();
-        assert!(
-            (120_000..=121_000).contains(&waited),
-            "{run} given up after {waited} ms"
-        );
+        let seen = executor.seen();
+        assert_eq!(seen.launches.len(), 2, "{:?}", seen.launches);
+        assert_eq!(seen.abandoned.len(), 2, "{:?}", seen.abandoned);
+        for ((run, launched, ..), (gave_up, reason, message, at)) in
+            seen.launches.iter().zip(&seen.abandoned)
+        {
+            assert_eq!((run, reason.as_str()), (gave_up, "start_timeout"));
+            assert_eq!(
+                message,
+                "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+            );
+            let waited = (*at - *launched).num_milliseconds();
+            assert!(
+                (120_000..=121_000).contains(&waited),
+                "{run} given up after {waited} ms"
+            );
+        }
     }
-    drop(seen);
     let letter = &store.dead_letters(Some("stuck"), false, 10).await.unwrap()[0];
     assert!(
         letter

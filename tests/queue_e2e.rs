@@ -17,7 +17,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
-use support::{wait_until, Daemon, Workspace};
+use support::{http_get, wait_until, Daemon, Workspace};
 
 /// How many messages each scenario sends.
 const MESSAGES: usize = 1000;
@@ -918,25 +918,6 @@ template:
 
 // ----- health and secrets ---------------------------------------------------
 
-/// `GET path` on `addr`: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).expect("connect to kedge's http");
-    write!(c, "GET {path} HTTP/1.0\r\nHost: kedge\r\n\r\n").unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// While the broker is down the source is degraded (readiness 503, health
 /// naming the redacted URL), the daemon keeps running, and once the broker
 /// is up the source recovers and runs the message. The password in the
@@ -963,21 +944,7 @@ fn an_unreachable_broker_shows_as_degraded_and_the_password_never_shows() {
     );
     let url = format!("redis://:{secret}@127.0.0.1:{port}/");
     let d = ws.start_daemon_with(&[("KEDGE_TEST_REDIS".into(), url)]);
-    let addr = {
-        let mut found = None;
-        wait_until(
-            Duration::from_secs(10),
-            "the http address in the log",
-            || {
-                found = d.log().lines().find_map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                    v["fields"]["bound"].as_str().map(str::to_string)
-                });
-                found.is_some()
-            },
-        );
-        found.unwrap()
-    };
+    let addr = d.http_addr();
     wait_until(Duration::from_secs(10), "the source to be degraded", || {
         http_get(&addr, "/readyz").0 == 503
     });

@@ -134,7 +134,13 @@ impl Watchdog {
     /// the jobs now backpressured. Forgets runs that ended, logs jobs
     /// entering and leaving backpressure, publishes the gauge.
     pub fn tick_done(&mut self, running: &HashSet<String>, pressed: &HashSet<String>) {
-        self.stuck.retain(|run, _| running.contains(run));
+        self.stuck.retain(|run, s| {
+            let still = running.contains(run);
+            if !still {
+                tracing::info!(job = %s.job, run = %run, "run no longer stuck: it ended");
+            }
+            still
+        });
         for job in pressed.difference(&self.backpressured) {
             tracing::warn!(job = %job,
                 "pods stuck Pending past limits.pending_timeout: no new launches of this job until they schedule");

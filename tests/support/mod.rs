@@ -182,6 +182,24 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// The address its HTTP server bound (`http.listen` with port 0), from
+    /// its log.
+    pub fn http_addr(&self) -> String {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(10),
+            "the http address in the log",
+            || {
+                found = self.log().lines().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    v["fields"]["bound"].as_str().map(str::to_string)
+                });
+                found.is_some()
+            },
+        );
+        found.unwrap()
+    }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -475,4 +493,23 @@ pub fn spawn_redis_server(password: Option<&str>) -> Result<(u16, Child), String
     Err(format!(
         "redis-server exited at start on 10 free ports; last {last}"
     ))
+}
+
+/// One HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to kedge's http");
+    write!(c, "GET {path} HTTP/1.0\r\nHost: kedge\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

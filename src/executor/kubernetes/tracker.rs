@@ -134,6 +134,9 @@ pub fn parse_indexes(s: &str) -> Vec<i32> {
 struct Tracked {
     /// When the create (or adoption) was confirmed.
     created_at: Option<Instant>,
+    /// When the Job began, for start timeouts: the confirmed create (the
+    /// API's timestamps have whole seconds), or an adopted Job's start.
+    began: Option<DateTime<Utc>>,
     cancelled: bool,
 }
 
@@ -334,6 +337,7 @@ impl Tracker {
             let mut s = self.lock();
             if let Some(t) = s.runs.get_mut(run_id) {
                 t.created_at = Some(Instant::now());
+                t.began = Some(Utc::now());
             }
             match s.jobs.get(run_id).and_then(|v| v.end.clone()) {
                 Some((kind, indexes)) => s.end(run_id, kind, indexes),
@@ -376,7 +380,7 @@ impl Tracker {
 
     pub fn progress(&self, run_id: &str) -> Option<Progress> {
         let s = self.lock();
-        s.runs.get(run_id)?;
+        let began = s.runs.get(run_id)?.began;
         let v = s.jobs.get(run_id)?;
         let now = Utc::now();
         let elapsed = v
@@ -393,7 +397,7 @@ impl Tracker {
             pending_for: run_pods.and_then(|p| p.pending_for(now)),
             stall: match v.end {
                 Some(_) => None,
-                None => pods::stall(v.started, run_pods, refused, now),
+                None => pods::stall(began.or(v.started), run_pods, refused, now),
             },
         })
     }
@@ -441,10 +445,12 @@ impl Tracker {
                     relaunch.push(id.clone());
                     continue;
                 }
+                let began = s.jobs.get(id).and_then(|v| v.started);
                 s.runs.insert(
                     id.clone(),
                     Tracked {
                         created_at: Some(Instant::now()),
+                        began,
                         cancelled: false,
                     },
                 );
@@ -735,6 +741,7 @@ mod tests {
             Tracked {
                 created_at: None,
                 cancelled: true,
+                ..Tracked::default()
             },
         );
         let a = s.delete("a", Some(View::of(&job("a", &[])))).unwrap();
@@ -752,6 +759,7 @@ mod tests {
             Tracked {
                 created_at: Some(Instant::now()),
                 cancelled: false,
+                ..Tracked::default()
             },
         );
         s.runs.insert(
@@ -759,6 +767,7 @@ mod tests {
             Tracked {
                 created_at: Some(Instant::now()),
                 cancelled: false,
+                ..Tracked::default()
             },
         );
         // Created after the list began: may legitimately be missing.
@@ -769,6 +778,7 @@ mod tests {
             Tracked {
                 created_at: Some(Instant::now()),
                 cancelled: false,
+                ..Tracked::default()
             },
         );
         let out = s.relisted();

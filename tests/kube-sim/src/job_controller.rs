@@ -13,7 +13,8 @@
 //! - `duration=2s` (or `500ms`, `1m`): how long a container runs (default 1 s);
 //! - `unschedulable`: pods stay Pending with `PodScheduled=False` and the
 //!   scheduler's message; `unschedulable=3s`: for that long, then they
-//!   schedule and run as usual;
+//!   schedule and run as usual; `unschedulable-indexes=1,3`: only the pods
+//!   of these completion indexes;
 //! - `refuse-pods`, `image-pull-error`, `invalid-image`, `config-error`:
 //!   pods that never start, see [`crate::pod_start`].
 //!
@@ -58,6 +59,8 @@ pub struct Outcome {
     pub unschedulable: bool,
     /// `unschedulable=3s`: the pods schedule after this long.
     pub schedulable_after: Option<Duration>,
+    /// Completion indexes whose pods never schedule.
+    pub unschedulable_indexes: Vec<i64>,
     pub start: Option<StartFault>,
 }
 
@@ -71,6 +74,7 @@ impl Default for Outcome {
             duration: Duration::from_secs(1),
             unschedulable: false,
             schedulable_after: None,
+            unschedulable_indexes: Vec::new(),
             start: None,
         }
     }
@@ -104,6 +108,10 @@ pub fn parse_outcome(s: &str) -> Outcome {
             }
             "hang" => o.hang = true,
             "duration" => o.duration = parse_duration(v).unwrap_or(o.duration),
+            "unschedulable-indexes" => {
+                o.unschedulable_indexes =
+                    v.split(',').filter_map(|i| i.trim().parse().ok()).collect()
+            }
             "unschedulable" => {
                 o.unschedulable = true;
                 o.schedulable_after = parse_duration(v);
@@ -435,11 +443,13 @@ impl Controller {
             }
             None => format!("{name}-"),
         };
-        if !outcome.unschedulable {
+        let unschedulable = outcome.unschedulable
+            || index.is_some_and(|i| outcome.unschedulable_indexes.contains(&i));
+        if !unschedulable {
             spec["nodeName"] = json!(NODE);
         }
         let status = json!({"phase": "Pending", "qosClass": "BestEffort",
-            "conditions": [pod_start::scheduled_condition(!outcome.unschedulable)]});
+            "conditions": [pod_start::scheduled_condition(!unschedulable)]});
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
@@ -457,7 +467,7 @@ impl Controller {
                     created: now,
                     fail,
                     hang: outcome.hang,
-                    unschedulable: outcome.unschedulable,
+                    unschedulable,
                     schedulable_after: outcome.schedulable_after,
                     start: outcome.start,
                     run_for: outcome.duration,
@@ -824,6 +834,19 @@ mod tests {
         assert_eq!(o.fail_indexes, vec![1, 3]);
         assert!(parse_outcome("hang").hang);
         assert!(parse_outcome("unschedulable").unschedulable);
+        let o = parse_outcome("unschedulable=3s");
+        assert_eq!(
+            (o.unschedulable, o.schedulable_after),
+            (true, Some(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            parse_outcome("unschedulable-indexes=0,2").unschedulable_indexes,
+            vec![0, 2]
+        );
+        assert_eq!(
+            parse_outcome("refuse-pods").start,
+            Some(StartFault::RefusePods)
+        );
         assert!(parse_outcome("fail").fail_all);
         assert_eq!(parse_outcome("succeed"), Outcome::default());
     }
