@@ -265,6 +265,7 @@ impl<E: Executor> Serving<E> {
         while let Some(o) = next {
             finalizer::settle(&self.store, &self.clock, &self.jobs, &o).await;
             self.executor.settled(&o.run_id).await;
+            // Empty or closed: either way nothing more is queued now.
             next = self.outcomes.try_recv().ok();
         }
     }

@@ -180,6 +180,7 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
 
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     use std::fmt::Write;
+    // `writeln!` into a String cannot fail: the results below are ignored.
     let mut out = String::new();
     let sources = h.snapshot();
     let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(&SourceStatus) -> u64| {

@@ -187,10 +187,12 @@ pub fn prepare(
         scheduled_ms: now.timestamp_millis(),
     };
     let refuse = |item: &mut NewWorkItem, reason: &str, error: String| {
-        // Keep the payload as it came: text as is, other bytes base64.
+        // Keep the payload as it came: text as is, other bytes base64 —
+        // and text that itself starts with `base64:` too, so that a replay
+        // reads every `base64:` letter of this kind back unambiguously.
         item.payload = Some(match std::str::from_utf8(&d.body) {
-            Ok(t) => t.to_string(),
-            Err(_) => {
+            Ok(t) if !t.starts_with(crate::finalizer::replay::BASE64_PREFIX) => t.to_string(),
+            _ => {
                 use base64::Engine;
                 format!(
                     "base64:{}",
@@ -664,6 +666,22 @@ mod tests {
                 processing: "p".into(),
             },
         }
+    }
+
+    #[test]
+    fn a_refused_text_that_looks_encoded_is_kept_base64_too() {
+        let job = crate::testing::queue_job("q", &[]);
+        let Trigger::Queue(q) = &job.trigger else {
+            panic!("a queue job")
+        };
+        let (item, _) = prepare(&job, q, "src", &delivery("m", b"base64:hi"), Utc::now());
+        let stored = item.payload.unwrap();
+        assert_eq!(stored, "base64:YmFzZTY0Omhp");
+        // Replayed, it is the text that came, not the bytes "hi" decodes to.
+        assert_eq!(
+            crate::finalizer::replay::payload_bytes("d", Some(&stored)).unwrap(),
+            b"base64:hi"
+        );
     }
 
     #[tokio::test]

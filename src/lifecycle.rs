@@ -41,7 +41,7 @@
 //! | `running` → `pending` | the dispatcher: a claim not launched after a launch failed in the same pass | `unclaim_runs` |
 //! | `running` → `pending` | the dispatcher: the launch failed for a reason that may pass (due again after its backoff) | `requeue_launch` |
 //! | `running` → `pending` | the daemon: shutdown or start-up recovery interrupted it | `requeue_run` |
-//! | `running` → `succeeded` / `failed` / `dead` | the finalizer, from the executor's outcome (a create the API refused for good is a `rejected` failure), sizing's at-risk skip/fail, or the dispatcher's `launch_timeout` | `settle`, `settle_batch` |
+//! | `running` → `succeeded` / `failed` / `dead` | the finalizer, from the executor's outcome (a create the API refused for good, or a local container that cannot be started, is a `rejected` failure), sizing's at-risk skip/fail, or the dispatcher's `launch_timeout` | `settle`, `settle_batch` |
 //!
 //! # Guarantees
 //!

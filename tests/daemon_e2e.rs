@@ -240,6 +240,87 @@ template:
     assert_eq!(again.status.code(), Some(2));
 }
 
+/// A container whose program does not exist cannot start on any try: the
+/// local executor fails the attempt at once as `rejected` (no pod
+/// replaced, though `backoffLimit` would allow four more), the job's retry
+/// policy runs the next attempts after their backoff, and the last one is
+/// dead-lettered with the same error. One log line per attempt.
+#[test]
+fn a_command_that_does_not_exist_is_rejected_retried_per_policy_then_dead_lettered() {
+    let ws = Workspace::new();
+    ws.write_job(
+        "ghost",
+        r#"
+name: ghost
+trigger:
+  queue:
+    builtin: {}
+retry:
+  max_attempts: 3
+  backoff: 200ms
+template:
+  backoffLimit: 4
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: main
+          command: ["kedge-no-such-program", "--flag"]
+"#,
+    );
+    let d = ws.start_daemon();
+    ws.ok(&["enqueue", "ghost", "--data", "{}"]);
+    wait_until(Duration::from_secs(30), "a dead letter", || {
+        ws.dead_letters().len() == 1
+    });
+    let want = "rejected: spawn: kedge-no-such-program: No such file or directory";
+
+    let mut runs = ws.runs();
+    runs.sort_by_key(|r| r["attempt"].as_i64());
+    let tries: Vec<(i64, &str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["attempt"].as_i64().unwrap(),
+                r["state"].as_str().unwrap(),
+                r["error"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tries,
+        [(1, "failed", want), (2, "failed", want), (3, "dead", want)]
+    );
+    for pair in runs.windows(2) {
+        let gap = time(&pair[1]["scheduled_at"]) - time(&pair[0]["finished_at"]);
+        assert!(
+            gap.num_milliseconds() >= 190,
+            "each retry waits its backoff: {gap:?}"
+        );
+    }
+    for r in &runs {
+        let run_dir = ws.path().join("runs").join(r["run_id"].as_str().unwrap());
+        let pods = std::fs::read_dir(&run_dir).unwrap().flatten().count();
+        assert_eq!(pods, 1, "one pod per attempt, none replaced: {run_dir:?}");
+    }
+
+    let letter = &ws.dead_letters()[0];
+    assert_eq!(letter["last_error"], want);
+    assert_eq!(letter["attempts"], 3);
+    let table = ws.ok(&["dlq", "list"]);
+    assert!(
+        table.contains(&format!("failed 3 of 3 attempts / {want}")),
+        "kedge dlq list shows the reason:\n{table}"
+    );
+    let log = d.log();
+    assert!(d.stop().success());
+    assert_eq!(
+        log.matches("a container of the run cannot start").count(),
+        3,
+        "one line per attempt:\n{log}"
+    );
+}
+
 #[test]
 fn kill_9_during_runs_then_restart_loses_nothing_and_succeeds_nothing_twice() {
     let ws = Workspace::new();

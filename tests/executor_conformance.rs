@@ -20,7 +20,10 @@
 //!   `shutdown()` must leave them alone), [`Harness::RECOVER_ADOPTS`], and
 //!   [`Harness::CANCEL_WAITS_FOR_PODS`] (Kubernetes reports `Cancelled` when
 //!   the Job is deleted; the grace-period checks then time the processes'
-//!   end instead of the outcome). No check is skipped for either executor.
+//!   end instead of the outcome), and [`Harness::START_ERROR_REJECTS`] (a
+//!   container that cannot start fails the local attempt at once as
+//!   `rejected`; on Kubernetes it is a failed pod within `backoffLimit`).
+//!   No check is skipped for either executor.
 //! - The checks: plain `async fn check<H: Harness>(h: &H)`, generic over the
 //!   executor. Each launches Jobs rendered through the real
 //!   [`kedge::executor::render`] path and asserts on the outcome channel and
@@ -93,6 +96,12 @@ trait Harness {
     /// pods terminating afterwards in the background (Kubernetes:
     /// `propagationPolicy: Background`).
     const CANCEL_WAITS_FOR_PODS: bool;
+    /// A container that cannot start (its program missing or not
+    /// executable) fails the attempt at once as `rejected` (local: the
+    /// executor itself starts the process and knows), as opposed to being a
+    /// failed pod that the Job controller replaces within `backoffLimit`
+    /// (Kubernetes: the kubelet's `StartError`).
+    const START_ERROR_REJECTS: bool;
 
     /// A fresh executor whose runs belong to store instance `instance`.
     fn executor(&self, instance: &str, outcomes: mpsc::Sender<Outcome>) -> Self::Exec;
@@ -140,6 +149,7 @@ impl Harness for LocalHarness {
     const SHUTDOWN_STOPS_RUNS: bool = true;
     const RECOVER_ADOPTS: bool = false;
     const CANCEL_WAITS_FOR_PODS: bool = true;
+    const START_ERROR_REJECTS: bool = true;
 
     fn executor(&self, instance: &str, outcomes: mpsc::Sender<Outcome>) -> LocalExecutor {
         let cfg = LocalConfig {
@@ -258,6 +268,7 @@ impl Harness for KubernetesHarness {
     const SHUTDOWN_STOPS_RUNS: bool = false;
     const RECOVER_ADOPTS: bool = true;
     const CANCEL_WAITS_FOR_PODS: bool = false;
+    const START_ERROR_REJECTS: bool = false;
 
     fn executor(&self, instance: &str, outcomes: mpsc::Sender<Outcome>) -> KubernetesExecutor {
         let cfg = KubernetesConfig {
@@ -1080,20 +1091,56 @@ async fn backoff_then_success<H: Harness>(h: &H) {
     rig.finish().await;
 }
 
-/// A container that cannot start counts as a failed pod.
-async fn unstartable_container_fails_the_pod<H: Harness>(h: &H) {
+/// A container that cannot start — its program missing, or not
+/// executable — fails the attempt; it never succeeds, and no more pods run
+/// than `backoffLimit` allows. How soon depends on who starts the process
+/// ([`Harness::START_ERROR_REJECTS`]): the local executor starts it itself,
+/// knows the start failed for good, and fails the attempt at once as
+/// `rejected` with `spawn: <program>: <why>` (a new pod would fail the same
+/// way; the job's `retry` policy decides what follows, as for a Job the
+/// API refuses). On Kubernetes the kubelet's `StartError` is a failed pod
+/// that the Job controller replaces within `backoffLimit`, and the attempt
+/// fails as the Job does, `BackoffLimitExceeded`.
+async fn unstartable_container_fails_the_attempt<H: Harness>(h: &H) {
     let mut rig = Rig::start(h);
-    let spec = JobSpecBuilder::new()
-        .backoff_limit(0)
-        .command(["/nonexistent/kedge-conformance-binary"]);
-    rig.launch(TestRun::new("conf-unstartable", spec).launch())
-        .await;
-    let kind = rig.outcome_of("conf-unstartable").await;
-    assert_eq!(
-        failed_reason(&kind),
-        Some("BackoffLimitExceeded"),
-        "{kind:?}"
-    );
+    let not_executable = h.shared_dir().join("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\necho ran\n").expect("write script");
+    let programs = [
+        (
+            "conf-unstartable-missing",
+            "/nonexistent/kedge-conformance-binary".to_string(),
+            "No such file or directory",
+        ),
+        (
+            "conf-unstartable-mode",
+            not_executable.display().to_string(),
+            "Permission denied",
+        ),
+    ];
+    for (run_id, program, why) in &programs {
+        let spec = JobSpecBuilder::new()
+            .backoff_limit(1)
+            .command([program.as_str()]);
+        rig.launch(TestRun::new(run_id, spec).launch()).await;
+        let kind = rig.outcome_of(run_id).await;
+        if H::START_ERROR_REJECTS {
+            assert_eq!(
+                kind,
+                OutcomeKind::Failed {
+                    reason: "rejected".into(),
+                    message: format!("spawn: {program}: {why}"),
+                },
+            );
+            let logs = h.logs(run_id).await;
+            assert_eq!(pods(&logs).len(), 1, "no pod replaced: {logs:#?}");
+        } else {
+            assert_eq!(
+                failed_reason(&kind),
+                Some("BackoffLimitExceeded"),
+                "{kind:?}"
+            );
+        }
+    }
     rig.finish().await;
 }
 
@@ -1519,7 +1566,7 @@ macro_rules! executor_conformance {
                 payload_large_goes_to_file,
                 backoff_limit_exceeded,
                 backoff_then_success,
-                unstartable_container_fails_the_pod,
+                unstartable_container_fails_the_attempt,
                 pod_containers_share_fate,
                 init_containers_run_first,
                 finished_pod_leaves_no_processes,

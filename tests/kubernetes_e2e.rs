@@ -1101,13 +1101,10 @@ fn a_run_whose_pods_never_schedule_fails_at_its_start_timeout_then_is_retried_an
         "the scheduler's message is the reason: {}",
         dead[0]
     );
+    let table = ws.ok(&["dlq", "list"]);
     assert!(
-        dead[0]["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("start_timeout: Unschedulable"),
-        "{}",
-        dead[0]
+        table.contains("failed 2 of 2 attempts / start_timeout: Unschedulable: 0/3 nodes"),
+        "kedge dlq list names the reason:\n{table}"
     );
     // Two attempts, each its own Job, each failed no sooner than 4 s after
     // its create, each deleted.

@@ -727,10 +727,11 @@ async fn a_run_that_never_starts_fails_at_its_start_timeout_then_is_retried_and_
     let letter = &store.dead_letters(Some("stuck"), false, 10).await.unwrap()[0];
     assert!(
         letter
-            .reason
-            .contains("start_timeout: Unschedulable: 0/3 nodes are available"),
-        "{}",
-        letter.reason
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("start_timeout: Unschedulable: 0/3 nodes are available")),
+        "{:?}",
+        letter.last_error
     );
     daemon.stop().await;
 }

@@ -140,7 +140,9 @@ async fn replay(
 fn failed(e: ReplayError) -> Failure {
     match e {
         ReplayError::Store(e) => Failure::Runtime(anyhow::Error::new(e).context("replaying")),
-        e @ ReplayError::Publish { .. } => {
+        e @ (ReplayError::Publish { .. }
+        | ReplayError::PublishNotUndone { .. }
+        | ReplayError::BadPayload { .. }) => {
             Failure::Runtime(anyhow::anyhow!("dlq replay: {}", crate::error_chain(&e)))
         }
         e => Failure::Input(format!("dlq replay: {e}")),

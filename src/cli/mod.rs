@@ -279,7 +279,8 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-/// A stored time (Unix milliseconds) as printed.
+/// A stored time (Unix milliseconds) as printed; `None` for `None`, and
+/// for a time outside chrono's range (never one kedge's clock wrote).
 fn ms_to_rfc3339(ms: Option<i64>) -> Option<String> {
     ms.and_then(DateTime::<Utc>::from_timestamp_millis)
         .map(rfc3339)

@@ -107,16 +107,26 @@ async fn serve<E: Executor>(
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => term.recv().await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; stop kedge with SIGINT");
+                std::future::pending().await
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    };
+    // A handler that cannot be installed must not read as a signal: that
+    // would stop the daemon the moment it started.
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT; stop kedge with SIGTERM");
+            std::future::pending::<()>().await;
         }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = int => {}
     }
 }
 
@@ -126,6 +136,8 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Fails only when a subscriber is already installed (a second `run` in
+    // one process, as in tests); that one keeps logging.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -99,7 +99,10 @@ fn read(path: &Path) -> Result<String, Diagnostics> {
 }
 
 fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    // A value that is not UTF-8 is kept (lossily) rather than read as
+    // unset: the field's own check then says what is wrong with it,
+    // instead of "missing".
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
 }
 
 /// Loads every `*.yaml` / `*.yml` in `dir` (sorted by file name). Returns the
@@ -124,10 +127,15 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
     };
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in entries {
-        // An entry the directory listing could not read is reported like a
-        // bad file, never skipped in silence.
+        // An entry the directory listing could not read, or a `*.yaml` whose
+        // metadata cannot be read (a dangling symlink, a symlink loop), is
+        // reported like a bad file, never skipped in silence.
         match entry {
-            Ok(e) => files.push(e.path()),
+            Ok(e) => match job_file(&e.path()) {
+                Ok(true) => files.push(e.path()),
+                Ok(false) => {}
+                Err(d) => diags.push(d),
+            },
             Err(e) => diags.push(
                 Diagnostic::new(
                     FieldPath::root(),
@@ -138,13 +146,6 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
             ),
         }
     }
-    files.retain(|p| {
-        p.is_file()
-            && matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml") | Some("yml")
-            )
-    });
     files.sort();
 
     let mut jobs: Vec<Job> = Vec::new();
@@ -179,6 +180,28 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
     }
     jobs.sort_by(|a, b| a.name.cmp(&b.name));
     (jobs, diags)
+}
+
+/// Whether `path` is a job definition to load: a `*.yaml` / `*.yml` file
+/// (following symlinks). `Err` when it has that name but cannot be looked
+/// at: the diagnostic names the file and the error.
+fn job_file(path: &Path) -> Result<bool, Diagnostic> {
+    if !matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    ) {
+        return Ok(false);
+    }
+    match std::fs::metadata(path) {
+        // A directory named `*.yaml` is not a definition.
+        Ok(m) => Ok(m.is_file()),
+        Err(e) => Err(Diagnostic::new(
+            FieldPath::root(),
+            Position::start(),
+            format!("cannot read: {e}"),
+        )
+        .in_file(path)),
+    }
 }
 
 /// Loads one job file; on success also returns where its `name` is.
@@ -253,4 +276,47 @@ pub fn load(sources: &Sources) -> Result<Loaded, Diagnostics> {
         jobs,
         job_problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: good\ntrigger:\n  queue:\n    builtin: {}\ntemplate:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{ name: m, command: [\"true\"] }]\n";
+
+    #[test]
+    fn a_job_file_that_cannot_be_read_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+        // Names that look like job files but cannot be read: a dangling
+        // symlink and a symlink to itself.
+        std::os::unix::fs::symlink("missing.yaml", dir.path().join("dangling.yaml")).unwrap();
+        std::os::unix::fs::symlink("loop.yml", dir.path().join("loop.yml")).unwrap();
+        // Not job files: skipped without a word.
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("folder.yaml")).unwrap();
+        let mut daemon = daemon::validate(Default::default(), &|_| None).unwrap();
+        daemon.jobs_dir = dir.path().to_path_buf();
+
+        let (jobs, diags) = load_jobs(&daemon);
+        assert_eq!(jobs.len(), 1, "the readable file still loads");
+        let mut lines: Vec<String> = diags.0.iter().map(|d| d.to_string()).collect();
+        lines.sort();
+        let at = |name: &str| dir.path().join(name).display().to_string();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "{}:1:1: (document): cannot read: ",
+                at("dangling.yaml")
+            )) && lines[0].contains("No such file or directory"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with(&format!(
+                "{}:1:1: (document): cannot read: ",
+                at("loop.yml")
+            )) && lines[1].contains("symbolic links"),
+            "{lines:#?}"
+        );
+    }
 }

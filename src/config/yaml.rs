@@ -311,6 +311,8 @@ impl Node {
             Node::Bool(b) => Value::Bool(b),
             Node::Int(i) => Value::from(i),
             Node::UInt(u) => Value::from(u),
+            // Never null: parsing already refused NaN and the infinities
+            // (see `non_finite_numbers_are_refused`).
             Node::Float(f) => serde_json::Number::from_f64(f)
                 .map(Value::Number)
                 .unwrap_or(Value::Null),
@@ -409,6 +411,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_numbers_are_refused() {
+        for v in [".nan", "-.inf", ".inf"] {
+            let err = Located::parse(&format!("a: {v}\n")).unwrap_err();
+            assert!(err.to_string().contains("is not a finite number"), "{err}");
+        }
+    }
 
     #[test]
     fn positions_point_at_keys_and_items() {

@@ -13,6 +13,13 @@
 //! `DeadlineExceeded`), `terminationGracePeriodSeconds` (SIGTERM, then
 //! SIGKILL). Both `restartPolicy` values replace a failed pod by a new one.
 //!
+//! A container that cannot start at all — its program missing, not
+//! executable, permission denied, its working directory missing — is not
+//! a failed pod to replace: every new pod would fail the same way. The
+//! attempt fails at once as `rejected` with `spawn: <program>: <why>`, the
+//! shape the Kubernetes executor gives a Job the API refuses, and the
+//! job's `retry` policy takes over (then a dead letter).
+//!
 //! Each pod's containers run concurrently, each in its own process group so
 //! that a kill reaches its children too; a direct child also dies with the
 //! daemon (`PR_SET_PDEATHSIG`), and start-up [`recover`](Executor::recover)
@@ -119,41 +126,51 @@ impl LocalExecutor {
         }
         stopped
     }
-}
 
-impl Executor for LocalExecutor {
-    async fn launch(&self, launch: Launch) -> Result<(), ExecutorError> {
-        if self.inner.closed.is_cancelled() {
-            return Err(ExecutorError::ShuttingDown);
-        }
-        let dir = self.run_dir(&launch.run_id);
-        let prepare = |source| ExecutorError::Prepare {
-            run_id: launch.run_id.clone(),
-            source,
-        };
-        tokio::fs::create_dir_all(&dir).await.map_err(prepare)?;
-        let payload_path = match &launch.payload_file {
+    /// Writes what the run's pods read: the payload file, and a batch's
+    /// payload folder (one file per completion index).
+    async fn prepare_run_dir(&self, launch: &Launch, dir: &Path) -> std::io::Result<BaseEnv> {
+        tokio::fs::create_dir_all(dir).await?;
+        let payload_file = match &launch.payload_file {
             Some(p) => {
                 let path = dir.join("payload");
-                tokio::fs::write(&path, p).await.map_err(prepare)?;
+                tokio::fs::write(&path, p).await?;
                 Some(path)
             }
             None => None,
         };
-        // A batch: one payload file per completion index.
         let payload_dir = if launch.batch.is_empty() {
             None
         } else {
             let pdir = dir.join("payloads");
-            tokio::fs::create_dir_all(&pdir).await.map_err(prepare)?;
+            tokio::fs::create_dir_all(&pdir).await?;
             for (i, p) in launch.batch.iter().enumerate() {
-                tokio::fs::write(pdir.join(i.to_string()), p.as_deref().unwrap_or(""))
-                    .await
-                    .map_err(prepare)?;
+                tokio::fs::write(pdir.join(i.to_string()), p.as_deref().unwrap_or("")).await?;
             }
             Some(pdir)
         };
-        let ctl = RunControl {
+        Ok(BaseEnv {
+            instance: self.inner.instance.clone(),
+            payload_file,
+            payload_dir,
+        })
+    }
+
+    /// Adds the run to the runs in flight; false when it already is one.
+    fn register(&self, run_id: &str, ctl: &RunControl) -> bool {
+        let mut runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs.contains_key(run_id) {
+            return false;
+        }
+        runs.insert(run_id.to_string(), ctl.clone());
+        true
+    }
+}
+
+impl RunControl {
+    /// A run about to start, with the JobSpec's parallelism and completions.
+    fn new(launch: &Launch) -> Self {
+        RunControl {
             stop: CancellationToken::new(),
             why: Arc::new(Mutex::new(None)),
             live: Arc::new(Live {
@@ -163,64 +180,83 @@ impl Executor for LocalExecutor {
                 started: std::time::Instant::now(),
                 changed: tokio::sync::Notify::new(),
             }),
-        };
-        {
-            let mut runs = self.inner.runs.lock().unwrap_or_else(|e| e.into_inner());
-            if runs.contains_key(&launch.run_id) {
-                // Already running here: launching is idempotent.
-                return Ok(());
-            }
-            runs.insert(launch.run_id.clone(), ctl.clone());
         }
-        let inner = self.inner.clone();
-        self.inner.tasks.spawn(async move {
-            let run_id = launch.run_id.clone();
-            let (result, completed_indexes) = run_job(
-                &inner,
-                launch,
-                dir,
-                BaseEnv {
-                    instance: inner.instance.clone(),
-                    payload_file: payload_path,
-                    payload_dir,
-                },
-                ctl.stop.clone(),
-                &ctl.live,
-            )
-            .await;
-            inner
-                .runs
+    }
+}
+
+impl Inner {
+    /// A run's task: runs it to its end, then reports its outcome — or,
+    /// when shutdown stopped it, keeps its id for `shutdown()` to return.
+    async fn run_to_outcome(
+        self: Arc<Self>,
+        launch: Launch,
+        dir: PathBuf,
+        base: BaseEnv,
+        ctl: RunControl,
+    ) {
+        let run_id = launch.run_id.clone();
+        let (result, completed_indexes) =
+            run_job(&self, launch, dir, base, ctl.stop.clone(), &ctl.live).await;
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run_id);
+        let why = ctl.why.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(kind) = ended_as(result, why) else {
+            self.interrupted
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&run_id);
-            let why = ctl.why.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            // A run that ended on its own reports its outcome even when a
-            // stop was asked for in the meantime (it lost the race).
-            let kind = match (result, why) {
-                (Some(kind), _) => kind,
-                (None, Some(StopReason::Cancel)) => OutcomeKind::Cancelled,
-                (None, Some(StopReason::Abandon(reason, message))) => {
-                    OutcomeKind::Failed { reason, message }
-                }
-                // Interrupted by shutdown: no outcome; shutdown() reports it.
-                (None, _) => {
-                    inner
-                        .interrupted
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(run_id);
-                    return;
-                }
-            };
-            let outcome = Outcome {
-                run_id,
-                kind,
-                completed_indexes,
-            };
-            if inner.outcomes.send(outcome).await.is_err() {
-                tracing::warn!("outcome channel closed; the run will be recovered at start-up");
-            }
-        });
+                .push(run_id);
+            return;
+        };
+        let outcome = Outcome {
+            run_id,
+            kind,
+            completed_indexes,
+        };
+        if self.outcomes.send(outcome).await.is_err() {
+            tracing::warn!("outcome channel closed; the run will be recovered at start-up");
+        }
+    }
+}
+
+/// What a run that ended reports: its own outcome, even when a stop was
+/// asked for meanwhile (it lost the race); `Cancelled` when `cancel()`
+/// stopped it; `Failed` with its reason when `abandon()` did; nothing when
+/// shutdown did (`shutdown()` returns it).
+fn ended_as(result: Option<OutcomeKind>, why: Option<StopReason>) -> Option<OutcomeKind> {
+    match (result, why) {
+        (Some(kind), _) => Some(kind),
+        (None, Some(StopReason::Cancel)) => Some(OutcomeKind::Cancelled),
+        (None, Some(StopReason::Abandon(reason, message))) => {
+            Some(OutcomeKind::Failed { reason, message })
+        }
+        (None, _) => None,
+    }
+}
+
+impl Executor for LocalExecutor {
+    async fn launch(&self, launch: Launch) -> Result<(), ExecutorError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(ExecutorError::ShuttingDown);
+        }
+        let dir = self.run_dir(&launch.run_id);
+        let base = self
+            .prepare_run_dir(&launch, &dir)
+            .await
+            .map_err(|source| ExecutorError::Prepare {
+                run_id: launch.run_id.clone(),
+                source,
+            })?;
+        let ctl = RunControl::new(&launch);
+        if !self.register(&launch.run_id, &ctl) {
+            // Already running here: launching is idempotent.
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(inner.run_to_outcome(launch, dir, base, ctl));
         Ok(())
     }
 
@@ -262,9 +298,15 @@ impl Executor for LocalExecutor {
         // them and launch the runs again.
         let wanted: HashSet<String> = run_ids.iter().cloned().collect();
         let instance = self.inner.instance.clone();
-        let killed = tokio::task::spawn_blocking(move || reap_orphans(&instance, &wanted))
+        let killed = match tokio::task::spawn_blocking(move || reap_orphans(&instance, &wanted))
             .await
-            .unwrap_or_default();
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "looking for processes left by interrupted runs failed; any left keep running");
+                0
+            }
+        };
         if killed > 0 {
             tracing::info!(killed, "killed processes left by interrupted runs");
         }
@@ -343,6 +385,7 @@ struct JobRun<'a> {
     cfg: &'a LocalConfig,
     live: &'a Live,
     run_id: &'a str,
+    job: &'a str,
     dir: PathBuf,
     base: BaseEnv,
     pod_spec: PodSpec,
@@ -417,6 +460,7 @@ impl<'a> JobRun<'a> {
             cfg,
             live,
             run_id: &launch.run_id,
+            job: &launch.job,
             dir,
             base,
             pod_spec,
@@ -509,7 +553,19 @@ impl<'a> JobRun<'a> {
             }
             PodResult::Killed => None,
             PodResult::Failed(why) => self.pod_failed(index, why),
+            PodResult::Rejected(why) => Some(self.rejected(why)),
         }
+    }
+
+    /// A container that cannot start at all (see [`SpawnError::Rejected`]):
+    /// a new pod would fail the same way, so the attempt fails at once as
+    /// `rejected`, as the Kubernetes executor fails a Job the API refuses,
+    /// and the job's retry policy takes over.
+    fn rejected(&self, why: String) -> OutcomeKind {
+        tracing::error!(run = %self.run_id, job = %self.job, refusal = %why,
+            "a container of the run cannot start; the attempt fails");
+        crate::health::count_launch_failure(self.job, "rejected");
+        failed("rejected", why)
     }
 
     /// Counts a failed pod against the backoff limits and, within them,
@@ -592,6 +648,8 @@ fn pod_backoff(cfg: &LocalConfig, failures: i32) -> Duration {
 enum PodResult {
     Succeeded,
     Failed(String),
+    /// A container could not start at all: fails the run at once.
+    Rejected(String),
     /// Stopped by kedge (deadline, backoff limit reached elsewhere, shutdown).
     Killed,
 }
@@ -639,13 +697,18 @@ impl PodRun {
     async fn run_containers(&self, containers: &[Container], kind: &str) -> PodResult {
         let mut children: Vec<(String, Child)> = Vec::new();
         for c in containers {
-            match self.spawn(c) {
-                Ok(child) => children.push((c.name.clone(), child)),
-                Err(e) => {
-                    kill_all(&mut children, Duration::ZERO).await;
-                    return PodResult::Failed(format!("{kind} {}: cannot start: {e}", c.name));
+            let failed = match self.spawn(c) {
+                Ok(child) => {
+                    children.push((c.name.clone(), child));
+                    continue;
                 }
-            }
+                Err(SpawnError::Rejected(why)) => PodResult::Rejected(why),
+                Err(SpawnError::Failed(e)) => {
+                    PodResult::Failed(format!("{kind} {}: cannot start: {e}", c.name))
+                }
+            };
+            kill_all(&mut children, Duration::ZERO).await;
+            return failed;
         }
         let pgids: Vec<i32> = children
             .iter()
@@ -680,7 +743,73 @@ impl PodRun {
         }
     }
 
-    fn spawn(&self, c: &Container) -> std::io::Result<Child> {
+    /// Starts container `c` as a process in its own process group, its
+    /// output appended to `<pod dir>/<container>.log`.
+    fn spawn(&self, c: &Container) -> Result<Child, SpawnError> {
+        let env = self.env(c);
+        let mut argv = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(|a| expand(a, &env));
+        let Some(program) = argv.next() else {
+            return Err(SpawnError::Rejected(format!(
+                "spawn: container {} has no command",
+                c.name
+            )));
+        };
+        if let Some(wd) = &c.working_dir {
+            // Checked here: a missing working directory would otherwise
+            // read as a missing program.
+            match std::fs::metadata(wd) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(SpawnError::Rejected(format!(
+                        "spawn: {program}: working directory {wd}: Not a directory"
+                    )))
+                }
+                Err(e) => {
+                    return Err(SpawnError::Rejected(format!(
+                        "spawn: {program}: working directory {wd}: {}",
+                        os_message(&e)
+                    )))
+                }
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", c.name)))
+            .map_err(SpawnError::Failed)?;
+        let mut cmd = Command::new(&program);
+        cmd.args(argv)
+            .env_clear()
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(SpawnError::Failed)?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(wd) = &c.working_dir {
+            cmd.current_dir(wd);
+        }
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(|e| SpawnError::of(&program, e))
+    }
+
+    /// The environment container `c` gets: what a pod's container would
+    /// (`HOSTNAME`, `JOB_COMPLETION_INDEX`, kedge's payload variables, the
+    /// container's `env` with `$(VAR)` expanded) plus a few of the host's.
+    fn env(&self, c: &Container) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = Vec::new();
         for key in ["PATH", "HOME", "LANG", "TZ"] {
             if let Ok(v) = std::env::var(key) {
@@ -707,43 +836,50 @@ impl PodRun {
             env.retain(|(k, _)| k != "KEDGE_PAYLOAD_DIR");
             env.push(("KEDGE_PAYLOAD_DIR".into(), absolute(d)));
         }
-        let mut argv: Vec<String> = c
-            .command
-            .iter()
-            .flatten()
-            .chain(c.args.iter().flatten())
-            .map(|a| expand(a, &env))
-            .collect();
-        if argv.is_empty() {
-            return Err(std::io::Error::other("no command"));
+        env
+    }
+}
+
+/// Why a container did not start.
+#[derive(Debug)]
+enum SpawnError {
+    /// It cannot start on this machine at all — no command, the program or
+    /// its working directory missing, permission denied, not an executable
+    /// (`spawn: <program>: <why>`). A new pod would fail the same way.
+    Rejected(String),
+    /// Anything else (its log cannot be opened, no processes left): the pod
+    /// fails and is replaced within `backoffLimit`, as any failed pod.
+    Failed(std::io::Error),
+}
+
+impl SpawnError {
+    /// Classifies `program`'s failed spawn by the `execve` error.
+    fn of(program: &str, e: std::io::Error) -> SpawnError {
+        const FOR_GOOD: [i32; 7] = [
+            libc::ENOENT,
+            libc::EACCES,
+            libc::EPERM,
+            libc::ENOEXEC,
+            libc::ENOTDIR,
+            libc::ELOOP,
+            libc::ENAMETOOLONG,
+        ];
+        match e.raw_os_error() {
+            Some(code) if FOR_GOOD.contains(&code) => {
+                SpawnError::Rejected(format!("spawn: {program}: {}", os_message(&e)))
+            }
+            _ => SpawnError::Failed(e),
         }
-        let program = argv.remove(0);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{}.log", c.name)))?;
-        let mut cmd = Command::new(program);
-        cmd.args(argv)
-            .env_clear()
-            .envs(env)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(wd) = &c.working_dir {
-            cmd.current_dir(wd);
-        }
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn()
+    }
+}
+
+/// An OS error's message without Rust's " (os error N)" suffix:
+/// `No such file or directory`.
+fn os_message(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 
@@ -787,10 +923,12 @@ async fn kill_all(children: &mut [(String, Child)], grace: Duration) {
     for pgid in &pgids {
         signal_group(*pgid, libc::SIGTERM);
     }
+    // Out of time is expected here: SIGKILL follows.
     let _ = tokio::time::timeout(grace, wait_all(children)).await;
     for pgid in &pgids {
         signal_group(*pgid, libc::SIGKILL);
     }
+    // Only reaped: how a killed process ended says nothing.
     let _ = wait_all(children).await;
 }
 
@@ -855,12 +993,18 @@ fn reap_orphans(instance: &str, run_ids: &HashSet<String>) -> usize {
     if run_ids.is_empty() {
         return 0;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+    let entries = match std::fs::read_dir("/proc") {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list /proc; processes left by interrupted runs keep running");
+            return 0;
+        }
     };
     let me = std::process::id() as i32;
     let want_instance = format!("KEDGE_INSTANCE={instance}");
     let mut killed = 0;
+    // An entry or an environ that cannot be read is a process that ended
+    // meanwhile, or one of another user's: not ours to kill either way.
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;

@@ -49,7 +49,9 @@ pub enum OutcomeKind {
     /// The Job completed (all completions succeeded).
     Succeeded,
     /// The Job failed; `reason` is a Kubernetes-style reason
-    /// (`BackoffLimitExceeded`, `DeadlineExceeded`, `StartError`).
+    /// (`BackoffLimitExceeded`, `DeadlineExceeded`, `StartError`), or
+    /// `rejected` when the run could not start for good (the API refused
+    /// its Job; a local container's program cannot be executed).
     Failed { reason: String, message: String },
     /// The run was stopped by [`Executor::cancel`].
     Cancelled,

@@ -47,9 +47,8 @@ pub fn decide(run: &Run, outcome: &OutcomeKind, retry: &RetryPolicy, now_ms: i64
             not_before_ms: now_ms + delay.as_millis().min(i64::MAX as u128) as i64,
         }
     } else {
-        // The reason names the last failure, so `kedge dlq list` says why.
         Settlement::Dead {
-            reason: format!("failed {used} of {} attempts: {error}", retry.max_attempts),
+            reason: format!("failed {used} of {} attempts", retry.max_attempts),
             error,
         }
     }
@@ -88,11 +87,7 @@ pub fn decide_batch(
                 }
             } else {
                 MemberEnd::Dead {
-                    reason: format!(
-                        "failed 1 of {} attempts: {}",
-                        retry.max_attempts,
-                        error.as_deref().unwrap_or("failed")
-                    ),
+                    reason: format!("failed 1 of {} attempts", retry.max_attempts),
                     error: format!(
                         "index {} of batch run {}: {}",
                         m.index,

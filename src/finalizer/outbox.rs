@@ -97,14 +97,16 @@ async fn forward_job(
         match sent {
             Ok(()) => {
                 if let Err(e) = store.mark_forwarded(&l.id, None, now).await {
-                    tracing::error!(error = %crate::error_chain(&e), "cannot record a forwarded dead letter; it may be published again");
+                    tracing::error!(job = %t.job.name, letter = %l.id, error = %crate::error_chain(&e),
+                        "cannot record a forwarded dead letter; it may be published again");
                 }
             }
             Err(e) => {
                 let error = crate::error_chain(&e);
                 tracing::warn!(job = %t.job.name, letter = %l.id, %error, "cannot publish a dead letter to its target yet; will retry");
                 if let Err(e) = store.mark_forwarded(&l.id, Some(&error), now).await {
-                    tracing::error!(error = %crate::error_chain(&e), "cannot record why a dead letter was not published");
+                    tracing::error!(job = %t.job.name, letter = %l.id, error = %crate::error_chain(&e),
+                        "cannot record why a dead letter was not published");
                 }
                 break;
             }
@@ -122,6 +124,7 @@ fn letter(l: &DeadLetter) -> Letter {
         reason: l.reason.clone(),
         attempts: l.attempts,
         last_error: l.last_error.clone(),
+        // created_ms is a time kedge's clock wrote: always in range.
         dead_at: chrono::DateTime::from_timestamp_millis(l.created_ms)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -40,6 +40,27 @@ pub enum ReplayError {
         #[source]
         cause: SourceError,
     },
+    /// The letter's payload says it is base64 (`base64:…`, how intake
+    /// keeps a body that is not text) but does not decode: nothing was
+    /// replayed, rather than the encoded text in place of the message.
+    #[error("dead letter {id}: its payload starts with \"base64:\" but is not base64")]
+    BadPayload {
+        id: String,
+        #[source]
+        cause: base64::DecodeError,
+    },
+    /// The broker did not take the message back, and the store then failed
+    /// to mark its work item dead again (retried): the letter stays open
+    /// and can be replayed again, its work item stays `replayed` until then.
+    #[error("cannot return {id} to {to} ({}); and cannot mark work item {work_item_id} dead again, it stays replayed until {id} is replayed again", crate::error_chain(cause.as_ref()))]
+    PublishNotUndone {
+        id: String,
+        to: String,
+        work_item_id: String,
+        cause: Box<SourceError>,
+        #[source]
+        store: Box<StoreError>,
+    },
     /// The store failed; what was replayed before stays replayed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,8 +104,11 @@ pub async fn choose(
 /// Replays one letter; `jobs` are the loaded job definitions (they say
 /// which source each job reads now).
 pub async fn replay(store: &Store, jobs: &[Job], d: &DeadLetter) -> Result<Replayed, ReplayError> {
+    // Checked before anything changes: a letter whose payload cannot be
+    // read back stays open, its work item dead.
+    let payload = payload_bytes(&d.id, d.payload.as_deref())?;
     if let Some(mut outbox) = broker(jobs, d) {
-        into_source(store, &mut outbox, d).await?;
+        into_source(store, &mut outbox, d, &payload).await?;
         return Ok(Replayed::IntoSource);
     }
     let next = store.last_attempt(&d.work_item_id).await? + 1;
@@ -121,25 +145,42 @@ fn trigger_of(d: &DeadLetter) -> TriggerKind {
     }
 }
 
-/// The message a stored payload stands for: text as is, and bytes that
-/// were not text (stored `base64:…` by intake) decoded. Text that only
-/// looks like base64 is kept as it is.
-pub fn payload_bytes(payload: Option<&str>) -> Vec<u8> {
+/// How intake marks a stored payload that is base64 of the message's bytes
+/// (a body that was not text).
+pub const BASE64_PREFIX: &str = "base64:";
+
+/// The message letter `id`'s stored payload stands for: text as is, and
+/// `base64:…` (bytes that were not text, kept so by intake) decoded. A
+/// `base64:` payload that does not decode is an error naming the letter,
+/// never replayed as its encoded text.
+pub fn payload_bytes(id: &str, payload: Option<&str>) -> Result<Vec<u8>, ReplayError> {
     use base64::Engine;
     let Some(p) = payload else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    p.strip_prefix("base64:")
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .unwrap_or_else(|| p.as_bytes().to_vec())
+    match p.strip_prefix(BASE64_PREFIX) {
+        Some(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|cause| ReplayError::BadPayload {
+                id: id.to_string(),
+                cause,
+            }),
+        None => Ok(p.as_bytes().to_vec()),
+    }
 }
 
-/// Publishes `d`'s message back into its broker source (see the module's
-/// *Expected flow*).
+/// How often, and how far apart at first, undoing a failed replay's first
+/// step is tried before giving up (0.1 + 0.2 + 0.4 + 0.8 s).
+const UNDO_TRIES: u32 = 5;
+const UNDO_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Publishes `d`'s message (`payload`) back into its broker source (see
+/// the module's *Expected flow*).
 async fn into_source(
     store: &Store,
     outbox: &mut AnySource,
     d: &DeadLetter,
+    payload: &[u8],
 ) -> Result<(), ReplayError> {
     let Some(letter) = store
         .begin_source_replay(&d.id, store.clock().now_ms())
@@ -147,23 +188,50 @@ async fn into_source(
     else {
         return Err(ReplayError::ReplayedMeanwhile(d.id.clone()));
     };
-    let payload = payload_bytes(letter.payload.as_deref());
-    if let Err(cause) = outbox.replay(&letter.message_id, &payload).await {
-        // Best effort: if this write fails too, the item stays `replayed`
-        // and the open letter can still be replayed again.
-        let _ = store
-            .abort_source_replay(&letter.work_item_id, store.clock().now_ms())
-            .await;
-        return Err(ReplayError::Publish {
-            id: d.id.clone(),
-            to: d.source.clone(),
-            cause,
+    if let Err(cause) = outbox.replay(&letter.message_id, payload).await {
+        return Err(match undo_begin(store, &letter.work_item_id).await {
+            Ok(()) => ReplayError::Publish {
+                id: d.id.clone(),
+                to: d.source.clone(),
+                cause,
+            },
+            Err(store) => ReplayError::PublishNotUndone {
+                id: d.id.clone(),
+                to: d.source.clone(),
+                work_item_id: letter.work_item_id.clone(),
+                cause: Box::new(cause),
+                store: Box::new(store),
+            },
         });
     }
     store
         .finish_source_replay(&d.id, store.clock().now_ms())
         .await?;
     Ok(())
+}
+
+/// Marks `work_item_id` dead again after its replay's publish failed
+/// ([`Store::abort_source_replay`]), retrying the store a few times: left
+/// `replayed`, the item would wait for a delivery that never comes.
+async fn undo_begin(store: &Store, work_item_id: &str) -> Result<(), StoreError> {
+    let mut pause = UNDO_FIRST_PAUSE;
+    let mut tries = 1;
+    loop {
+        match store
+            .abort_source_replay(work_item_id, store.clock().now_ms())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= UNDO_TRIES => return Err(e),
+            Err(e) => {
+                tracing::warn!(work_item = %work_item_id, error = %crate::error_chain(&e),
+                    "cannot mark a work item dead again after its replay failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                tries += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,12 +242,22 @@ mod tests {
 
     #[test]
     fn stored_payloads_decode_to_the_message() {
-        assert_eq!(payload_bytes(None), b"");
-        assert_eq!(payload_bytes(Some("{\"a\":1}")), b"{\"a\":1}");
-        assert_eq!(payload_bytes(Some("base64://4=")), b"\xff\xfe");
+        let bytes = |p| payload_bytes("d-1", p).unwrap();
+        assert_eq!(bytes(None), b"");
+        assert_eq!(bytes(Some("{\"a\":1}")), b"{\"a\":1}");
+        assert_eq!(bytes(Some("base64://4=")), b"\xff\xfe");
+    }
+
+    #[test]
+    fn a_payload_marked_base64_that_does_not_decode_is_an_error_naming_the_letter() {
+        let e = payload_bytes("d-7", Some("base64:not base64!")).unwrap_err();
+        assert!(
+            matches!(&e, ReplayError::BadPayload { id, .. } if id == "d-7"),
+            "{e:?}"
+        );
         assert_eq!(
-            payload_bytes(Some("base64:not base64!")),
-            b"base64:not base64!"
+            e.to_string(),
+            "dead letter d-7: its payload starts with \"base64:\" but is not base64"
         );
     }
 
@@ -247,5 +325,32 @@ mod tests {
             replay(&store, &jobs, &letter).await.unwrap(),
             Replayed::Closed
         );
+    }
+
+    #[tokio::test]
+    async fn a_letter_whose_base64_payload_is_corrupt_is_not_replayed() {
+        let (store, job, letter) = one_letter().await;
+        sqlx::query("UPDATE dead_letters SET payload = $1 WHERE id = $2")
+            .bind("base64:%%% not base64")
+            .bind(&letter.id)
+            .execute(store.pool_for_tests())
+            .await
+            .unwrap();
+        let letter = choose(&store, None, std::slice::from_ref(&letter.id), false)
+            .await
+            .unwrap()
+            .remove(0);
+        let e = replay(&store, &[job], &letter).await.unwrap_err();
+        assert!(
+            matches!(&e, ReplayError::BadPayload { id, .. } if *id == letter.id),
+            "{e:?}"
+        );
+        // Nothing changed: the letter is still open and no run was queued.
+        assert_eq!(store.dead_letters(None, false, 10).await.unwrap().len(), 1);
+        assert!(store
+            .list_runs(Some("q"), None, 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -175,6 +175,8 @@ impl PostgresTable {
         let mut got = Vec::with_capacity(rows.len());
         for row in rows {
             let key: String = row.try_get(0)?;
+            // A NULL payload is an empty message (which the job's payload
+            // policy may then dead-letter, e.g. as not_json).
             let body = match db.sql.payload {
                 PayloadKind::Bytea => row.try_get::<Option<Vec<u8>>, _>(1)?.unwrap_or_default(),
                 PayloadKind::Text => row

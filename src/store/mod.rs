@@ -199,6 +199,13 @@ impl Store {
         Ok(())
     }
 
+    /// The pool, for unit tests that must write what kedge never writes
+    /// (a corrupt value).
+    #[cfg(test)]
+    pub(crate) fn pool_for_tests(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// A random id fixed when the store was created; tells this store's
     /// processes apart from another store's on the same machine.
     pub async fn instance_id(&self) -> Result<String> {

@@ -165,7 +165,12 @@ async fn serve_socket(
         }
     }
     drop(socket);
-    let _ = std::fs::remove_file(&path);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot remove the wake-up socket; the next start replaces it");
+        }
+        _ => {}
+    }
 }
 
 async fn listen_postgres(

@@ -205,6 +205,7 @@ async fn load_timers(jobs: Vec<Arc<Job>>, ctx: &TriggerContext) -> Option<Vec<Ti
                 let cron = job.cron()?.clone();
                 let cursor = last
                     .get(&job.name)
+                    // A stored fire time is one kedge wrote (in range).
                     .and_then(|ms| DateTime::from_timestamp_millis(*ms))
                     .unwrap_or(start);
                 Some(Timer { job, cron, cursor })
@@ -357,6 +358,9 @@ async fn decide_and_record(
                         .await?;
                     for run in ctx.store.active_runs_of(&job.name).await? {
                         tracing::info!(job = %job.name, run = %run, "replacing the active run");
+                        // Closed only when the daemon has stopped serving:
+                        // then the run stops with it, and the fire is
+                        // already recorded as replacing it.
                         let _ = ctx.cancel.send(run);
                     }
                     FireOutcome::Replaced

@@ -318,7 +318,9 @@ impl Leadership {
     /// next replica takes over at once. `Err` if it was lost meanwhile.
     pub async fn step_down(self) -> Result<(), LeaseLost> {
         self.holding.cancel();
-        let _ = self.renewal.await;
+        if let Err(e) = self.renewal.await {
+            tracing::error!(error = %e, "the Lease renewal task ended abnormally");
+        }
         if self.lost.is_cancelled() {
             return Err(LeaseLost);
         }

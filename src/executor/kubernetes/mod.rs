@@ -352,7 +352,14 @@ impl KubernetesExecutor {
             }
             Err(e) => return Err(e),
         };
-        let uid = job.metadata.uid.clone().unwrap_or_default();
+        // The payload ConfigMap's ownerReference needs the uid: without it
+        // the garbage collector would delete the ConfigMap under the Job.
+        let Some(uid) = job.metadata.uid.clone() else {
+            return Err(WriteError::Other(format!(
+                "the API server answered Job {} without a uid",
+                launch.run_id
+            )));
+        };
         if objs.config_map.is_some() {
             self.own_config_map(&launch.run_id, &uid).await?;
         }

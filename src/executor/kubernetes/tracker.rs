@@ -111,20 +111,27 @@ impl View {
 }
 
 pub(super) fn timestamp(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    // jiff's range (years -9999..=9999) is inside chrono's: never the default.
     DateTime::<Utc>::from_timestamp_micros(t.as_microsecond()).unwrap_or_default()
 }
 
-/// `status.completedIndexes` (`"1,3-5,7"`) → `[1, 3, 4, 5, 7]`.
+/// `status.completedIndexes` (`"1,3-5,7"`) → `[1, 3, 4, 5, 7]`. A part
+/// that is not an index or a range is logged and left out: its indexes
+/// count as not completed, so their messages are retried, never lost.
 pub fn parse_indexes(s: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
-                    out.extend(a..=b);
-                }
-            }
-            None => out.extend(part.parse::<i32>().ok()),
+        let parsed = match part.split_once('-') {
+            Some((a, b)) => match (a.parse::<i32>(), b.parse::<i32>()) {
+                (Ok(a), Ok(b)) => Some(a..=b),
+                _ => None,
+            },
+            None => part.parse::<i32>().ok().map(|i| i..=i),
+        };
+        match parsed {
+            Some(range) => out.extend(range),
+            None => tracing::warn!(completed_indexes = %s, %part,
+                "a part of a Job's completedIndexes is not an index; its indexes count as not completed"),
         }
     }
     out
@@ -383,6 +390,8 @@ impl Tracker {
         let began = s.runs.get(run_id)?.began;
         let v = s.jobs.get(run_id)?;
         let now = Utc::now();
+        // A start or pending time ahead of this clock (skew with the API
+        // server) reads as zero time elapsed.
         let elapsed = v
             .started
             .map(|t| (now - t).to_std().unwrap_or_default())
@@ -526,7 +535,9 @@ impl Tracker {
     pub async fn stopped(&self) {
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = task {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "the Job watcher task ended abnormally");
+            }
         }
     }
 }
