@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                         pool: Some(format!("pool-{}", i % 10)),
                         min_pods: 1,
                         want_pods: 8,
+                        priority: 0,
                     },
                 )
             })
@@ -105,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let usage = Usage {
         running: HashMap::new(),
         pods: HashMap::new(),
+        served: HashMap::new(),
     };
     let t = Instant::now();
     let reps = 100;

@@ -176,13 +176,15 @@ impl FromStr for WorkState {
 ///
 /// | outcome    | meaning                                                  |
 /// |------------|----------------------------------------------------------|
-/// | `launched` | a work item and its first run were stored with the fire  |
+/// | `recorded` | a work item and its first run were stored with the fire; the run waits for a slot |
+/// | `launched` | as `recorded`, and the run has started (never stored: read from the run) |
 /// | `skipped`  | not run: the overlap policy (or a newer fire) held it back |
 /// | `missed`   | not run: kedge was down at the time and the catch-up policy dropped it |
 /// | `replaced` | run, after cancelling the job's active runs (overlap `replace`) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FireOutcome {
+    Recorded,
     Launched,
     Skipped,
     Missed,
@@ -192,6 +194,7 @@ pub enum FireOutcome {
 impl FireOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            FireOutcome::Recorded => "recorded",
             FireOutcome::Launched => "launched",
             FireOutcome::Skipped => "skipped",
             FireOutcome::Missed => "missed",
@@ -210,6 +213,7 @@ impl FromStr for FireOutcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
+            "recorded" => FireOutcome::Recorded,
             "launched" => FireOutcome::Launched,
             "skipped" => FireOutcome::Skipped,
             "missed" => FireOutcome::Missed,

@@ -526,6 +526,7 @@ impl TestRun {
         let job = Job {
             name: "conformance".into(),
             description: None,
+            priority: 0,
             file: PathBuf::from("jobs/conformance.yaml"),
             trigger: Trigger::Queue(QueueTrigger::builtin()),
             retry: RetryPolicy::default(),

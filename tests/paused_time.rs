@@ -234,7 +234,7 @@ async fn a_week_of_nightly_fires_across_dst_each_on_the_dot() {
     let fires = store.cron_fires("nightly").await.unwrap();
     assert_eq!(times(&fires), berlin_week());
     assert_eq!(recorded_at, berlin_week(), "each fire recorded on the dot");
-    assert!(outcomes(&fires).iter().all(|o| *o == FireOutcome::Launched));
+    assert!(outcomes(&fires).iter().all(|o| *o == FireOutcome::Recorded));
     let runs = store.list_runs(Some("nightly"), None, 100).await.unwrap();
     assert_eq!(runs.len(), 7, "one pending run per fire");
     s.stop().await;
@@ -246,7 +246,7 @@ async fn back_after_a_week_down() -> Store {
     let store = store_at(utc("2026-04-01T12:00:00Z")).await;
     let last = utc("2026-03-25T01:30:00Z").timestamp_millis();
     store
-        .record_cron_fire("nightly", last, FireOutcome::Launched, None, None)
+        .record_cron_fire("nightly", last, FireOutcome::Recorded, None, None)
         .await
         .unwrap();
     store
@@ -265,10 +265,10 @@ async fn catchup_all_after_a_week_down_launches_the_fires_within_the_starting_de
     assert_eq!(times(&fires[1..]), berlin_week());
     // 84 h before 2026-04-01T12:00Z is 2026-03-29T00:00Z: the fires of the
     // 26th to the 28th are too old; the DST day's and later ones run.
-    use FireOutcome::{Launched, Missed};
+    use FireOutcome::{Missed, Recorded};
     assert_eq!(
         outcomes(&fires[1..]),
-        [Missed, Missed, Missed, Launched, Launched, Launched, Launched]
+        [Missed, Missed, Missed, Recorded, Recorded, Recorded, Recorded]
     );
     s.stop().await;
 }
@@ -283,7 +283,7 @@ async fn catchup_latest_after_a_week_down_launches_only_the_newest_fire() {
     let fires = s.fires(&store, "nightly", 8).await;
     assert_eq!(times(&fires[1..]), berlin_week());
     let mut want = vec![FireOutcome::Missed; 6];
-    want.push(FireOutcome::Launched);
+    want.push(FireOutcome::Recorded);
     assert_eq!(outcomes(&fires[1..]), want);
     let runs = store.list_runs(Some("nightly"), None, 100).await.unwrap();
     assert_eq!(runs.len(), 1);
@@ -316,7 +316,7 @@ async fn two_fires(overlap: &str, claim_first: bool) -> (Store, Scheduler, Vec<C
     let store = store_at(utc(OVERLAP_START)).await;
     let mut s = Scheduler::start(hourly(dir.path(), overlap), &store);
     let first = s.fires(&store, "hourly", 1).await;
-    assert_eq!(first[0].outcome, FireOutcome::Launched);
+    assert_eq!(first[0].outcome, FireOutcome::Recorded);
     if claim_first {
         let run = &store.list_runs(Some("hourly"), None, 10).await.unwrap()[0];
         // The scheduler sleeps until 12:00 meanwhile; the clock stands
@@ -346,7 +346,11 @@ async fn states(store: &Store) -> Vec<RunState> {
 async fn overlap_allow_launches_every_fire() {
     let _time = ManualTime::start();
     let (store, s, fires) = two_fires("allow", true).await;
-    assert_eq!(outcomes(&fires), [FireOutcome::Launched; 2]);
+    // The first fire's run was claimed: it reads launched.
+    assert_eq!(
+        outcomes(&fires),
+        [FireOutcome::Launched, FireOutcome::Recorded]
+    );
     assert_eq!(states(&store).await, [RunState::Running, RunState::Pending]);
     s.stop().await;
 }
@@ -356,10 +360,12 @@ async fn overlap_forbid_skips_a_fire_while_a_run_is_active() {
     let _time = ManualTime::start();
     for claim_first in [false, true] {
         let (store, s, fires) = two_fires("forbid", claim_first).await;
-        assert_eq!(
-            outcomes(&fires),
-            [FireOutcome::Launched, FireOutcome::Skipped]
-        );
+        let first = if claim_first {
+            FireOutcome::Launched
+        } else {
+            FireOutcome::Recorded
+        };
+        assert_eq!(outcomes(&fires), [first, FireOutcome::Skipped]);
         assert!(fires[1].detail.as_deref().unwrap().contains("forbid"));
         assert_eq!(states(&store).await.len(), 1, "no second run");
         s.stop().await;
@@ -371,7 +377,10 @@ async fn overlap_buffer_one_keeps_one_fire_waiting_behind_a_running_run() {
     let _time = ManualTime::start();
     // Running first run: the 12:00 fire waits behind it …
     let (store, mut s, fires) = two_fires("buffer_one", true).await;
-    assert_eq!(outcomes(&fires), [FireOutcome::Launched; 2]);
+    assert_eq!(
+        outcomes(&fires),
+        [FireOutcome::Launched, FireOutcome::Recorded]
+    );
     // … and the 13:00 fire is skipped: one is already waiting.
     let fires = s.fires(&store, "hourly", 3).await;
     assert_eq!(fires[2].outcome, FireOutcome::Skipped);
@@ -382,7 +391,7 @@ async fn overlap_buffer_one_keeps_one_fire_waiting_behind_a_running_run() {
     let (_, s, fires) = two_fires("buffer_one", false).await;
     assert_eq!(
         outcomes(&fires),
-        [FireOutcome::Launched, FireOutcome::Skipped]
+        [FireOutcome::Recorded, FireOutcome::Skipped]
     );
     s.stop().await;
 }
@@ -391,9 +400,9 @@ async fn overlap_buffer_one_keeps_one_fire_waiting_behind_a_running_run() {
 async fn overlap_replace_cancels_the_active_run_for_the_new_fire() {
     let _time = ManualTime::start();
     // A pending run is cancelled in the store …
-    use FireOutcome::{Launched, Replaced};
+    use FireOutcome::{Launched, Recorded, Replaced};
     let (store, s, fires) = two_fires("replace", false).await;
-    assert_eq!(outcomes(&fires), [Launched, Replaced]);
+    assert_eq!(outcomes(&fires), [Recorded, Replaced]);
     assert_eq!(states(&store).await, [RunState::Failed, RunState::Pending]);
     s.stop().await;
     // … a running one is handed to the daemon to stop on the executor.

@@ -789,7 +789,7 @@ async fn check_cron_fires(db: &Db) {
 
     let fire2 = kedge::intake::cron_work_item("nightly", chrono_ms(f2), None);
     assert!(store
-        .record_cron_fire("nightly", f2, FireOutcome::Launched, None, Some(&fire2))
+        .record_cron_fire("nightly", f2, FireOutcome::Recorded, None, Some(&fire2))
         .await
         .unwrap());
     let r2 = run(store, &fire2.run_id).await;
@@ -864,6 +864,16 @@ async fn check_cron_fires(db: &Db) {
         [
             fire(f0, FireOutcome::Missed, Some("catch-up: skip"), None),
             fire(f1, FireOutcome::Skipped, Some("overlap: forbid"), None),
+            fire(f2, FireOutcome::Recorded, None, Some(&r2.work_item_id)),
+            fire(f3, FireOutcome::Missed, Some("catch-up: skip"), None),
+        ]
+    );
+    // Once its run starts, the fire reads `launched`.
+    let claimed = store.claim_runs(&[r2.run_id.as_str()], f2).await.unwrap();
+    assert_eq!(claimed, [true]);
+    assert_eq!(
+        store.latest_cron_fires("nightly", 2).await.unwrap(),
+        [
             fire(f2, FireOutcome::Launched, None, Some(&r2.work_item_id)),
             fire(f3, FireOutcome::Missed, Some("catch-up: skip"), None),
         ]
@@ -879,6 +889,12 @@ async fn check_cron_fires(db: &Db) {
         .await
         .unwrap());
     assert_eq!(store.last_cron_fire("hourly").await.unwrap(), Some(f2));
+    // `launched` as earlier versions stored it reads `recorded` while its
+    // run waits.
+    assert_eq!(
+        store.cron_fires("hourly").await.unwrap()[0].outcome,
+        FireOutcome::Recorded
+    );
     assert_eq!(store.last_cron_fire("nightly").await.unwrap(), Some(f3));
     assert_eq!(db.count("work_items").await, 2);
 
@@ -897,20 +913,20 @@ async fn check_cron_fires(db: &Db) {
             record(
                 "hourly",
                 f3,
-                FireOutcome::Launched,
+                FireOutcome::Recorded,
                 Some(batch_item("hourly", f3)),
             ),
             record(
                 "nightly",
                 f3,
-                FireOutcome::Launched,
+                FireOutcome::Recorded,
                 Some(batch_item("nightly", f3)),
             ),
             record("weekly", f3, FireOutcome::Skipped, None),
             record(
                 "weekly",
                 f0,
-                FireOutcome::Launched,
+                FireOutcome::Recorded,
                 Some(batch_item("weekly", f0)),
             ),
         ])
@@ -924,7 +940,7 @@ async fn check_cron_fires(db: &Db) {
             fire_of(
                 "weekly",
                 f0,
-                FireOutcome::Launched,
+                FireOutcome::Recorded,
                 None,
                 store
                     .get_run(&batch_item("weekly", f0).run_id)

@@ -129,12 +129,11 @@ pub(super) async fn fires(src: &Sources, args: FiresArgs) -> Result<(), Failure>
     let loaded = config::load_daemon(src)?;
     let store = open_store(&loaded.store_url).await?;
     let fires = store
-        .cron_fires(&args.job)
+        .latest_cron_fires(&args.job, args.limit.min(i64::MAX as usize) as i64)
         .await
         .context("listing cron fires");
     store.close().await;
-    let fires = fires?;
-    let fires = &fires[fires.len().saturating_sub(args.limit)..];
+    let fires = &fires?;
     if args.json {
         let rows: Vec<serde_json::Value> = fires.iter().map(fire_json).collect();
         println!("{}", serde_json::Value::Array(rows));

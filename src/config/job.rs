@@ -30,6 +30,10 @@ pub struct RawJob {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// When the global cap or a pool is the constraint, due runs of jobs
+    /// with a higher priority launch first (default 0).
+    #[serde(default)]
+    pub priority: i32,
     pub trigger: RawTrigger,
     #[serde(default)]
     pub retry: RawRetry,
@@ -155,6 +159,9 @@ string_enum!(PayloadFormat {
 pub struct Job {
     pub name: String,
     pub description: Option<String>,
+    /// Higher launches first when slots are short (`priority`, default 0);
+    /// within a priority, jobs take turns.
+    pub priority: i32,
     /// The file it came from.
     pub file: PathBuf,
     pub trigger: Trigger,
@@ -348,6 +355,7 @@ pub fn validate(
         (true, Some(trigger)) => Ok(Job {
             name: raw.name,
             description: raw.description,
+            priority: raw.priority,
             file,
             trigger,
             retry,

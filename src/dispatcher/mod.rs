@@ -60,6 +60,9 @@ const CLAIM_CHUNK: usize = 32;
 /// Runs launched per dispatch pass at most.
 const DISPATCH_BATCH: i64 = 256;
 
+/// Due runs read per other job when a backlog fills a pass.
+const HEADS_PER_JOB: i64 = 16;
+
 /// How long to wait when nothing is due and nothing is scheduled (the
 /// caller's poll interval caps it).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
@@ -86,6 +89,10 @@ pub struct Dispatcher {
     passes: watch::Sender<u64>,
     /// How long an attempt's launches may fail transiently before it fails.
     launch_timeout: Duration,
+    /// When each job last got a slot (a sequence number): the planner's
+    /// round-robin across jobs.
+    served: HashMap<String, u64>,
+    serve_seq: u64,
 }
 
 /// How a pass's launches went.
@@ -107,6 +114,8 @@ impl Dispatcher {
             held: HashMap::new(),
             passes: watch::Sender::new(0),
             launch_timeout: config.executor.launch_timeout(),
+            served: HashMap::new(),
+            serve_seq: 0,
         }
     }
 
@@ -129,6 +138,10 @@ impl Dispatcher {
         let batch_wait = batches::form(&self.store, &self.jobs, &self.clock).await?;
         let now = self.clock.now_ms();
         let mut due = self.store.due_runs(now, DISPATCH_BATCH).await?;
+        let full = due.len() as i64 == DISPATCH_BATCH;
+        if full {
+            self.add_heads_of_other_jobs(&mut due, now).await?;
+        }
         self.expire_overdue(&mut due, now).await?;
         let mut launched = Launched::default();
         if !due.is_empty() {
@@ -140,12 +153,27 @@ impl Dispatcher {
             // hammer it with the rest of the due runs.
             return Ok(LAUNCH_FAILED_WAIT.min(batch_wait.unwrap_or(LAUNCH_FAILED_WAIT)));
         }
-        if due.len() as i64 == DISPATCH_BATCH && launched.count > 0 {
+        if full && launched.count > 0 {
             // More due runs than one pass takes: go again at once.
             return Ok(Duration::ZERO);
         }
         let wait = self.until_next_due().await?;
         Ok(batch_wait.map_or(wait, |b| wait.min(b)))
+    }
+
+    /// A backlog in one job fills `due` (the earliest due runs): adds the
+    /// first due runs of every other loaded job, so the planner can share
+    /// the free slots fairly.
+    async fn add_heads_of_other_jobs(
+        &self,
+        due: &mut Vec<Run>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let present: HashSet<String> = due.iter().map(|r| r.job.clone()).collect();
+        for job in self.jobs.keys().filter(|j| !present.contains(*j)) {
+            due.extend(self.store.due_runs_of(job, now, HEADS_PER_JOB).await?);
+        }
+        Ok(())
     }
 
     /// Dead-letters the due single-message runs whose message's own
@@ -185,6 +213,7 @@ impl Dispatcher {
             pods: (self.store.running_pods().await?.into_iter())
                 .map(|(job, pods)| (job, pods.clamp(0, u32::MAX as i64) as u32))
                 .collect(),
+            served: self.served.clone(),
         };
         let candidates: Vec<Candidate> = due
             .iter()
@@ -195,16 +224,19 @@ impl Dispatcher {
             .collect();
         let admission = planner::admit(&candidates, &usage, &self.limits);
         self.log_holds(due, &admission.hold);
-        Ok(admission
-            .launch
-            .iter()
-            .filter_map(|g| {
-                let run = due.iter().find(|r| r.run_id == g.run_id)?;
-                self.jobs
-                    .contains_key(&run.job)
-                    .then_some((run, g.max_pods))
-            })
-            .collect())
+        let by_id: HashMap<&str, &Run> = due.iter().map(|r| (r.run_id.as_str(), r)).collect();
+        let mut grants = Vec::with_capacity(admission.launch.len());
+        for g in &admission.launch {
+            let Some(run) = by_id.get(g.run_id).copied() else {
+                continue;
+            };
+            if self.jobs.contains_key(&run.job) {
+                self.serve_seq += 1;
+                self.served.insert(run.job.clone(), self.serve_seq);
+                grants.push((run, g.max_pods));
+            }
+        }
+        Ok(grants)
     }
 
     /// Logs each held run once per reason (a job that is not loaded once
@@ -419,6 +451,7 @@ fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
                     pool: j.limits.pool.clone(),
                     min_pods,
                     want_pods,
+                    priority: j.priority,
                 };
                 (n.clone(), caps)
             })

@@ -7,6 +7,12 @@
 //! - [`sizing`]: the parallelism a run needs to finish inside its window.
 //! - [`batching`]: which waiting messages go into one batch run.
 //!
+//! **Fair order.** When the global cap or a pool is the constraint, due
+//! runs are taken by the job's `priority` (higher first), then round-robin
+//! across jobs within a priority (the job served longest ago first), then
+//! each job's own order (earliest deadline, then oldest): a backlog in one
+//! job takes every free slot only while no other job has a due run.
+//!
 //! Usage is counted from the store (runs in state `running` and their
 //! recorded parallelism), never only from memory, so limits hold across a
 //! daemon restart. **A pool slot is one running run (one Job)**, whatever
@@ -18,7 +24,8 @@ pub mod sizing;
 
 use std::collections::HashMap;
 
-/// A due run offered to the planner, in priority order (earliest deadline, then oldest).
+/// A due run offered to the planner; each job's runs in the job's own
+/// order (earliest deadline, then oldest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'a> {
     pub run_id: &'a str,
@@ -38,6 +45,8 @@ pub struct JobCaps {
     pub min_pods: u32,
     /// Pods a run may use at most (its fixed parallelism, or `sizing.parallelism.max`).
     pub want_pods: u32,
+    /// Higher goes first when slots are short.
+    pub priority: i32,
 }
 
 /// The limits in force.
@@ -61,6 +70,10 @@ pub struct Usage {
     pub running: HashMap<String, u32>,
     /// Pods of running runs.
     pub pods: HashMap<String, u32>,
+    /// When each job last got a slot, as a sequence number (higher is more
+    /// recent; a job never served has none): round-robin goes to the job
+    /// served longest ago.
+    pub served: HashMap<String, u64>,
 }
 
 /// Why a candidate was held back.
@@ -108,10 +121,41 @@ pub struct Admission<'a> {
     pub hold: Vec<(&'a str, Hold)>,
 }
 
-/// Admits candidates in order while every limit has room. Each admitted
-/// run reserves every pod it may use (`Grant::max_pods`), so runs sized
-/// after admission can never exceed `max_pods` together.
+/// The fair order of `candidates` (see the module docs): by priority,
+/// then by turn (each job's first run, then each job's second, …; within a
+/// turn the job served longest ago first), then as given.
+pub fn fair_order<'a>(
+    candidates: &[Candidate<'a>],
+    usage: &Usage,
+    limits: &Limits,
+) -> Vec<Candidate<'a>> {
+    let mut turn: HashMap<&str, u32> = HashMap::new();
+    // (−priority, turn within its job, when its job was last served, given position)
+    type Key = (i32, u32, Option<u64>, usize);
+    let mut keyed: Vec<(Key, &Candidate<'a>)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let t = turn.entry(c.job).or_default();
+            let key = (
+                -limits.jobs.get(c.job).map_or(0, |j| j.priority),
+                *t,
+                usage.served.get(c.job).copied(),
+                i,
+            );
+            *t += 1;
+            (key, c)
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed.into_iter().map(|(_, c)| c.clone()).collect()
+}
+
+/// Admits candidates in the fair order while every limit has room. Each
+/// admitted run reserves every pod it may use (`Grant::max_pods`), so runs
+/// sized after admission can never exceed `max_pods` together.
 pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -> Admission<'a> {
+    let candidates = fair_order(candidates, usage, limits);
     let mut running = usage.running.clone();
     let mut pods = usage.pods.clone();
     let mut total: u32 = running.values().sum();
@@ -122,7 +166,7 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         }
     }
     let mut out = Admission::default();
-    for c in candidates {
+    for c in &candidates {
         let Some(caps) = limits.jobs.get(c.job) else {
             out.hold.push((c.run_id, Hold::UnknownJob));
             continue;
@@ -191,29 +235,19 @@ mod tests {
         a.launch.iter().map(|g| g.run_id.to_string()).collect()
     }
 
+    fn cand<'a>(run_id: &'a str, job: &'a str) -> Candidate<'a> {
+        Candidate { run_id, job }
+    }
+
     #[test]
     fn holds_back_by_job_global_and_unknown() {
         let cands = [
-            Candidate {
-                run_id: "a1",
-                job: "a",
-            },
-            Candidate {
-                run_id: "a2",
-                job: "a",
-            },
-            Candidate {
-                run_id: "b1",
-                job: "b",
-            },
-            Candidate {
-                run_id: "x1",
-                job: "x",
-            },
-            Candidate {
-                run_id: "b2",
-                job: "b",
-            },
+            cand("a1", "a"),
+            cand("a2", "a"),
+            cand("b1", "b"),
+            cand("x1", "x"),
+            cand("b2", "b"),
+            cand("b3", "b"),
         ];
         let usage = Usage {
             running: [("b".to_string(), 1)].into(),
@@ -225,19 +259,82 @@ mod tests {
                 ("b".to_string(), caps(None)),
             ]
             .into(),
-            global: Some(3),
+            global: Some(4),
             ..Limits::default()
         };
         let got = admit(&cands, &usage, &limits);
-        assert_eq!(ids(&got), vec!["a1", "b1"]);
+        // Taken in turns: a1 b1 x1, then a2 b2, then b3.
+        assert_eq!(ids(&got), vec!["a1", "b1", "b2"]);
         assert_eq!(
             got.hold,
             vec![
-                ("a2", Hold::JobLimit),
                 ("x1", Hold::UnknownJob),
-                ("b2", Hold::GlobalLimit)
+                ("a2", Hold::JobLimit),
+                ("b3", Hold::GlobalLimit)
             ]
         );
+    }
+
+    /// The scenario of a backlog next to a cron job: every free slot goes
+    /// to the job served longest ago first, so the cron fire is not stuck
+    /// behind older messages; without other due runs the backlog takes all.
+    #[test]
+    fn a_backlog_shares_free_slots_with_other_jobs_in_turns() {
+        let backlog: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        let mut cands: Vec<Candidate> = backlog.iter().map(|id| cand(id, "queue")).collect();
+        cands.push(cand("fire", "cron"));
+        let limits = Limits {
+            jobs: [
+                ("queue".to_string(), caps(None)),
+                ("cron".to_string(), caps(None)),
+            ]
+            .into(),
+            global: Some(8),
+            ..Limits::default()
+        };
+        // One slot free, the backlog was served last: the cron fire gets it.
+        let usage = Usage {
+            running: [("queue".to_string(), 7)].into(),
+            served: [("queue".to_string(), 41), ("cron".to_string(), 12)].into(),
+            ..Usage::default()
+        };
+        assert_eq!(ids(&admit(&cands, &usage, &limits)), ["fire"]);
+        // Never served counts as longest ago.
+        let usage = Usage {
+            running: [("queue".to_string(), 7)].into(),
+            served: [("queue".to_string(), 41)].into(),
+            ..Usage::default()
+        };
+        assert_eq!(ids(&admit(&cands, &usage, &limits)), ["fire"]);
+        // Three slots: the fire, then the backlog in its own order.
+        let usage = Usage {
+            running: [("queue".to_string(), 5)].into(),
+            ..Usage::default()
+        };
+        assert_eq!(ids(&admit(&cands, &usage, &limits)), ["m0", "fire", "m1"]);
+        // Alone, the backlog takes every slot.
+        let usage = Usage::default();
+        assert_eq!(ids(&admit(&cands[..10], &usage, &limits)).len(), 8);
+    }
+
+    #[test]
+    fn a_higher_priority_goes_first_whatever_the_turn() {
+        let cands = [
+            cand("l1", "low"),
+            cand("l2", "low"),
+            cand("h1", "high"),
+            cand("h2", "high"),
+        ];
+        let mut high = caps(None);
+        high.priority = 5;
+        let limits = Limits {
+            jobs: [("low".to_string(), caps(None)), ("high".to_string(), high)].into(),
+            global: Some(3),
+            ..Limits::default()
+        };
+        let got = admit(&cands, &Usage::default(), &limits);
+        assert_eq!(ids(&got), ["h1", "h2", "l1"]);
+        assert_eq!(got.hold, [("l2", Hold::GlobalLimit)]);
     }
 
     #[test]
@@ -316,6 +413,7 @@ mod tests {
         let usage = Usage {
             running: [("a".to_string(), 1)].into(),
             pods: [("a".to_string(), 1)].into(),
+            ..Usage::default()
         };
         let got = admit(&cands, &usage, &limits);
         // One db slot left: a1, first in line, takes it; b1 waits although its
@@ -362,6 +460,7 @@ mod tests {
             let pool_names = ["p0", "p1"];
             let limits = Limits {
                 jobs: jobs.iter().enumerate().map(|(i, (ma, mp, pool, min, extra))| (names[i].to_string(), JobCaps {
+                    priority: 0,
                     max_active: *ma,
                     max_pods: *mp,
                     pool: pool.map(|p| pool_names[p].to_string()),
@@ -375,6 +474,7 @@ mod tests {
             let usage = Usage {
                 running: running.iter().enumerate().map(|(i, (r, _))| (names[i].to_string(), *r)).collect(),
                 pods: running.iter().enumerate().map(|(i, (r, p))| (names[i].to_string(), r * p)).collect(),
+                ..Usage::default()
             };
             let ids: Vec<String> = (0..cands.len()).map(|i| format!("r{i}")).collect();
             let candidates: Vec<Candidate> = cands.iter().enumerate()

@@ -29,6 +29,17 @@ pub struct CronFire {
     pub work_item_id: Option<String>,
 }
 
+/// Fires as read: a fire stored as `recorded` (or `launched`, as earlier
+/// versions stored it) reads `launched` once a run of its work item has
+/// started, `recorded` while it waits for a slot.
+const FIRE_SELECT: &str = "SELECT f.job, f.fire_ms, \
+     CASE WHEN f.outcome IN ('recorded', 'launched') THEN \
+       CASE WHEN EXISTS (SELECT 1 FROM runs r WHERE r.work_item_id = f.work_item_id \
+                         AND r.started_ms IS NOT NULL) \
+            THEN 'launched' ELSE 'recorded' END \
+     ELSE f.outcome END AS outcome, \
+     f.detail, f.work_item_id FROM cron_fires f";
+
 /// A [`CronFire`] as stored, its outcome as text.
 #[derive(sqlx::FromRow)]
 struct CronFireRow {
@@ -162,13 +173,24 @@ impl Store {
 
     /// Recorded fires of `job`, oldest first.
     pub async fn cron_fires(&self, job: &str) -> Result<Vec<CronFire>> {
-        let rows: Vec<CronFireRow> = sqlx::query_as(
-            "SELECT job, fire_ms, outcome, detail, work_item_id FROM cron_fires \
-             WHERE job = $1 ORDER BY fire_ms",
-        )
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!("{FIRE_SELECT} WHERE f.job = $1 ORDER BY f.fire_ms");
+        let rows: Vec<CronFireRow> = sqlx::query_as(&sql).bind(job).fetch_all(&self.pool).await?;
         rows.into_iter().map(CronFire::try_from).collect()
+    }
+
+    /// The newest `limit` fires of `job`, oldest first.
+    pub async fn latest_cron_fires(&self, job: &str, limit: i64) -> Result<Vec<CronFire>> {
+        let sql = format!("{FIRE_SELECT} WHERE f.job = $1 ORDER BY f.fire_ms DESC LIMIT $2");
+        let rows: Vec<CronFireRow> = sqlx::query_as(&sql)
+            .bind(job)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut fires = rows
+            .into_iter()
+            .map(CronFire::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        fires.reverse();
+        Ok(fires)
     }
 }

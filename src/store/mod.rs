@@ -185,11 +185,25 @@ impl Store {
     }
 
     /// Applies pending migrations from `migrations/` (embedded in the binary).
+    ///
+    /// Two processes may migrate a new SQLite file at once (the daemon and
+    /// a `kedge enqueue`, say): SQLite has no migration lock, so the loser
+    /// finds a table the winner just made. Each migration is one
+    /// transaction, so after a short wait the loser sees them applied and
+    /// tries again; PostgreSQL's migrator takes an advisory lock instead.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(StoreError::Migrate)?;
+        let mut attempt = 0u32;
+        loop {
+            match MIGRATOR.run(&self.pool).await {
+                Ok(()) => break,
+                Err(e) if self.backend == Backend::Sqlite && attempt < 10 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "migrating raced another process; trying again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(StoreError::Migrate(e)),
+            }
+        }
         sqlx::query(
             "INSERT INTO kedge_meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING",
         )
@@ -300,6 +314,36 @@ fn sqlite_path(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Four processes' first commands on a new SQLite file at once (here:
+    /// four pools): every one finds the store migrated, none fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_migrations_of_a_new_sqlite_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/new.db", dir.path().display());
+        for _ in 0..3 {
+            let _ = std::fs::remove_file(dir.path().join("new.db"));
+            let mut stores = Vec::new();
+            for _ in 0..4 {
+                stores.push(Store::connect(&url).await.unwrap());
+            }
+            let results =
+                futures::future::join_all(stores.iter().map(|s| s.migrate())).await;
+            for r in results {
+                r.expect("a racing migration succeeds");
+            }
+            let ids: std::collections::HashSet<String> =
+                futures::future::join_all(stores.iter().map(|s| s.instance_id()))
+                    .await
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+            assert_eq!(ids.len(), 1, "one instance id for the one store");
+            for s in stores {
+                s.close().await;
+            }
+        }
+    }
 
     #[test]
     fn sqlite_paths() {

@@ -214,6 +214,26 @@ impl Store {
         runs_from_rows(rows)
     }
 
+    /// `job`'s due pending runs, in the job's own order (earliest
+    /// deadline, then oldest), at most `limit`: the heads of the jobs a
+    /// backlog in another job pushed out of [`Store::due_runs`].
+    pub async fn due_runs_of(&self, job: &str, now_ms: i64, limit: i64) -> Result<Vec<Run>> {
+        let sql = select_runs(
+            "WHERE r.job = $1 AND r.state = $2 AND r.scheduled_ms <= $3 \
+             ORDER BY CASE WHEN w.deadline_ms IS NULL THEN 1 ELSE 0 END, w.deadline_ms, \
+                      r.scheduled_ms, r.run_id \
+             LIMIT $4",
+        );
+        let rows = sqlx::query_as(&sql)
+            .bind(job)
+            .bind(RunState::Pending.as_str())
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        runs_from_rows(rows)
+    }
+
     /// When the next pending run becomes due, if any is waiting.
     pub async fn next_due_ms(&self) -> Result<Option<i64>> {
         Ok(

@@ -365,7 +365,7 @@ async fn decide_and_record(
                     }
                     FireOutcome::Replaced
                 }
-                OverlapAction::Launch => FireOutcome::Launched,
+                OverlapAction::Launch => FireOutcome::Recorded,
             };
             let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
             pending += 1;
