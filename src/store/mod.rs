@@ -327,8 +327,7 @@ mod tests {
             for _ in 0..4 {
                 stores.push(Store::connect(&url).await.unwrap());
             }
-            let results =
-                futures::future::join_all(stores.iter().map(|s| s.migrate())).await;
+            let results = futures::future::join_all(stores.iter().map(|s| s.migrate())).await;
             for r in results {
                 r.expect("a racing migration succeeds");
             }
