@@ -23,6 +23,12 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use crate::executor::render::LABEL_RUN;
 use crate::executor::Stall;
 
+/// An API timestamp as a chrono time.
+pub(super) fn timestamp(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
+    // jiff's range (years -9999..=9999) is inside chrono's: never the default.
+    DateTime::<Utc>::from_timestamp_micros(t.as_microsecond()).unwrap_or_default()
+}
+
 /// One pod of a run that has not finished.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodView {
@@ -89,7 +95,7 @@ pub fn see(pod: &Pod) -> Option<(String, Seen)> {
                     .metadata
                     .creation_timestamp
                     .as_ref()
-                    .map(|t| super::tracker::timestamp(&t.0))
+                    .map(|t| timestamp(&t.0))
                     .unwrap_or_else(Utc::now),
                 running: phase == "Running",
                 evidence: if phase == "Running" {
@@ -150,7 +156,7 @@ fn last_container_time(pod: &Pod) -> Option<DateTime<Utc>> {
                 (None, Some(r)) => r.started_at.as_ref(),
                 _ => None,
             }?;
-            Some(super::tracker::timestamp(&t.0))
+            Some(timestamp(&t.0))
         })
         .max()
 }

@@ -30,7 +30,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::pods::{self, RunPods};
+use super::pods::{self, timestamp, RunPods};
 use crate::executor::render::LABEL_JOB;
 use crate::executor::{Outcome, OutcomeKind, Progress};
 
@@ -108,11 +108,6 @@ impl View {
             finished,
         }
     }
-}
-
-pub(super) fn timestamp(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
-    // jiff's range (years -9999..=9999) is inside chrono's: never the default.
-    DateTime::<Utc>::from_timestamp_micros(t.as_microsecond()).unwrap_or_default()
 }
 
 /// `status.completedIndexes` (`"1,3-5,7"`) → `[1, 3, 4, 5, 7]`. A part
