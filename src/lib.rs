@@ -35,13 +35,16 @@
 //!   [`dispatcher::batches`] forms batch runs, [`dispatcher::sizing`] sizes
 //!   a run at launch (probe → planner → decision on the JobSpec),
 //!   [`dispatcher::replan`] watches runs in flight (backpressure, raising
-//!   parallelism when a run falls behind its deadline). *Where is
+//!   parallelism when a run falls behind its deadline), and
+//!   [`dispatcher::stuck`] fails runs whose pods never start
+//!   (`limits.start_timeout`). *Where is
 //!   parallelism decided?* The arithmetic in [`planner::sizing`], the I/O
 //!   around it in `dispatcher::sizing` and `dispatcher::replan`;
 //!   [`dispatcher::preview`] shows what a run would launch (`kedge plan`,
 //!   `kedge render`).
 //! - [`planner`] — pure: which due runs may launch under the limits (per
-//!   job, pools, global, backpressure), [`planner::sizing`], the
+//!   job, pools, global, backpressure), in a fair order across jobs
+//!   (priority, then turns), [`planner::sizing`], the
 //!   parallelism that finishes a run inside its window, and
 //!   [`planner::batching`], which waiting messages go into one batch run.
 //! - [`probes`] — measure how much work a run has (`sizing.work`): sql,
@@ -50,7 +53,8 @@
 //!   [`mod@executor::render`] builds the JobSpec with kedge's env,
 //!   [`executor::local`] runs it as processes and tracks them to an outcome,
 //!   [`executor::kubernetes`] creates Jobs (and payload ConfigMaps) through
-//!   the API server, tracks them with one watcher, cleans them up, and
+//!   the API server, tracks them with one watcher (and their pods and
+//!   `FailedCreate` Events: why a run does not start), cleans them up, and
 //!   elects the one launching replica on a Lease.
 //! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter;
 //!   [`finalizer::outbox`] publishes stored dead letters to their broker,
