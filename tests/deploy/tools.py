@@ -6,6 +6,8 @@ prints one JSON document on stdout; the Rust tests make the assertions.
   tools.py render CHART RELEASE NAMESPACE VALUES.json
       Helm's own engine (helm-python-sdk: Helm v4's Go SDK behind a C ABI)
       renders the chart as `helm template` would; prints the objects.
+  tools.py render-error CHART RELEASE NAMESPACE VALUES.json
+      Renders, expecting the chart to refuse the values; prints the message.
   tools.py lint CHART KUBE_VERSION
       `helm lint --strict`; prints the report.
   tools.py kustomize DIR
@@ -44,6 +46,14 @@ def render(chart, release, namespace, values_file):
         if path.endswith(".yaml") or path.endswith(".yml"):
             objects.extend(documents(manifests[path]))
     return objects
+
+
+def render_error(chart, release, namespace, values_file):
+    try:
+        render(chart, release, namespace, values_file)
+    except Exception as e:
+        return str(e)
+    sys.exit("the chart rendered values it should have refused")
 
 
 def lint(chart, kube_version):
@@ -99,6 +109,7 @@ def json_schema(schema_file):
 def main(argv):
     commands = {
         "render": render,
+        "render-error": render_error,
         "lint": lint,
         "kustomize": kustomize,
         "kube-validate": kube_validate,
