@@ -16,7 +16,8 @@
 //! - [`config`] — the daemon config and job definitions: parse, validate
 //!   every field, report all problems as `path:line:column: field: message`.
 //!   Pure: no store, no probes' measuring ([`config::probe`] only parses and
-//!   resolves `sizing.work`).
+//!   resolves `sizing.work`). [`config::schema`] derives the files' JSON
+//!   Schemas from the same types (`kedge schema`, `deploy/schema/`).
 //! - [`triggers`] — where work comes from: [`triggers::cron`] (Debian cron
 //!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop for
 //!   every cron job, fires due together recorded in one transaction;

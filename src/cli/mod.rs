@@ -13,6 +13,7 @@
 //! - `runs` — `kedge runs` and `kedge fires`: the store's records.
 //! - `dlq` — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
 //! - `migrate` — `kedge migrate`.
+//! - `schema` — `kedge schema` ([`crate::config::schema`]).
 //! - `cluster` — `--kubeconfig` / `--namespace`, shared by run and render.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (store unreachable, I/O);
@@ -25,6 +26,7 @@ mod plan;
 mod queue;
 mod run;
 mod runs;
+mod schema;
 mod validate;
 
 use std::io::Read;
@@ -125,6 +127,20 @@ pub enum Command {
     },
     /// Apply the store's migrations and exit (kedge run also applies them).
     Migrate,
+    /// Print the JSON Schema of a job definition or of the daemon config.
+    ///
+    /// The schemas are derived from the types kedge's parser reads, and are
+    /// checked in as deploy/schema/job.schema.json and config.schema.json.
+    /// Editors with YAML language support (yaml-language-server: VS Code's
+    /// YAML extension, Neovim, Helix, JetBrains) complete and check a file
+    /// whose first line names its schema:
+    ///
+    ///     # yaml-language-server: $schema=../deploy/schema/job.schema.json
+    ///
+    /// A schema checks field names, types and values; `kedge validate`
+    /// checks everything else (cron expressions, time zones, environment
+    /// variables) and is the final word.
+    Schema(schema::SchemaArgs),
 }
 
 /// A failure with its exit code.
@@ -193,6 +209,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Fires(args) => runs::fires(&src, args).await,
         Command::Dlq { command } => dlq::dlq(&src, command).await,
         Command::Migrate => migrate::migrate(&src).await,
+        Command::Schema(args) => schema::schema(args),
     }
 }
 
@@ -339,6 +356,28 @@ mod tests {
         assert_eq!(parse(&["launch"]).unwrap_err().exit_code(), 2);
         assert_eq!(Failure::Input(String::new()).exit_code(), 2);
         assert_eq!(Failure::Runtime(anyhow::anyhow!("x")).exit_code(), 1);
+    }
+
+    #[test]
+    fn schema_takes_a_kind_or_a_directory() {
+        use crate::config::schema::SchemaKind;
+        use clap::error::ErrorKind;
+        let Command::Schema(args) = parse(&["schema", "job"]).unwrap().command else {
+            panic!("not schema")
+        };
+        assert_eq!(
+            format!("{args:?}"),
+            "SchemaArgs { kind: Some(Job), write: None }"
+        );
+        assert!(parse(&["schema", "--write", "d"]).is_ok());
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["schema"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["schema", "calendar"]), ErrorKind::InvalidValue);
+        assert_eq!(
+            kind(&["schema", "job", "--write", "d"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(SchemaKind::ALL.len(), 2);
     }
 
     #[test]

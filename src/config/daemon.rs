@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
 use super::diagnostic::{parse_duration, Problem};
+use super::schema::DurationText;
 use super::yaml::{duration_text, string_enum};
 
 /// The configuration kedge uses when no `--config` is given and
@@ -14,102 +16,169 @@ use super::yaml::{duration_text, string_enum};
 /// jobs from `jobs/`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The kedge daemon configuration (`config/kedge.yaml`, or `--config`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
     expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, log_format or shutdown_timeout"
 )]
+#[schemars(deny_unknown_fields, rename = "DaemonConfig")]
 pub struct RawDaemon {
+    /// Where job definitions (`*.yaml`, `*.yml`) are read from [default: `jobs`].
+    /// `--jobs` and `KEDGE_JOBS` override it.
     pub jobs_dir: Option<String>,
+    /// The state store.
     #[serde(default)]
     pub store: RawStore,
+    /// Which executor launches runs, and its settings.
     #[serde(default)]
     pub executor: RawExecutor,
+    /// Limits across all jobs.
     #[serde(default)]
     pub limits: RawGlobalLimits,
+    /// How log lines are written [default: `pretty`].
     pub log_format: Option<LogFormat>,
     /// Named pools shared across jobs: name → slots (running runs at once).
+    /// A job joins one with `limits.pool`.
     #[serde(default)]
     pub pools: std::collections::BTreeMap<String, u32>,
+    /// How long a graceful shutdown waits for running processes to stop [default: 30s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub shutdown_timeout: Option<String>,
+    /// The HTTP endpoint: /healthz, /readyz and /metrics.
     #[serde(default)]
     pub http: RawHttp,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The HTTP endpoint: /healthz, /readyz and /metrics (Prometheus).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with listen")]
+#[schemars(deny_unknown_fields, rename = "Http")]
 pub struct RawHttp {
     /// `HOST:PORT` for /healthz, /readyz and /metrics; port 0 picks a free one.
     pub listen: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The state store: SQLite (one file, the embedded default) or PostgreSQL
+/// (shared by replicas). Set `url` or `url_env`, not both.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with url or url_env, and poll_interval")]
+#[schemars(deny_unknown_fields, rename = "Store")]
 pub struct RawStore {
+    /// `sqlite://PATH` (created if missing), `sqlite::memory:`, or
+    /// `postgres://USER@HOST/DB` [default: `sqlite://.kedge/kedge.db`].
     pub url: Option<String>,
+    /// The name of an environment variable holding the URL (keeps a
+    /// password out of the file).
     pub url_env: Option<String>,
+    /// How often the store is checked for work other processes wrote; they
+    /// also wake the daemon at once, so this is the backstop [default: 1s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub poll_interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Which executor launches runs, and the settings of each.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with kind, local and kubernetes")]
+#[schemars(deny_unknown_fields, rename = "Executor")]
 pub struct RawExecutor {
+    /// [default: `local`]
     pub kind: Option<ExecutorKind>,
+    /// Settings of the local executor (used when `kind: local`).
     #[serde(default)]
     pub local: RawLocal,
+    /// Settings of the Kubernetes executor (checked whichever `kind` is chosen).
     #[serde(default)]
     pub kubernetes: RawKubernetes,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Settings of the Kubernetes executor.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
     expecting = "a mapping with kubeconfig, context, namespace, api_qps, api_burst, request_timeout, launch_timeout, successful_jobs_history_limit, failed_jobs_history_limit, ttl_seconds_after_finished or lease"
 )]
+#[schemars(deny_unknown_fields, rename = "KubernetesExecutor")]
 pub struct RawKubernetes {
+    /// A kubeconfig file. Unset: `KUBECONFIG`, `~/.kube/config`, then the
+    /// pod's service account (in-cluster).
     pub kubeconfig: Option<String>,
+    /// The kubeconfig context [default: its current-context].
     pub context: Option<String>,
+    /// Where Jobs, payload ConfigMaps and the Lease live [default: the
+    /// context's namespace, or the pod's own namespace in-cluster].
     pub namespace: Option<String>,
+    /// Client-side limit on API writes, sustained per second [default: 50].
     pub api_qps: Option<u32>,
+    /// Client-side limit on API writes, burst [default: 100].
     pub api_burst: Option<u32>,
+    /// One API write with no answer in this time is abandoned and retried [default: 30s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub request_timeout: Option<String>,
+    /// How long a run's Job create may keep failing transiently (no answer,
+    /// 429, 5xx, a quota) before the attempt fails as `launch_timeout` [default: 10m].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub launch_timeout: Option<String>,
+    /// Succeeded Jobs kept per job, as a CronJob keeps them [default: 3].
     pub successful_jobs_history_limit: Option<u32>,
+    /// Failed Jobs kept per job [default: 1].
     pub failed_jobs_history_limit: Option<u32>,
+    /// `ttlSecondsAfterFinished` for templates that set none [default: 86400].
     pub ttl_seconds_after_finished: Option<u32>,
+    /// The `coordination.k8s.io/v1` Lease that elects the one launching replica.
     #[serde(default)]
     pub lease: RawLease,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The Lease that elects the one launching replica.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with name, duration or identity")]
+#[schemars(deny_unknown_fields, rename = "Lease")]
 pub struct RawLease {
+    /// [default: `kedge`]
     pub name: Option<String>,
+    /// A follower takes over within this long after the leader dies; at
+    /// least 2s [default: 15s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub duration: Option<String>,
+    /// This replica's identity in the Lease [default: host name and pid].
     pub identity: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Settings of the local executor.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with work_dir, pod_backoff or pod_backoff_max")]
+#[schemars(deny_unknown_fields, rename = "LocalExecutor")]
 pub struct RawLocal {
+    /// Per-run folders with each container's output and payload file
+    /// [default: `.kedge/runs`].
     pub work_dir: Option<String>,
+    /// Delay before a failed pod is replaced, doubling up to
+    /// `pod_backoff_max` [default: 10s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub pod_backoff: Option<String>,
+    /// [default: 6m]
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub pod_backoff_max: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Limits across all jobs.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with max_active_runs")]
+#[schemars(deny_unknown_fields, rename = "GlobalLimits")]
 pub struct RawGlobalLimits {
+    /// Runs launched at once across all jobs; at least 1 [default: no cap].
+    #[schemars(range(min = 1))]
     pub max_active_runs: Option<u32>,
 }
 
 /// Which executor launches runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     /// Child processes on this machine (the embedded default).
@@ -118,7 +187,9 @@ pub enum ExecutorKind {
     Kubernetes,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default, JsonSchema)]
+#[schemars(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

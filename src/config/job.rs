@@ -12,33 +12,48 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use k8s_openapi::api::batch::v1::JobSpec;
 use k8s_openapi::api::core::v1::Container;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::{parse_duration, FieldPath, Problem};
 pub use super::queue::QueueTrigger;
 use super::queue::{RawBatch, RawDeadLetter, RawQueue};
+use super::schema::DurationText;
 use super::sizing::{RawSizing, RawWindow, Sizing, Window};
 use super::yaml::{duration_text, string_enum};
 use super::{DaemonConfig, ExecutorKind};
 use crate::lifecycle::{JOB_NAME_MAX, K8S_NAME_MAX, RUN_SUFFIX_MAX};
 use crate::triggers::cron::Schedule;
 
-/// A job file as written.
-#[derive(Debug, Clone, Deserialize)]
+/// A kedge job definition (`jobs/*.yaml`): what triggers a run, and the
+/// `batch/v1` JobSpec each run launches.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with name, trigger and template")]
+#[schemars(deny_unknown_fields, rename = "Job")]
 pub struct RawJob {
+    /// The job's name: lower-case letters, digits and '-', starting and
+    /// ending with a letter or digit, unique across the jobs directory; at
+    /// most 49 characters, so that a run's Job name (the name and a suffix
+    /// of up to 14) stays within Kubernetes' 63.
+    #[schemars(length(min = 1, max = JOB_NAME_MAX), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
+    /// Free text, shown by `kedge plan` and the API.
     #[serde(default)]
     pub description: Option<String>,
     /// When the global cap or a pool is the constraint, due runs of jobs
-    /// with a higher priority launch first (default 0).
+    /// with a higher priority launch first; within a priority, jobs take
+    /// turns [default: 0].
     #[serde(default)]
     pub priority: i32,
+    /// What starts a run: `cron` (with its time zone and policies) or `queue`.
     pub trigger: RawTrigger,
+    /// How a failed run is retried before it is dead-lettered.
     #[serde(default)]
     pub retry: RawRetry,
+    /// Limits on this job's runs and pods.
     #[serde(default)]
     pub limits: RawLimits,
+    /// What a queue message must look like.
     #[serde(default)]
     pub payload: RawPayload,
     /// Names of the daemon's environment variables copied into every container.
@@ -56,54 +71,96 @@ pub struct RawJob {
     pub template: JobSpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+// `RawJob::name`'s doc (the schema's description) says 49.
+const _: () = assert!(JOB_NAME_MAX == 49, "update the doc of RawJob::name");
+
+/// What starts a run: `cron` (and its policies) or `queue`, exactly one.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with `cron` or `queue`")]
+#[schemars(deny_unknown_fields, rename = "Trigger")]
 pub struct RawTrigger {
+    /// A 5-field Debian cron expression (crontab(5): names, ranges, steps,
+    /// lists, day-of-week 0 and 7 = Sunday), a 6-field one with seconds in
+    /// front, or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
     pub cron: Option<String>,
+    /// Cron jobs: the IANA time zone the expression is read in [default: UTC].
     pub timezone: Option<String>,
+    /// Cron jobs: what a fire does while an earlier run is active [default: forbid].
     pub overlap: Option<Overlap>,
+    /// Cron jobs: which fires missed while kedge was down run when it is back [default: latest].
     pub catchup: Option<Catchup>,
+    /// Cron jobs: a missed fire older than this is not caught up [default: no bound].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub starting_deadline: Option<String>,
+    /// Queue jobs: where messages come from.
     pub queue: Option<RawQueue>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Retries of a failed run: `max_attempts` runs in all, the n-th retry
+/// waiting `backoff × 2^(n-1)`, capped at `max_backoff`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with max_attempts, backoff or max_backoff")]
+#[schemars(deny_unknown_fields, rename = "Retry")]
 pub struct RawRetry {
+    /// Runs in all, the first included [default: 3].
+    #[schemars(range(min = 1))]
     pub max_attempts: Option<u32>,
+    /// The wait before the first retry [default: 10s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub backoff: Option<String>,
+    /// The longest wait between retries [default: 1h].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub max_backoff: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Limits on this job's runs and pods, and how long its pods may take to start.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
     expecting = "a mapping with max_active, max_pods, pool, pending_timeout, start_timeout or image_pull_timeout"
 )]
+#[schemars(deny_unknown_fields, rename = "Limits")]
 pub struct RawLimits {
+    /// Runs of this job launched at once [default: only the global cap;
+    /// 1 for a cron job whose overlap is not `allow`].
     pub max_active: Option<u32>,
+    /// Pods (the sum of running runs' parallelism) of this job at once.
     pub max_pods: Option<u32>,
+    /// A pool from the daemon config whose slots this job's runs take.
     pub pool: Option<String>,
+    /// Pods Pending longer than this stop new launches of the job until
+    /// they schedule [default: 5m].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub pending_timeout: Option<String>,
+    /// A run none of whose pods has started for this long fails as
+    /// `start_timeout` [default: 10m].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub start_timeout: Option<String>,
+    /// Sooner for an image that cannot be pulled or a missing Secret:
+    /// fails as `image_pull_timeout` [default: 3m].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub image_pull_timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What a queue message must look like.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with format or max_bytes")]
+#[schemars(deny_unknown_fields, rename = "Payload")]
 pub struct RawPayload {
+    /// [default: json]
     pub format: Option<PayloadFormat>,
+    /// The largest message taken [default: 1048576, 1 MiB].
     pub max_bytes: Option<u64>,
 }
 
 /// What happens when a cron fire comes while an earlier run of the job is
 /// still active (pending, running or waiting for a retry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// Start another run alongside.
@@ -117,7 +174,7 @@ pub enum Overlap {
 }
 
 /// Which fires missed while kedge was down (or asleep) run when it is back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Catchup {
     /// Run none of them (Debian cron's behaviour).
@@ -129,7 +186,7 @@ pub enum Catchup {
 }
 
 /// How a message payload must look for this job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadFormat {
     /// Any UTF-8 text.

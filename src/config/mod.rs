@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub mod job;
 pub mod probe;
 pub mod queue;
+pub mod schema;
 pub mod sizing;
 pub mod yaml;
 

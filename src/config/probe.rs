@@ -143,21 +143,64 @@ impl<'de> Deserialize<'de> for ProbeName {
     }
 }
 
-#[derive(Deserialize)]
+/// `sizing.work.sql`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "SqlProbe")]
 struct SqlFields {
+    /// The name of an environment variable holding the database URL
+    /// (`postgres://…` or `sqlite://…`).
     url_env: String,
+    /// A query whose first column of the first row is the work.
     query: String,
 }
 
-#[derive(Deserialize)]
+/// `sizing.work.http`: set `url` or `url_env`, not both.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "HttpProbe")]
 struct HttpFields {
+    /// The URL to `GET` (`http://` or `https://`).
     url: Option<String>,
+    /// The name of an environment variable holding the URL.
     url_env: Option<String>,
+    /// A JSON pointer to the number in the answer, such as `/pending`.
     pointer: String,
 }
 
-#[derive(Deserialize)]
+/// `sizing.work.queue_length: {}`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct NoFields {}
+
+// The schema of `RawWorkProbe`, whose `Deserialize` is written by hand: the
+// same one-key mapping, as an externally tagged enum. Its doc comment is the
+// schema's description.
+/// How much work a run has: exactly one probe, `static: 400`, `sql: {…}`,
+/// `http: {…}`, `command: […]` or `queue_length: {}`.
+#[derive(schemars::JsonSchema)]
+#[schemars(rename = "WorkProbe", rename_all = "snake_case")]
+#[allow(dead_code)] // only its schema is used
+enum WorkProbeSchema {
+    /// A fixed amount of work.
+    Static(f64),
+    /// The first column of the first row of `query`.
+    Sql(SqlFields),
+    /// The number at `pointer` in the JSON answer to `GET url`.
+    Http(HttpFields),
+    /// argv of a program that prints the number.
+    Command(#[schemars(length(min = 1))] Vec<String>),
+    /// The job's pending runs.
+    QueueLength(Option<NoFields>),
+}
+
+impl schemars::JsonSchema for RawWorkProbe {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        WorkProbeSchema::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        WorkProbeSchema::json_schema(generator)
+    }
+}
 
 impl<'de> Deserialize<'de> for RawWorkProbe {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

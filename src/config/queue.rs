@@ -25,110 +25,176 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
 use super::diagnostic::{parse_duration, Problem};
+use super::schema::DurationText;
 use super::yaml::{duration_text, string_enum};
 use crate::redact::redact;
 
-/// `trigger.queue` as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `trigger.queue`: exactly one source, and where messages carry their
+/// own deadline.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
     expecting = "a mapping with one source (builtin, redis_list, redis_stream, rabbitmq or postgres)"
 )]
+#[schemars(deny_unknown_fields, rename = "Queue")]
 pub struct RawQueue {
+    /// The queue table in kedge's own store, fed by `kedge enqueue` and the API.
     pub builtin: Option<BuiltinQueue>,
+    /// A Redis list, claimed with `BLMOVE` into a per-consumer processing list.
     pub redis_list: Option<RawRedisList>,
+    /// A Redis stream, read by a consumer group.
     pub redis_stream: Option<RawRedisStream>,
+    /// A RabbitMQ queue, with manual acks.
     pub rabbitmq: Option<RawRabbitmq>,
+    /// A PostgreSQL table, claimed with `FOR UPDATE SKIP LOCKED`.
     pub postgres: Option<RawPostgres>,
     /// Where a message carries its own deadline.
     pub deadline: Option<RawDeadlineFrom>,
+    /// What happens to a message whose own deadline passed before its run
+    /// could launch [default: dead_letter].
     pub on_expired: Option<OnExpired>,
 }
 
 /// `trigger.queue.builtin: {}` — the queue table in kedge's own store.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "an empty mapping, `{}`")]
+#[schemars(deny_unknown_fields)]
 pub struct BuiltinQueue {}
 
-#[derive(Debug, Clone, Deserialize)]
+/// A Redis list source. Set `url` or `url_env`, not both.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with url or url_env, list and lease")]
+#[schemars(deny_unknown_fields, rename = "RedisList")]
 pub struct RawRedisList {
+    /// `redis://` or `rediss://` URL.
     pub url: Option<String>,
+    /// The name of an environment variable holding the URL.
     pub url_env: Option<String>,
+    /// The list messages are pushed to.
     pub list: String,
+    /// A consumer whose heartbeat is older than this is presumed dead and
+    /// its claimed messages are recovered by another [default: 30s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub lease: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A Redis stream source. Set `url` or `url_env`, not both.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with url or url_env, stream, group and claim_idle")]
+#[schemars(deny_unknown_fields, rename = "RedisStream")]
 pub struct RawRedisStream {
+    /// `redis://` or `rediss://` URL.
     pub url: Option<String>,
+    /// The name of an environment variable holding the URL.
     pub url_env: Option<String>,
+    /// The stream.
     pub stream: String,
+    /// The consumer group [default: `kedge`].
     pub group: Option<String>,
+    /// Entries pending this long with a consumer are taken over
+    /// (`XAUTOCLAIM`) [default: 1m].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub claim_idle: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A RabbitMQ source. Set `url` or `url_env`, not both.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with url or url_env, queue and prefetch")]
+#[schemars(deny_unknown_fields, rename = "Rabbitmq")]
 pub struct RawRabbitmq {
+    /// `amqp://` or `amqps://` URL.
     pub url: Option<String>,
+    /// The name of an environment variable holding the URL.
     pub url_env: Option<String>,
+    /// The queue.
     pub queue: String,
+    /// Unacknowledged deliveries at once [default: 32].
     pub prefetch: Option<u16>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A PostgreSQL table source. Set `url` or `url_env`, not both.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(
     expecting = "a mapping with url or url_env, table, id_column, payload_column, on_claim, status_column, channel and poll_interval"
 )]
+#[schemars(deny_unknown_fields, rename = "Postgres")]
 pub struct RawPostgres {
+    /// `postgres://` URL.
     pub url: Option<String>,
+    /// The name of an environment variable holding the URL.
     pub url_env: Option<String>,
+    /// The table (optionally `schema.table`).
     pub table: String,
+    /// [default: `id`]
     pub id_column: Option<String>,
+    /// [default: `payload`]
     pub payload_column: Option<String>,
+    /// What happens to a claimed row once its message is stored [default: delete].
     pub on_claim: Option<OnClaim>,
+    /// With `on_claim: mark`: the column set to `'claimed'` [default: `status`].
     pub status_column: Option<String>,
+    /// A `LISTEN` channel producers `NOTIFY` for an instant wake-up
+    /// [default: none, polling only].
     pub channel: Option<String>,
+    /// The polling fallback [default: 5s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub poll_interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Where a message carries its own deadline (RFC 3339): one of the two.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with json_pointer or header")]
+#[schemars(deny_unknown_fields, rename = "DeadlineFrom")]
 pub struct RawDeadlineFrom {
+    /// A JSON pointer into the payload, such as `/deadline`.
     pub json_pointer: Option<String>,
+    /// A message header (RabbitMQ) or field (Redis stream).
     pub header: Option<String>,
 }
 
-/// `batch` as written.
-#[derive(Debug, Clone, Deserialize)]
+/// `batch`: how many messages one run takes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with max_messages and max_wait")]
+#[schemars(deny_unknown_fields, rename = "Batch")]
 pub struct RawBatch {
+    /// At most this many messages per run (one Indexed completion each).
+    #[schemars(range(min = 1))]
     pub max_messages: u32,
+    /// A batch launches when full or when its oldest message has waited
+    /// this long [default: 1s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub max_wait: Option<String>,
 }
 
-/// `dead_letter` as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `dead_letter`: where dead letters are published besides kedge's store;
+/// the key matches the source (`list`: redis_list, `stream`: redis_stream,
+/// `exchange` + `routing_key`: rabbitmq, `table`: postgres).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with list, stream, exchange and routing_key, or table")]
+#[schemars(deny_unknown_fields, rename = "DeadLetter")]
 pub struct RawDeadLetter {
+    /// redis_list: the list dead letters are pushed to.
     pub list: Option<String>,
+    /// redis_stream: the stream dead letters are added to.
     pub stream: Option<String>,
+    /// rabbitmq: the exchange dead letters are published to (with publisher confirms).
     pub exchange: Option<String>,
+    /// rabbitmq: their routing key [default: empty].
     pub routing_key: Option<String>,
+    /// postgres: the table dead letters are inserted into.
     pub table: Option<String>,
 }
 
 /// What happens to a claimed Postgres row once its message is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnClaim {
     /// `DELETE` it (the default).
@@ -145,7 +211,7 @@ string_enum!(OnClaim {
 
 /// What happens to a message whose own deadline has passed before its run
 /// could launch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExpired {
     /// Dead-letter it with reason `expired` (the default).

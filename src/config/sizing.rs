@@ -23,44 +23,73 @@ use std::time::Duration;
 
 use chrono::{DateTime, LocalResult, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
 use super::diagnostic::{parse_duration, Problem};
 use super::probe::{RawWorkProbe, WorkProbe};
+use super::schema::DurationText;
 use super::yaml::{duration_text, string_enum};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `window`: when a run must be finished, `deadline` or `within` (one of the two).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with `deadline` or `within`")]
+#[schemars(deny_unknown_fields, rename = "Window")]
 pub struct RawWindow {
+    /// A wall-clock time `HH:MM` in the job's time zone: the next one after
+    /// the fire (or, for a message, after it arrived).
+    #[schemars(regex(pattern = r"^\d{1,2}:\d{2}(:\d{2})?$"))]
     pub deadline: Option<String>,
+    /// A duration after the fire (an RPO).
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub within: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `sizing`: how much work a run has and how to size it to its window.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with `work` and `initial_rate_per_pod`")]
+#[schemars(deny_unknown_fields, rename = "Sizing")]
 pub struct RawSizing {
+    /// How much work a run has: exactly one probe.
     pub work: RawWorkProbe,
+    /// The unit of work, for messages and `kedge plan` (e.g. `GB`).
     pub unit: Option<String>,
+    /// Units per pod per hour, used until the job has 3 runs of history.
     pub initial_rate_per_pod: f64,
+    /// A pod's fixed start-up cost, used until there is history [default: 0s].
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub initial_overhead: Option<String>,
+    /// The share of the window kept spare, at least 0 and less than 1 [default: 0.2].
     pub margin: Option<f64>,
+    /// Bounds on the parallelism chosen.
     #[serde(default)]
     pub parallelism: RawRange,
+    /// Completions of the Indexed Job [default: one per pod].
     pub shards: Option<u32>,
+    /// What to do with a run that cannot make its deadline even at maximum
+    /// size [default: run].
     pub when_at_risk: Option<AtRiskAction>,
+    /// What a failed or timed-out probe falls back to [default: last_known].
     pub on_probe_failure: Option<ProbeFallback>,
+    /// [default: 30s]
     #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
     pub probe_timeout: Option<String>,
+    /// A URL POSTed a JSON notice when a run is at risk.
     pub at_risk_webhook: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Bounds on the parallelism chosen.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(expecting = "a mapping with `min` and `max`")]
+#[schemars(deny_unknown_fields, rename = "Parallelism")]
 pub struct RawRange {
+    /// [default: 1]
     pub min: Option<u32>,
+    /// [default: `min`]
     pub max: Option<u32>,
 }
 
@@ -115,7 +144,8 @@ impl Window {
 }
 
 /// What to do with a run that cannot make its deadline even at maximum size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "snake_case")]
 pub enum AtRiskAction {
     /// Run it anyway at maximum size (the default): late is better than never.
     Run,
@@ -131,7 +161,8 @@ string_enum!(AtRiskAction {
 });
 
 /// What a failed or timed-out work probe falls back to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "snake_case")]
 pub enum ProbeFallback {
     /// The work measured for the job's last run (the default); maximum
     /// parallelism when there is none.

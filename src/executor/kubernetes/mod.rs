@@ -55,8 +55,9 @@ use objects::{Placement, ANNOTATION_RUN, LABEL_INSTANCE};
 use tracker::Tracker;
 
 /// Every API call the executor (and its Lease) makes: (API group,
-/// resource, verbs). `deploy/kubernetes/rbac.yaml`'s Role grants exactly
-/// these; a test keeps the two equal.
+/// resource, verbs). The Roles in `deploy/kubernetes/rbac.yaml` and the Helm
+/// chart (`deploy/helm/kedge/templates/rbac.yaml`) grant exactly
+/// these; tests keep them equal.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "batch",
@@ -688,15 +689,9 @@ impl Executor for KubernetesExecutor {
 mod tests {
     use super::*;
 
-    #[test]
-    fn role_grants_exactly_what_kedge_uses() {
-        let text = include_str!("../../../deploy/kubernetes/rbac.yaml");
-        let role = text
-            .split("\n---\n")
-            .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("rbac.yaml parses"))
-            .find(|d| d["kind"] == "Role")
-            .expect("a Role");
-        let mut granted: Vec<(String, String, Vec<String>)> = role["rules"]
+    /// A Role's rules as (group, resource, sorted verbs), sorted.
+    fn granted(rules: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
+        let mut granted: Vec<(String, String, Vec<String>)> = rules
             .as_array()
             .unwrap()
             .iter()
@@ -719,6 +714,11 @@ mod tests {
                 (groups[0].clone(), resources[0].clone(), verbs)
             })
             .collect();
+        granted.sort();
+        granted
+    }
+
+    fn used() -> Vec<(String, String, Vec<String>)> {
         let mut used: Vec<(String, String, Vec<String>)> = PERMISSIONS
             .iter()
             .map(|(g, r, v)| {
@@ -727,9 +727,34 @@ mod tests {
                 (g.to_string(), r.to_string(), v)
             })
             .collect();
-        granted.sort();
         used.sort();
-        assert_eq!(granted, used);
+        used
+    }
+
+    #[test]
+    fn role_grants_exactly_what_kedge_uses() {
+        let text = include_str!("../../../deploy/kubernetes/rbac.yaml");
+        let role = text
+            .split("\n---\n")
+            .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("rbac.yaml parses"))
+            .find(|d| d["kind"] == "Role")
+            .expect("a Role");
+        assert_eq!(granted(&role["rules"]), used());
+    }
+
+    /// The Helm chart's Role template keeps its rules literal, so they are
+    /// read here without rendering (tests/deploy.rs also checks the
+    /// rendered Role).
+    #[test]
+    fn chart_role_grants_exactly_what_kedge_uses() {
+        let text = include_str!("../../../deploy/helm/kedge/templates/rbac.yaml");
+        let rules = text
+            .split_once("\nrules:\n")
+            .and_then(|(_, rest)| rest.split("\n---\n").next())
+            .expect("the Role's rules, then ---");
+        assert!(!rules.contains("{{"), "template directives in the rules");
+        let rules: serde_json::Value = serde_saphyr::from_str(rules).expect("the rules parse");
+        assert_eq!(granted(&rules), used());
     }
 
     #[test]
