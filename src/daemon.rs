@@ -7,8 +7,10 @@
 //!    the executor, which adopts what still runs; the rest go back to
 //!    `pending` to be launched again.
 //! 2. **Start**: the HTTP endpoints, one intake task per queue source, the
-//!    cron scheduler, the dead-letter [`crate::finalizer::outbox`]
-//!    and the store's wake-up channel for work other processes store.
+//!    cron scheduler, the dead-letter [`crate::finalizer::outbox`], the
+//!    [`crate::retention`] pruner (a pass now, then every
+//!    `retention.interval`) and the store's wake-up channel for work other
+//!    processes store.
 //! 3. **Serve**: one loop owns dispatching and settling, so the two never
 //!    race. It runs a [`Dispatcher`] pass, then waits for whichever comes
 //!    first: a trigger stored work, another process (`kedge enqueue`,
@@ -32,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::job::Trigger;
-use crate::config::{DaemonConfig, Job, JobsByName};
+use crate::config::{DaemonConfig, ExecutorConfig, Job, JobsByName};
 use crate::dispatcher::stuck::Watchdog;
 use crate::dispatcher::{replan, Dispatcher};
 use crate::executor::{Executor, Outcome};
@@ -40,6 +42,7 @@ use crate::finalizer::{self, outbox};
 use crate::health::Health;
 use crate::intake;
 use crate::lifecycle::RunState;
+use crate::retention::Pruner;
 use crate::sources::AnySource;
 use crate::store::{Store, StoreError};
 use crate::triggers::{scheduler, TriggerContext};
@@ -117,6 +120,8 @@ impl<E: Executor> Daemon<E> {
             clock,
         };
         let mut triggers = start_triggers(&jobs, ctx, &health).await;
+        // Pruning stops with the triggers, before the store is closed.
+        triggers.spawn(pruner(&config, &store).run(triggers_stop.clone()));
         // Work stored by other processes (`kedge enqueue`, `kedge trigger`)
         // wakes the dispatcher too; the poll is only the backstop.
         store
@@ -143,6 +148,16 @@ impl<E: Executor> Daemon<E> {
         while triggers.join_next().await.is_some() {}
         serving.drain(config.shutdown_timeout).await
     }
+}
+
+/// The retention pruner for this daemon: the local executor's run folders
+/// go with their runs.
+fn pruner(config: &DaemonConfig, store: &Store) -> Pruner {
+    let run_dir = match &config.executor {
+        ExecutorConfig::Local(l) => Some(l.work_dir.clone()),
+        ExecutorConfig::Kubernetes(_) => None,
+    };
+    Pruner::new(store.clone(), config.retention, run_dir)
 }
 
 /// Offers the runs the previous daemon left running to the executor; those

@@ -66,6 +66,11 @@
 //! - [`store`] — SQLite or PostgreSQL through sqlx, one file per table:
 //!   work items, runs, cron fires, batches, dead letters; migrations in
 //!   `migrations/`.
+//! - [`retention`] — the store does not grow for ever: finished history
+//!   (work items, runs, cron fires, closed dead letters) and local run
+//!   folders are deleted after `retention.history`, payloads of succeeded
+//!   work cleared after `retention.payloads`, in small batches; the daemon
+//!   prunes every `retention.interval`, `kedge prune` by hand.
 //! - [`clock`] — where every stage reads the time: the system clock, or one
 //!   driven by tokio's paused time in tests.
 //! - [`redact`] — passwords out of URLs, for logs and errors.
@@ -89,6 +94,7 @@ pub mod lifecycle;
 pub mod planner;
 pub mod probes;
 pub mod redact;
+pub mod retention;
 pub mod sources;
 pub mod store;
 pub mod triggers;

@@ -43,10 +43,17 @@
 //! | `running` → `pending` | the daemon: shutdown or start-up recovery interrupted it | `requeue_run` |
 //! | `running` → `succeeded` / `failed` / `dead` | the finalizer, from the executor's outcome (a create the API refused for good, or a local container that cannot be started, is a `rejected` failure), sizing's at-risk skip/fail, or the dispatcher's `launch_timeout` | `settle`, `settle_batch` |
 //!
+//! Final runs and finished work items are not moved again, only deleted:
+//! [`crate::retention`] removes them `retention.history` after they finished
+//! (never a `pending` or `running` run, `queued` or `replayed` work, or a
+//! dead work item whose dead letter is still open).
+//!
 //! # Guarantees
 //!
 //! - A work item is unique per (source, job, message id): a redelivered
-//!   message or a re-recorded cron fire is a no-op.
+//!   message or a re-recorded cron fire is a no-op — for as long as the
+//!   work item is kept (`retention.history`); after that a redelivery is
+//!   new work.
 //! - A work item ends as exactly one `succeeded` run or one dead letter; each
 //!   settlement happens in one transaction guarded on the run being `running`,
 //!   so an outcome reported twice settles once.

@@ -13,10 +13,16 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use kedge::clock::Clock;
+use kedge::config::daemon::RetentionConfig;
 use kedge::lifecycle::{FireOutcome, RunState, TriggerKind};
-use kedge::store::{CronFire, DeadLetter, FireRecord, NewWorkItem, Run, Settlement, Store};
+use kedge::retention::{Pruner, Report};
+use kedge::store::{
+    CronFire, DeadLetter, FireRecord, MemberEnd, NewWorkItem, Pruned, Run, Settlement, Store,
+};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
+use tokio_util::sync::CancellationToken;
 
 /// A fixed "now" for every check (2023-11-14T22:13:20Z).
 const T0: i64 = 1_700_000_000_000;
@@ -152,6 +158,9 @@ conformance! {
     check_list_runs => sqlite_list_runs, postgres_list_runs;
     check_dead_letters => sqlite_dead_letters, postgres_dead_letters;
     check_replay_dead_letter => sqlite_replay_dead_letter, postgres_replay_dead_letter;
+    check_prune_history => sqlite_prune_history, postgres_prune_history;
+    check_prune_batches => sqlite_prune_batches, postgres_prune_batches;
+    check_prune_cron_fires => sqlite_prune_cron_fires, postgres_prune_cron_fires;
 }
 
 // ----- helpers --------------------------------------------------------------
@@ -1263,6 +1272,329 @@ async fn check_replay_dead_letter(db: &Db) {
         (1, Some("E4"), wi.as_str())
     );
     assert_eq!(db.work_item_state(&wi).await, "dead");
+}
+
+// ----- retention ------------------------------------------------------------
+
+const DAY: i64 = 86_400_000;
+
+/// The store read at Unix ms `at` (a fixed clock: the checks take
+/// milliseconds, the cutoffs are days apart).
+fn store_at(db: &Db, at: i64) -> Store {
+    db.store.clone().with_clock(Clock::paused_at(chrono_ms(at)))
+}
+
+/// A pruner with the default policy (history 30d, payloads 7d) reading
+/// the time `at`; local run folders under `run_dir`.
+fn pruner_at(db: &Db, at: i64, run_dir: Option<&std::path::Path>) -> Pruner {
+    Pruner::new(
+        store_at(db, at),
+        RetentionConfig::default(),
+        run_dir.map(|d| d.to_path_buf()),
+    )
+}
+
+/// A preview, then a pass: both must report `expected`; then nothing is
+/// left to prune.
+async fn prune_expecting(pruner: &Pruner, expected: Report) {
+    assert_eq!(
+        pruner.preview().await.expect("preview"),
+        expected,
+        "preview"
+    );
+    let never = CancellationToken::new();
+    assert_eq!(pruner.pass(&never).await.expect("pass"), expected, "pass");
+    assert_eq!(pruner.preview().await.expect("preview"), Report::default());
+    assert_eq!(pruner.pass(&never).await.expect("pass"), Report::default());
+}
+
+/// Claims `run_id` at `at` and settles it succeeded at `at + 1`.
+async fn succeed(store: &Store, run_id: &str, at: i64) {
+    claim(store, run_id, at).await;
+    assert!(settle(store, run_id, Settlement::Succeeded, at + 1).await);
+}
+
+/// With history 30d and payloads 7d, 40 days after T0: old finished work
+/// goes with its runs, letters and folders; unfinished work, open dead
+/// letters and recent history stay; recent payloads of succeeded work are
+/// cleared.
+async fn check_prune_history(db: &Db) {
+    let store = &store_at(db, T0);
+    let runs_dir = tempfile::tempdir().expect("tempdir");
+    // Old and finished: deleted.
+    succeed(
+        store,
+        &add(store, &item("p", "done", T0)).await.run_id,
+        T0 + 10,
+    )
+    .await;
+    add(store, &item("p", "retried", T0)).await;
+    claim(store, "p-retried", T0 + 1).await;
+    assert!(settle(store, "p-retried", retry("E", "p-retried-2", 2, 0), T0 + 2).await);
+    succeed(store, "p-retried-2", T0 + 3).await;
+    let replayed = fail_to_death(store, &item("p", "replayed", T0), &["E"], "r", T0 + 500).await;
+    assert!(store
+        .replay_dead_letter(&replayed.id, "p-replayed-2", 2, T0 + 600)
+        .await
+        .unwrap());
+    succeed(store, "p-replayed-2", T0 + 700).await;
+    let forwarded = fail_to_death(store, &item("p", "fwd", T0), &["E"], "r", T0 + 800).await;
+    store
+        .mark_forwarded(&forwarded.id, None, T0 + 900)
+        .await
+        .unwrap();
+    // Unfinished, however old: kept.
+    add(store, &item("p", "pending", T0)).await;
+    add(store, &item("p", "running", T0)).await;
+    claim(store, "p-running", T0 + 1).await;
+    add(store, &item("p", "retrying", T0)).await;
+    claim(store, "p-retrying", T0 + 1).await;
+    assert!(
+        settle(
+            store,
+            "p-retrying",
+            retry("E", "p-retrying-2", 2, 0),
+            T0 + 2
+        )
+        .await
+    );
+    let open = fail_to_death(store, &item("p", "dead", T0), &["E"], "r", T0 + 1_000).await;
+    // Replayed 30 days on and queued again: the item stays, the letter's
+    // payload goes after 7 days.
+    let late = fail_to_death(store, &item("p", "late", T0), &["E"], "r", T0 + 29 * DAY).await;
+    assert!(store
+        .replay_dead_letter(&late.id, "p-late-2", 2, T0 + 30 * DAY)
+        .await
+        .unwrap());
+    // Recent history: kept; its payload cleared once 7 days old.
+    succeed(
+        store,
+        &add(store, &item("p", "recent", T0)).await.run_id,
+        T0 + 20 * DAY,
+    )
+    .await;
+    succeed(
+        store,
+        &add(store, &item("p", "fresh", T0)).await.run_id,
+        T0 + 35 * DAY,
+    )
+    .await;
+    for run_id in [
+        "p-done",
+        "p-retried",
+        "p-retried-2",
+        "p-replayed-2",
+        "p-pending",
+        "p-recent",
+    ] {
+        std::fs::create_dir_all(runs_dir.path().join(run_id).join("pod-0")).unwrap();
+    }
+    assert_eq!(
+        (db.count("work_items").await, db.count("runs").await),
+        (11, 15)
+    );
+
+    let pruner = pruner_at(db, T0 + 40 * DAY, Some(runs_dir.path()));
+    let expected = Report {
+        rows: Pruned {
+            work_items: 4,
+            runs: 6,
+            dead_letters: 2,
+            work_item_payloads: 1,
+            dead_letter_payloads: 1,
+            ..Pruned::default()
+        },
+        run_folders: 4,
+    };
+    prune_expecting(&pruner, expected).await;
+
+    let mut kept: Vec<String> = all_runs(store)
+        .await
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            "p-dead",
+            "p-fresh",
+            "p-late",
+            "p-late-2",
+            "p-pending",
+            "p-recent",
+            "p-retrying",
+            "p-retrying-2",
+            "p-running"
+        ]
+    );
+    assert_eq!(
+        open_letters(store).await,
+        std::slice::from_ref(&open),
+        "the open letter and its payload stay"
+    );
+    let letters = store.dead_letters(None, true, 10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    let late_now = letters
+        .iter()
+        .find(|d| d.id == late.id)
+        .expect("late letter");
+    assert_eq!(late_now.payload, None);
+    assert_eq!(run(store, "p-dead").await.payload, open.payload);
+    assert_eq!(run(store, "p-recent").await.payload, None);
+    assert_eq!(
+        run(store, "p-fresh").await.payload.as_deref(),
+        Some("{\"msg\":\"fresh\"}")
+    );
+    assert_eq!(run(store, "p-pending").await.state, RunState::Pending);
+    let mut folders: Vec<String> = std::fs::read_dir(runs_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(folders, ["p-pending", "p-recent"]);
+
+    // The dedup window: the pruned message is new again.
+    assert!(store
+        .insert_work_item(&item("p", "done", T0 + 40 * DAY))
+        .await
+        .unwrap());
+    assert!(!store
+        .insert_work_item(&item("p", "recent", T0 + 40 * DAY))
+        .await
+        .unwrap());
+}
+
+/// A batch goes only once every member may go: while one member's retry
+/// is pending, neither the batch run nor any member is pruned.
+async fn check_prune_batches(db: &Db) {
+    let store = &store_at(db, T0);
+    for msg in ["a", "b", "c"] {
+        assert!(store.insert_batch_item(&item("bt", msg, T0)).await.unwrap());
+    }
+    let members: Vec<String> = store
+        .awaiting_batch("bt", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.work_item_id)
+        .collect();
+    assert_eq!(members.len(), 3);
+    assert!(store
+        .create_batch_run("bt", "bt-batch", &members, T0 + 1)
+        .await
+        .unwrap());
+    claim(store, "bt-batch", T0 + 2).await;
+    let ends = vec![
+        (members[0].clone(), MemberEnd::Succeeded),
+        (
+            members[1].clone(),
+            MemberEnd::Retry {
+                run_id: "bt-b-2".into(),
+                attempt: 2,
+                not_before_ms: T0 + 4,
+            },
+        ),
+        (members[2].clone(), MemberEnd::Succeeded),
+    ];
+    assert!(store
+        .settle_batch(
+            "bt-batch",
+            RunState::Failed,
+            Some("index 1 failed"),
+            &ends,
+            T0 + 3
+        )
+        .await
+        .unwrap());
+    let pruner = pruner_at(db, T0 + 40 * DAY, None);
+    // Members 0 and 2 are finished and old, but member 1 is queued: only
+    // their payloads go.
+    let payloads_only = Report {
+        rows: Pruned {
+            work_item_payloads: 2,
+            ..Pruned::default()
+        },
+        run_folders: 0,
+    };
+    prune_expecting(&pruner, payloads_only).await;
+    assert_eq!(store.batch_members("bt-batch").await.unwrap().len(), 3);
+
+    succeed(store, "bt-b-2", T0 + 5).await;
+    let expected = Report {
+        rows: Pruned {
+            work_items: 3,
+            runs: 2,
+            batch_members: 3,
+            ..Pruned::default()
+        },
+        run_folders: 0,
+    };
+    prune_expecting(&pruner, expected).await;
+    assert_eq!(db.count("work_items").await, 0);
+    assert_eq!(db.count("batch_members").await, 0);
+    assert_eq!(db.count("runs").await, 0);
+}
+
+/// Old cron fires go (with their work items, or on their own when they
+/// never had one), except a job's latest, which the scheduler resumes
+/// from, and a fire whose work item is unfinished.
+async fn check_prune_cron_fires(db: &Db) {
+    let store = &store_at(db, T0);
+    let minute = 60_000;
+    let fire = |fire_ms: i64, outcome: FireOutcome, run: bool| {
+        let mut it = item("c", &format!("f{fire_ms}"), fire_ms);
+        it.trigger = TriggerKind::Cron;
+        it.source = "cron".into();
+        it.run_id = format!("c-{fire_ms}");
+        FireRecord {
+            job: "c".into(),
+            fire_ms,
+            outcome,
+            detail: None,
+            item: run.then_some(it),
+        }
+    };
+    let fires = [
+        fire(T0 + minute, FireOutcome::Launched, true),
+        fire(T0 + 2 * minute, FireOutcome::Skipped, false),
+        fire(T0 + 3 * minute, FireOutcome::Launched, true),
+        fire(T0 + 4 * minute, FireOutcome::Launched, true),
+    ];
+    assert_eq!(store.record_cron_fires(&fires).await.unwrap(), [true; 4]);
+    succeed(store, &format!("c-{}", T0 + minute), T0 + 5 * minute).await;
+    // The fire at +3 min stays pending; the latest, at +4 min, succeeds.
+    succeed(store, &format!("c-{}", T0 + 4 * minute), T0 + 6 * minute).await;
+
+    let pruner = pruner_at(db, T0 + 40 * DAY, None);
+    let expected = Report {
+        rows: Pruned {
+            work_items: 2,
+            runs: 2,
+            cron_fires: 2,
+            ..Pruned::default()
+        },
+        run_folders: 0,
+    };
+    prune_expecting(&pruner, expected).await;
+    let kept = store.cron_fires("c").await.unwrap();
+    let summary: Vec<(i64, FireOutcome, bool)> = kept
+        .iter()
+        .map(|f| (f.fire_ms - T0, f.outcome, f.work_item_id.is_some()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            // Its run still waits for a slot.
+            (3 * minute, FireOutcome::Recorded, true),
+            // Its finished work was pruned: it ran.
+            (4 * minute, FireOutcome::Launched, false),
+        ]
+    );
+    assert_eq!(
+        store.last_cron_fire("c").await.unwrap(),
+        Some(T0 + 4 * minute)
+    );
 }
 
 // ----- concurrency ----------------------------------------------------------

@@ -14,6 +14,7 @@
 //! - `dlq` — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
 //! - `migrate` — `kedge migrate`.
 //! - `schema` — `kedge schema` ([`crate::config::schema`]).
+//! - `prune` — `kedge prune [--dry-run]` ([`crate::retention`]).
 //! - `cluster` — `--kubeconfig` / `--namespace`, shared by run and render.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (store unreachable, I/O);
@@ -23,6 +24,7 @@ mod cluster;
 mod dlq;
 mod migrate;
 mod plan;
+mod prune;
 mod queue;
 mod run;
 mod runs;
@@ -141,6 +143,25 @@ pub enum Command {
     /// checks everything else (cron expressions, time zones, environment
     /// variables) and is the final word.
     Schema(schema::SchemaArgs),
+    /// Delete finished history now, as the daemon does every retention.interval.
+    ///
+    /// Finished work items (succeeded, cancelled, dead) older than
+    /// retention.history (default 30d) are deleted with their runs, batch
+    /// members, cron fires and dead letters, and the local executor's run
+    /// folders with their runs; dead letters replayed or forwarded to their
+    /// broker go after retention.history too. Payloads of succeeded work are
+    /// cleared after retention.payloads (default 7d). Never pruned: pending
+    /// or running runs, queued work, open (unreplayed, unforwarded) dead
+    /// letters, a batch while any member must stay, each cron job's latest
+    /// fire.
+    ///
+    /// A message redelivered after its work item was pruned is accepted as
+    /// new: retention.history is the dedup window.
+    ///
+    /// Prints the rows deleted or cleared per table (--dry-run: what would
+    /// be, changing nothing). Safe while the daemon runs: it works in small
+    /// transactions.
+    Prune(prune::PruneArgs),
 }
 
 /// A failure with its exit code.
@@ -210,6 +231,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Dlq { command } => dlq::dlq(&src, command).await,
         Command::Migrate => migrate::migrate(&src).await,
         Command::Schema(args) => schema::schema(args),
+        Command::Prune(args) => prune::prune(&src, args).await,
     }
 }
 

@@ -19,7 +19,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 /// The kedge daemon configuration (`config/kedge.yaml`, or `--config`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
-    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, log_format or shutdown_timeout"
+    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, retention, log_format or shutdown_timeout"
 )]
 #[schemars(deny_unknown_fields, rename = "DaemonConfig")]
 pub struct RawDaemon {
@@ -48,6 +48,31 @@ pub struct RawDaemon {
     /// The HTTP endpoint: /healthz, /readyz and /metrics.
     #[serde(default)]
     pub http: RawHttp,
+    /// How long finished history and payloads are kept in the store.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// How long finished history and payloads are kept; pruning runs in small
+/// transactions every `interval`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(expecting = "a mapping with history, payloads and interval")]
+#[schemars(deny_unknown_fields, rename = "Retention")]
+pub struct RawRetention {
+    /// Finished work items with their runs, fires and dead letters
+    /// (replayed or forwarded ones) are deleted after this; it is also the
+    /// dedup window [default: 30d].
+    #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
+    pub history: Option<String>,
+    /// Payloads of succeeded work are cleared after this [default: 7d].
+    #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
+    pub payloads: Option<String>,
+    /// How often pruning runs [default: 10m].
+    #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
+    pub interval: Option<String>,
 }
 
 /// The HTTP endpoint: /healthz, /readyz and /metrics (Prometheus).
@@ -228,6 +253,35 @@ pub struct DaemonConfig {
     pub shutdown_timeout: Duration,
     /// Where /healthz, /readyz and /metrics are served. `None`: not served.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// How long finished history and payloads are kept ([`crate::retention`]).
+    pub retention: RetentionConfig,
+}
+
+/// `retention`: how long finished history and payloads are kept, and how
+/// often the daemon prunes ([`crate::retention`] has the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Finished work items, their runs, batch members and cron fires, and
+    /// closed (replayed or forwarded) dead letters are deleted this long
+    /// after they finished or closed; local run folders go with their runs.
+    /// Also the window in which a redelivered message is recognised as a
+    /// duplicate.
+    pub history: Duration,
+    /// Payloads of succeeded work items (and of replayed dead letters) are
+    /// cleared this long after they finished. At most `history`.
+    pub payloads: Duration,
+    /// How often the daemon runs a pruning pass.
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            history: Duration::from_secs(30 * 86_400),
+            payloads: Duration::from_secs(7 * 86_400),
+            interval: Duration::from_secs(600),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +404,7 @@ pub fn validate(
     let executor = executor_config(&raw.executor, &durations);
     check_pools(&raw.pools, &mut problems);
     let http_listen = validate_http_listen(&raw.http, &mut problems);
+    check_retention(&durations.retention, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -363,6 +418,7 @@ pub fn validate(
         max_active_runs: raw.limits.max_active_runs,
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_timeout: durations.shutdown_timeout,
+        retention: durations.retention,
     })
 }
 
@@ -376,6 +432,7 @@ struct Durations {
     request_timeout: Duration,
     launch_timeout: Duration,
     lease_duration: Duration,
+    retention: RetentionConfig,
 }
 
 impl Durations {
@@ -386,6 +443,8 @@ impl Durations {
         let kp = root.key("executor").key("kubernetes");
         let local = LocalConfig::default();
         let kubernetes = KubernetesConfig::default();
+        let rp = root.key("retention");
+        let retention = RetentionConfig::default();
         let rk = &raw.executor.kubernetes;
         let mut duration = |field: FieldPath, v: &Option<String>, default: Duration| match v {
             None => default,
@@ -431,6 +490,19 @@ impl Durations {
                 &rk.lease.duration,
                 kubernetes.lease_duration,
             ),
+            retention: RetentionConfig {
+                history: duration(rp.key("history"), &raw.retention.history, retention.history),
+                payloads: duration(
+                    rp.key("payloads"),
+                    &raw.retention.payloads,
+                    retention.payloads,
+                ),
+                interval: duration(
+                    rp.key("interval"),
+                    &raw.retention.interval,
+                    retention.interval,
+                ),
+            },
         }
     }
 }
@@ -538,6 +610,32 @@ fn kubernetes_config(rk: &RawKubernetes, durations: &Durations) -> KubernetesCon
     }
 }
 
+/// `retention`: every duration at least a second (zero would forget a
+/// message as soon as it finished, and turn the pruning loop into a busy
+/// loop), and payloads kept no longer than the rows that hold them.
+fn check_retention(r: &RetentionConfig, problems: &mut Vec<Problem>) {
+    let rp = FieldPath::root().key("retention");
+    let second = Duration::from_secs(1);
+    for (field, d) in [
+        ("history", r.history),
+        ("payloads", r.payloads),
+        ("interval", r.interval),
+    ] {
+        if d < second {
+            problems.push((rp.key(field), "must be at least 1s".into()));
+        }
+    }
+    if r.payloads > r.history {
+        problems.push((
+            rp.key("payloads"),
+            format!(
+                "must not be longer than retention.history ({}): a work item's payload is deleted with it",
+                humantime::format_duration(r.history)
+            ),
+        ));
+    }
+}
+
 /// `pools`: each a valid name with at least one slot.
 fn check_pools(pools: &std::collections::BTreeMap<String, u32>, problems: &mut Vec<Problem>) {
     let pp = FieldPath::root().key("pools");
@@ -572,4 +670,73 @@ fn validate_http_listen(
             ))
         })
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_daemon, Sources};
+
+    /// The daemon config `yaml`, loaded from a file as `kedge` would.
+    fn load(yaml: &str) -> Result<DaemonConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kedge.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let sources = Sources {
+            config: Some(file),
+            jobs: None,
+            store: None,
+        };
+        load_daemon(&sources).map_err(|d| {
+            d.to_string()
+                .replace(&format!("{}/", dir.path().display()), "")
+        })
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_of_history_and_7_of_payloads() {
+        let cfg = load("jobs_dir: jobs\n").unwrap();
+        assert_eq!(cfg.retention, RetentionConfig::default());
+        assert_eq!(cfg.retention.history, Duration::from_secs(30 * 86_400));
+        assert_eq!(cfg.retention.payloads, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.retention.interval, Duration::from_secs(600));
+        // The embedded default spells out the same values.
+        let embedded = load(EMBEDDED_DEFAULT).unwrap();
+        assert_eq!(embedded.retention, RetentionConfig::default());
+    }
+
+    #[test]
+    fn retention_takes_durations() {
+        let cfg = load("retention:\n  history: 1m\n  payloads: 30s\n  interval: 5s\n").unwrap();
+        assert_eq!(
+            cfg.retention,
+            RetentionConfig {
+                history: Duration::from_secs(60),
+                payloads: Duration::from_secs(30),
+                interval: Duration::from_secs(5),
+            }
+        );
+    }
+
+    #[test]
+    fn retention_problems_name_the_field() {
+        let err = load("retention:\n  history: forever\n  payloads: 0s\n  interval: 500ms\n")
+            .unwrap_err();
+        assert_eq!(
+            err.trim_end(),
+            "kedge.yaml:2:3: retention.history: \"forever\" is not a duration (examples: 500ms, 30s, 15m, 1h30m)\n\
+             kedge.yaml:3:3: retention.payloads: must be at least 1s\n\
+             kedge.yaml:4:3: retention.interval: must be at least 1s"
+        );
+        let err = load("retention:\n  history: 1d\n  payloads: 2d\n").unwrap_err();
+        assert_eq!(
+            err.trim_end(),
+            "kedge.yaml:3:3: retention.payloads: must not be longer than retention.history (1day): a work item's payload is deleted with it"
+        );
+        let err = load("retention:\n  histroy: 1d\n").unwrap_err();
+        assert!(
+            err.contains("retention.histroy: unknown field `histroy`"),
+            "{err}"
+        );
+    }
 }

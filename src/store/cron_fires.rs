@@ -31,10 +31,12 @@ pub struct CronFire {
 
 /// Fires as read: a fire stored as `recorded` (or `launched`, as earlier
 /// versions stored it) reads `launched` once a run of its work item has
-/// started, `recorded` while it waits for a slot.
+/// started, `recorded` while it waits for a slot. A fire whose work item
+/// was pruned (only finished work is) reads `launched`.
 const FIRE_SELECT: &str = "SELECT f.job, f.fire_ms, \
      CASE WHEN f.outcome IN ('recorded', 'launched') THEN \
-       CASE WHEN EXISTS (SELECT 1 FROM runs r WHERE r.work_item_id = f.work_item_id \
+       CASE WHEN f.work_item_id IS NULL \
+              OR EXISTS (SELECT 1 FROM runs r WHERE r.work_item_id = f.work_item_id \
                          AND r.started_ms IS NOT NULL) \
             THEN 'launched' ELSE 'recorded' END \
      ELSE f.outcome END AS outcome, \

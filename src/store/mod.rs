@@ -18,6 +18,8 @@
 //! - `cron_fires.rs` — the record of every cron fire decided ([`CronFire`]).
 //! - `dead_letters.rs` — [`DeadLetter`]s, their forwarding outbox and replay.
 //! - `batches.rs` — work items waiting for a batch run, and its [`BatchMember`]s.
+//! - `retention.rs` — what of finished history may be deleted, and
+//!   deleting it in small batches ([`Pruned`]).
 //!
 //! States are never spelled in SQL: queries bind `RunState::…as_str()` (and
 //! the other lifecycle enums) as parameters, and rows are read into
@@ -37,6 +39,7 @@ use crate::redact::redact;
 mod batches;
 mod cron_fires;
 mod dead_letters;
+mod retention;
 mod rows;
 mod runs;
 mod signal;
@@ -45,6 +48,7 @@ mod work_items;
 pub use batches::{BatchCandidate, BatchMember, MemberEnd};
 pub use cron_fires::{CronFire, FireRecord};
 pub use dead_letters::DeadLetter;
+pub use retention::{Pruned, PrunedItems};
 pub use rows::NewWorkItem;
 pub use runs::{HistoryRow, Run, RunSizing, Settlement};
 pub use work_items::Intake;
