@@ -135,9 +135,8 @@ pub enum Command {
     /// checked in as deploy/schema/job.schema.json and config.schema.json.
     /// Editors with YAML language support (yaml-language-server: VS Code's
     /// YAML extension, Neovim, Helix, JetBrains) complete and check a file
-    /// whose first line names its schema:
-    ///
-    ///     # yaml-language-server: $schema=../deploy/schema/job.schema.json
+    /// whose first line names its schema, as
+    /// `# yaml-language-server: $schema=../deploy/schema/job.schema.json`.
     ///
     /// A schema checks field names, types and values; `kedge validate`
     /// checks everything else (cron expressions, time zones, environment
