@@ -1071,7 +1071,7 @@ fn a_run_whose_pods_never_schedule_fails_at_its_start_timeout_then_is_retried_an
         &ws,
         "stuck",
         "unschedulable",
-        "retry: { max_attempts: 2, backoff: 100ms }\nlimits: { start_timeout: 4s }\n",
+        "retry: { max_attempts: 2, backoff: 100ms }\nlimits: { start_timeout: 6s }\n",
     );
     let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
     ws.write_config(&format!("{config}http:\n  listen: 127.0.0.1:0\n"));
@@ -1106,7 +1106,7 @@ fn a_run_whose_pods_never_schedule_fails_at_its_start_timeout_then_is_retried_an
         table.contains("failed 2 of 2 attempts / start_timeout: Unschedulable: 0/3 nodes"),
         "kedge dlq list names the reason:\n{table}"
     );
-    // Two attempts, each its own Job, each failed no sooner than 4 s after
+    // Two attempts, each its own Job, each failed no sooner than 6 s after
     // its create, each deleted.
     let creates = c.job_creates();
     assert_eq!(creates.len(), 2, "{creates:?}");
@@ -1119,7 +1119,7 @@ fn a_run_whose_pods_never_schedule_fails_at_its_start_timeout_then_is_retried_an
             "{r}"
         );
         let took = run_took_ms(r);
-        assert!(took >= 4_000, "{} failed after {took} ms", r["run_id"]);
+        assert!(took >= 6_000, "{} failed after {took} ms", r["run_id"]);
     }
     wait_until(Duration::from_secs(30), "both Jobs deleted", || {
         c.left("jobs").is_empty() && c.left("pods").is_empty()
