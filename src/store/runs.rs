@@ -166,6 +166,11 @@ const RUN_COLUMNS: &str = "r.run_id, r.work_item_id, r.job, r.attempt, r.state, 
 
 /// `SELECT` of [`RUN_COLUMNS`] (runs `r` joined with their work items `w`)
 /// followed by `rest` (`WHERE …`, `ORDER BY …`).
+/// The order due runs are offered in: earliest deadline first (runs
+/// without one last), then oldest.
+const DUE_ORDER: &str = "ORDER BY CASE WHEN w.deadline_ms IS NULL THEN 1 ELSE 0 END, \
+     w.deadline_ms, r.scheduled_ms, r.run_id";
+
 fn select_runs(rest: &str) -> String {
     format!("SELECT {RUN_COLUMNS} FROM runs r JOIN work_items w ON w.id = r.work_item_id {rest}")
 }
@@ -199,12 +204,9 @@ impl Store {
 
     /// Pending runs whose time has come, earliest deadline first, then oldest.
     pub async fn due_runs(&self, now_ms: i64, limit: i64) -> Result<Vec<Run>> {
-        let sql = select_runs(
-            "WHERE r.state = $1 AND r.scheduled_ms <= $2 \
-             ORDER BY CASE WHEN w.deadline_ms IS NULL THEN 1 ELSE 0 END, w.deadline_ms, \
-                      r.scheduled_ms, r.run_id \
-             LIMIT $3",
-        );
+        let sql = select_runs(&format!(
+            "WHERE r.state = $1 AND r.scheduled_ms <= $2 {DUE_ORDER} LIMIT $3"
+        ));
         let rows = sqlx::query_as(&sql)
             .bind(RunState::Pending.as_str())
             .bind(now_ms)
@@ -218,12 +220,9 @@ impl Store {
     /// deadline, then oldest), at most `limit`: the heads of the jobs a
     /// backlog in another job pushed out of [`Store::due_runs`].
     pub async fn due_runs_of(&self, job: &str, now_ms: i64, limit: i64) -> Result<Vec<Run>> {
-        let sql = select_runs(
-            "WHERE r.job = $1 AND r.state = $2 AND r.scheduled_ms <= $3 \
-             ORDER BY CASE WHEN w.deadline_ms IS NULL THEN 1 ELSE 0 END, w.deadline_ms, \
-                      r.scheduled_ms, r.run_id \
-             LIMIT $4",
-        );
+        let sql = select_runs(&format!(
+            "WHERE r.job = $1 AND r.state = $2 AND r.scheduled_ms <= $3 {DUE_ORDER} LIMIT $4"
+        ));
         let rows = sqlx::query_as(&sql)
             .bind(job)
             .bind(RunState::Pending.as_str())

@@ -13,6 +13,12 @@
 //!
 //! [`stall`] names the most specific of these for a run; the dispatcher
 //! decides when that fails the attempt (`limits.start_timeout`).
+//!
+//! Times here are wall-clock (`Utc::now`), not the daemon's Clock: they
+//! are compared with the API server's timestamps (pod creation, container
+//! start and finish), which are wall-clock too. The decision on them is
+//! the dispatcher's ([`crate::dispatcher::stuck::judge`], tested on paused
+//! time); [`stall`] itself takes `now` as an argument.
 
 use std::collections::HashMap;
 use std::time::Duration;
