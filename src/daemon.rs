@@ -9,8 +9,11 @@
 //! 2. **Start**: the HTTP endpoints, one intake task per queue source, the
 //!    cron scheduler, the dead-letter [`crate::finalizer::outbox`], the
 //!    [`crate::retention`] pruner (a pass now, then every
-//!    `retention.interval`) and the store's wake-up channel for work other
-//!    processes store.
+//!    `retention.interval`), the store's wake-up channel for work other
+//!    processes store, and (for `kedge run`) the [`crate::reload`] task,
+//!    which publishes reloaded definitions: the serving loop takes them
+//!    between passes and [`Triggers`] restarts the trigger tasks of the
+//!    jobs that changed.
 //! 3. **Serve**: one loop owns dispatching and settling, so the two never
 //!    race. It runs a [`Dispatcher`] pass, then waits for whichever comes
 //!    first: a trigger stored work, another process (`kedge enqueue`,
@@ -29,23 +32,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::job::Trigger;
 use crate::config::{DaemonConfig, ExecutorConfig, Job, JobsByName};
 use crate::dispatcher::stuck::Watchdog;
 use crate::dispatcher::{replan, Dispatcher};
 use crate::executor::{Executor, Outcome};
-use crate::finalizer::{self, outbox};
+use crate::finalizer;
 use crate::health::Health;
-use crate::intake;
 use crate::lifecycle::RunState;
+use crate::reload::{InForce, ReloadFrom, Reloader};
 use crate::retention::Pruner;
-use crate::sources::AnySource;
 use crate::store::{Store, StoreError};
-use crate::triggers::{scheduler, TriggerContext};
+use crate::triggers::supervisor::Triggers;
+use crate::triggers::TriggerContext;
 
 /// How often running runs are checked: backpressure and re-planning.
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
@@ -57,6 +58,11 @@ pub struct Daemon<E: Executor> {
     pub store: Store,
     pub executor: E,
     pub outcomes: mpsc::Receiver<Outcome>,
+    /// Where to read the definitions again while running (hot reload);
+    /// `None`: the jobs stay as given.
+    pub reload: Option<ReloadFrom>,
+    /// Problems found in the job files at start (shown on `/healthz`).
+    pub job_problems: Vec<String>,
 }
 
 /// What the serving loop works with.
@@ -64,6 +70,8 @@ struct Serving<E: Executor> {
     store: Store,
     executor: E,
     jobs: JobsByName,
+    /// The definitions in force; a reload publishes new ones here.
+    in_force: watch::Receiver<Arc<InForce>>,
     clock: Clock,
     outcomes: mpsc::Receiver<Outcome>,
     /// Run ids the scheduler wants cancelled (`overlap: replace`).
@@ -97,6 +105,8 @@ impl<E: Executor> Daemon<E> {
             store,
             executor,
             outcomes,
+            reload,
+            job_problems,
         } = self;
         // Every part reads the store's clock (the system clock outside
         // tests on paused time).
@@ -111,6 +121,18 @@ impl<E: Executor> Daemon<E> {
         let (cancel_tx, cancels) = mpsc::unbounded_channel::<String>();
         let triggers_stop = shutdown.child_token();
         let health = Health::default();
+        health.loaded(job_problems);
+        let (in_force_tx, in_force) = watch::channel(Arc::new(InForce {
+            config: config.clone(),
+            jobs: jobs.clone(),
+            generation: 0,
+        }));
+        if let Some(from) = reload {
+            let (requests_tx, requests) = mpsc::channel(8);
+            health.accept_reloads(requests_tx);
+            let reloader = Reloader::new(from, in_force_tx, health.clone());
+            tokio::spawn(reloader.run(requests, triggers_stop.clone()));
+        }
         serve_http(&config, &health, &shutdown).await;
         let ctx = TriggerContext {
             store: store.clone(),
@@ -119,9 +141,10 @@ impl<E: Executor> Daemon<E> {
             shutdown: triggers_stop.clone(),
             clock,
         };
-        let mut triggers = start_triggers(&jobs, ctx, &health).await;
+        let mut triggers = Triggers::start(&jobs, ctx, &health).await;
         // Pruning stops with the triggers, before the store is closed.
         triggers.spawn(pruner(&config, &store).run(triggers_stop.clone()));
+        let triggers = tokio::spawn(follow(triggers, in_force.clone(), triggers_stop.clone()));
         // Work stored by other processes (`kedge enqueue`, `kedge trigger`)
         // wakes the dispatcher too; the poll is only the backstop.
         store
@@ -135,6 +158,7 @@ impl<E: Executor> Daemon<E> {
             store,
             executor,
             jobs,
+            in_force,
             clock,
             outcomes,
             cancels,
@@ -145,9 +169,35 @@ impl<E: Executor> Daemon<E> {
 
         tracing::info!("shutting down: stopping triggers and runs");
         triggers_stop.cancel();
-        while triggers.join_next().await.is_some() {}
+        if let Err(e) = triggers.await {
+            tracing::error!(error = %e, "the trigger tasks ended abnormally");
+        }
         serving.drain(config.shutdown_timeout).await
     }
+}
+
+/// Keeps the trigger tasks in step with the definitions in force until
+/// `stop`, then waits for them to end.
+async fn follow(
+    mut triggers: Triggers,
+    mut in_force: watch::Receiver<Arc<InForce>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = in_force.changed() => {
+                if changed.is_err() {
+                    // The reloader is gone (shutdown): nothing more changes.
+                    stop.cancelled().await;
+                    break;
+                }
+                let jobs = in_force.borrow_and_update().jobs.clone();
+                triggers.apply(&jobs).await;
+            }
+        }
+    }
+    triggers.join().await;
 }
 
 /// The retention pruner for this daemon: the local executor's run folders
@@ -198,53 +248,23 @@ async fn serve_http(config: &DaemonConfig, health: &Health, shutdown: &Cancellat
     }
 }
 
-/// Starts the triggers: one intake task per queue source, the cron
-/// scheduler (if any job has a schedule) and the dead-letter outbox. They
-/// stop on `ctx.shutdown`.
-async fn start_triggers(jobs: &JobsByName, ctx: TriggerContext, health: &Health) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    let consumer = consumer_name(&ctx.store).await;
-    for job in jobs.values() {
-        let Trigger::Queue(q) = &job.trigger else {
-            continue;
-        };
-        let Some(source) = AnySource::new(&q.source, &consumer) else {
-            continue; // the builtin queue: the dispatcher reads the store
-        };
-        tasks.spawn(intake::consume(
-            source,
-            job.clone(),
-            health.clone(),
-            ctx.clone(),
-        ));
-    }
-    tasks.spawn(outbox::forward(
-        jobs.clone(),
-        consumer,
-        ctx.store.clone(),
-        ctx.clock,
-        ctx.shutdown.clone(),
-    ));
-    let cron_jobs: Vec<Arc<Job>> = jobs
-        .values()
-        .filter(|j| j.cron().is_some())
-        .cloned()
-        .collect();
-    if !cron_jobs.is_empty() {
-        tasks.spawn(scheduler::run(cron_jobs, ctx));
-    }
-    tasks
-}
-
 impl<E: Executor> Serving<E> {
     /// The loop: a dispatch pass, then wait for the next reason to look
     /// again. Returns on `shutdown`.
     async fn serve(&mut self, mut dispatcher: Dispatcher, shutdown: &CancellationToken) {
         let mut store_failures: u32 = 0;
+        let mut generation = self.in_force.borrow().generation;
         let mut watchdog = Watchdog::default();
         let mut replan_tick = tokio::time::interval(REPLAN_EVERY);
         replan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let now = self.in_force.borrow().clone();
+            if now.generation != generation {
+                // Between passes: a run launches under one version whole.
+                generation = now.generation;
+                dispatcher.reload(now.jobs.clone(), &now.config);
+                self.jobs = now.jobs.clone();
+            }
             let wait = match dispatcher.pass(&self.executor).await {
                 Ok(next_due) => {
                     store_failures = 0;
@@ -260,6 +280,7 @@ impl<E: Executor> Serving<E> {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
+                Ok(()) = self.in_force.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 Some(outcome) = self.outcomes.recv() => self.settle_queued(outcome).await,
                 Some(run_id) = self.cancels.recv() => self.executor.cancel(&run_id).await,
@@ -309,29 +330,4 @@ impl<E: Executor> Serving<E> {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// This daemon's name among a source's consumers: host, store instance
-/// and a per-process suffix, so a restarted daemon is a new consumer and
-/// recovers what the dead one left claimed.
-async fn consumer_name(store: &Store) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "kedge".into());
-    // Without the store's id the name is still unique to this process (the
-    // random suffix below); the id only makes it easier to read.
-    let instance = match store.instance_id().await {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::warn!(error = %crate::error_chain(&e), "cannot read the store's instance id; the consumer name goes without it");
-            String::new()
-        }
-    };
-    let short: String = instance
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(8)
-        .collect();
-    let process = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{short}-{}", &process[..8])
 }

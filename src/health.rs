@@ -5,7 +5,9 @@
 //! `/healthz` answers 200 while the daemon runs, with a JSON body naming
 //! every source and its state; `/readyz` answers 503 while any source is
 //! degraded (its broker unreachable: intake for that job is paused and
-//! reconnecting, nothing is lost).
+//! reconnecting, nothing is lost). `/healthz`'s `config` says whether the
+//! job and config files last read cleanly ([`crate::reload`]), and
+//! `POST /-/reload` reloads them now.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,11 +17,14 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::reload::{ReloadReport, ReloadRequest};
 
 /// Runs flagged at risk since the daemon started (a counter for operators;
 /// the dispatcher's sizing raises it).
@@ -76,10 +81,33 @@ pub struct SourceStatus {
     pub reconnects: u64,
 }
 
+/// The definitions' state: the last reload and the problems it found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// Bumped by each reload that changed something (0: as started).
+    pub generation: u64,
+    /// When the definitions were last read (start or reload).
+    pub read_at: Option<DateTime<Utc>>,
+    /// Whether that read found no problem.
+    pub ok: bool,
+    /// Its problems, `file:line:column: field: message`.
+    pub problems: Vec<String>,
+    /// Jobs running at their last good version because their file is broken.
+    pub kept: Vec<String>,
+    /// Config fields changed in the file that apply at the next restart.
+    pub restart_needed: Vec<String>,
+    /// Reloads that found a problem since the daemon started.
+    #[serde(skip)]
+    pub reload_errors: u64,
+}
+
 /// Shared by intake tasks (writers) and the HTTP server (reader).
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     sources: Arc<Mutex<BTreeMap<String, SourceStatus>>>,
+    config: Arc<Mutex<ConfigStatus>>,
+    /// Where `POST /-/reload` asks for a reload (set when hot reload runs).
+    reload: Arc<Mutex<Option<mpsc::Sender<ReloadRequest>>>>,
 }
 
 impl Health {
@@ -118,6 +146,46 @@ impl Health {
         });
     }
 
+    /// Forgets `job`'s source (its job was removed or is restarting).
+    pub fn unregister(&self, job: &str) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job);
+    }
+
+    /// Records the definitions read at start: their problems, no reload yet.
+    pub fn loaded(&self, problems: Vec<String>) {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.read_at = Some(Utc::now());
+        c.ok = problems.is_empty();
+        c.problems = problems;
+    }
+
+    /// Records a reload's outcome.
+    pub fn reloaded(&self, report: &ReloadReport) {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.generation = report.generation;
+        c.read_at = Some(Utc::now());
+        c.ok = report.ok();
+        c.problems = report.problems.clone();
+        c.kept = report.kept.clone();
+        c.restart_needed = report.restart_needed.clone();
+        c.reload_errors += u64::from(!report.ok());
+    }
+
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Lets `POST /-/reload` reach the reload task.
+    pub fn accept_reloads(&self, requests: mpsc::Sender<ReloadRequest>) {
+        *self.reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(requests);
+    }
+
     /// Adds to `job`'s counters.
     pub fn count(&self, job: &str, claimed: u64, stored: u64, duplicates: u64, rejected: u64) {
         self.with(job, |s| {
@@ -147,6 +215,8 @@ struct HealthBody {
     /// Runs whose pods have not started, counted by reason
     /// (`Unschedulable`, `ImagePullBackOff`, `FailedCreate`, …).
     stuck_runs: BTreeMap<String, u64>,
+    /// The job and config files' state (hot reload).
+    config: ConfigStatus,
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -164,6 +234,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
         status,
         sources,
         stuck_runs,
+        config: h.config_status(),
     })
 }
 
@@ -261,7 +332,40 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             label(&reason)
         );
     }
+    let c = h.config_status();
+    let _ = writeln!(
+        out,
+        "# HELP kedge_config_reload_errors_total Reloads of the job or config files that found a problem (the last good versions stayed in force).\n\
+         # TYPE kedge_config_reload_errors_total counter\nkedge_config_reload_errors_total {}\n\
+         # HELP kedge_config_last_reload_successful 1 when the last read of the job and config files found no problem.\n\
+         # TYPE kedge_config_last_reload_successful gauge\nkedge_config_last_reload_successful {}",
+        c.reload_errors,
+        u64::from(c.ok)
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// `POST /-/reload`: reloads now and answers with what changed (200), or
+/// with the problems found (422: the good parts applied, broken files kept
+/// their last good version). 503 when hot reload is not running.
+async fn reload(State(h): State<Health>) -> axum::response::Response {
+    let requests = h.reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(requests) = requests else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hot reload is not running\n",
+        )
+            .into_response();
+    };
+    let (tx, rx) = oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "hot reload has stopped\n").into_response();
+    }
+    match rx.await {
+        Ok(report) if report.ok() => (StatusCode::OK, Json(report)).into_response(),
+        Ok(report) => (StatusCode::UNPROCESSABLE_ENTITY, Json(report)).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "hot reload has stopped\n").into_response(),
+    }
 }
 
 /// A Prometheus label value, escaped.
@@ -284,6 +388,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/-/reload", post(reload))
         .with_state(health);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -608,6 +608,31 @@ pub fn cron_work_item(
     }
 }
 
+/// This daemon's name among a source's consumers: host, store instance
+/// and a per-process suffix, so a restarted daemon is a new consumer and
+/// recovers what the dead one left claimed.
+pub async fn consumer_name(store: &Store) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "kedge".into());
+    // Without the store's id the name is still unique to this process (the
+    // random suffix below); the id only makes it easier to read.
+    let instance = match store.instance_id().await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "cannot read the store's instance id; the consumer name goes without it");
+            String::new()
+        }
+    };
+    let short: String = instance
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    let process = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{short}-{}", &process[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@
 //!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop for
 //!   every cron job, fires due together recorded in one transaction;
 //!   overlap and catch-up policies). Every trigger task gets a
-//!   [`triggers::TriggerContext`].
+//!   [`triggers::TriggerContext`]; [`triggers::supervisor`] keeps the tasks
+//!   in step with the jobs in force (restarts what a reload changed).
 //! - [`sources`] — queue sources behind [`sources::Source`] (claim,
 //!   settle): `redis_list`, `redis_stream`, `rabbitmq`, `postgres`; their
 //!   dead-letter targets and replays behind [`sources::Outbox`].
@@ -74,6 +75,10 @@
 //! - [`clock`] — where every stage reads the time: the system clock, or one
 //!   driven by tokio's paused time in tests.
 //! - [`redact`] — passwords out of URLs, for logs and errors.
+//! - [`reload`] — hot reload: the running daemon re-reads job and config
+//!   files on change (inotify), `SIGHUP` or `POST /-/reload`; a broken file
+//!   keeps its jobs' last good version ([`config::reload`]), the rest
+//!   applies between dispatch passes.
 //! - [`daemon`] — wires the stages together: recover, start the triggers,
 //!   serve (one loop for dispatching and settling), drain.
 //! - [`health`] — source states and counters: `/healthz`, `/readyz`,
@@ -94,6 +99,7 @@ pub mod lifecycle;
 pub mod planner;
 pub mod probes;
 pub mod redact;
+pub mod reload;
 pub mod retention;
 pub mod sources;
 pub mod store;

@@ -575,6 +575,8 @@ impl Running {
             store: store.clone(),
             executor,
             outcomes,
+            reload: None,
+            job_problems: Vec::new(),
         };
         let shutdown = stop.clone();
         let (tx, passes) = watch::channel(0);

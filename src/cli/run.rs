@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{open_store, ClusterArgs, Failure};
 use crate::config::{self, DaemonConfig, ExecutorKind, Job, LogFormat, Sources};
 use crate::executor::{kubernetes, Executor, LocalExecutor, Outcome};
+use crate::reload::ReloadFrom;
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -19,6 +20,10 @@ pub struct RunArgs {
     /// Where runs run [default: the config's executor.kind, local]
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorKind>,
+    /// Do not watch the job and config files for changes. Definitions are
+    /// still reloaded on SIGHUP and on `POST /-/reload` (with `http.listen`)
+    #[arg(long)]
+    pub no_watch: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -26,6 +31,11 @@ pub struct RunArgs {
 /// `kedge run`.
 pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
     let mut daemon = config::load_daemon(src)?;
+    let reload = ReloadFrom {
+        sources: src.clone(),
+        started_with: daemon.clone(),
+        watch: !args.no_watch,
+    };
     // The executor decides what a valid job is (the local one needs
     // commands), so the flags apply before the jobs are read.
     args.cluster.apply(args.executor, &mut daemon.executor)?;
@@ -47,7 +57,12 @@ pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
             let store = open_store(&daemon.store_url).await?;
             let instance = instance_id(&store).await?;
             let executor = LocalExecutor::new(local.clone(), instance, tx);
-            serve(daemon, jobs, store, executor, rx, shutdown).await
+            let loaded = Loaded {
+                jobs,
+                job_problems,
+                reload,
+            };
+            serve(daemon, loaded, store, executor, rx, shutdown).await
         }
         config::ExecutorConfig::Kubernetes(k) => {
             let k = k.clone();
@@ -61,7 +76,12 @@ pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
             let store = open_store(&daemon.store_url).await?;
             let instance = instance_id(&store).await?;
             let executor = leader.executor(k, instance, tx);
-            let served = serve(daemon, jobs, store, executor, rx, shutdown).await;
+            let loaded = Loaded {
+                jobs,
+                job_problems,
+                reload,
+            };
+            let served = serve(daemon, loaded, store, executor, rx, shutdown).await;
             let stepped_down = leader.step_down().await;
             served?;
             stepped_down.map_err(|lost| Failure::Runtime(lost.into()))
@@ -76,15 +96,27 @@ async fn instance_id(store: &Store) -> Result<String, Failure> {
         .context("reading the store's instance id")?)
 }
 
+/// The definitions read at start, and where to read them again.
+struct Loaded {
+    jobs: Vec<Job>,
+    job_problems: config::Diagnostics,
+    reload: ReloadFrom,
+}
+
 /// Runs the daemon with one executor until `shutdown`.
 async fn serve<E: Executor>(
     cfg: DaemonConfig,
-    jobs: Vec<Job>,
+    loaded: Loaded,
     store: Store,
     executor: E,
     outcomes: mpsc::Receiver<Outcome>,
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
+    let Loaded {
+        jobs,
+        job_problems,
+        reload,
+    } = loaded;
     let count = jobs.len();
     let cron = jobs.iter().filter(|j| j.cron().is_some()).count();
     let store_url = crate::redact::redact(&cfg.store_url);
@@ -95,6 +127,8 @@ async fn serve<E: Executor>(
         store,
         executor,
         outcomes,
+        reload: Some(reload),
+        job_problems: job_problems.0.iter().map(|d| d.to_string()).collect(),
     };
     daemon
         .run(shutdown, || {

@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub mod job;
 pub mod probe;
 pub mod queue;
+pub mod reload;
 pub mod schema;
 pub mod sizing;
 pub mod yaml;
@@ -99,7 +100,7 @@ fn read(path: &Path) -> Result<String, Diagnostics> {
     })
 }
 
-fn env_var(name: &str) -> Option<String> {
+pub(crate) fn env_var(name: &str) -> Option<String> {
     // A value that is not UTF-8 is kept (lossily) rather than read as
     // unset: the field's own check then says what is wrong with it,
     // instead of "missing".
@@ -108,101 +109,11 @@ fn env_var(name: &str) -> Option<String> {
 
 /// Loads every `*.yaml` / `*.yml` in `dir` (sorted by file name). Returns the
 /// valid jobs and the diagnostics of the invalid ones: a bad file never
-/// stops the good ones from loading.
+/// stops the good ones from loading. (A running daemon re-reads through
+/// [`reload::read_jobs`], which also keeps last good versions.)
 pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
-    let dir = daemon.jobs_dir.as_path();
-    let mut diags = Diagnostics::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            diags.push(
-                Diagnostic::new(
-                    FieldPath::root(),
-                    Position::start(),
-                    format!("cannot read the jobs directory: {e}"),
-                )
-                .in_file(dir),
-            );
-            return (Vec::new(), diags);
-        }
-    };
-    let mut files: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        // An entry the directory listing could not read, or a `*.yaml` whose
-        // metadata cannot be read (a dangling symlink, a symlink loop), is
-        // reported like a bad file, never skipped in silence.
-        match entry {
-            Ok(e) => match job_file(&e.path()) {
-                Ok(true) => files.push(e.path()),
-                Ok(false) => {}
-                Err(d) => diags.push(d),
-            },
-            Err(e) => diags.push(
-                Diagnostic::new(
-                    FieldPath::root(),
-                    Position::start(),
-                    format!("cannot read an entry of the jobs directory: {e}"),
-                )
-                .in_file(dir),
-            ),
-        }
-    }
-    files.sort();
-
-    let mut jobs: Vec<Job> = Vec::new();
-    // name → where it was first defined, for the duplicate check.
-    let mut seen: std::collections::HashMap<String, (PathBuf, Position)> =
-        std::collections::HashMap::new();
-    for file in files {
-        match load_job_file(&file, daemon, &env_var) {
-            Ok((job, name_pos)) => {
-                if let Some((first, pos)) = seen.get(&job.name) {
-                    diags.push(
-                        Diagnostic::new(
-                            FieldPath::root().key("name"),
-                            name_pos,
-                            format!(
-                                "\"{}\" is already defined in {}:{}:{}",
-                                job.name,
-                                first.display(),
-                                pos.line,
-                                pos.column
-                            ),
-                        )
-                        .in_file(&file),
-                    );
-                    continue;
-                }
-                seen.insert(job.name.clone(), (file.clone(), name_pos));
-                jobs.push(job);
-            }
-            Err(ds) => diags.extend(ds.0),
-        }
-    }
-    jobs.sort_by(|a, b| a.name.cmp(&b.name));
-    (jobs, diags)
-}
-
-/// Whether `path` is a job definition to load: a `*.yaml` / `*.yml` file
-/// (following symlinks). `Err` when it has that name but cannot be looked
-/// at: the diagnostic names the file and the error.
-fn job_file(path: &Path) -> Result<bool, Diagnostic> {
-    if !matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml") | Some("yml")
-    ) {
-        return Ok(false);
-    }
-    match std::fs::metadata(path) {
-        // A directory named `*.yaml` is not a definition.
-        Ok(m) => Ok(m.is_file()),
-        Err(e) => Err(Diagnostic::new(
-            FieldPath::root(),
-            Position::start(),
-            format!("cannot read: {e}"),
-        )
-        .in_file(path)),
-    }
+    let read = reload::read_jobs(daemon, [], &env_var);
+    (read.jobs, read.problems)
 }
 
 /// Loads one job file; on success also returns where its `name` is.

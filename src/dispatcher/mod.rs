@@ -119,6 +119,17 @@ impl Dispatcher {
         }
     }
 
+    /// Takes reloaded definitions: the jobs and the caps they imply
+    /// (backpressure, as last observed, stays until the next look).
+    pub fn reload(&mut self, jobs: JobsByName, config: &DaemonConfig) {
+        let backpressured = std::mem::take(&mut self.limits.backpressured);
+        self.limits = limits_of(&jobs, config);
+        self.limits.backpressured = backpressured;
+        self.jobs = jobs;
+        // A job that is back is no longer unknown.
+        self.warned_unknown.retain(|j| !self.jobs.contains_key(j));
+    }
+
     /// Reports the number of finished passes on `passes` (tests wait on
     /// it to know the dispatcher looked, instead of waiting a fixed time).
     pub fn reporting(mut self, passes: watch::Sender<u64>) -> Self {

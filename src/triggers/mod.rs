@@ -6,6 +6,7 @@
 
 pub mod cron;
 pub mod scheduler;
+pub mod supervisor;
 
 use std::sync::Arc;
 

@@ -498,9 +498,22 @@ pub fn spawn_redis_server(password: Option<&str>) -> Result<(u16, Child), String
 
 /// One HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// `POST path` (no body) to `addr`: the status and the body.
+pub fn http_post(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, "POST", path)
+}
+
+fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(addr).expect("connect to kedge's http");
-    write!(c, "GET {path} HTTP/1.0\r\nHost: kedge\r\n\r\n").unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.0\r\nHost: kedge\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();
     let status = text
