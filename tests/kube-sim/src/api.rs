@@ -1,8 +1,9 @@
 //! The HTTP surface: parses kube-style paths and queries and dispatches to
 //! create / get / list / watch / update / patch / delete on the store.
 
+use crate::events_v1::{self, view};
 use crate::patch;
-use crate::resource::{Resource, NAMESPACES};
+use crate::resource::{Resource, EVENTS_V1, NAMESPACES};
 use crate::selector::{labels_of, FieldSelector, LabelSelector};
 use crate::sim::{CreateRecord, Sim};
 use crate::status::{success_status, ApiError};
@@ -195,9 +196,10 @@ async fn dispatch(
         (Method::GET, None) if truthy(&q, "watch") => return watch(sim, &t, &q),
         (Method::GET, None) => list(sim, &t, &q)?,
         (Method::POST, None) => create(sim, &t, &q, body)?,
-        (Method::GET, Some(name)) => {
-            json_response(StatusCode::OK, sim.store.get(t.resource, &ns, name)?)
-        }
+        (Method::GET, Some(name)) => json_response(
+            StatusCode::OK,
+            view(t.resource, sim.store.get(t.resource, &ns, name)?),
+        ),
         (Method::PUT, Some(name))
             if !t.status
                 && t.resource.allow_create_on_update
@@ -218,10 +220,12 @@ async fn dispatch(
         (Method::PUT, Some(name)) => {
             let new = parse_body(body)?;
             let out = sim.store.update(t.resource, &ns, name, |cur| {
-                apply_update(t.resource, cur, new, t.status)
+                update_as(t.resource, cur, |cur| {
+                    apply_update(t.resource, cur, new, t.status)
+                })
             })?;
             sim.kick_controllers();
-            json_response(StatusCode::OK, out)
+            json_response(StatusCode::OK, view(t.resource, out))
         }
         (Method::PATCH, Some(name)) => {
             let p = parse_body(body)?;
@@ -234,7 +238,7 @@ async fn dispatch(
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            let out = sim.store.update(t.resource, &ns, name, |cur| {
+            let out = sim.store.update(t.resource, &ns, name, |cur| update_as(t.resource, cur, |cur| {
                 let mut patched = cur.clone();
                 match kind.as_str() {
                     "application/merge-patch+json" | "application/strategic-merge-patch+json" => patch::merge_patch(&mut patched, &p),
@@ -246,9 +250,9 @@ async fn dispatch(
                     }
                 }
                 apply_update(t.resource, cur, patched, t.status)
-            })?;
+            }))?;
             sim.kick_controllers();
-            json_response(StatusCode::OK, out)
+            json_response(StatusCode::OK, view(t.resource, out))
         }
         (Method::DELETE, Some(name)) if !t.status => delete(sim, &t, name, &q, body)?,
         _ => return Err(ApiError::MethodNotAllowed),
@@ -280,6 +284,7 @@ fn typed_roundtrip(resource: &Resource, obj: Value) -> Result<Value, ApiError> {
         "jobs" => rt::<Job>(obj),
         "pods" => rt::<v1::Pod>(obj),
         "configmaps" => rt::<v1::ConfigMap>(obj),
+        "events" if resource == &EVENTS_V1 => rt::<k8s_openapi::api::events::v1::Event>(obj),
         "events" => rt::<v1::Event>(obj),
         "leases" => rt::<Lease>(obj),
         "namespaces" => rt::<v1::Namespace>(obj),
@@ -385,9 +390,16 @@ fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Respons
             _ => json!({}),
         };
     }
+    if resource == &EVENTS_V1 {
+        let core = events_v1::to_core(obj.clone());
+        let mut causes = validation::event_causes(&core);
+        causes.extend(events_v1::validate(&obj));
+        validation::invalid(resource, &obj, causes)?;
+        obj = core;
+    }
     validation::admit_create(resource, &mut obj)?;
     if q.get("dryRun").is_some_and(|v| v == "All") {
-        let mut out = obj;
+        let mut out = view(resource, obj);
         out["metadata"]["creationTimestamp"] = json!(timestamp());
         let created = Created {
             name: out["metadata"]["name"].as_str().unwrap_or("").to_string(),
@@ -399,7 +411,7 @@ fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Respons
         r.extensions_mut().insert(created);
         return Ok(r);
     }
-    let out = sim.store.create(resource, &ns, obj)?;
+    let out = view(resource, sim.store.create(resource, &ns, obj)?);
     sim.kick_controllers();
     let meta_str = |f: &str| out["metadata"][f].as_str().map(str::to_string);
     let created = Created {
@@ -411,6 +423,23 @@ fn create(sim: &Arc<Sim>, t: &Target, q: &Query, body: &Bytes) -> Result<Respons
     let mut r = json_response(StatusCode::CREATED, out);
     r.extensions_mut().insert(created);
     Ok(r)
+}
+
+/// Runs an update of stored `cur` as `resource`'s requests see it:
+/// events.k8s.io/v1 Events are updated in their events.k8s.io form
+/// (validated strictly, only `series` may change) and stored converted back.
+fn update_as(
+    resource: &'static Resource,
+    cur: &Value,
+    update: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    if resource != &EVENTS_V1 {
+        return update(cur);
+    }
+    let seen = view(resource, cur.clone());
+    let new = update(&seen)?;
+    validation::invalid(resource, &new, events_v1::validate_update(&seen, &new))?;
+    Ok(events_v1::to_core(new))
 }
 
 /// The handler's `checkName`: the body's name (empty if unset) must be the URL's.
@@ -560,7 +589,7 @@ fn delete(
     };
     precondition(&cur)?;
     if dry_run {
-        return Ok(json_response(StatusCode::OK, cur));
+        return Ok(json_response(StatusCode::OK, view(resource, cur)));
     }
     let finalizer = match policy.as_str() {
         "Orphan" => Some("orphan"),
@@ -669,6 +698,7 @@ fn list(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
         .unwrap_or(usize::MAX);
     let mut matching = objects
         .into_iter()
+        .map(|o| view(t.resource, o))
         .filter(|o| filter.matches(o))
         .filter(|o| after.as_ref().is_none_or(|a| key_of(o) > *a));
     let mut items: Vec<Value> = matching.by_ref().take(limit).collect();
@@ -702,14 +732,17 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 /// What a watcher is sent for one stored event, after its selectors
 /// (cacheWatcher.convertToWatchEvent): starts matching → ADDED, stops → DELETED
 /// with the previous content stamped with the event's resourceVersion.
-fn convert(ev: &Event, filter: &Filter) -> Option<(&'static str, Value)> {
-    let cur = ev.change != Change::Deleted && filter.matches(&ev.object);
-    let old = ev.old.as_ref().is_some_and(|o| filter.matches(o));
-    match (cur, old) {
-        (true, false) => Some(("ADDED", ev.object.clone())),
-        (true, true) => Some(("MODIFIED", ev.object.clone())),
+/// Objects are seen as `resource`'s requests see them ([`view`]).
+fn convert(ev: &Event, resource: &Resource, filter: &Filter) -> Option<(&'static str, Value)> {
+    let object = view(resource, ev.object.clone());
+    let old = ev.old.clone().map(|o| view(resource, o));
+    let cur = ev.change != Change::Deleted && filter.matches(&object);
+    let was = old.as_ref().is_some_and(|o| filter.matches(o));
+    match (cur, was) {
+        (true, false) => Some(("ADDED", object)),
+        (true, true) => Some(("MODIFIED", object)),
         (false, true) => {
-            let mut o = ev.old.clone().unwrap_or_default();
+            let mut o = old.unwrap_or_default();
             o["metadata"]["resourceVersion"] = json!(ev.rv.to_string());
             Some(("DELETED", o))
         }
@@ -793,17 +826,18 @@ fn watch(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
             }
         };
         for obj in &sub.initial {
-            if filter.matches(obj) && send(event_line("ADDED", obj)).await.is_err() {
+            let obj = view(resource, obj.clone());
+            if filter.matches(&obj) && send(event_line("ADDED", &obj)).await.is_err() {
                 return;
             }
         }
         let mut progress = sub.start_rv;
         for ev in &sub.backlog {
             progress = ev.rv;
-            if ev.resource != resource {
+            if ev.resource.plural != resource.plural {
                 continue;
             }
-            if let Some((kind, obj)) = convert(ev, &filter) {
+            if let Some((kind, obj)) = convert(ev, resource, &filter) {
                 if send(event_line(kind, &obj)).await.is_err() {
                     return;
                 }
@@ -819,8 +853,8 @@ fn watch(sim: &Arc<Sim>, t: &Target, q: &Query) -> Result<Response, ApiError> {
                     Ok(ev) => {
                         if ev.rv <= progress { continue; }
                         progress = ev.rv;
-                        if ev.resource != resource { continue; }
-                        if let Some((kind, obj)) = convert(&ev, &filter) {
+                        if ev.resource.plural != resource.plural { continue; }
+                        if let Some((kind, obj)) = convert(&ev, resource, &filter) {
                             if send(event_line(kind, &obj)).await.is_err() { return; }
                         }
                     }

@@ -142,7 +142,7 @@ mod tests {
             .iter()
             .map(|g| g["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["batch", "coordination.k8s.io"]);
+        assert_eq!(names, ["batch", "coordination.k8s.io", "events.k8s.io"]);
         assert_eq!(
             apis["groups"][0]["preferredVersion"]["groupVersion"],
             "batch/v1"

@@ -118,6 +118,12 @@
 //!   `events_create_get_list_delete`; ConfigMap keys and the 1 MiB bound —
 //!   `configmap_keys_and_size_are_validated`; Event namespace agreement and
 //!   the fields a "new" Event (with `eventTime`) needs (`legacyValidateEvent`).
+//! - [x] events.k8s.io/v1 Events: the same storage as core Events, converted
+//!   per request version (`regarding`/`note`/`reportingController`/
+//!   `deprecated*`), its own field labels, the strict create checks and
+//!   series-only updates; kube-runtime's Recorder creates and patches a
+//!   series — `events_v1.rs`,
+//!   `tests/core.rs::events_k8s_io_v1_share_storage_with_core_events_and_are_validated_strictly`.
 //! - [x] A ConfigMap owned by a Job (controller, blockOwnerDeletion, uid):
 //!   collected on Background, kept without the reference on Orphan —
 //!   `tests/core.rs::a_configmap_owned_by_a_job_follows_the_deletion_policy`;
@@ -201,6 +207,7 @@
 
 pub mod api;
 pub mod discovery;
+pub mod events_v1;
 pub mod gc;
 pub mod job_controller;
 pub mod kubelet;

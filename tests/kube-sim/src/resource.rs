@@ -103,6 +103,35 @@ pub const EVENTS: Resource = Resource {
     short_names: &["ev"],
     categories: &[],
 };
+/// The same stored Events as [`EVENTS`], seen through events.k8s.io/v1
+/// (`crate::events_v1` converts).
+pub const EVENTS_V1: Resource = Resource {
+    group: "events.k8s.io",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    namespaced: true,
+    has_generation: false,
+    // AddFieldLabelConversionsForEvent (pkg/apis/events/v1/conversion.go).
+    field_labels: &[
+        "metadata.name",
+        "metadata.namespace",
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "regarding.apiVersion",
+        "regarding.resourceVersion",
+        "regarding.fieldPath",
+        "reason",
+        "reportingController",
+        "type",
+    ],
+    allow_create_on_update: true,
+    allow_unconditional_update: true,
+    short_names: &["ev"],
+    categories: &[],
+};
 pub const LEASES: Resource = Resource {
     group: "coordination.k8s.io",
     version: "v1",
@@ -130,7 +159,15 @@ pub const NAMESPACES: Resource = Resource {
     categories: &[],
 };
 
-pub static ALL: &[&Resource] = &[&JOBS, &PODS, &CONFIGMAPS, &EVENTS, &LEASES, &NAMESPACES];
+pub static ALL: &[&Resource] = &[
+    &JOBS,
+    &PODS,
+    &CONFIGMAPS,
+    &EVENTS,
+    &LEASES,
+    &EVENTS_V1,
+    &NAMESPACES,
+];
 
 impl Resource {
     /// Finds a resource by group, version and plural.

@@ -94,7 +94,11 @@ fn labels_causes(obj: &Value, path: &str) -> Vec<Cause> {
     causes
 }
 
-fn invalid(resource: &'static Resource, obj: &Value, causes: Vec<Cause>) -> Result<(), ApiError> {
+pub(crate) fn invalid(
+    resource: &'static Resource,
+    obj: &Value,
+    causes: Vec<Cause>,
+) -> Result<(), ApiError> {
     if causes.is_empty() {
         return Ok(());
     }
@@ -125,7 +129,7 @@ pub fn admit_create(resource: &'static Resource, obj: &mut Value) -> Result<(), 
         causes.extend(validate_configmap(obj));
     }
     if resource.plural == "events" {
-        causes.extend(validate_event(obj));
+        causes.extend(event_causes(obj));
     }
     invalid(resource, obj, causes)
 }
@@ -199,7 +203,7 @@ fn validate_configmap(cm: &Value) -> Vec<Cause> {
 /// `legacyValidateEvent` for a `v1` request: the involved object's namespace
 /// must agree with the Event's; an Event with `eventTime` (a "new" Event)
 /// also needs `reportingComponent`, `reportingInstance`, `action`, `reason`.
-fn validate_event(ev: &Value) -> Vec<Cause> {
+pub(crate) fn event_causes(ev: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let ns = ev["metadata"]["namespace"].as_str().unwrap_or("");
     let involved = ev["involvedObject"]["namespace"].as_str().unwrap_or("");

@@ -250,3 +250,91 @@ async fn a_configmap_whose_owner_uid_does_not_exist_is_collected() {
     .await;
     assert!(cms.get_opt("cm-live").await.unwrap().is_some());
 }
+
+/// events.k8s.io/v1 Events are the core Events seen through another
+/// version: kube-runtime's Recorder creates one and patches its series,
+/// and the core API shows the same object converted.
+#[tokio::test]
+async fn events_k8s_io_v1_share_storage_with_core_events_and_are_validated_strictly() {
+    use k8s_openapi::api::events::v1::Event as EventV1;
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::events::{Event as Note, EventType, Recorder, Reporter};
+    use kube::Resource;
+    let (_sim, client) = start_quiet().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let j = create(&jobs, "run-9", json!({})).await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kedge".into(),
+            instance: Some("kedge-0".into()),
+        },
+    );
+    let note = Note {
+        type_: EventType::Warning,
+        reason: "AtRisk".into(),
+        note: Some("may miss its deadline".into()),
+        action: "Size".into(),
+        secondary: None,
+    };
+    let reference = j.object_ref(&());
+    recorder.publish(&note, &reference).await.unwrap();
+    recorder.publish(&note, &reference).await.unwrap();
+
+    let v1: Api<EventV1> = Api::namespaced(client.clone(), "default");
+    let listed = v1
+        .list(&ListParams::default().fields("regarding.name=run-9,reason=AtRisk"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1, "the repeat is a series on one Event");
+    let e = &listed.items[0];
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+    assert_eq!(e.note.as_deref(), Some("may miss its deadline"));
+
+    let core: Api<Event> = Api::namespaced(client.clone(), "default");
+    let same = core.get(e.metadata.name.as_deref().unwrap()).await.unwrap();
+    assert_eq!(same.message.as_deref(), Some("may miss its deadline"));
+    assert_eq!(same.reporting_component.as_deref(), Some("kedge"));
+    assert_eq!(same.involved_object.uid, j.metadata.uid);
+    assert_eq!(same.series.as_ref().and_then(|s| s.count), Some(2));
+    // A field label of the other version is not known.
+    let s = status(
+        v1.list(&ListParams::default().fields("involvedObject.name=run-9"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(s.code, 400, "{}", s.message);
+
+    // Strict create: eventTime required, no deprecated fields.
+    let bad: EventV1 = serde_json::from_value(json!({
+        "metadata": {"name": "bad.1"},
+        "regarding": {"kind": "Job", "name": "run-9", "namespace": "default"},
+        "reason": "Launched", "action": "Create", "type": "Normal",
+        "reportingController": "kedge", "reportingInstance": "kedge-0",
+        "deprecatedCount": 2
+    }))
+    .unwrap();
+    let s = status(v1.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!(s.code, 422);
+    assert_eq!(
+        s.message,
+        r#"Event.events.k8s.io "bad.1" is invalid: [eventTime: Required value, deprecatedCount: Invalid value: "": needs to be unset]"#
+    );
+    // Only the series may change.
+    let s = status(
+        v1.patch(
+            e.metadata.name.as_deref().unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"note": "something else"})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(s.code, 422);
+    assert!(
+        s.message
+            .contains("message: Invalid value: \"something else\": field is immutable"),
+        "{}",
+        s.message
+    );
+}
