@@ -299,7 +299,10 @@ impl<E: Executor> Serving<E> {
     async fn settle_queued(&mut self, first: Outcome) {
         let mut next = Some(first);
         while let Some(o) = next {
-            finalizer::settle(&self.store, &self.clock, &self.jobs, &o).await;
+            let decisions = finalizer::settle(&self.store, &self.clock, &self.jobs, &o).await;
+            for decision in decisions {
+                self.executor.record(&o.run_id, decision).await;
+            }
             self.executor.settled(&o.run_id).await;
             // Empty or closed: either way nothing more is queued now.
             next = self.outcomes.try_recv().ok();

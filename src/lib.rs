@@ -56,8 +56,9 @@
 //!   [`executor::local`] runs it as processes and tracks them to an outcome,
 //!   [`executor::kubernetes`] creates Jobs (and payload ConfigMaps) through
 //!   the API server, tracks them with one watcher (and their pods and
-//!   `FailedCreate` Events: why a run does not start), cleans them up, and
-//!   elects the one launching replica on a Lease.
+//!   `FailedCreate` Events: why a run does not start), publishes kedge's
+//!   decisions as Events on them (`executor::kubernetes::notes`), cleans
+//!   them up, and elects the one launching replica on a Lease.
 //! - [`finalizer`] — turns an outcome into succeeded / retry / dead letter;
 //!   [`finalizer::outbox`] publishes stored dead letters to their broker,
 //!   [`finalizer::replay`] returns dead letters to their queue.

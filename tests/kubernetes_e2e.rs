@@ -68,6 +68,15 @@ fn queue_job_with(ws: &Workspace, name: &str, outcome: &str, extra: &str, spec: 
     );
 }
 
+/// The Events (stored core form) with `reason`.
+fn events_with_reason(c: &Cluster, reason: &str) -> Vec<serde_json::Value> {
+    c.sim
+        .objects("events", "default")
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
 fn enqueue(ws: &Workspace, job: &str, id: &str, data: &str) {
     let out = ws.ok(&["enqueue", job, "--id", id, "--data", data]);
     assert!(out.contains("enqueued"), "{out}");
@@ -690,18 +699,131 @@ fn a_run_flagged_at_risk_gets_a_warning_event_on_its_job() {
     let daemon = ws.start_daemon();
     enqueue(&ws, "backup", "nightly", "{}");
     wait_until(Duration::from_secs(30), "the at-risk Event", || {
-        !c.sim.objects("events", "default").is_empty()
+        !events_with_reason(&c, "AtRisk").is_empty()
     });
     let run_id = c.job_creates().keys().next().unwrap().clone();
-    let events = c.sim.objects("events", "default");
+    let events = events_with_reason(&c, "AtRisk");
     let e = &events[0];
-    assert_eq!(e["reason"], "AtRisk");
     assert_eq!(e["type"], "Warning");
     assert_eq!(e["involvedObject"]["kind"], "Job");
     assert_eq!(e["involvedObject"]["name"], run_id.as_str());
     assert!(e["message"].as_str().unwrap_or("").len() > 10, "{e}");
+    // Published through events.k8s.io/v1 (a "new" Event: eventTime and
+    // the reporting controller set), seen here in its stored core form.
+    assert_eq!(e["reportingComponent"], "kedge");
+    assert!(e["eventTime"].is_string(), "{e}");
+    assert!(
+        events_with_reason(&c, "Sized").is_empty(),
+        "at risk is said instead of sized"
+    );
     let job = c.sim.creates_of("jobs").remove(0);
     assert_eq!(job.annotations["kedge.dev/at-risk"], "true");
+    assert!(daemon.stop().success());
+}
+
+/// kedge's decisions are Events where `kubectl describe job` looks: each
+/// attempt's Job says it was launched, the failed ones why they are retried
+/// or dead-lettered, a late run that it missed its deadline, and the Lease
+/// who leads.
+#[test]
+fn decisions_become_events_on_the_jobs_and_the_lease() {
+    let c = Cluster::start(0.01);
+    let ws = workspace(&c, "15s");
+    queue_job(
+        &ws,
+        "flaky",
+        "fail",
+        "retry:\n  max_attempts: 2\n  backoff: 100ms\n",
+    );
+    // 200 simulated seconds at 0.01: about 2 s, past the 1 s window.
+    queue_job(&ws, "late", "duration=200s", "window:\n  within: 1s\n");
+    queue_job(
+        &ws,
+        "sized",
+        "succeed",
+        "window:\n  within: 1h\n\
+         sizing:\n  work: { static: 10 }\n  unit: GB\n  initial_rate_per_pod: 100\n  \
+         parallelism: { min: 1, max: 4 }\n",
+    );
+    let daemon = ws.start_daemon();
+    enqueue(&ws, "flaky", "f1", "{}");
+    enqueue(&ws, "late", "l1", "{}");
+    enqueue(&ws, "sized", "s1", "{}");
+    let seen = || -> Vec<String> {
+        c.sim
+            .objects("events", "default")
+            .iter()
+            .map(|e| format!("{} {}", e["reason"], e["involvedObject"]["name"]))
+            .collect()
+    };
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(Duration::from_secs(60), "the dead letter's Event", || {
+            !events_with_reason(&c, "DeadLettered").is_empty()
+                && !events_with_reason(&c, "DeadlineMissed").is_empty()
+                && !events_with_reason(&c, "Sized").is_empty()
+        })
+    }));
+    assert!(
+        waited.is_ok(),
+        "events: {:?}\nruns: {:?}\nlog: {}",
+        seen(),
+        ws.runs(),
+        daemon.log()
+    );
+    let about = |reason: &str| -> Vec<String> {
+        let mut names: Vec<String> = events_with_reason(&c, reason)
+            .iter()
+            .map(|e| e["involvedObject"]["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let runs = ws.runs();
+    let mut flaky: Vec<String> = runs
+        .iter()
+        .filter(|r| r["job"] == "flaky")
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect();
+    flaky.sort_by_key(|id| {
+        runs.iter().find(|r| r["run_id"] == id.as_str()).unwrap()["attempt"].as_i64()
+    });
+    assert_eq!(flaky.len(), 2, "two attempts: {runs:?}");
+    let late = runs.iter().find(|r| r["job"] == "late").unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sized = runs.iter().find(|r| r["job"] == "sized").unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut launched = flaky.clone();
+    launched.extend([late.clone(), sized.clone()]);
+    launched.sort();
+    assert_eq!(about("Launched"), launched);
+    assert_eq!(about("Sized"), [sized]);
+    assert!(about("AtRisk").is_empty());
+    assert_eq!(about("Retrying"), [flaky[0].clone()]);
+    assert_eq!(about("DeadLettered"), [flaky[1].clone()]);
+    assert_eq!(about("DeadlineMissed"), [late]);
+    let retrying = &events_with_reason(&c, "Retrying")[0];
+    let note = retrying["message"].as_str().unwrap();
+    assert!(
+        note.contains(&flaky[1]) && note.contains("attempt failed"),
+        "{note}"
+    );
+    assert_eq!(retrying["type"], "Warning");
+    // Each Job Event names the Job's uid, as `kubectl describe` matches it.
+    assert!(events_with_reason(&c, "Launched")
+        .iter()
+        .all(|e| e["involvedObject"]["uid"].is_string()));
+
+    let leader = events_with_reason(&c, "LeaderElection");
+    assert_eq!(leader.len(), 1, "{leader:?}");
+    assert_eq!(leader[0]["involvedObject"]["kind"], "Lease");
+    assert!(leader[0]["message"]
+        .as_str()
+        .unwrap()
+        .ends_with("became leader"));
     assert!(daemon.stop().success());
 }
 

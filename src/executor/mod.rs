@@ -124,6 +124,23 @@ pub enum ExecutorError {
     Api { run_id: String, message: String },
 }
 
+/// A decision kedge made about a finished run, for the executor to publish
+/// where operators look (Kubernetes: an `events.k8s.io/v1` Event on the
+/// run's Job, which `kubectl describe job` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The attempt failed; `next_run` runs after `delay_ms`.
+    Retrying {
+        error: String,
+        next_run: String,
+        delay_ms: i64,
+    },
+    /// The last attempt failed; the message is dead-lettered.
+    DeadLettered { error: String, reason: String },
+    /// The run finished `late_ms` after its deadline.
+    DeadlineMissed { late_ms: i64 },
+}
+
 /// A place where runs run. See the module docs for the contract.
 pub trait Executor: Send + Sync + 'static {
     /// Starts a run. Returns once it is started (not finished); the outcome
@@ -165,6 +182,14 @@ pub trait Executor: Send + Sync + 'static {
     /// read the outcome).
     fn settled(&self, run_id: &str) -> impl Future<Output = ()> + Send {
         let _ = run_id;
+        async {}
+    }
+
+    /// Publishes `decision` about `run_id` (best effort, never blocks on the
+    /// API: the Kubernetes executor queues it). The local executor's runs
+    /// have nowhere to show it; the log has it already.
+    fn record(&self, run_id: &str, decision: Decision) -> impl Future<Output = ()> + Send {
+        let _ = (run_id, decision);
         async {}
     }
 

@@ -16,7 +16,7 @@ use crate::clock::Clock;
 
 use crate::config::job::RetryPolicy;
 use crate::config::{Job, JobsByName};
-use crate::executor::{Outcome, OutcomeKind};
+use crate::executor::{Decision, Outcome, OutcomeKind};
 use crate::lifecycle::{attempt_run_name, RunState};
 use crate::store::{BatchMember, MemberEnd, Run, Settlement, Store, StoreError};
 
@@ -114,8 +114,14 @@ pub fn next_run_id(run: &Run, attempt: i64) -> String {
 
 /// Settles `outcome` for the daemon. The outcome is in memory only until
 /// settled, so store errors are retried with backoff (up to 5 s apart)
-/// rather than dropped; a crash meanwhile is covered by recovery.
-pub async fn settle(store: &Store, clock: &Clock, jobs: &JobsByName, outcome: &Outcome) {
+/// rather than dropped; a crash meanwhile is covered by recovery. Returns
+/// the decisions made, for the executor to publish.
+pub async fn settle(
+    store: &Store,
+    clock: &Clock,
+    jobs: &JobsByName,
+    outcome: &Outcome,
+) -> Vec<Decision> {
     let mut delay = Duration::from_millis(100);
     loop {
         // The run's job decides its retry policy: a store error here is
@@ -128,7 +134,7 @@ pub async fn settle(store: &Store, clock: &Clock, jobs: &JobsByName, outcome: &O
             Err(e) => Err(e),
         };
         match settled {
-            Ok(_) => return,
+            Ok(settled) => return settled.map(|s| s.decisions).unwrap_or_default(),
             Err(e) => {
                 tracing::error!(run = %outcome.run_id, error = %crate::error_chain(&e), "cannot settle; retrying");
                 tokio::time::sleep(delay).await;
@@ -138,15 +144,24 @@ pub async fn settle(store: &Store, clock: &Clock, jobs: &JobsByName, outcome: &O
     }
 }
 
+/// What settling a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The run's new state.
+    pub state: RunState,
+    /// What was decided, for the executor to publish.
+    pub decisions: Vec<Decision>,
+}
+
 /// Settles `outcome`. `job` is `None` when the run's job is no longer
-/// loaded (its default retry policy applies). Returns the run's new state,
-/// or `None` when it was already settled (an outcome reported twice).
+/// loaded (its default retry policy applies). `None` when it was already
+/// settled (an outcome reported twice).
 pub async fn finalize(
     store: &Store,
     clock: &Clock,
     job: Option<&Job>,
     outcome: &Outcome,
-) -> Result<Option<RunState>, StoreError> {
+) -> Result<Option<Settled>, StoreError> {
     let Some(run) = store.get_run(&outcome.run_id).await? else {
         tracing::warn!(run = %outcome.run_id, "outcome for a run the store does not know; ignored");
         return Ok(None);
@@ -168,12 +183,20 @@ pub async fn finalize(
             .count();
         tracing::info!(run = %run.run_id, job = %run.job, messages = ends.len(), succeeded = ok,
             retried_alone = ends.len() - ok, "batch run settled per message");
-        return Ok(Some(state));
+        return Ok(Some(Settled {
+            state,
+            decisions: deadline_missed(&run, &outcome.kind, now)
+                .into_iter()
+                .collect(),
+        }));
     }
     let settlement = decide(&run, &outcome.kind, &retry, now);
     if !store.settle(&run.run_id, &settlement, now).await? {
         return Ok(None);
     }
+    let mut decisions: Vec<Decision> = deadline_missed(&run, &outcome.kind, now)
+        .into_iter()
+        .collect();
     let state = match &settlement {
         Settlement::Succeeded => {
             tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run succeeded");
@@ -187,11 +210,20 @@ pub async fn finalize(
         } => {
             tracing::warn!(run = %run.run_id, job = %run.job, attempt = run.attempt, %error,
                 next = %next_run_id, retry_in_ms = not_before_ms - now, "run failed; will retry");
+            decisions.push(Decision::Retrying {
+                error: error.clone(),
+                next_run: next_run_id.clone(),
+                delay_ms: not_before_ms - now,
+            });
             RunState::Failed
         }
         Settlement::Dead { error, reason } => {
             tracing::error!(run = %run.run_id, job = %run.job, attempt = run.attempt, %error, %reason,
                 "run failed for the last time; dead-lettered");
+            decisions.push(Decision::DeadLettered {
+                error: error.clone(),
+                reason: reason.clone(),
+            });
             RunState::Dead
         }
         Settlement::Cancelled { error } => {
@@ -199,7 +231,19 @@ pub async fn finalize(
             RunState::Failed
         }
     };
-    Ok(Some(state))
+    Ok(Some(Settled { state, decisions }))
+}
+
+/// A run that ended (succeeded or failed, not cancelled) after its
+/// deadline missed it by this much.
+fn deadline_missed(run: &Run, outcome: &OutcomeKind, now_ms: i64) -> Option<Decision> {
+    if matches!(outcome, OutcomeKind::Cancelled) {
+        return None;
+    }
+    let deadline = run.deadline_ms?;
+    (now_ms > deadline).then_some(Decision::DeadlineMissed {
+        late_ms: now_ms - deadline,
+    })
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 //! Jobs: they keep running and the next leader adopts them.
 
 pub mod lease;
+pub mod notes;
 pub mod objects;
 pub mod pods;
 pub mod tracker;
@@ -49,8 +50,9 @@ use kube::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Executor, ExecutorError, Launch, Outcome, OutcomeKind, Progress};
+use super::{Decision, Executor, ExecutorError, Launch, Outcome, OutcomeKind, Progress};
 use crate::config::KubernetesConfig;
+use notes::Notes;
 use objects::{Placement, ANNOTATION_RUN, LABEL_INSTANCE};
 use tracker::Tracker;
 
@@ -66,7 +68,8 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
     ("", "configmaps", &["create", "delete", "list", "patch"]),
     ("", "pods", &["list", "watch"]),
-    ("", "events", &["create", "list", "watch"]),
+    ("", "events", &["list", "watch"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
     (
         "coordination.k8s.io",
         "leases",
@@ -164,6 +167,13 @@ pub async fn elect(
     let Some(leadership) = lease.lead(shutdown).await else {
         return Ok(None);
     };
+    tokio::spawn(notes::announce_leader(
+        client.clone(),
+        namespace.clone(),
+        cfg.lease_name.clone(),
+        identity.clone(),
+        cfg.request_timeout,
+    ));
     Ok(Some(Leader {
         client,
         namespace,
@@ -207,7 +217,8 @@ pub struct KubernetesExecutor {
 struct Inner {
     jobs: Api<Job>,
     config_maps: Api<ConfigMap>,
-    events: Api<Event>,
+    /// kedge's decisions as Events ([`notes`]).
+    notes: Notes,
     at: Placement,
     cfg: KubernetesConfig,
     limiter: DefaultDirectRateLimiter,
@@ -233,15 +244,16 @@ impl KubernetesExecutor {
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let closed = CancellationToken::new();
+        let notes = Notes::start(client, &identity, &cfg, closed.clone());
         let at = Placement::new(&cfg, namespace.to_string(), instance, identity);
         let quota = Quota::per_second(NonZeroU32::new(cfg.api_qps).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(cfg.api_burst).unwrap_or(NonZeroU32::MIN));
-        let closed = CancellationToken::new();
         let tracker = Tracker::start(
             jobs.clone(),
             pods,
-            events.clone(),
+            events,
             objects::selector(&at.instance),
             watch_timeout(cfg.request_timeout),
             outcomes,
@@ -251,7 +263,7 @@ impl KubernetesExecutor {
             inner: Arc::new(Inner {
                 jobs,
                 config_maps,
-                events,
+                notes,
                 at,
                 cfg,
                 limiter: RateLimiter::direct(quota),
@@ -364,25 +376,35 @@ impl KubernetesExecutor {
         if objs.config_map.is_some() {
             self.own_config_map(&launch.run_id, &uid).await?;
         }
-        if let Some(why) = objects::at_risk(&objs.job) {
-            self.at_risk_event(&launch.run_id, &uid, why).await;
-        }
+        self.note_launch(launch, &job, &objs.job, uid);
         Ok(true)
     }
 
-    /// Records a Warning Event `AtRisk` on the Job (sizing flagged that
-    /// even the maximum parallelism may miss the deadline), so `kubectl
-    /// describe job` and cluster event pipelines show it. Best effort.
-    async fn at_risk_event(&self, name: &str, uid: &str, why: String) {
-        let event = objects::at_risk_event(name, uid, &self.inner.at, why);
-        if let Err(e) = self
-            .write(
-                "recording the at-risk Event",
-                self.inner.events.create(&PostParams::default(), &event),
-            )
-            .await
-        {
-            tracing::warn!(run = %name, error = %e, "cannot record the at-risk Event");
+    /// Queues the `Launched` Event, and `Sized` or `AtRisk` when sizing
+    /// chose the parallelism (`created` is the API's answer, `sent` what
+    /// kedge sent: its annotations say how it was sized).
+    fn note_launch(&self, launch: &Launch, created: &Job, sent: &Job, uid: String) {
+        let at = &self.inner.at;
+        let regarding = notes::job_ref(&at.namespace, &launch.run_id, Some(uid));
+        let spec = created.spec.as_ref();
+        self.inner.notes.publish(
+            regarding.clone(),
+            notes::launched(
+                launch.attempt,
+                spec.and_then(|s| s.completions),
+                spec.and_then(|s| s.parallelism),
+            ),
+        );
+        let sizing = sent
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(objects::ANNOTATION_SIZING_REASON));
+        if let Some(reason) = sizing {
+            let at_risk = objects::at_risk(sent).is_some();
+            self.inner
+                .notes
+                .publish(regarding, notes::sized(reason.clone(), at_risk));
         }
     }
 
@@ -669,6 +691,14 @@ impl Executor for KubernetesExecutor {
         self.reconcile_config_maps().await;
         self.trim_history().await;
         relaunch
+    }
+
+    async fn record(&self, run_id: &str, decision: Decision) {
+        let uid = self.inner.tracker.uid_of(run_id);
+        let regarding = notes::job_ref(&self.inner.at.namespace, run_id, uid);
+        self.inner
+            .notes
+            .publish(regarding, notes::decided(&decision));
     }
 
     async fn settled(&self, run_id: &str) {

@@ -20,11 +20,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, EnvVar, Event, EventSource, ObjectReference, Volume,
-    VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, EnvVar, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::config::KubernetesConfig;
 use crate::executor::render::{literal, LABEL_JOB, LABEL_MANAGED_BY, LABEL_RUN, PAYLOAD_DIR};
@@ -34,6 +31,8 @@ use crate::executor::Launch;
 pub const LABEL_INSTANCE: &str = "kedge.dev/instance";
 /// The run a Job was created for; checked before adopting an existing Job.
 pub const ANNOTATION_RUN: &str = "kedge.dev/run";
+/// Why sizing chose the run's parallelism (on the pod template and the Job).
+pub const ANNOTATION_SIZING_REASON: &str = "kedge.dev/sizing-reason";
 /// Which daemon created the Job (its leader identity).
 pub const ANNOTATION_LAUNCHED_BY: &str = "kedge.dev/launched-by";
 /// The volume that mounts the payload ConfigMap.
@@ -211,42 +210,10 @@ pub fn at_risk(job: &Job) -> Option<String> {
         return None;
     }
     Some(
-        a.get("kedge.dev/sizing-reason")
+        a.get(ANNOTATION_SIZING_REASON)
             .cloned()
             .unwrap_or_else(|| "the run may miss its deadline".into()),
     )
-}
-
-/// A Warning Event `AtRisk` about Job `name`.
-pub fn at_risk_event(name: &str, uid: &str, at: &Placement, message: String) -> Event {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}.{}", &suffix[..16])),
-            namespace: Some(at.namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("batch/v1".into()),
-            kind: Some("Job".into()),
-            name: Some(name.to_string()),
-            namespace: Some(at.namespace.clone()),
-            uid: Some(uid.to_string()),
-            ..Default::default()
-        },
-        reason: Some("AtRisk".into()),
-        message: Some(message),
-        type_: Some("Warning".into()),
-        source: Some(EventSource {
-            component: Some("kedge".into()),
-            host: None,
-        }),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        ..Default::default()
-    }
 }
 
 /// The ownerReference that makes `job` the controlling owner of a payload

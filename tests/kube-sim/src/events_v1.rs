@@ -208,11 +208,10 @@ fn qualified_name_problems(value: &str) -> Vec<String> {
         out.push("name part must be no more than 63 characters".into());
     }
     let alnum = |b: u8| b.is_ascii_alphanumeric();
-    if !name.is_empty()
-        && !(name.bytes().all(|b| alnum(b) || b"-_.".contains(&b))
-            && name.bytes().next().is_some_and(alnum)
-            && name.bytes().last().is_some_and(alnum))
-    {
+    let well_formed = name.bytes().all(|b| alnum(b) || b"-_.".contains(&b))
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum);
+    if !name.is_empty() && !well_formed {
         out.push("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into());
     }
     out
