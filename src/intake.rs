@@ -412,9 +412,13 @@ async fn offer_until_stored(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Option<Vec<Offered>> {
     let mut failures = 0u32;
+    let claimed = clock.now_ms();
     loop {
         match offer_all(store, job, queue, source, deliveries, clock.now()).await {
-            Ok(o) => return Some(o),
+            Ok(o) => {
+                trace_intake(job, source, deliveries, &o, claimed, clock.now_ms());
+                return Some(o);
+            }
             Err(e) => {
                 failures += 1;
                 let wait = reconnect_backoff(failures);
@@ -425,6 +429,40 @@ async fn offer_until_stored(
                 }
             }
         }
+    }
+}
+
+/// The `kedge.intake` span of each stored or refused message (duplicates
+/// were traced when first stored).
+fn trace_intake(
+    job: &Job,
+    source: &str,
+    deliveries: &[Delivery],
+    offered: &[Offered],
+    claimed_ms: i64,
+    stored_ms: i64,
+) {
+    if !crate::telemetry::enabled() {
+        return;
+    }
+    for (d, o) in deliveries.iter().zip(offered) {
+        let (outcome, error) = match o {
+            Offered::Stored => ("stored", None),
+            Offered::Duplicate => continue,
+            Offered::Rejected(reason) => ("dead_lettered", Some(reason.clone())),
+        };
+        crate::telemetry::span(crate::telemetry::Stage {
+            name: "kedge.intake",
+            job: &job.name,
+            message_id: &d.message_id,
+            start_ms: claimed_ms,
+            end_ms: stored_ms,
+            attributes: vec![
+                opentelemetry::KeyValue::new("kedge.source", source.to_string()),
+                opentelemetry::KeyValue::new("kedge.outcome", outcome),
+            ],
+            error,
+        });
     }
 }
 

@@ -73,6 +73,8 @@
 //!   folders are deleted after `retention.history`, payloads of succeeded
 //!   work cleared after `retention.payloads`, in small batches; the daemon
 //!   prunes every `retention.interval`, `kedge prune` by hand.
+//! - [`telemetry`] — optional OpenTelemetry traces (`telemetry.otlp`):
+//!   intake, launch and run spans, one trace per message.
 //! - [`clock`] — where every stage reads the time: the system clock, or one
 //!   driven by tokio's paused time in tests.
 //! - [`redact`] — passwords out of URLs, for logs and errors.
@@ -104,6 +106,7 @@ pub mod reload;
 pub mod retention;
 pub mod sources;
 pub mod store;
+pub mod telemetry;
 pub mod triggers;
 
 #[cfg(test)]

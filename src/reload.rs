@@ -312,7 +312,7 @@ fn live_config(current: &DaemonConfig, file: &DaemonConfig) -> DaemonConfig {
 /// The restart-only fields whose value in the file differs from the one
 /// the daemon started with.
 fn restart_only_changes(started: &DaemonConfig, file: &DaemonConfig) -> Vec<String> {
-    let fields: [(&str, String, String); 8] = [
+    let fields: [(&str, String, String); 9] = [
         ("jobs_dir", dbg(&started.jobs_dir), dbg(&file.jobs_dir)),
         ("store", dbg(&started.store_url), dbg(&file.store_url)),
         (
@@ -333,6 +333,7 @@ fn restart_only_changes(started: &DaemonConfig, file: &DaemonConfig) -> Vec<Stri
         ),
         ("http", dbg(&started.http_listen), dbg(&file.http_listen)),
         ("retention", dbg(&started.retention), dbg(&file.retention)),
+        ("telemetry", dbg(&started.telemetry), dbg(&file.telemetry)),
     ];
     fields
         .into_iter()

@@ -30,6 +30,30 @@ pub struct RunArgs {
 
 /// `kedge run`.
 pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
+    let result = run_daemon(src, args).await;
+    if crate::telemetry::enabled() {
+        // Blocking: the exporter's HTTP client must not run on a runtime thread.
+        if let Err(e) = tokio::task::spawn_blocking(crate::telemetry::stop).await {
+            tracing::warn!(error = %e, "cannot flush the last traces");
+        }
+    }
+    result
+}
+
+/// Starts exporting traces to `otlp` (off the runtime's threads). A
+/// failure is logged; kedge runs on without traces.
+async fn start_traces(otlp: crate::config::daemon::OtlpConfig) {
+    let endpoint = otlp.endpoint.clone();
+    match tokio::task::spawn_blocking(move || crate::telemetry::start(&otlp)).await {
+        Ok(Ok(())) => tracing::info!(%endpoint, "exporting traces (OTLP/HTTP)"),
+        Ok(Err(e)) => {
+            tracing::error!(%endpoint, error = %e, "cannot export traces; running without")
+        }
+        Err(e) => tracing::error!(%endpoint, error = %e, "cannot export traces; running without"),
+    }
+}
+
+async fn run_daemon(src: &Sources, args: RunArgs) -> Result<(), Failure> {
     let mut daemon = config::load_daemon(src)?;
     let reload = ReloadFrom {
         sources: src.clone(),
@@ -41,6 +65,9 @@ pub(super) async fn run(src: &Sources, args: RunArgs) -> Result<(), Failure> {
     args.cluster.apply(args.executor, &mut daemon.executor)?;
     let (jobs, job_problems) = config::load_jobs(&daemon);
     init_logging(args.log_format.unwrap_or(daemon.log_format));
+    if let Some(otlp) = &daemon.telemetry {
+        start_traces(otlp.clone()).await;
+    }
     for d in &job_problems.0 {
         tracing::error!(problem = %d, "job definition rejected; the other jobs keep running");
     }

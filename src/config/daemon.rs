@@ -19,7 +19,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 /// The kedge daemon configuration (`config/kedge.yaml`, or `--config`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
-    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, retention, log_format or shutdown_timeout"
+    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, retention, telemetry, log_format or shutdown_timeout"
 )]
 #[schemars(deny_unknown_fields, rename = "DaemonConfig")]
 pub struct RawDaemon {
@@ -51,6 +51,39 @@ pub struct RawDaemon {
     /// How long finished history and payloads are kept in the store.
     #[serde(default)]
     pub retention: RawRetention,
+    /// OpenTelemetry traces of each message's way (off unless
+    /// `telemetry.otlp.endpoint` is set).
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// OpenTelemetry: traces exported over OTLP/HTTP when an endpoint is set.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(expecting = "a mapping with otlp")]
+#[schemars(deny_unknown_fields, rename = "Telemetry")]
+pub struct RawTelemetry {
+    /// Where traces go; unset: no traces.
+    pub otlp: Option<RawOtlp>,
+}
+
+/// An OTLP/HTTP (JSON) trace receiver, e.g. an OpenTelemetry Collector.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(expecting = "a mapping with endpoint and service_name")]
+#[schemars(deny_unknown_fields, rename = "Otlp")]
+pub struct RawOtlp {
+    /// The receiver's base URL, `http://collector:4318`; spans are POSTed
+    /// to `<endpoint>/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the spans [default: `kedge`].
+    pub service_name: Option<String>,
+}
+
+/// Where traces are exported ([`crate::telemetry`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The base URL; spans go to `<endpoint>/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
 }
 
 /// How long finished history and payloads are kept; pruning runs in small
@@ -255,6 +288,8 @@ pub struct DaemonConfig {
     pub http_listen: Option<std::net::SocketAddr>,
     /// How long finished history and payloads are kept ([`crate::retention`]).
     pub retention: RetentionConfig,
+    /// Where OpenTelemetry traces go; `None`: no traces.
+    pub telemetry: Option<OtlpConfig>,
 }
 
 /// `retention`: how long finished history and payloads are kept, and how
@@ -405,6 +440,7 @@ pub fn validate(
     check_pools(&raw.pools, &mut problems);
     let http_listen = validate_http_listen(&raw.http, &mut problems);
     check_retention(&durations.retention, &mut problems);
+    let telemetry = validate_otlp(&raw.telemetry, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -419,6 +455,31 @@ pub fn validate(
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_timeout: durations.shutdown_timeout,
         retention: durations.retention,
+        telemetry,
+    })
+}
+
+fn validate_otlp(t: &RawTelemetry, problems: &mut Vec<Problem>) -> Option<OtlpConfig> {
+    let otlp = t.otlp.as_ref()?;
+    let endpoint = otlp.endpoint.trim().trim_end_matches('/').to_string();
+    let ok = reqwest::Url::parse(&endpoint)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !ok {
+        problems.push((
+            FieldPath::root()
+                .key("telemetry")
+                .key("otlp")
+                .key("endpoint"),
+            format!(
+                "\"{}\" is not an http(s) URL (for example http://otel-collector:4318)",
+                otlp.endpoint
+            ),
+        ));
+        return None;
+    }
+    Some(OtlpConfig {
+        endpoint,
+        service_name: otlp.service_name.clone().unwrap_or_else(|| "kedge".into()),
     })
 }
 

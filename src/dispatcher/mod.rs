@@ -369,6 +369,15 @@ impl Dispatcher {
             Ok(()) => {
                 launched.count += 1;
                 tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched");
+                crate::telemetry::span(crate::telemetry::Stage {
+                    name: "kedge.launch",
+                    job: &run.job,
+                    message_id: &run.message_id,
+                    start_ms: run.scheduled_ms,
+                    end_ms: self.clock.now_ms(),
+                    attributes: run_attributes(run),
+                    error: None,
+                });
             }
             Err(e) => {
                 launched.failed = true;
@@ -446,6 +455,14 @@ pub fn launch_backoff(launches: i64) -> Duration {
 }
 
 /// The limits of the loaded jobs and the daemon config.
+/// A run's trace attributes.
+pub fn run_attributes(run: &Run) -> Vec<opentelemetry::KeyValue> {
+    vec![
+        opentelemetry::KeyValue::new("kedge.run", run.run_id.clone()),
+        opentelemetry::KeyValue::new("kedge.attempt", run.attempt),
+    ]
+}
+
 fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
     Limits {
         jobs: jobs

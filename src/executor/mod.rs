@@ -59,6 +59,19 @@ pub enum OutcomeKind {
     Skipped { reason: String },
 }
 
+impl OutcomeKind {
+    /// A short word for traces: `succeeded`, the failure's reason,
+    /// `cancelled` or `skipped`.
+    pub fn label(&self) -> String {
+        match self {
+            OutcomeKind::Succeeded => "succeeded".into(),
+            OutcomeKind::Failed { reason, .. } => reason.clone(),
+            OutcomeKind::Cancelled => "cancelled".into(),
+            OutcomeKind::Skipped { .. } => "skipped".into(),
+        }
+    }
+}
+
 /// One run's end, reported by an executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

@@ -194,6 +194,7 @@ pub async fn finalize(
     if !store.settle(&run.run_id, &settlement, now).await? {
         return Ok(None);
     }
+    trace_run(&run, &outcome.kind, &settlement, now);
     let mut decisions: Vec<Decision> = deadline_missed(&run, &outcome.kind, now)
         .into_iter()
         .collect();
@@ -232,6 +233,31 @@ pub async fn finalize(
         }
     };
     Ok(Some(Settled { state, decisions }))
+}
+
+/// The `kedge.run` span: started → settled, with how it ended.
+fn trace_run(run: &Run, outcome: &OutcomeKind, settlement: &Settlement, now_ms: i64) {
+    let (state, error) = match settlement {
+        Settlement::Succeeded => ("succeeded", None),
+        Settlement::Retry { error, .. } => ("retrying", Some(error.clone())),
+        Settlement::Dead { error, .. } => ("dead", Some(error.clone())),
+        Settlement::Cancelled { error } => ("cancelled", Some(error.clone())),
+    };
+    let mut attributes = crate::dispatcher::run_attributes(run);
+    attributes.push(opentelemetry::KeyValue::new("kedge.state", state));
+    attributes.push(opentelemetry::KeyValue::new(
+        "kedge.outcome",
+        outcome.label(),
+    ));
+    crate::telemetry::span(crate::telemetry::Stage {
+        name: "kedge.run",
+        job: &run.job,
+        message_id: &run.message_id,
+        start_ms: run.started_ms.unwrap_or(now_ms),
+        end_ms: now_ms,
+        attributes,
+        error,
+    });
 }
 
 /// A run that ended (succeeded or failed, not cancelled) after its
