@@ -382,7 +382,7 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let tried = Duration::from_millis((now - run.first_launch_ms.unwrap_or(now)).max(0) as u64);
         if tried >= self.launch_timeout {
-            crate::health::count_launch_failure(&run.job, "launch_timeout");
+            crate::metrics::launch_failure(&run.job, "launch_timeout");
             let message = format!(
                 "no launch succeeded within {}; the last: {e}",
                 humantime::format_duration(self.launch_timeout)
@@ -400,7 +400,7 @@ impl Dispatcher {
             finalizer::finalize(&self.store, &self.clock, job.as_deref(), &outcome).await?;
             return Ok(());
         }
-        crate::health::count_launch_failure(&run.job, "transient");
+        crate::metrics::launch_failure(&run.job, "transient");
         // The claim counted this launch.
         let backoff = launch_backoff(run.launches + 1);
         tracing::warn!(run = %run.run_id, job = %run.job, error = %crate::error_chain(&e),

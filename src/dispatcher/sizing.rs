@@ -7,7 +7,6 @@
 //! re-planning ([`super::replan`]) may later raise the run's parallelism.
 //! `kedge plan` and `kedge render` decide through [`preview`], which records nothing.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -246,10 +245,10 @@ pub fn record(d: &Decision) -> RunSizing {
 }
 
 /// Raises the at-risk signal for `run_id`: a warning in the log, the
-/// [`crate::health::AT_RISK_TOTAL`] counter, and the webhook (POST of the decision as JSON,
+/// `kedge_runs_at_risk_total` counter, and the webhook (POST of the decision as JSON,
 /// in the background, 10 s timeout; failures are logged).
 pub fn signal_at_risk(run_id: &str, d: &Decision, webhook: Option<&str>) {
-    crate::health::AT_RISK_TOTAL.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::run_at_risk();
     tracing::warn!(run = %run_id, job = %d.job, deadline = %d.deadline,
         projected_finish = %d.projected_finish, parallelism = d.parallelism,
         reason = %d.reason, "run at risk: it cannot finish before its deadline");

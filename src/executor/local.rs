@@ -564,7 +564,7 @@ impl<'a> JobRun<'a> {
     fn rejected(&self, why: String) -> OutcomeKind {
         tracing::error!(run = %self.run_id, job = %self.job, refusal = %why,
             "a container of the run cannot start; the attempt fails");
-        crate::health::count_launch_failure(self.job, "rejected");
+        crate::metrics::launch_failure(self.job, "rejected");
         failed("rejected", why)
     }
 

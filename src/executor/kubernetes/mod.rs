@@ -574,7 +574,7 @@ impl Executor for KubernetesExecutor {
                     // Trying again would be refused again: the attempt fails
                     // now and the job's retry policy takes over.
                     tracing::error!(run = %run_id, refusal = %why, "the API refused the run's Job; the attempt fails");
-                    crate::health::count_launch_failure(&launch.job, "rejected");
+                    crate::metrics::launch_failure(&launch.job, "rejected");
                     let failed = OutcomeKind::Failed {
                         reason: "rejected".into(),
                         message: why,
