@@ -120,6 +120,14 @@ impl<E: Executor> Daemon<E> {
             clock,
         };
         let mut triggers = start_triggers(&jobs, ctx, &health).await;
+        let names: Vec<String> = jobs.keys().cloned().collect();
+        crate::metrics::register_jobs(names.iter().map(String::as_str));
+        triggers.spawn(crate::health::watch_store(
+            store.clone(),
+            names,
+            crate::health::STORE_GAUGES_EVERY,
+            triggers_stop.clone(),
+        ));
         // Pruning stops with the triggers, before the store is closed.
         triggers.spawn(pruner(&config, &store).run(triggers_stop.clone()));
         // Work stored by other processes (`kedge enqueue`, `kedge trigger`)

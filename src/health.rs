@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -20,6 +21,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
 
 /// Runs whose pods have not started, by (job, reason) as the dispatcher
 /// last saw them: replaced whole after every look. `/healthz` sums them by
@@ -167,6 +170,42 @@ async fn metrics() -> impl IntoResponse {
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::render(),
     )
+}
+
+/// How often [`watch_store`] reads the store's counts.
+pub const STORE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads the gauges whose truth is in the store — runs active and pending,
+/// open dead letters, per job — now and every `every` until `stop`, so
+/// `/metrics` is right after a restart too. A failed read is logged and the
+/// last values stay (a store hiccup is not "zero dead letters").
+pub async fn watch_store(store: Store, jobs: Vec<String>, every: Duration, stop: CancellationToken) {
+    loop {
+        match store_counts(&store).await {
+            Ok((active, pending, dead)) => {
+                crate::metrics::set_store_counts(&jobs, &active, &pending, &dead)
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot read run and dead-letter counts for /metrics; they keep their last values")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+type Counts = BTreeMap<String, i64>;
+
+async fn store_counts(store: &Store) -> Result<(Counts, Counts, Counts), StoreError> {
+    let (mut active, mut pending) = (Counts::new(), Counts::new());
+    for (job, running, waiting) in store.active_counts().await? {
+        active.insert(job.clone(), running);
+        pending.insert(job, waiting);
+    }
+    let dead = store.open_dead_letter_counts().await?.into_iter().collect();
+    Ok((active, pending, dead))
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address

@@ -384,20 +384,20 @@ pub fn register_jobs<'a>(jobs: impl IntoIterator<Item = &'a str>) {
             Outcome::Cancelled,
             Outcome::Expired,
         ] {
-            m.runs.get_or_create(&OutcomeLabels {
+            let _ = m.runs.get_or_create(&OutcomeLabels {
                 job: name.to_string(),
                 outcome: outcome.as_str(),
             });
         }
         for reason in LAUNCH_FAILURE_REASONS {
-            m.launch_failures.get_or_create(&ReasonLabels {
+            let _ = m.launch_failures.get_or_create(&ReasonLabels {
                 job: name.to_string(),
                 reason: reason.to_string(),
             });
         }
-        m.run_retries.get_or_create(&l);
-        m.launches.get_or_create(&l);
-        m.deadline_missed.get_or_create(&l);
+        let _ = m.run_retries.get_or_create(&l);
+        let _ = m.launches.get_or_create(&l);
+        let _ = m.deadline_missed.get_or_create(&l);
     }
 }
 

@@ -45,6 +45,7 @@ use crate::config::{DaemonConfig, Job, JobsByName};
 use crate::executor::render::{render, render_batch};
 use crate::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind};
 use crate::finalizer;
+use crate::lifecycle::TriggerKind;
 use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
 use crate::store::{Run, Store, StoreError};
 
@@ -195,7 +196,11 @@ impl Dispatcher {
                 && r.deadline_ms.is_some_and(|d| d <= now)
                 && self.store.expire_run(&r.run_id, now).await?
             {
-                tracing::warn!(run = %r.run_id, job = %r.job, message = %r.message_id, "message expired before it could run; dead-lettered");
+                tracing::warn!(run = %r.run_id, job = %r.job, attempt = r.attempt, message = %r.message_id, "message expired before it could run; dead-lettered");
+                crate::metrics::run_ended(&r.job, crate::metrics::Outcome::Expired, None);
+                if let Some(d) = r.deadline_ms {
+                    crate::metrics::deadline_slack(&r.job, d - now);
+                }
                 expired.insert(r.run_id.clone());
             }
         }
@@ -357,6 +362,7 @@ impl Dispatcher {
         match result {
             Ok(()) => {
                 launched.count += 1;
+                crate::metrics::run_launched(&run.job, waited(run, self.clock.now_ms()));
                 tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched");
             }
             Err(e) => {
@@ -422,6 +428,23 @@ impl Dispatcher {
             Some(ms) if ms > now => Duration::from_millis((ms - now) as u64),
             Some(_) | None => IDLE_WAIT,
         })
+    }
+}
+
+/// What a run launched at `now_ms` waited for, for the metrics: the first
+/// attempt of a cron fire waited since the fire, of a message since it was
+/// stored; a retry (waiting out its backoff) or a manual run reports
+/// nothing.
+fn waited(run: &Run, now_ms: i64) -> crate::metrics::Waited {
+    use crate::metrics::Waited;
+    let since = Duration::from_millis((now_ms - run.scheduled_ms).max(0) as u64);
+    if run.attempt > run.attempt_base + 1 {
+        return Waited::Nothing;
+    }
+    match run.trigger {
+        TriggerKind::Cron => Waited::SinceFire(since),
+        TriggerKind::Queue => Waited::SinceMessage(since),
+        TriggerKind::Manual => Waited::Nothing,
     }
 }
 

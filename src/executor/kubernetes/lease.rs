@@ -176,6 +176,7 @@ impl LeaderLease {
         {
             Ok(_) => {
                 tracing::info!(lease = %self.name, identity = %self.identity, previous = %holder, "this replica now holds the Lease");
+                crate::metrics::set_leader(true);
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
@@ -207,6 +208,7 @@ impl LeaderLease {
                 }
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica took the Lease; this one stops launching");
+                    crate::metrics::set_leader(false);
                     lost.cancel();
                     return;
                 }
@@ -214,6 +216,7 @@ impl LeaderLease {
                     let since = renewed.elapsed();
                     if since >= deadline {
                         tracing::error!(lease = %self.name, error = %crate::error_chain(&e), "the Lease could not be renewed in time; this replica stops launching");
+                        crate::metrics::set_leader(false);
                         lost.cancel();
                         return;
                     }
@@ -222,6 +225,7 @@ impl LeaderLease {
                 }
             }
         }
+        crate::metrics::set_leader(false);
         match self.release().await {
             Ok(()) => tracing::info!(lease = %self.name, "Lease released"),
             Err(e) => {

@@ -7,6 +7,7 @@
 //!   terminal conditions into [`Outcome`]s.
 //! - [`lease`] elects the one replica that launches; [`elect`] waits to
 //!   lead and hands out the [`Leader`]'s executor.
+//! - [`metered`] counts and times every API request for `/metrics`.
 //!
 //! # Launch, idempotently
 //! The Job is named by its run id. `launch` creates the payload ConfigMap
@@ -33,6 +34,7 @@
 //! Jobs: they keep running and the next leader adopts them.
 
 pub mod lease;
+pub mod metered;
 pub mod objects;
 pub mod pods;
 pub mod tracker;
@@ -114,7 +116,10 @@ pub async fn client(cfg: &KubernetesConfig) -> anyhow::Result<(Client, String)> 
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&metered::MeteredLayer)
+        .build();
     Ok((client, namespace))
 }
 
