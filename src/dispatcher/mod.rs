@@ -258,7 +258,7 @@ impl Dispatcher {
                     tracing::warn!(job = %run.job, "runs of a job that is not loaded wait until its definition is valid again");
                 }
             } else if self.held.get(*run_id) != Some(hold) {
-                tracing::info!(run = %run_id, job = %run.job, reason = hold.describe(), "run held back");
+                tracing::info!(run = %run_id, job = %run.job, attempt = run.attempt, reason = hold.describe(), "run held back");
             }
             now_held.insert(run_id.to_string(), *hold);
         }
@@ -393,7 +393,7 @@ impl Dispatcher {
                 "no launch succeeded within {}; the last: {e}",
                 humantime::format_duration(self.launch_timeout)
             );
-            tracing::error!(run = %run.run_id, job = %run.job, %message, "launch timed out; the attempt fails");
+            tracing::error!(run = %run.run_id, job = %run.job, attempt = run.attempt, %message, "launch timed out; the attempt fails");
             let outcome = Outcome {
                 run_id: run.run_id.clone(),
                 kind: OutcomeKind::Failed {
@@ -409,7 +409,7 @@ impl Dispatcher {
         crate::metrics::launch_failure(&run.job, "transient");
         // The claim counted this launch.
         let backoff = launch_backoff(run.launches + 1);
-        tracing::warn!(run = %run.run_id, job = %run.job, error = %crate::error_chain(&e),
+        tracing::warn!(run = %run.run_id, job = %run.job, attempt = run.attempt, error = %crate::error_chain(&e),
             retry_in = ?backoff, "launch failed; the run is tried again after its backoff");
         let not_before = now + backoff.as_millis() as i64;
         self.store

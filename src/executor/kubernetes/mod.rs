@@ -353,7 +353,7 @@ impl KubernetesExecutor {
                 if !ours {
                     return Ok(false);
                 }
-                tracing::info!(run = %launch.run_id, "the run's Job already exists; adopted");
+                tracing::info!(run = %launch.run_id, job = %launch.job, attempt = launch.attempt, "the run's Job already exists; adopted");
                 existing
             }
             Err(e) => return Err(e),
@@ -429,7 +429,7 @@ impl KubernetesExecutor {
             std::mem::take(&mut *self.inner.doomed.lock().unwrap_or_else(|p| p.into_inner()));
         for name in doomed {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(job = %name, error = %e, "cannot delete a run's Job that never started; trying again shortly");
+                tracing::warn!(run = %name, error = %e, "cannot delete a run's Job that never started; trying again shortly");
                 self.inner
                     .doomed
                     .lock()
@@ -443,7 +443,7 @@ impl KubernetesExecutor {
         );
         for (job, name, ok) in excess {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(job = %name, error = %e, "cannot delete a finished Job; trying again shortly");
+                tracing::warn!(run = %name, %job, error = %e, "cannot delete a finished Job; trying again shortly");
                 self.inner.tracker.history_delete_failed(job, name, ok);
             }
         }
@@ -558,7 +558,7 @@ impl Executor for KubernetesExecutor {
                 Ok(())
             }
             Ok(false) => {
-                tracing::error!(run = %run_id, "a Job with this run's name exists and is not this run's; the attempt fails");
+                tracing::error!(run = %run_id, job = %launch.job, attempt = launch.attempt, "a Job with this run's name exists and is not this run's; the attempt fails");
                 self.inner
                     .tracker
                     .report(
@@ -578,7 +578,7 @@ impl Executor for KubernetesExecutor {
                 Some(why) => {
                     // Trying again would be refused again: the attempt fails
                     // now and the job's retry policy takes over.
-                    tracing::error!(run = %run_id, refusal = %why, "the API refused the run's Job; the attempt fails");
+                    tracing::error!(run = %run_id, job = %launch.job, attempt = launch.attempt, refusal = %why, "the API refused the run's Job; the attempt fails");
                     crate::metrics::launch_failure(&launch.job, "rejected");
                     let failed = OutcomeKind::Failed {
                         reason: "rejected".into(),
