@@ -76,7 +76,7 @@ impl Health {
             s.source = source.to_string();
             s.state = "connecting";
             s.since = Some(Utc::now());
-            crate::metrics::source_up(job, source, false);
+            crate::metrics::source_registered(job, source);
         });
     }
 

@@ -403,6 +403,13 @@ pub fn register_jobs<'a>(jobs: impl IntoIterator<Item = &'a str>) {
 
 // ----- sources (intake, through `health::Health`) ----------------------------
 
+/// A source registered, not yet connected: its series start (at 0).
+pub fn source_registered(job: &str, src: &str) {
+    source_up(job, src, false);
+    messages(job, src, 0, 0, 0, 0);
+    let _ = global().source_reconnects.get_or_create(&source(job, src));
+}
+
 /// `kedge_source_up`.
 pub fn source_up(job: &str, src: &str, up: bool) {
     global()

@@ -81,7 +81,10 @@ impl LeaderLease {
             // never answers must not keep a replica from ever leading.
             let look = tokio::time::timeout(self.renew_period(), self.try_acquire(&mut observed));
             match look.await {
-                Ok(Ok(true)) => return true,
+                Ok(Ok(true)) => {
+                    crate::metrics::set_leader(true);
+                    return true;
+                }
                 Ok(Ok(false)) => {
                     if !announced {
                         announced = true;
@@ -176,7 +179,6 @@ impl LeaderLease {
         {
             Ok(_) => {
                 tracing::info!(lease = %self.name, identity = %self.identity, previous = %holder, "this replica now holds the Lease");
-                crate::metrics::set_leader(true);
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
