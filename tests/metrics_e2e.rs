@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use support::kube::Cluster;
-use support::{http_get, wait_until, Workspace};
+use support::{http_get, wait_until, Daemon, Workspace};
 
 /// The sample lines of an exposition text: (name, labels) → value.
 fn samples(text: &str) -> BTreeMap<(String, String), f64> {
@@ -69,7 +69,11 @@ impl Scrape {
     }
 }
 
-fn scrape(addr: &str) -> Scrape {
+/// `/metrics` of `d`, which must still run.
+fn scrape(d: &mut Daemon, addr: &str) -> Scrape {
+    if let Some(status) = d.child.try_wait().expect("try_wait") {
+        panic!("the daemon exited ({status}):\n{}", d.log());
+    }
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
@@ -110,7 +114,7 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
         "retry:\n  max_attempts: 2\n  backoff: 100ms\n",
         "[\"sh\", \"-c\", \"exit 3\"]",
     );
-    let d = ws.start_daemon();
+    let mut d = ws.start_daemon();
     let addr = d.http_addr();
     for i in 0..2 {
         ws.ok(&["enqueue", "ok", "--id", &format!("ok-{i}"), "--data", "{}"]);
@@ -131,9 +135,9 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
     );
     // The store's gauges are read on an interval: wait for the dead letter.
     wait_until(Duration::from_secs(30), "kedge_dead_letters 1", || {
-        scrape(&addr).get("kedge_dead_letters", "job=\"fragile\"") == Some(1.0)
+        scrape(&mut d, &addr).get("kedge_dead_letters", "job=\"fragile\"") == Some(1.0)
     });
-    let m = scrape(&addr);
+    let m = scrape(&mut d, &addr);
 
     // Runs, by outcome; the failed attempt counted as a retry.
     assert_eq!(m.at("kedge_runs_total", "job=\"ok\",outcome=\"succeeded\""), 2.0);
