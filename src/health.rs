@@ -179,7 +179,12 @@ pub const STORE_GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// open dead letters, per job — now and every `every` until `stop`, so
 /// `/metrics` is right after a restart too. A failed read is logged and the
 /// last values stay (a store hiccup is not "zero dead letters").
-pub async fn watch_store(store: Store, jobs: Vec<String>, every: Duration, stop: CancellationToken) {
+pub async fn watch_store(
+    store: Store,
+    jobs: Vec<String>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     loop {
         match store_counts(&store).await {
             Ok((active, pending, dead)) => {

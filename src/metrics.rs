@@ -677,7 +677,10 @@ mod tests {
             value(&text, "kedge_run_duration_seconds_count", &job),
             Some(2.0)
         );
-        assert_eq!(value(&text, "kedge_run_duration_seconds_sum", &job), Some(4.0));
+        assert_eq!(
+            value(&text, "kedge_run_duration_seconds_sum", &job),
+            Some(4.0)
+        );
         // 1.5 s late: not in the bucket ending at 1.28 s, in the one at 2.56 s.
         let bucket = |le: &str| {
             value(
@@ -693,7 +696,10 @@ mod tests {
             value(&text, "kedge_message_to_launch_seconds_count", &job),
             Some(1.0)
         );
-        assert_eq!(value(&text, "kedge_deadline_slack_seconds", &job), Some(-2.5));
+        assert_eq!(
+            value(&text, "kedge_deadline_slack_seconds", &job),
+            Some(-2.5)
+        );
         assert_eq!(value(&text, "kedge_deadline_missed_total", &job), Some(1.0));
         assert_eq!(
             value(
@@ -712,11 +718,20 @@ mod tests {
         let counts = BTreeMap::from([(a.to_string(), 2)]);
         set_store_counts(&loaded, &counts, &counts, &counts);
         let text = render();
-        for name in ["kedge_runs_active", "kedge_runs_pending", "kedge_dead_letters"] {
+        for name in [
+            "kedge_runs_active",
+            "kedge_runs_pending",
+            "kedge_dead_letters",
+        ] {
             assert_eq!(value(&text, name, &format!("job=\"{a}\"")), Some(2.0));
             assert_eq!(value(&text, name, &format!("job=\"{b}\"")), Some(0.0));
         }
-        set_store_counts(&loaded, &BTreeMap::new(), &BTreeMap::new(), &BTreeMap::new());
+        set_store_counts(
+            &loaded,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         let text = render();
         assert_eq!(
             value(&text, "kedge_runs_active", &format!("job=\"{a}\"")),
@@ -773,7 +788,10 @@ mod tests {
             assert_eq!(value(&text, name, &job), Some(0.0), "{name}");
         }
         let labels = format!("{job},reason=\"launch_timeout\"");
-        assert_eq!(value(&text, "kedge_launch_failures_total", &labels), Some(0.0));
+        assert_eq!(
+            value(&text, "kedge_launch_failures_total", &labels),
+            Some(0.0)
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ fn scrape(d: &mut Daemon, addr: &str) -> Scrape {
     }
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
-    assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     Scrape(samples(&body))
 }
 
@@ -130,7 +133,9 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
                     .filter(|r| r["job"] == job && r["state"] == state)
                     .count()
             };
-            ended("ok", "succeeded") == 2 && ended("tick", "succeeded") >= 2 && ended("fragile", "dead") == 1
+            ended("ok", "succeeded") == 2
+                && ended("tick", "succeeded") >= 2
+                && ended("fragile", "dead") == 1
         },
     );
     // The store's gauges are read on an interval: wait for the dead letter.
@@ -140,21 +145,39 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
     let m = scrape(&mut d, &addr);
 
     // Runs, by outcome; the failed attempt counted as a retry.
-    assert_eq!(m.at("kedge_runs_total", "job=\"ok\",outcome=\"succeeded\""), 2.0);
-    assert_eq!(m.at("kedge_runs_total", "job=\"ok\",outcome=\"failed\""), 0.0);
-    assert_eq!(m.at("kedge_runs_total", "job=\"fragile\",outcome=\"failed\""), 1.0);
-    assert_eq!(m.at("kedge_runs_total", "job=\"fragile\",outcome=\"dead\""), 1.0);
+    assert_eq!(
+        m.at("kedge_runs_total", "job=\"ok\",outcome=\"succeeded\""),
+        2.0
+    );
+    assert_eq!(
+        m.at("kedge_runs_total", "job=\"ok\",outcome=\"failed\""),
+        0.0
+    );
+    assert_eq!(
+        m.at("kedge_runs_total", "job=\"fragile\",outcome=\"failed\""),
+        1.0
+    );
+    assert_eq!(
+        m.at("kedge_runs_total", "job=\"fragile\",outcome=\"dead\""),
+        1.0
+    );
     assert_eq!(m.at("kedge_run_retries_total", "job=\"fragile\""), 1.0);
     assert_eq!(m.at("kedge_run_retries_total", "job=\"ok\""), 0.0);
     assert_eq!(m.at("kedge_launches_total", "job=\"ok\""), 2.0);
     assert_eq!(m.at("kedge_launches_total", "job=\"fragile\""), 2.0);
     assert_eq!(m.at("kedge_run_duration_seconds_count", "job=\"ok\""), 2.0);
     assert_eq!(
-        m.at("kedge_run_duration_seconds_bucket", "le=\"+Inf\",job=\"ok\""),
+        m.at(
+            "kedge_run_duration_seconds_bucket",
+            "le=\"+Inf\",job=\"ok\""
+        ),
         2.0
     );
     // Messages waited from arrival; the retry of "bad" did not count again.
-    assert_eq!(m.at("kedge_message_to_launch_seconds_count", "job=\"ok\""), 2.0);
+    assert_eq!(
+        m.at("kedge_message_to_launch_seconds_count", "job=\"ok\""),
+        2.0
+    );
     assert_eq!(
         m.at("kedge_message_to_launch_seconds_count", "job=\"fragile\""),
         1.0
@@ -166,7 +189,9 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
         m.at("kedge_schedule_lateness_seconds_count", "job=\"tick\""),
         tick_launches
     );
-    assert!(m.get("kedge_schedule_lateness_seconds_count", "job=\"ok\"").is_none());
+    assert!(m
+        .get("kedge_schedule_lateness_seconds_count", "job=\"ok\"")
+        .is_none());
     // A tick finishes well inside its hour.
     let slack = m.at("kedge_deadline_slack_seconds", "job=\"tick\"");
     assert!(slack > 3000.0 && slack <= 3600.0, "slack {slack}");
@@ -176,14 +201,26 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
     assert_eq!(m.at("kedge_runs_pending", "job=\"ok\""), 0.0);
     assert_eq!(m.at("kedge_runs_active", "job=\"fragile\""), 0.0);
     // The store's operations are timed.
-    assert!(m.at("kedge_store_query_duration_seconds_count", "op=\"claim_runs\"") >= 5.0);
+    assert!(
+        m.at(
+            "kedge_store_query_duration_seconds_count",
+            "op=\"claim_runs\""
+        ) >= 5.0
+    );
     assert!(m.at("kedge_store_query_duration_seconds_count", "op=\"settle\"") >= 5.0);
     let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
     assert_eq!(m.at("kedge_build_info", &version), 1.0);
-    assert_eq!(m.at("kedge_leader", ""), 0.0, "the local executor leads no Lease");
+    assert_eq!(
+        m.at("kedge_leader", ""),
+        0.0,
+        "the local executor leads no Lease"
+    );
     // No run id in any label.
     for (name, labels) in m.0.keys() {
-        assert!(!labels.contains("ok-0") && !labels.contains("run="), "{name}{{{labels}}}");
+        assert!(
+            !labels.contains("ok-0") && !labels.contains("run="),
+            "{name}{{{labels}}}"
+        );
     }
     assert!(d.stop().success());
 
@@ -215,7 +252,10 @@ fn runs_fires_and_dead_letters_show_in_metrics_and_the_json_log() {
         "run failed; will retry",
         "run failed for the last time; dead-lettered",
     ] {
-        assert!(about_runs.contains_key(message), "no {message:?} in {about_runs:?}");
+        assert!(
+            about_runs.contains_key(message),
+            "no {message:?} in {about_runs:?}"
+        );
     }
     let dead = log
         .lines()
@@ -257,14 +297,20 @@ fn monitoring_expressions() -> Vec<(String, String)> {
             ));
         }
     }
-    for v in dashboard["templating"]["list"].as_array().expect("templating") {
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         if let Some(q) = v["query"]["query"].as_str() {
             // label_values(METRIC, LABEL) is Grafana's, not PromQL: its metric.
             let metric = q
                 .strip_prefix("label_values(")
                 .and_then(|r| r.split(',').next())
                 .unwrap_or(q);
-            out.push((format!("dashboard variable {}", v["name"]), metric.to_string()));
+            out.push((
+                format!("dashboard variable {}", v["name"]),
+                metric.to_string(),
+            ));
         }
     }
     assert!(out.len() > 20, "too few expressions found: {out:?}");
@@ -377,31 +423,76 @@ fn the_dashboard_and_alerts_use_only_metrics_kedge_exports() {
     // Names seen in any scrape while the runs go on (a stuck run's gauge
     // lasts only while it is stuck).
     let mut exported = BTreeSet::new();
-    wait_until(Duration::from_secs(60), "runs of work, listq and tick, and a stuck run", || {
-        let (_, text) = http_get(&addr, "/metrics");
-        exported.extend(exported_names(&text));
-        let m = Scrape(samples(&text));
-        let ok = |job: &str| m.get("kedge_runs_total", &format!("job=\"{job}\",outcome=\"succeeded\"")).unwrap_or(0.0) >= 1.0;
-        ok("work")
-            && ok("listq")
-            && ok("tick")
-            && m.get("kedge_runs_stuck", "job=\"stuck\",reason=\"Unschedulable\"") == Some(1.0)
-            && m.get("kedge_source_backlog", "job=\"listq\"").is_some()
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "runs of work, listq and tick, and a stuck run",
+        || {
+            let (_, text) = http_get(&addr, "/metrics");
+            exported.extend(exported_names(&text));
+            let m = Scrape(samples(&text));
+            let ok = |job: &str| {
+                m.get(
+                    "kedge_runs_total",
+                    &format!("job=\"{job}\",outcome=\"succeeded\""),
+                )
+                .unwrap_or(0.0)
+                    >= 1.0
+            };
+            ok("work")
+                && ok("listq")
+                && ok("tick")
+                && m.get("kedge_runs_stuck", "job=\"stuck\",reason=\"Unschedulable\"") == Some(1.0)
+                && m.get("kedge_source_backlog", "job=\"listq\"").is_some()
+        },
+    );
     let (_, text) = http_get(&addr, "/metrics");
     exported.extend(exported_names(&text));
     let m = Scrape(samples(&text));
-    assert_eq!(m.at("kedge_leader", ""), 1.0, "this replica holds the Lease");
-    assert!(m.at("kedge_kubernetes_requests_total", "verb=\"create\",code=\"201\"") >= 3.0);
-    assert!(m.at("kedge_kubernetes_requests_total", "verb=\"watch\",code=\"200\"") >= 1.0);
+    assert_eq!(
+        m.at("kedge_leader", ""),
+        1.0,
+        "this replica holds the Lease"
+    );
     assert!(
-        m.at("kedge_kubernetes_requests_total", "verb=\"get\",code=\"404\"") >= 1.0,
+        m.at(
+            "kedge_kubernetes_requests_total",
+            "verb=\"create\",code=\"201\""
+        ) >= 3.0
+    );
+    assert!(
+        m.at(
+            "kedge_kubernetes_requests_total",
+            "verb=\"watch\",code=\"200\""
+        ) >= 1.0
+    );
+    assert!(
+        m.at(
+            "kedge_kubernetes_requests_total",
+            "verb=\"get\",code=\"404\""
+        ) >= 1.0,
         "the Lease looked up before it existed"
     );
-    assert!(m.at("kedge_kubernetes_request_duration_seconds_count", "verb=\"create\"") >= 3.0);
+    assert!(
+        m.at(
+            "kedge_kubernetes_request_duration_seconds_count",
+            "verb=\"create\""
+        ) >= 3.0
+    );
     assert_eq!(m.at("kedge_launches_total", "job=\"work\""), 1.0);
-    assert_eq!(m.at("kedge_source_up", &format!("job=\"listq\",source=\"redis_list:{list}\"")), 1.0);
-    assert_eq!(m.at("kedge_messages_stored_total", &format!("job=\"listq\",source=\"redis_list:{list}\"")), 1.0);
+    assert_eq!(
+        m.at(
+            "kedge_source_up",
+            &format!("job=\"listq\",source=\"redis_list:{list}\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.at(
+            "kedge_messages_stored_total",
+            &format!("job=\"listq\",source=\"redis_list:{list}\"")
+        ),
+        1.0
+    );
     assert!(d.stop().success());
     let _: i64 = redis::cmd("DEL").arg(&list).query(&mut redis).unwrap();
 

@@ -224,7 +224,10 @@ fn record(run: &Run, outcome: metrics::Outcome, now: i64) {
         .started_ms
         .map(|s| Duration::from_millis((now - s).max(0) as u64));
     metrics::run_ended(&run.job, outcome, ran);
-    let work_ended = matches!(outcome, metrics::Outcome::Succeeded | metrics::Outcome::Dead);
+    let work_ended = matches!(
+        outcome,
+        metrics::Outcome::Succeeded | metrics::Outcome::Dead
+    );
     if let (true, Some(deadline)) = (work_ended, run.deadline_ms) {
         metrics::deadline_slack(&run.job, deadline - now);
     }

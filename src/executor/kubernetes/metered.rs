@@ -108,8 +108,18 @@ mod tests {
         let jobs = "/apis/batch/v1/namespaces/default/jobs";
         let cases = [
             (Method::GET, jobs, None, "list"),
-            (Method::GET, jobs, Some("watch=true&resourceVersion=5"), "watch"),
-            (Method::GET, "/apis/batch/v1/namespaces/default/jobs/a", None, "get"),
+            (
+                Method::GET,
+                jobs,
+                Some("watch=true&resourceVersion=5"),
+                "watch",
+            ),
+            (
+                Method::GET,
+                "/apis/batch/v1/namespaces/default/jobs/a",
+                None,
+                "get",
+            ),
             (Method::POST, jobs, None, "create"),
             (
                 Method::PUT,
@@ -117,16 +127,35 @@ mod tests {
                 None,
                 "update",
             ),
-            (Method::PATCH, "/apis/batch/v1/namespaces/d/jobs/a", None, "patch"),
-            (Method::DELETE, "/api/v1/namespaces/d/configmaps/c", None, "delete"),
-            (Method::DELETE, "/api/v1/namespaces/d/configmaps", None, "deletecollection"),
+            (
+                Method::PATCH,
+                "/apis/batch/v1/namespaces/d/jobs/a",
+                None,
+                "patch",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/d/configmaps/c",
+                None,
+                "delete",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/d/configmaps",
+                None,
+                "deletecollection",
+            ),
             (Method::GET, "/api/v1/pods", Some("labelSelector=a"), "list"),
             (Method::GET, "/api/v1/namespaces/d", None, "get"),
             (Method::GET, "/api/v1/namespaces", None, "list"),
             (Method::HEAD, jobs, None, "other"),
         ];
         for (method, path, query, want) in cases {
-            assert_eq!(verb(&method, path, query), want, "{method} {path} {query:?}");
+            assert_eq!(
+                verb(&method, path, query),
+                want,
+                "{method} {path} {query:?}"
+            );
         }
     }
 }
