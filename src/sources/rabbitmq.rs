@@ -230,9 +230,12 @@ fn close_in_background(conn: Box<Connection>) {
 
 impl Source for Rabbitmq {
     /// The queue's messages ready for delivery, from a passive
-    /// `queue.declare` on a channel of its own: a channel error (the queue
-    /// deleted) closes that channel, never the consuming one.
+    /// `queue.declare` on a channel of its own (a channel error, the queue
+    /// deleted, closes that channel, never the consuming one), plus those
+    /// the broker already pushed to this consumer (up to `prefetch`) that
+    /// no claim has taken yet: RabbitMQ counts those as unacked, not ready.
     async fn backlog(&mut self) -> Result<Option<u64>, SourceError> {
+        let prefetched = self.consuming.as_ref().map_or(0, |c| c.deliveries.len() as u64);
         let Some(conn) = &self.conn else {
             return Ok(None);
         };
@@ -247,7 +250,7 @@ impl Source for Rabbitmq {
                 .queue_declare(&queue, passive, FieldTable::default())
                 .await?;
             let _ = channel.close(200, "kedge measured the backlog").await;
-            Ok::<_, lapin::Error>(u64::from(q.message_count()))
+            Ok::<_, lapin::Error>(u64::from(q.message_count()) + prefetched)
         }
         .await;
         looked
