@@ -142,6 +142,14 @@ impl<E: Executor> Daemon<E> {
             clock,
         };
         let mut triggers = Triggers::start(&jobs, ctx, &health).await;
+        crate::metrics::register_jobs(jobs.keys().map(String::as_str));
+        let following = in_force.clone();
+        triggers.spawn(crate::health::watch_store(
+            store.clone(),
+            move || following.borrow().jobs.keys().cloned().collect(),
+            crate::health::STORE_GAUGES_EVERY,
+            triggers_stop.clone(),
+        ));
         // Pruning stops with the triggers, before the store is closed.
         triggers.spawn(pruner(&config, &store).run(triggers_stop.clone()));
         let triggers = tokio::spawn(follow(triggers, in_force.clone(), triggers_stop.clone()));
@@ -193,6 +201,7 @@ async fn follow(
                     break;
                 }
                 let jobs = in_force.borrow_and_update().jobs.clone();
+                crate::metrics::register_jobs(jobs.keys().map(String::as_str));
                 triggers.apply(&jobs).await;
             }
         }

@@ -1,6 +1,7 @@
 //! What the daemon says about itself: each queue source's state and
-//! counters, served as `/healthz`, `/readyz` and `/metrics` (Prometheus
-//! text) when `http.listen` is configured.
+//! counters, served as `/healthz`, `/readyz` and `/metrics` (the
+//! [`crate::metrics`] registry, OpenMetrics text) when `http.listen` is
+//! configured.
 //!
 //! `/healthz` answers 200 while the daemon runs, with a JSON body naming
 //! every source and its state; `/readyz` answers 503 while any source is
@@ -11,8 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -25,36 +26,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::reload::{ReloadReport, ReloadRequest};
-
-/// Runs flagged at risk since the daemon started (a counter for operators;
-/// the dispatcher's sizing raises it).
-pub static AT_RISK_TOTAL: AtomicU64 = AtomicU64::new(0);
-
-/// Launches that failed, by (job, reason): `rejected` (the API refused for
-/// good), `transient` (tried again after a backoff), `launch_timeout`.
-static LAUNCH_FAILURES: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
-
-/// Counts one failed launch of `job` for `reason` (a bounded set of words,
-/// never a message or a run id).
-pub fn count_launch_failure(job: &str, reason: &'static str) {
-    let mut m = LAUNCH_FAILURES.lock().unwrap_or_else(|p| p.into_inner());
-    *m.entry((job.to_string(), reason.to_string())).or_default() += 1;
-}
-
-/// The launch failures counted so far, by (job, reason).
-pub fn launch_failures() -> BTreeMap<(String, String), u64> {
-    LAUNCH_FAILURES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-}
+use crate::store::{Store, StoreError};
 
 /// Runs whose pods have not started, by (job, reason) as the dispatcher
-/// last saw them: a gauge, replaced whole after every look.
+/// last saw them: replaced whole after every look. `/healthz` sums them by
+/// reason; `/metrics` has them as `kedge_runs_stuck{job,reason}`.
 static RUNS_STUCK: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
 
-/// Replaces the stuck-run counts (`kedge_runs_stuck{job,reason}`).
+/// Replaces the stuck-run counts (`/healthz` and `kedge_runs_stuck`).
 pub fn set_runs_stuck(counts: BTreeMap<(String, String), u64>) {
+    crate::metrics::set_runs_stuck(&counts);
     *RUNS_STUCK.lock().unwrap_or_else(|p| p.into_inner()) = counts;
 }
 
@@ -122,6 +103,7 @@ impl Health {
             s.source = source.to_string();
             s.state = "connecting";
             s.since = Some(Utc::now());
+            crate::metrics::source_registered(job, source);
         });
     }
 
@@ -131,6 +113,7 @@ impl Health {
                 s.state = "up";
                 s.error = None;
                 s.since = Some(Utc::now());
+                crate::metrics::source_up(job, &s.source, true);
             }
         });
     }
@@ -143,6 +126,8 @@ impl Health {
             s.state = "degraded";
             s.error = Some(error.to_string());
             s.reconnects += 1;
+            crate::metrics::source_up(job, &s.source, false);
+            crate::metrics::source_reconnect(job, &s.source);
         });
     }
 
@@ -160,6 +145,7 @@ impl Health {
         c.read_at = Some(Utc::now());
         c.ok = problems.is_empty();
         c.problems = problems;
+        crate::metrics::definitions_read(c.ok, false);
     }
 
     /// Records a reload's outcome.
@@ -172,6 +158,7 @@ impl Health {
         c.kept = report.kept.clone();
         c.restart_needed = report.restart_needed.clone();
         c.reload_errors += u64::from(!report.ok());
+        crate::metrics::definitions_read(c.ok, true);
     }
 
     pub fn config_status(&self) -> ConfigStatus {
@@ -193,6 +180,7 @@ impl Health {
             s.stored += stored;
             s.duplicates += duplicates;
             s.rejected += rejected;
+            crate::metrics::messages(job, &s.source, claimed, stored, duplicates, rejected);
         });
     }
 
@@ -249,100 +237,53 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(h): State<Health>) -> impl IntoResponse {
-    use std::fmt::Write;
-    // `writeln!` into a String cannot fail: the results below are ignored.
-    let mut out = String::new();
-    let sources = h.snapshot();
-    let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(&SourceStatus) -> u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (job, s) in &sources {
-            let _ = writeln!(
-                out,
-                "{name}{{job=\"{job}\",source=\"{}\"}} {}",
-                s.source.replace('"', "'"),
-                value(s)
-            );
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+}
+
+/// How often [`watch_store`] reads the store's counts.
+pub const STORE_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads the gauges whose truth is in the store — runs active and pending,
+/// open dead letters, per job — now and every `every` until `stop`, so
+/// `/metrics` is right after a restart too. A failed read is logged and the
+/// last values stay (a store hiccup is not "zero dead letters").
+/// `jobs` names the jobs in force at each look (they change on reload).
+pub async fn watch_store(
+    store: Store,
+    jobs: impl Fn() -> Vec<String> + Send + 'static,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match store_counts(&store).await {
+            Ok((active, pending, dead)) => {
+                crate::metrics::set_store_counts(&jobs(), &active, &pending, &dead)
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot read run and dead-letter counts for /metrics; they keep their last values")
+            }
         }
-    };
-    family(
-        "kedge_source_up",
-        "1 when the queue source is connected.",
-        "gauge",
-        &|s| u64::from(s.state == "up"),
-    );
-    family(
-        "kedge_messages_claimed_total",
-        "Messages claimed from the source.",
-        "counter",
-        &|s| s.claimed,
-    );
-    family(
-        "kedge_messages_stored_total",
-        "Messages stored as new work items.",
-        "counter",
-        &|s| s.stored,
-    );
-    family(
-        "kedge_messages_duplicate_total",
-        "Redeliveries of messages already stored.",
-        "counter",
-        &|s| s.duplicates,
-    );
-    family(
-        "kedge_messages_rejected_total",
-        "Messages dead-lettered at intake (bad payload, expired).",
-        "counter",
-        &|s| s.rejected,
-    );
-    family(
-        "kedge_source_reconnects_total",
-        "Times the source was lost and reconnected.",
-        "counter",
-        &|s| s.reconnects,
-    );
-    let _ = writeln!(
-        out,
-        "# HELP kedge_runs_at_risk_total Runs that even the maximum parallelism cannot finish by their deadline.\n\
-         # TYPE kedge_runs_at_risk_total counter\nkedge_runs_at_risk_total {}",
-        AT_RISK_TOTAL.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP kedge_launch_failures_total Launches that failed, by job and reason (rejected, transient, launch_timeout).\n\
-         # TYPE kedge_launch_failures_total counter"
-    );
-    for ((job, reason), n) in launch_failures() {
-        let _ = writeln!(
-            out,
-            "kedge_launch_failures_total{{job=\"{}\",reason=\"{reason}\"}} {n}",
-            job.replace('\\', "\\\\").replace('"', "\\\"")
-        );
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
     }
-    let _ = writeln!(
-        out,
-        "# HELP kedge_runs_stuck Runs none of whose pods has started, by job and reason.\n\
-         # TYPE kedge_runs_stuck gauge"
-    );
-    for ((job, reason), n) in runs_stuck() {
-        let _ = writeln!(
-            out,
-            "kedge_runs_stuck{{job=\"{}\",reason=\"{}\"}} {n}",
-            label(&job),
-            label(&reason)
-        );
+}
+
+type Counts = BTreeMap<String, i64>;
+
+async fn store_counts(store: &Store) -> Result<(Counts, Counts, Counts), StoreError> {
+    let (mut active, mut pending) = (Counts::new(), Counts::new());
+    for (job, running, waiting) in store.active_counts().await? {
+        active.insert(job.clone(), running);
+        pending.insert(job, waiting);
     }
-    let c = h.config_status();
-    let _ = writeln!(
-        out,
-        "# HELP kedge_config_reload_errors_total Reloads of the job or config files that found a problem (the last good versions stayed in force).\n\
-         # TYPE kedge_config_reload_errors_total counter\nkedge_config_reload_errors_total {}\n\
-         # HELP kedge_config_last_reload_successful 1 when the last read of the job and config files found no problem.\n\
-         # TYPE kedge_config_last_reload_successful gauge\nkedge_config_last_reload_successful {}",
-        c.reload_errors,
-        u64::from(c.ok)
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let dead = store.open_dead_letter_counts().await?.into_iter().collect();
+    Ok((active, pending, dead))
 }
 
 /// `POST /-/reload`: reloads now and answers with what changed (200), or
@@ -366,13 +307,6 @@ async fn reload(State(h): State<Health>) -> axum::response::Response {
         Ok(report) => (StatusCode::UNPROCESSABLE_ENTITY, Json(report)).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "hot reload has stopped\n").into_response(),
     }
-}
-
-/// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address

@@ -307,6 +307,37 @@ pub fn reconnect_backoff(n: u32) -> Duration {
 /// the store is retried with backoff; on shutdown meanwhile they are left
 /// to the broker's redelivery. A settle error loses nothing either: the
 /// broker hands the messages out again and [`offer`] sees duplicates.
+/// How often [`consume`] asks the broker for its backlog, and how long it
+/// waits for the answer.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the broker how many messages wait (`kedge_source_backlog`), at most
+/// [`BACKLOG_TIMEOUT`]. A failed or slow answer keeps the last value (it
+/// is not 0) and is logged at debug: the claim that follows finds out
+/// whether the broker is really gone.
+async fn measure_backlog<S: Source>(
+    source: &mut S,
+    job: &str,
+    name: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    let looked = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(BACKLOG_TIMEOUT, source.backlog()) => r,
+    };
+    match looked {
+        Ok(Ok(Some(waiting))) => crate::metrics::source_backlog(job, waiting),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%job, source = %name, error = %crate::error_chain(&e), "cannot measure the backlog; kedge_source_backlog keeps its last value")
+        }
+        Err(_) => {
+            tracing::debug!(%job, source = %name, timeout = ?BACKLOG_TIMEOUT, "no answer measuring the backlog; kedge_source_backlog keeps its last value")
+        }
+    }
+}
+
 pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ctx: TriggerContext) {
     let TriggerContext {
         store,
@@ -323,6 +354,7 @@ pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ct
     let max = queue.batch.map_or(64, |b| b.max_messages as usize).max(1);
     let mut failures: u32 = 0;
     let mut connected = false;
+    let mut next_backlog = tokio::time::Instant::now();
     while !shutdown.is_cancelled() {
         if !connected {
             let r = tokio::select! {
@@ -350,6 +382,10 @@ pub async fn consume<S: Source>(mut source: S, job: Arc<Job>, health: Health, ct
                     }
                 }
             }
+        }
+        if tokio::time::Instant::now() >= next_backlog {
+            measure_backlog(&mut source, &job.name, &name, &shutdown).await;
+            next_backlog = tokio::time::Instant::now() + BACKLOG_EVERY;
         }
         let claimed = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -85,7 +85,10 @@
 //! - [`daemon`] — wires the stages together: recover, start the triggers,
 //!   serve (one loop for dispatching and settling), drain.
 //! - [`health`] — source states and counters: `/healthz`, `/readyz`,
-//!   `/metrics`.
+//!   `/metrics`, and the loop reading the store's gauges for it.
+//! - [`metrics`] — the Prometheus registry (prometheus-client): every
+//!   family kedge exports and the small recording functions each room
+//!   calls where its event happens.
 //! - [`cli`] — the `kedge` command line (`main.rs` only calls it): parsing
 //!   and printing, one file per command group; the work is the rooms' above.
 
@@ -99,6 +102,7 @@ pub mod finalizer;
 pub mod health;
 pub mod intake;
 pub mod lifecycle;
+pub mod metrics;
 pub mod planner;
 pub mod probes;
 pub mod redact;

@@ -74,7 +74,7 @@ async fn form_for(
             .create_batch_run(&job.name, &run_id, &ids, now)
             .await?
         {
-            tracing::info!(run = %run_id, job = %job.name, messages = ids.len(), "batch formed");
+            tracing::info!(run = %run_id, job = %job.name, attempt = 1, messages = ids.len(), "batch formed");
         }
     }
     Ok(later)

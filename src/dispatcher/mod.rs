@@ -45,6 +45,7 @@ use crate::config::{DaemonConfig, Job, JobsByName};
 use crate::executor::render::{render, render_batch};
 use crate::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind};
 use crate::finalizer;
+use crate::lifecycle::TriggerKind;
 use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
 use crate::store::{Run, Store, StoreError};
 
@@ -206,7 +207,11 @@ impl Dispatcher {
                 && r.deadline_ms.is_some_and(|d| d <= now)
                 && self.store.expire_run(&r.run_id, now).await?
             {
-                tracing::warn!(run = %r.run_id, job = %r.job, message = %r.message_id, "message expired before it could run; dead-lettered");
+                tracing::warn!(run = %r.run_id, job = %r.job, attempt = r.attempt, message = %r.message_id, "message expired before it could run; dead-lettered");
+                crate::metrics::run_ended(&r.job, crate::metrics::Outcome::Expired, None);
+                if let Some(d) = r.deadline_ms {
+                    crate::metrics::deadline_slack(&r.job, d - now);
+                }
                 expired.insert(r.run_id.clone());
             }
         }
@@ -264,7 +269,7 @@ impl Dispatcher {
                     tracing::warn!(job = %run.job, "runs of a job that is not loaded wait until its definition is valid again");
                 }
             } else if self.held.get(*run_id) != Some(hold) {
-                tracing::info!(run = %run_id, job = %run.job, reason = hold.describe(), "run held back");
+                tracing::info!(run = %run_id, job = %run.job, attempt = run.attempt, reason = hold.describe(), "run held back");
             }
             now_held.insert(run_id.to_string(), *hold);
         }
@@ -368,6 +373,7 @@ impl Dispatcher {
         match result {
             Ok(()) => {
                 launched.count += 1;
+                crate::metrics::run_launched(&run.job, waited(run, self.clock.now_ms()));
                 tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run launched");
                 crate::telemetry::span(crate::telemetry::Stage {
                     name: "kedge.launch",
@@ -402,12 +408,12 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let tried = Duration::from_millis((now - run.first_launch_ms.unwrap_or(now)).max(0) as u64);
         if tried >= self.launch_timeout {
-            crate::health::count_launch_failure(&run.job, "launch_timeout");
+            crate::metrics::launch_failure(&run.job, "launch_timeout");
             let message = format!(
                 "no launch succeeded within {}; the last: {e}",
                 humantime::format_duration(self.launch_timeout)
             );
-            tracing::error!(run = %run.run_id, job = %run.job, %message, "launch timed out; the attempt fails");
+            tracing::error!(run = %run.run_id, job = %run.job, attempt = run.attempt, %message, "launch timed out; the attempt fails");
             let outcome = Outcome {
                 run_id: run.run_id.clone(),
                 kind: OutcomeKind::Failed {
@@ -420,10 +426,10 @@ impl Dispatcher {
             finalizer::finalize(&self.store, &self.clock, job.as_deref(), &outcome).await?;
             return Ok(());
         }
-        crate::health::count_launch_failure(&run.job, "transient");
+        crate::metrics::launch_failure(&run.job, "transient");
         // The claim counted this launch.
         let backoff = launch_backoff(run.launches + 1);
-        tracing::warn!(run = %run.run_id, job = %run.job, error = %crate::error_chain(&e),
+        tracing::warn!(run = %run.run_id, job = %run.job, attempt = run.attempt, error = %crate::error_chain(&e),
             retry_in = ?backoff, "launch failed; the run is tried again after its backoff");
         let not_before = now + backoff.as_millis() as i64;
         self.store
@@ -442,6 +448,23 @@ impl Dispatcher {
             Some(ms) if ms > now => Duration::from_millis((ms - now) as u64),
             Some(_) | None => IDLE_WAIT,
         })
+    }
+}
+
+/// What a run launched at `now_ms` waited for, for the metrics: the first
+/// attempt of a cron fire waited since the fire, of a message since it was
+/// stored; a retry (waiting out its backoff) or a manual run reports
+/// nothing.
+fn waited(run: &Run, now_ms: i64) -> crate::metrics::Waited {
+    use crate::metrics::Waited;
+    let since = Duration::from_millis((now_ms - run.scheduled_ms).max(0) as u64);
+    if run.attempt > run.attempt_base + 1 {
+        return Waited::Nothing;
+    }
+    match run.trigger {
+        TriggerKind::Cron => Waited::SinceFire(since),
+        TriggerKind::Queue => Waited::SinceMessage(since),
+        TriggerKind::Manual => Waited::Nothing,
     }
 }
 

@@ -102,7 +102,7 @@ async fn replan_run<E: Executor>(
         elapsed.as_secs_f64(),
         deadline.to_rfc3339_opts(SecondsFormat::Secs, true)
     );
-    tracing::warn!(run = %run.run_id, job = %run.job, %why, "run behind its deadline; parallelism raised");
+    tracing::warn!(run = %run.run_id, job = %run.job, attempt = run.attempt, %why, "run behind its deadline; parallelism raised");
     let mut record = sized.clone();
     record.parallelism = i64::from(p);
     record.note = format!("{}; {why}", record.note);

@@ -7,7 +7,6 @@
 //! re-planning ([`super::replan`]) may later raise the run's parallelism.
 //! `kedge plan` and `kedge render` decide through [`preview`], which records nothing.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -246,11 +245,12 @@ pub fn record(d: &Decision) -> RunSizing {
 }
 
 /// Raises the at-risk signal for `run_id`: a warning in the log, the
-/// [`crate::health::AT_RISK_TOTAL`] counter, and the webhook (POST of the decision as JSON,
+/// `kedge_runs_at_risk_total` counter, and the webhook (POST of the decision as JSON,
 /// in the background, 10 s timeout; failures are logged).
-pub fn signal_at_risk(run_id: &str, d: &Decision, webhook: Option<&str>) {
-    crate::health::AT_RISK_TOTAL.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(run = %run_id, job = %d.job, deadline = %d.deadline,
+pub fn signal_at_risk(run: &Run, d: &Decision, webhook: Option<&str>) {
+    let run_id = &run.run_id;
+    crate::metrics::run_at_risk();
+    tracing::warn!(run = %run_id, job = %d.job, attempt = run.attempt, deadline = %d.deadline,
         projected_finish = %d.projected_finish, parallelism = d.parallelism,
         reason = %d.reason, "run at risk: it cannot finish before its deadline");
     let Some(url) = webhook else { return };
@@ -301,13 +301,13 @@ pub(super) async fn size_claimed(
     let model = model(store, job, cfg).await?;
     let d = decide(job, cfg, model, measured, now, deadline, max_pods);
     store.record_sizing(&run.run_id, &record(&d)).await?;
-    tracing::info!(run = %run.run_id, job = %job.name, parallelism = d.parallelism,
+    tracing::info!(run = %run.run_id, job = %job.name, attempt = run.attempt, parallelism = d.parallelism,
         completions = d.completions, deadline = %d.deadline, projected_finish = %d.projected_finish,
         reason = %d.reason, "run sized");
     if !d.at_risk {
         return Ok(Some(apply(job, &d, now)));
     }
-    signal_at_risk(&run.run_id, &d, cfg.at_risk_webhook.as_deref());
+    signal_at_risk(run, &d, cfg.at_risk_webhook.as_deref());
     let kind = match cfg.when_at_risk {
         AtRiskAction::Run => return Ok(Some(apply(job, &d, now))),
         AtRiskAction::Skip => OutcomeKind::Skipped {

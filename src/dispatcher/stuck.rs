@@ -71,6 +71,7 @@ pub fn judge(stall: &Stall, limits: &JobLimits) -> Verdict {
 #[derive(Debug, Clone)]
 struct Stuck {
     job: String,
+    attempt: i64,
     reason: String,
 }
 
@@ -109,6 +110,7 @@ impl Watchdog {
                     run.run_id.clone(),
                     Stuck {
                         job: run.job.clone(),
+                        attempt: run.attempt,
                         reason: s.reason.clone(),
                     },
                 );
@@ -137,7 +139,7 @@ impl Watchdog {
         self.stuck.retain(|run, s| {
             let still = running.contains(run);
             if !still {
-                tracing::info!(job = %s.job, run = %run, "run no longer stuck: it ended");
+                tracing::info!(job = %s.job, run = %run, attempt = s.attempt, "run no longer stuck: it ended");
             }
             still
         });

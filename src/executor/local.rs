@@ -386,6 +386,7 @@ struct JobRun<'a> {
     live: &'a Live,
     run_id: &'a str,
     job: &'a str,
+    attempt: i64,
     dir: PathBuf,
     base: BaseEnv,
     pod_spec: PodSpec,
@@ -461,6 +462,7 @@ impl<'a> JobRun<'a> {
             live,
             run_id: &launch.run_id,
             job: &launch.job,
+            attempt: launch.attempt,
             dir,
             base,
             pod_spec,
@@ -562,9 +564,9 @@ impl<'a> JobRun<'a> {
     /// `rejected`, as the Kubernetes executor fails a Job the API refuses,
     /// and the job's retry policy takes over.
     fn rejected(&self, why: String) -> OutcomeKind {
-        tracing::error!(run = %self.run_id, job = %self.job, refusal = %why,
+        tracing::error!(run = %self.run_id, job = %self.job, attempt = self.attempt, refusal = %why,
             "a container of the run cannot start; the attempt fails");
-        crate::health::count_launch_failure(self.job, "rejected");
+        crate::metrics::launch_failure(self.job, "rejected");
         failed("rejected", why)
     }
 
@@ -576,7 +578,7 @@ impl<'a> JobRun<'a> {
             let n = self.index_failures.entry(i).or_default();
             *n += 1;
             if *n > limit {
-                tracing::info!(run = %self.run_id, index = i, %why, "index failed for good");
+                tracing::info!(run = %self.run_id, job = %self.job, attempt = self.attempt, index = i, %why, "index failed for good");
                 self.failed_indexes.insert(i);
                 return None;
             }

@@ -18,6 +18,7 @@ use crate::config::job::RetryPolicy;
 use crate::config::{Job, JobsByName};
 use crate::executor::{Decision, Outcome, OutcomeKind};
 use crate::lifecycle::{attempt_run_name, RunState};
+use crate::metrics;
 use crate::store::{BatchMember, MemberEnd, Run, Settlement, Store, StoreError};
 
 /// What to do with `run` after `outcome`, under `retry`.
@@ -181,8 +182,14 @@ pub async fn finalize(
             .iter()
             .filter(|(_, e)| *e == MemberEnd::Succeeded)
             .count();
-        tracing::info!(run = %run.run_id, job = %run.job, messages = ends.len(), succeeded = ok,
+        tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, messages = ends.len(), succeeded = ok,
             retried_alone = ends.len() - ok, "batch run settled per message");
+        let ended = if state == RunState::Succeeded {
+            metrics::Outcome::Succeeded
+        } else {
+            metrics::Outcome::Failed
+        };
+        record(&run, ended, now);
         return Ok(Some(Settled {
             state,
             decisions: deadline_missed(&run, &outcome.kind, now)
@@ -198,6 +205,13 @@ pub async fn finalize(
     let mut decisions: Vec<Decision> = deadline_missed(&run, &outcome.kind, now)
         .into_iter()
         .collect();
+    let ended = match &settlement {
+        Settlement::Succeeded => metrics::Outcome::Succeeded,
+        Settlement::Retry { .. } => metrics::Outcome::Failed,
+        Settlement::Dead { .. } => metrics::Outcome::Dead,
+        Settlement::Cancelled { .. } => metrics::Outcome::Cancelled,
+    };
+    record(&run, ended, now);
     let state = match &settlement {
         Settlement::Succeeded => {
             tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, "run succeeded");
@@ -228,7 +242,7 @@ pub async fn finalize(
             RunState::Dead
         }
         Settlement::Cancelled { error } => {
-            tracing::info!(run = %run.run_id, job = %run.job, %error, "run cancelled");
+            tracing::info!(run = %run.run_id, job = %run.job, attempt = run.attempt, %error, "run cancelled");
             RunState::Failed
         }
     };
@@ -270,6 +284,23 @@ fn deadline_missed(run: &Run, outcome: &OutcomeKind, now_ms: i64) -> Option<Deci
     (now_ms > deadline).then_some(Decision::DeadlineMissed {
         late_ms: now_ms - deadline,
     })
+}
+
+/// The metrics of a run that ended as `outcome` at `now`: its count and
+/// duration, and — when its work item ended (succeeded or dead) and has a
+/// deadline — how far inside (or past) the deadline it finished.
+fn record(run: &Run, outcome: metrics::Outcome, now: i64) {
+    let ran = run
+        .started_ms
+        .map(|s| Duration::from_millis((now - s).max(0) as u64));
+    metrics::run_ended(&run.job, outcome, ran);
+    let work_ended = matches!(
+        outcome,
+        metrics::Outcome::Succeeded | metrics::Outcome::Dead
+    );
+    if let (true, Some(deadline)) = (work_ended, run.deadline_ms) {
+        metrics::deadline_slack(&run.job, deadline - now);
+    }
 }
 
 #[cfg(test)]

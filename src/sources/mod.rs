@@ -136,6 +136,14 @@ pub trait Source: Send {
     /// be handed out again. Called with every delivery of the last claim.
     fn settle(&mut self, done: &[Delivery])
         -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// How many messages wait in the broker for this source, as far as the
+    /// broker can tell (`kedge_source_backlog`): `None` where it cannot. A
+    /// failed look is an error, never 0. Asked now and then between claims,
+    /// on the claiming connection; it must not claim or settle anything.
+    fn backlog(&mut self) -> impl Future<Output = Result<Option<u64>, SourceError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// A dead letter as published to a broker's dead-letter target: JSON with
@@ -226,6 +234,9 @@ impl Source for AnySource {
     }
     async fn settle(&mut self, done: &[Delivery]) -> Result<(), SourceError> {
         each!(self, s => s.settle(done).await)
+    }
+    async fn backlog(&mut self) -> Result<Option<u64>, SourceError> {
+        each!(self, s => s.backlog().await)
     }
 }
 

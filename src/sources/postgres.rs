@@ -93,6 +93,9 @@ struct OpenClaim {
 struct Statements {
     /// `$1`: the batch size.
     claim: String,
+    /// The rows a claim could take: the backlog (a count, so a scan of a
+    /// big table; asked only every few seconds).
+    backlog: String,
     /// `$1`: the ids as `text[]`.
     settle: String,
     /// `$1`: id, `$2`: payload. Only for `on_claim: mark`: puts a row that
@@ -246,6 +249,18 @@ impl PostgresTable {
 }
 
 impl Source for PostgresTable {
+    /// The rows a claim could take (`COUNT(*)` with the claim's filter).
+    async fn backlog(&mut self) -> Result<Option<u64>, SourceError> {
+        let Some(db) = &self.db else {
+            return Ok(None);
+        };
+        let n: i64 = sqlx::query_scalar(&db.sql.backlog)
+            .fetch_one(&db.pool)
+            .await
+            .map_err(|e| self.error(format!("counting rows of table {}", self.cfg.table), e))?;
+        Ok(Some(n.max(0) as u64))
+    }
+
     async fn connect(&mut self) -> Result<(), SourceError> {
         let table = self.cfg.table.clone();
         self.release().await;
@@ -536,6 +551,7 @@ fn build_statements(
              WHERE {id} IS NOT NULL{pending} \
              ORDER BY {id} LIMIT $1 FOR UPDATE SKIP LOCKED"
         ),
+        backlog: format!("SELECT COUNT(*) FROM {table} WHERE {id} IS NOT NULL{pending}"),
         settle,
         replay_update: (cfg.on_claim == OnClaim::Mark).then(|| {
             format!(
@@ -620,6 +636,11 @@ mod tests {
             "SELECT \"id\"::text, \"payload\"::text FROM \"app\".\"jobs\" \
              WHERE \"id\" IS NOT NULL AND (\"state\" IS NULL OR \"state\" = 'pending') \
              ORDER BY \"id\" LIMIT $1 FOR UPDATE SKIP LOCKED"
+        );
+        assert_eq!(
+            s.backlog,
+            "SELECT COUNT(*) FROM \"app\".\"jobs\" \
+             WHERE \"id\" IS NOT NULL AND (\"state\" IS NULL OR \"state\" = 'pending')"
         );
         assert_eq!(
             s.settle,

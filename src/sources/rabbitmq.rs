@@ -229,6 +229,38 @@ fn close_in_background(conn: Box<Connection>) {
 }
 
 impl Source for Rabbitmq {
+    /// The queue's messages ready for delivery, from a passive
+    /// `queue.declare` on a channel of its own (a channel error, the queue
+    /// deleted, closes that channel, never the consuming one), plus those
+    /// the broker already pushed to this consumer (up to `prefetch`) that
+    /// no claim has taken yet: RabbitMQ counts those as unacked, not ready.
+    async fn backlog(&mut self) -> Result<Option<u64>, SourceError> {
+        let prefetched = self
+            .consuming
+            .as_ref()
+            .map_or(0, |c| c.deliveries.len() as u64);
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let queue = self.cfg.queue.clone();
+        let looked = async {
+            let channel = conn.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let q = channel
+                .queue_declare(&queue, passive, FieldTable::default())
+                .await?;
+            let _ = channel.close(200, "kedge measured the backlog").await;
+            Ok::<_, lapin::Error>(u64::from(q.message_count()) + prefetched)
+        }
+        .await;
+        looked
+            .map(Some)
+            .map_err(|e| self.error(format!("measuring queue {queue:?}"), e))
+    }
+
     async fn connect(&mut self) -> Result<(), SourceError> {
         self.disconnect();
         let queue = self.cfg.queue.clone();

@@ -459,6 +459,17 @@ impl Source for RedisList {
             .await
             .map_err(|e| self.error("settling on", e))
     }
+
+    /// `LLEN` of the list: the messages no consumer has claimed yet.
+    async fn backlog(&mut self) -> Result<Option<u64>, SourceError> {
+        let list = self.cfg.list.clone();
+        let looked: RedisResult<u64> = async {
+            let mut c = self.conn().await?;
+            redis::cmd("LLEN").arg(&list).query_async(&mut c).await
+        }
+        .await;
+        looked.map(Some).map_err(|e| self.error("measuring", e))
+    }
 }
 
 impl Outbox for RedisList {

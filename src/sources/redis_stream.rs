@@ -415,6 +415,29 @@ impl Source for RedisStream {
             .await
             .map_err(|e| self.error("settling on", e))
     }
+
+    /// The group's `lag` (entries not yet delivered to it) plus its
+    /// `pending` (delivered, not yet acknowledged), from `XINFO GROUPS`.
+    /// `None` when Redis cannot tell the lag (entries deleted from the
+    /// middle of the stream) or the group does not exist yet.
+    async fn backlog(&mut self) -> Result<Option<u64>, SourceError> {
+        let stream = self.cfg.stream.clone();
+        let looked: RedisResult<redis::streams::StreamInfoGroupsReply> = async {
+            let mut c = self.conn().await?;
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut c)
+                .await
+        }
+        .await;
+        let groups = looked.map_err(|e| self.error("measuring", e))?;
+        Ok(groups
+            .groups
+            .iter()
+            .find(|g| g.name == self.cfg.group)
+            .and_then(|g| g.lag.map(|lag| (lag + g.pending) as u64)))
+    }
 }
 
 impl Outbox for RedisStream {

@@ -82,6 +82,7 @@ impl Store {
     /// Work items of `job` waiting for a batch, earliest deadline first,
     /// then oldest.
     pub async fn awaiting_batch(&self, job: &str, limit: i64) -> Result<Vec<BatchCandidate>> {
+        let _t = crate::metrics::store_timer("awaiting_batch");
         Ok(sqlx::query_as(
             "SELECT id AS work_item_id, message_id, COALESCE(LENGTH(payload), 0) AS payload_bytes, \
                     created_ms, deadline_ms \
@@ -106,6 +107,7 @@ impl Store {
         items: &[String],
         now_ms: i64,
     ) -> Result<bool> {
+        let _t = crate::metrics::store_timer("create_batch_run");
         let Some(first) = items.first() else {
             return Ok(false);
         };
@@ -184,6 +186,7 @@ impl Store {
 
     /// The members of a batch run by index; empty for a single-message run.
     pub async fn batch_members(&self, run_id: &str) -> Result<Vec<BatchMember>> {
+        let _t = crate::metrics::store_timer("batch_members");
         let rows: Vec<BatchMemberRow> = sqlx::query_as(
             "SELECT b.idx, w.id AS work_item_id, w.message_id, w.payload, w.state \
              FROM batch_members b JOIN work_items w ON w.id = b.work_item_id \
@@ -206,6 +209,7 @@ impl Store {
         ends: &[(String, MemberEnd)],
         now_ms: i64,
     ) -> Result<bool> {
+        let _t = crate::metrics::store_timer("settle_batch");
         let mut tx = self.begin_write().await?;
         if !finish_running_tx(&mut tx, run_id, run_state, error, now_ms).await? {
             return Ok(false);

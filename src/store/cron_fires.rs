@@ -92,6 +92,7 @@ impl Store {
     /// as it was and its entry in the result is `false`. One commit for all
     /// the schedules that fire at the same instant.
     pub async fn record_cron_fires(&self, fires: &[FireRecord]) -> Result<Vec<bool>> {
+        let _t = crate::metrics::store_timer("record_cron_fires");
         if fires.is_empty() {
             return Ok(Vec::new());
         }
@@ -156,6 +157,7 @@ impl Store {
 
     /// The latest recorded fire of every job that has one.
     pub async fn last_cron_fires(&self) -> Result<HashMap<String, i64>> {
+        let _t = crate::metrics::store_timer("last_cron_fires");
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT job, MAX(fire_ms) FROM cron_fires GROUP BY job")
                 .fetch_all(&self.pool)

@@ -34,6 +34,7 @@ impl Store {
         include_replayed: bool,
         limit: i64,
     ) -> Result<Vec<DeadLetter>> {
+        let _t = crate::metrics::store_timer("dead_letters");
         let sql = format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
              WHERE ($1 IS NULL OR job = $1) AND ($2 = 1 OR replayed_ms IS NULL) \
@@ -45,6 +46,16 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// `(job, open dead letters)` for every job with any (not replayed).
+    pub async fn open_dead_letter_counts(&self) -> Result<Vec<(String, i64)>> {
+        let _t = crate::metrics::store_timer("open_dead_letter_counts");
+        Ok(sqlx::query_as(
+            "SELECT job, COUNT(*) FROM dead_letters WHERE replayed_ms IS NULL GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// One dead letter by id.
@@ -61,6 +72,7 @@ impl Store {
     /// Dead letters of `job` not yet published to its source's dead-letter
     /// target, oldest first.
     pub async fn dead_letters_to_forward(&self, job: &str, limit: i64) -> Result<Vec<DeadLetter>> {
+        let _t = crate::metrics::store_timer("dead_letters_to_forward");
         let sql = format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters \
              WHERE job = $1 AND forwarded_ms IS NULL ORDER BY created_ms, id LIMIT $2"
@@ -75,6 +87,7 @@ impl Store {
     /// Records that a dead letter was published to its target (`error`
     /// `None`), or why publishing failed this time (it is tried again).
     pub async fn mark_forwarded(&self, id: &str, error: Option<&str>, now_ms: i64) -> Result<()> {
+        let _t = crate::metrics::store_timer("mark_forwarded");
         let q = match error {
             None => sqlx::query(
                 "UPDATE dead_letters SET forwarded_ms = $1, forward_error = NULL WHERE id = $2",

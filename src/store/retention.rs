@@ -130,6 +130,7 @@ impl Store {
     /// `history_ms`; see the module docs) with their runs, batch members,
     /// dead letters and cron fires, in one transaction.
     pub async fn prune_items(&self, history_ms: i64, limit: i64) -> Result<PrunedItems> {
+        let _t = crate::metrics::store_timer("prune_items");
         let mut tx = self.begin_write().await?;
         // On PostgreSQL, rows another transaction is changing are left for
         // the next pass rather than waited for.

@@ -204,6 +204,7 @@ impl Store {
 
     /// Pending runs whose time has come, earliest deadline first, then oldest.
     pub async fn due_runs(&self, now_ms: i64, limit: i64) -> Result<Vec<Run>> {
+        let _t = crate::metrics::store_timer("due_runs");
         let sql = select_runs(&format!(
             "WHERE r.state = $1 AND r.scheduled_ms <= $2 {DUE_ORDER} LIMIT $3"
         ));
@@ -220,6 +221,7 @@ impl Store {
     /// deadline, then oldest), at most `limit`: the heads of the jobs a
     /// backlog in another job pushed out of [`Store::due_runs`].
     pub async fn due_runs_of(&self, job: &str, now_ms: i64, limit: i64) -> Result<Vec<Run>> {
+        let _t = crate::metrics::store_timer("due_runs_of");
         let sql = select_runs(&format!(
             "WHERE r.job = $1 AND r.state = $2 AND r.scheduled_ms <= $3 {DUE_ORDER} LIMIT $4"
         ));
@@ -235,6 +237,7 @@ impl Store {
 
     /// When the next pending run becomes due, if any is waiting.
     pub async fn next_due_ms(&self) -> Result<Option<i64>> {
+        let _t = crate::metrics::store_timer("next_due_ms");
         Ok(
             sqlx::query_scalar("SELECT MIN(scheduled_ms) FROM runs WHERE state = $1")
                 .bind(RunState::Pending.as_str())
@@ -245,6 +248,7 @@ impl Store {
 
     /// `(job, running, pending)` for every job with active runs.
     pub async fn active_counts(&self) -> Result<Vec<(String, i64, i64)>> {
+        let _t = crate::metrics::store_timer("active_counts");
         Ok(sqlx::query_as(
             "SELECT job, \
                     SUM(CASE WHEN state = $1 THEN 1 ELSE 0 END), \
@@ -260,6 +264,7 @@ impl Store {
     /// One job's (running, pending) run counts: what a cron fire's overlap
     /// policy needs, without aggregating every job's active runs.
     pub async fn active_count_of(&self, job: &str) -> Result<(i64, i64)> {
+        let _t = crate::metrics::store_timer("active_count_of");
         Ok(sqlx::query_as(
             "SELECT COUNT(CASE WHEN state = $2 THEN 1 END), \
                     COUNT(CASE WHEN state = $3 THEN 1 END) \
@@ -288,6 +293,7 @@ impl Store {
     /// [`Store::claim_run`] for many runs in one transaction (one commit):
     /// per run, whether this call claimed it.
     pub async fn claim_runs(&self, run_ids: &[&str], now_ms: i64) -> Result<Vec<bool>> {
+        let _t = crate::metrics::store_timer("claim_runs");
         if run_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -311,6 +317,7 @@ impl Store {
     /// Undoes [`Store::claim_runs`] for runs that were not launched after
     /// all (`running → pending`, the launch count restored).
     pub async fn unclaim_runs(&self, run_ids: &[&str]) -> Result<()> {
+        let _t = crate::metrics::store_timer("unclaim_runs");
         if run_ids.is_empty() {
             return Ok(());
         }
@@ -374,6 +381,7 @@ impl Store {
     /// shutdown or crash interrupted, and for a launch the executor refused
     /// or could not complete. False when the run was not running.
     pub async fn requeue_run(&self, run_id: &str, note: &str) -> Result<bool> {
+        let _t = crate::metrics::store_timer("requeue_run");
         let res = sqlx::query(
             "UPDATE runs SET state = $1, started_ms = NULL, error = $2 \
              WHERE run_id = $3 AND state = $4",
@@ -396,6 +404,7 @@ impl Store {
         note: &str,
         not_before_ms: i64,
     ) -> Result<bool> {
+        let _t = crate::metrics::store_timer("requeue_launch");
         let res = sqlx::query(
             "UPDATE runs SET state = $1, started_ms = NULL, error = $2, scheduled_ms = $3 \
              WHERE run_id = $4 AND state = $5",
@@ -412,6 +421,7 @@ impl Store {
 
     /// Runs in a state, oldest first (start-up recovery uses `running`).
     pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<Run>> {
+        let _t = crate::metrics::store_timer("runs_in_state");
         let sql = select_runs("WHERE r.state = $1 ORDER BY r.scheduled_ms, r.run_id");
         let rows = sqlx::query_as(&sql)
             .bind(state.as_str())
@@ -423,6 +433,7 @@ impl Store {
     /// Pods in use per job: the sum of running runs' parallelism (1 for
     /// runs that were not sized).
     pub async fn running_pods(&self) -> Result<Vec<(String, i64)>> {
+        let _t = crate::metrics::store_timer("running_pods");
         Ok(sqlx::query_as(
             "SELECT job, CAST(SUM(COALESCE(parallelism, 1)) AS BIGINT) FROM runs \
              WHERE state = $1 GROUP BY job",
@@ -449,6 +460,7 @@ impl Store {
 
     /// Records the planner's decision for a run (at launch).
     pub async fn record_sizing(&self, run_id: &str, s: &RunSizing) -> Result<()> {
+        let _t = crate::metrics::store_timer("record_sizing");
         sqlx::query(
             "UPDATE runs SET work = $1, parallelism = $2, completions = $3, \
              projected_finish_ms = $4, at_risk = $5, sizing_note = $6 WHERE run_id = $7",
@@ -495,6 +507,7 @@ impl Store {
     // ----- reading ----------------------------------------------------------
 
     pub async fn get_run(&self, run_id: &str) -> Result<Option<Run>> {
+        let _t = crate::metrics::store_timer("get_run");
         let row: Option<RunRow> = sqlx::query_as(&select_runs("WHERE r.run_id = $1"))
             .bind(run_id)
             .fetch_optional(&self.pool)
@@ -509,6 +522,7 @@ impl Store {
         state: Option<RunState>,
         limit: i64,
     ) -> Result<Vec<Run>> {
+        let _t = crate::metrics::store_timer("list_runs");
         let sql = select_runs(
             "WHERE ($1 IS NULL OR r.job = $1) AND ($2 IS NULL OR r.state = $2) \
              ORDER BY r.scheduled_ms DESC, r.run_id DESC LIMIT $3",
@@ -538,6 +552,7 @@ impl Store {
     /// `false` (and changes nothing) when the run is not `running`, so an
     /// outcome reported twice settles once.
     pub async fn settle(&self, run_id: &str, settlement: &Settlement, now_ms: i64) -> Result<bool> {
+        let _t = crate::metrics::store_timer("settle");
         let mut tx = self.begin_write().await?;
         let Some(run) = run_tx(&mut tx, run_id).await? else {
             return Ok(false);
@@ -598,6 +613,7 @@ impl Store {
     /// before it could launch (reason `expired`). `false` when the run is no
     /// longer pending.
     pub async fn expire_run(&self, run_id: &str, now_ms: i64) -> Result<bool> {
+        let _t = crate::metrics::store_timer("expire_run");
         let mut tx = self.begin_write().await?;
         let Some(run) = run_tx(&mut tx, run_id).await? else {
             return Ok(false);

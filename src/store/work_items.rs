@@ -20,6 +20,7 @@ impl Store {
     /// nothing) when the (source, job, message id) is already stored.
     /// A running daemon is woken to launch it (see `store::signal`).
     pub async fn insert_work_item(&self, item: &NewWorkItem) -> Result<bool> {
+        let _t = crate::metrics::store_timer("insert_work_item");
         self.intake_one(item, &Intake::Run).await
     }
 
@@ -27,6 +28,7 @@ impl Store {
     /// transaction (one commit per claim rather than per message). Returns,
     /// per item, whether it was written (`false`: stored before).
     pub async fn intake_many(&self, items: &[(NewWorkItem, Intake)]) -> Result<Vec<bool>> {
+        let _t = crate::metrics::store_timer("intake_many");
         let mut tx = self.begin_write().await?;
         let now = self.clock.now_ms();
         let mut out = Vec::with_capacity(items.len());

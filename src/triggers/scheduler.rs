@@ -357,7 +357,9 @@ async fn decide_and_record(
                         )
                         .await?;
                     for run in ctx.store.active_runs_of(&job.name).await? {
-                        tracing::info!(job = %job.name, run = %run, "replacing the active run");
+                        // (A rare event: one more read for the log's attempt.)
+                        let attempt = ctx.store.get_run(&run).await?.map_or(0, |r| r.attempt);
+                        tracing::info!(job = %job.name, run = %run, attempt, "replacing the active run");
                         // Closed only when the daemon has stopped serving:
                         // then the run stops with it, and the fire is
                         // already recorded as replacing it.
@@ -379,7 +381,7 @@ async fn decide_and_record(
     let mut launched = 0;
     for (r, new) in records.iter().zip(stored) {
         if let (true, Some(item)) = (new, &r.item) {
-            tracing::info!(job = %r.job, fire_ms = r.fire_ms, run = %item.run_id, "cron fired");
+            tracing::info!(job = %r.job, fire_ms = r.fire_ms, run = %item.run_id, attempt = 1, "cron fired");
             launched += 1;
         }
     }

@@ -248,6 +248,37 @@ pub async fn two_consumers_share_without_duplicates<H: Harness>() {
     h.cleanup().await;
 }
 
+/// Asks `s` for its backlog until it is `n` (at most 10 s); the last answer.
+async fn backlog_becomes<S: Source>(s: &mut S, n: u64) -> Option<u64> {
+    let start = Instant::now();
+    loop {
+        let seen = s.backlog().await.expect("backlog");
+        if seen == Some(n) || start.elapsed() > Duration::from_secs(10) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The backlog counts the messages waiting in the broker, and none once
+/// they are claimed and settled (`kedge_source_backlog`).
+pub async fn backlog_counts_waiting_messages<H: Harness>() {
+    let Some(h) = H::new().await else { return };
+    let mut s = h.source("c1");
+    s.connect().await.expect("connect");
+    for i in 0..3 {
+        h.publish(format!("{{\"n\":{i}}}").as_bytes(), Some(&format!("m-{i}")))
+            .await;
+    }
+    // A broker may count a published message a moment later.
+    assert_eq!(backlog_becomes(&mut s, 3).await, Some(3));
+    let got = claim_n(&mut s, 3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    s.settle(&got).await.expect("settle");
+    assert_eq!(backlog_becomes(&mut s, 0).await, Some(0));
+    h.cleanup().await;
+}
+
 /// Instantiates the suite for one harness type.
 #[macro_export]
 macro_rules! suite {
@@ -271,6 +302,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn replay_returns_to_the_source() {
             $crate::replay_returns_to_the_source::<$h>().await
+        }
+        #[tokio::test]
+        async fn backlog_counts_waiting_messages() {
+            $crate::backlog_counts_waiting_messages::<$h>().await
         }
         #[tokio::test]
         async fn two_consumers_share_without_duplicates() {

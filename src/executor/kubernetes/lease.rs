@@ -81,7 +81,10 @@ impl LeaderLease {
             // never answers must not keep a replica from ever leading.
             let look = tokio::time::timeout(self.renew_period(), self.try_acquire(&mut observed));
             match look.await {
-                Ok(Ok(true)) => return true,
+                Ok(Ok(true)) => {
+                    crate::metrics::set_leader(true);
+                    return true;
+                }
                 Ok(Ok(false)) => {
                     if !announced {
                         announced = true;
@@ -207,6 +210,7 @@ impl LeaderLease {
                 }
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another replica took the Lease; this one stops launching");
+                    crate::metrics::set_leader(false);
                     lost.cancel();
                     return;
                 }
@@ -214,6 +218,7 @@ impl LeaderLease {
                     let since = renewed.elapsed();
                     if since >= deadline {
                         tracing::error!(lease = %self.name, error = %crate::error_chain(&e), "the Lease could not be renewed in time; this replica stops launching");
+                        crate::metrics::set_leader(false);
                         lost.cancel();
                         return;
                     }
@@ -222,6 +227,7 @@ impl LeaderLease {
                 }
             }
         }
+        crate::metrics::set_leader(false);
         match self.release().await {
             Ok(()) => tracing::info!(lease = %self.name, "Lease released"),
             Err(e) => {

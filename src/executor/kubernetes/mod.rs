@@ -7,6 +7,7 @@
 //!   terminal conditions into [`Outcome`]s.
 //! - [`lease`] elects the one replica that launches; [`elect`] waits to
 //!   lead and hands out the [`Leader`]'s executor.
+//! - [`metered`] counts and times every API request for `/metrics`.
 //!
 //! # Launch, idempotently
 //! The Job is named by its run id. `launch` creates the payload ConfigMap
@@ -33,6 +34,7 @@
 //! Jobs: they keep running and the next leader adopts them.
 
 pub mod lease;
+pub mod metered;
 pub mod notes;
 pub mod objects;
 pub mod pods;
@@ -117,7 +119,10 @@ pub async fn client(cfg: &KubernetesConfig) -> anyhow::Result<(Client, String)> 
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&metered::MeteredLayer)
+        .build();
     Ok((client, namespace))
 }
 
@@ -360,7 +365,7 @@ impl KubernetesExecutor {
                 if !ours {
                     return Ok(false);
                 }
-                tracing::info!(run = %launch.run_id, "the run's Job already exists; adopted");
+                tracing::info!(run = %launch.run_id, job = %launch.job, attempt = launch.attempt, "the run's Job already exists; adopted");
                 existing
             }
             Err(e) => return Err(e),
@@ -446,7 +451,7 @@ impl KubernetesExecutor {
             std::mem::take(&mut *self.inner.doomed.lock().unwrap_or_else(|p| p.into_inner()));
         for name in doomed {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(job = %name, error = %e, "cannot delete a run's Job that never started; trying again shortly");
+                tracing::warn!(run = %name, error = %e, "cannot delete a run's Job that never started; trying again shortly");
                 self.inner
                     .doomed
                     .lock()
@@ -460,7 +465,7 @@ impl KubernetesExecutor {
         );
         for (job, name, ok) in excess {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(job = %name, error = %e, "cannot delete a finished Job; trying again shortly");
+                tracing::warn!(run = %name, %job, error = %e, "cannot delete a finished Job; trying again shortly");
                 self.inner.tracker.history_delete_failed(job, name, ok);
             }
         }
@@ -575,7 +580,7 @@ impl Executor for KubernetesExecutor {
                 Ok(())
             }
             Ok(false) => {
-                tracing::error!(run = %run_id, "a Job with this run's name exists and is not this run's; the attempt fails");
+                tracing::error!(run = %run_id, job = %launch.job, attempt = launch.attempt, "a Job with this run's name exists and is not this run's; the attempt fails");
                 self.inner
                     .tracker
                     .report(
@@ -595,8 +600,8 @@ impl Executor for KubernetesExecutor {
                 Some(why) => {
                     // Trying again would be refused again: the attempt fails
                     // now and the job's retry policy takes over.
-                    tracing::error!(run = %run_id, refusal = %why, "the API refused the run's Job; the attempt fails");
-                    crate::health::count_launch_failure(&launch.job, "rejected");
+                    tracing::error!(run = %run_id, job = %launch.job, attempt = launch.attempt, refusal = %why, "the API refused the run's Job; the attempt fails");
+                    crate::metrics::launch_failure(&launch.job, "rejected");
                     let failed = OutcomeKind::Failed {
                         reason: "rejected".into(),
                         message: why,

@@ -573,6 +573,7 @@ async fn watch_jobs(
                     out
                 }
                 Err(e) => {
+                    crate::metrics::watch_restart();
                     tracing::warn!(error = %crate::error_chain(&e), "watching Jobs failed; retrying with backoff");
                     Vec::new()
                 }
@@ -638,7 +639,8 @@ async fn watch_pods(
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %crate::error_chain(&e), "watching pods failed; retrying with backoff")
+                crate::metrics::watch_restart();
+                tracing::debug!(error = %crate::error_chain(&e), "watching pods failed; retrying with backoff");
             }
         }
     }
@@ -682,7 +684,8 @@ async fn watch_events(
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %crate::error_chain(&e), "watching Events failed; retrying with backoff")
+                crate::metrics::watch_restart();
+                tracing::debug!(error = %crate::error_chain(&e), "watching Events failed; retrying with backoff");
             }
         }
     }
