@@ -230,6 +230,63 @@ impl FromStr for FireOutcome {
     }
 }
 
+/// A job's operator state (`kedge pause | hold | ice` and back), kept in
+/// the store so it survives restarts. Checked where runs are created (the
+/// cron scheduler) and launched (the dispatcher); see [`crate::operator`]
+/// for each state's semantics.
+///
+/// | state    | set by   | left by           | cron fires meanwhile | on leaving |
+/// |----------|----------|-------------------|----------------------|------------|
+/// | `active` | (default), resume, release, unice | — | run | — |
+/// | `paused` | `kedge pause`  | `kedge resume`  | `skipped: paused` | caught up as `catchup` says |
+/// | `held`   | `kedge hold`   | `kedge release` | `skipped: held`   | the latest runs at once |
+/// | `iced`   | `kedge ice`    | `kedge unice`   | `skipped: iced`   | nothing: the next fire runs |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorState {
+    Active,
+    Paused,
+    Held,
+    Iced,
+}
+
+impl OperatorState {
+    pub const ALL: [OperatorState; 4] = [
+        OperatorState::Active,
+        OperatorState::Paused,
+        OperatorState::Held,
+        OperatorState::Iced,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorState::Active => "active",
+            OperatorState::Paused => "paused",
+            OperatorState::Held => "held",
+            OperatorState::Iced => "iced",
+        }
+    }
+    /// True when nothing new of the job launches.
+    pub fn stops_launches(self) -> bool {
+        self != OperatorState::Active
+    }
+}
+
+impl fmt::Display for OperatorState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for OperatorState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        OperatorState::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown operator state {s:?}"))
+    }
+}
+
 /// Where a work item came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -356,6 +413,10 @@ mod tests {
         }
         for s in [TriggerKind::Cron, TriggerKind::Queue, TriggerKind::Manual] {
             assert_eq!(s.as_str().parse::<TriggerKind>(), Ok(s));
+        }
+        for s in OperatorState::ALL {
+            assert_eq!(s.as_str().parse::<OperatorState>(), Ok(s));
+            assert_eq!(serde_json::json!(s), s.as_str());
         }
         assert!("launched ".parse::<FireOutcome>().is_err());
         assert!("".parse::<WorkState>().is_err());

@@ -535,6 +535,7 @@ impl TestRun {
             host_env: Vec::new(),
             window: None,
             sizing: None,
+            backfill_id: None,
             spec: spec.build(),
         };
         let run = Run {
@@ -556,6 +557,7 @@ impl TestRun {
             deadline_ms: None,
             attempt_base: 0,
             sizing: None,
+            backfill_id: None,
         };
         TestRun { job, run }
     }

@@ -205,6 +205,7 @@ fn first_run(item: &NewWorkItem, work_item_id: &str) -> Run {
         deadline_ms: item.deadline_ms,
         attempt_base: 0,
         sizing: None,
+        backfill_id: None,
     }
 }
 

@@ -24,12 +24,16 @@ pub mod sizing;
 
 use std::collections::HashMap;
 
+use crate::lifecycle::OperatorState;
+
 /// A due run offered to the planner; each job's runs in the job's own
 /// order (earliest deadline, then oldest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'a> {
     pub run_id: &'a str,
     pub job: &'a str,
+    /// The `kedge backfill` the run belongs to (its cap in [`Limits::backfills`]).
+    pub backfill: Option<&'a str>,
 }
 
 /// One job's limits.
@@ -61,6 +65,19 @@ pub struct Limits {
     /// Jobs whose pods have stayed Pending longer than their
     /// `limits.pending_timeout`: no new launches until they schedule.
     pub backpressured: std::collections::HashSet<String>,
+    /// Jobs an operator paused, held or iced: none of their runs launches.
+    pub stopped: HashMap<String, OperatorState>,
+    /// Each active backfill's cap on its runs.
+    pub backfills: HashMap<String, BackfillCaps>,
+}
+
+/// A backfill's cap ([`crate::store::BackfillCap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillCaps {
+    /// Its runs running at once.
+    pub max_active: u32,
+    /// `--overlap forbid`: its runs launch only while no run of the job runs.
+    pub exclusive: bool,
 }
 
 /// What is in use now, per job (from the store).
@@ -74,6 +91,8 @@ pub struct Usage {
     /// recent; a job never served has none): round-robin goes to the job
     /// served longest ago.
     pub served: HashMap<String, u64>,
+    /// Running runs per backfill.
+    pub backfill_running: HashMap<String, u32>,
 }
 
 /// Why a candidate was held back.
@@ -91,6 +110,11 @@ pub enum Hold {
     GlobalLimit,
     /// The job's pods are stuck Pending (pending-pod backpressure).
     Backpressure,
+    /// An operator paused, held or iced the job.
+    Operator(OperatorState),
+    /// The run's backfill has `--max-active` runs running (or, with
+    /// `--overlap forbid`, another run of the job runs).
+    BackfillLimit,
 }
 
 impl Hold {
@@ -103,6 +127,11 @@ impl Hold {
             Hold::PoolLimit => "the job's pool has no free slot",
             Hold::GlobalLimit => "the global max_active_runs is reached",
             Hold::Backpressure => "the job's pods are stuck Pending (backpressure)",
+            Hold::Operator(OperatorState::Paused) => "an operator paused the job",
+            Hold::Operator(OperatorState::Held) => "an operator put the job on hold",
+            Hold::Operator(OperatorState::Iced) => "an operator put the job on ice",
+            Hold::Operator(OperatorState::Active) => "the job is active",
+            Hold::BackfillLimit => "its backfill's --max-active (or --overlap forbid) is reached",
         }
     }
 }
@@ -158,6 +187,7 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
     let candidates = fair_order(candidates, usage, limits);
     let mut running = usage.running.clone();
     let mut pods = usage.pods.clone();
+    let mut backfill_running = usage.backfill_running.clone();
     let mut total: u32 = running.values().sum();
     let mut pool_used: HashMap<&str, u32> = HashMap::new();
     for (job, n) in &usage.running {
@@ -171,6 +201,10 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
             out.hold.push((c.run_id, Hold::UnknownJob));
             continue;
         };
+        if let Some(state) = limits.stopped.get(c.job) {
+            out.hold.push((c.run_id, Hold::Operator(*state)));
+            continue;
+        }
         if limits.backpressured.contains(c.job) {
             out.hold.push((c.run_id, Hold::Backpressure));
             continue;
@@ -183,6 +217,14 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         if caps.max_active.is_some_and(|cap| active >= cap) {
             out.hold.push((c.run_id, Hold::JobLimit));
             continue;
+        }
+        let backfill = c.backfill.and_then(|b| Some((b, limits.backfills.get(b)?)));
+        if let Some((b, cap)) = backfill {
+            let mine = backfill_running.get(b).copied().unwrap_or(0);
+            if mine >= cap.max_active || (cap.exclusive && active > 0) {
+                out.hold.push((c.run_id, Hold::BackfillLimit));
+                continue;
+            }
         }
         let pool = caps.pool.as_deref();
         if let Some(p) = pool {
@@ -207,6 +249,9 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         *pods.entry(c.job.to_string()).or_default() += grant;
         if let Some(p) = pool {
             *pool_used.entry(p).or_default() += 1;
+        }
+        if let Some((b, _)) = backfill {
+            *backfill_running.entry(b.to_string()).or_default() += 1;
         }
         total += 1;
         out.launch.push(Grant {
@@ -236,7 +281,11 @@ mod tests {
     }
 
     fn cand<'a>(run_id: &'a str, job: &'a str) -> Candidate<'a> {
-        Candidate { run_id, job }
+        Candidate {
+            run_id,
+            job,
+            backfill: None,
+        }
     }
 
     #[test]
