@@ -3,7 +3,7 @@
 //! text) when `http.listen` is configured.
 //!
 //! `/healthz` answers 200 while the daemon runs, with a JSON body naming
-//! every source and its state; `/readyz` answers 503 while any source is
+//! every source and its state, and every job's operator state (`jobs`); `/readyz` answers 503 while any source is
 //! degraded (its broker unreachable: intake for that job is paused and
 //! reconnecting, nothing is lost).
 
@@ -20,6 +20,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use crate::lifecycle::OperatorState;
 
 /// Runs flagged at risk since the daemon started (a counter for operators;
 /// the dispatcher's sizing raises it).
@@ -56,6 +58,78 @@ pub fn set_runs_stuck(counts: BTreeMap<(String, String), u64>) {
 /// The stuck-run counts, by (job, reason).
 pub fn runs_stuck() -> BTreeMap<(String, String), u64> {
     RUNS_STUCK.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A job's operator state as `/healthz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobStateView {
+    pub state: OperatorState,
+    pub reason: Option<String>,
+    /// Who set it (absent for a job never changed).
+    pub by: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Every loaded job's operator state, as the dispatcher last read it.
+static JOB_STATES: Mutex<BTreeMap<String, JobStateView>> = Mutex::new(BTreeMap::new());
+
+/// Replaces the jobs' operator states: each of `jobs` (the loaded ones) is
+/// `active` unless `controls` says otherwise.
+pub fn set_job_states<'a>(
+    jobs: impl Iterator<Item = &'a String>,
+    controls: &[crate::store::JobControl],
+) {
+    let by_job: BTreeMap<&str, &crate::store::JobControl> =
+        controls.iter().map(|c| (c.job.as_str(), c)).collect();
+    let states = jobs
+        .map(|j| {
+            let view = match by_job.get(j.as_str()) {
+                Some(c) => JobStateView {
+                    state: c.state,
+                    reason: c.reason.clone(),
+                    by: Some(c.actor.clone()),
+                    since: DateTime::from_timestamp_millis(c.since_ms),
+                },
+                None => JobStateView {
+                    state: OperatorState::Active,
+                    reason: None,
+                    by: None,
+                    since: None,
+                },
+            };
+            (j.clone(), view)
+        })
+        .collect();
+    *JOB_STATES.lock().unwrap_or_else(|p| p.into_inner()) = states;
+}
+
+/// The jobs' operator states, by job.
+pub fn job_states() -> BTreeMap<String, JobStateView> {
+    JOB_STATES.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The operator-state gauges: `kedge_job_paused{job}`, `kedge_job_held{job}`
+/// and `kedge_job_iced{job}`, 1 when the job is in that state, else 0, for
+/// every loaded job. Self-contained, to port to a metrics registry as is.
+pub fn render_job_state_metrics(out: &mut String, states: &BTreeMap<String, JobStateView>) {
+    use std::fmt::Write;
+    for (state, help) in [
+        (OperatorState::Paused, "1 when an operator paused the job (kedge pause)."),
+        (OperatorState::Held, "1 when the job is on hold (kedge hold)."),
+        (OperatorState::Iced, "1 when the job is on ice (kedge ice)."),
+    ] {
+        let name = format!("kedge_job_{}", state.as_str());
+        let _ = writeln!(out, "# HELP {name} {help}
+# TYPE {name} gauge");
+        for (job, v) in states {
+            let _ = writeln!(
+                out,
+                "{name}{{job=\"{}\"}} {}",
+                label(job),
+                u8::from(v.state == state)
+            );
+        }
+    }
 }
 
 /// One queue source's state as intake sees it.
@@ -147,6 +221,9 @@ struct HealthBody {
     /// Runs whose pods have not started, counted by reason
     /// (`Unschedulable`, `ImagePullBackOff`, `FailedCreate`, …).
     stuck_runs: BTreeMap<String, u64>,
+    /// Every loaded job's operator state (active, paused, held, iced),
+    /// with who set it, when and why.
+    jobs: BTreeMap<String, JobStateView>,
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -164,6 +241,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
         status,
         sources,
         stuck_runs,
+        jobs: job_states(),
     })
 }
 
@@ -261,6 +339,7 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             label(&reason)
         );
     }
+    render_job_state_metrics(&mut out, &job_states());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -294,4 +373,36 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_state_gauges_are_one_for_the_current_state() {
+        let controls = [crate::store::JobControl {
+            job: "nightly".into(),
+            state: OperatorState::Paused,
+            reason: Some("db \"migration\"".into()),
+            actor: "alice".into(),
+            since_ms: 1_800_000_000_000,
+        }];
+        let jobs = ["nightly".to_string(), "orders".to_string()];
+        set_job_states(jobs.iter(), &controls);
+        let states = job_states();
+        assert_eq!(states["orders"].state, OperatorState::Active);
+        assert_eq!(states["nightly"].by.as_deref(), Some("alice"));
+        let mut out = String::new();
+        render_job_state_metrics(&mut out, &states);
+        for line in [
+            "# TYPE kedge_job_paused gauge",
+            "kedge_job_paused{job=\"nightly\"} 1",
+            "kedge_job_paused{job=\"orders\"} 0",
+            "kedge_job_held{job=\"nightly\"} 0",
+            "kedge_job_iced{job=\"orders\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+        }
+    }
 }

@@ -136,6 +136,7 @@ impl Dispatcher {
     }
 
     async fn pass_inner<E: Executor>(&mut self, executor: &E) -> Result<Duration, StoreError> {
+        self.read_operator_states().await?;
         let batch_wait = batches::form(&self.store, &self.jobs, &self.clock).await?;
         let now = self.clock.now_ms();
         let mut due = self.store.due_runs(now, DISPATCH_BATCH).await?;
@@ -160,6 +161,19 @@ impl Dispatcher {
         }
         let wait = self.until_next_due().await?;
         Ok(batch_wait.map_or(wait, |b| wait.min(b)))
+    }
+
+    /// Reads the jobs' operator states, every pass: a `kedge pause` in
+    /// another process takes effect at the next pass (its write wakes the
+    /// daemon). Shown in `/healthz` and the metrics.
+    async fn read_operator_states(&mut self) -> Result<(), StoreError> {
+        let controls = self.store.job_controls().await?;
+        self.limits.stopped = (controls.iter())
+            .filter(|c| c.state.stops_launches())
+            .map(|c| (c.job.clone(), c.state))
+            .collect();
+        crate::health::set_job_states(self.jobs.keys(), &controls);
+        Ok(())
     }
 
     /// A backlog in one job fills `due` (the earliest due runs): adds the
@@ -207,10 +221,6 @@ impl Dispatcher {
     /// The due runs the planner admits now, in launch order, with their
     /// pod grants. Runs of jobs that are not loaded wait (warned once).
     async fn admit<'r>(&mut self, due: &'r [Run]) -> Result<Vec<Grant<'r>>, StoreError> {
-        // Operator state and backfill caps are read every pass: a `kedge
-        // pause` in another process takes effect at the next pass (its
-        // write wakes the daemon).
-        self.limits.stopped = self.store.stopped_jobs().await?;
         let backfills = self.store.active_backfills().await?;
         self.limits.backfills = (backfills.iter())
             .map(|b| {
