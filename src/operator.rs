@@ -54,14 +54,14 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::job::{Job, Overlap};
+use crate::config::job::{Catchup, Job, Overlap};
 use crate::intake;
 use crate::lifecycle::{OperatorState, RunState};
 use crate::store::{
     AuditEntry, BackfillOverlap, BackfillReport, Changed, JobControl, NewBackfill, NewWorkItem,
     Rerun, StateChange, Store, StoreError,
 };
-use crate::triggers::scheduler::{fires_between, plan_fires, FireDecision};
+use crate::triggers::scheduler::fires_between;
 
 /// At most this many fires in one backfill (split a longer range).
 pub const MAX_BACKFILL_FIRES: usize = 10_000;
@@ -328,13 +328,21 @@ pub fn catch_up(
         .iter()
         .filter_map(|ms| DateTime::from_timestamp_millis(*ms))
         .collect();
-    let run: Vec<DateTime<Utc>> = match action {
-        Action::Resume => plan_fires(&fires, now, cron.catchup, cron.starting_deadline)
-            .into_iter()
-            .filter(|(_, d)| *d == FireDecision::Run)
-            .map(|(f, _)| f)
-            .collect(),
-        Action::Release => fires.last().copied().into_iter().collect(),
+    // Every skipped fire is late by now (it was decided when it came), so
+    // `catchup` applies to all of them, as after downtime.
+    let eligible: Vec<DateTime<Utc>> = fires
+        .iter()
+        .copied()
+        .filter(|f| {
+            let age = (now - *f).to_std().unwrap_or_default();
+            cron.starting_deadline.is_none_or(|d| age <= d)
+        })
+        .collect();
+    let run: Vec<DateTime<Utc>> = match (action, cron.catchup) {
+        (Action::Resume, Catchup::None) => Vec::new(),
+        (Action::Resume, Catchup::Latest) => eligible.last().copied().into_iter().collect(),
+        (Action::Resume, Catchup::All) => eligible,
+        (Action::Release, _) => fires.last().copied().into_iter().collect(),
         _ => Vec::new(),
     };
     run.into_iter()
@@ -367,14 +375,19 @@ pub fn backfill_fires(
     let Some(cron) = job.cron() else {
         return Err(OperatorError::NotCron(job.name.clone()));
     };
+    let show = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if from >= to {
         return Err(OperatorError::BadRange(format!(
-            "--from {from} is not before --to {to}: the range [from, to) is empty"
+            "--from {} is not before --to {}: the range [from, to) is empty",
+            show(from),
+            show(to)
         )));
     }
     if to > now {
         return Err(OperatorError::BadRange(format!(
-            "--to {to} is after now ({now}): fires from now on are the scheduler's; end the range at now or earlier"
+            "--to {} is after now ({}): fires from now on are the scheduler's; end the range at now or earlier",
+            show(to),
+            show(now)
         )));
     }
     let ms = chrono::Duration::milliseconds(1);

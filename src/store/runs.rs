@@ -8,7 +8,7 @@ use super::rows::{
     set_work_state_tx, AuditEntry, NewRun, NewWorkItem,
 };
 use super::{parse_column, placeholder_list, Result, Store, StoreError, Tx, ROWS_PER_STATEMENT};
-use crate::lifecycle::{RunState, TriggerKind, WorkState};
+use crate::lifecycle::{OperatorState, RunState, TriggerKind, WorkState};
 
 /// A run joined with its work item: everything needed to launch or settle it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -194,13 +194,17 @@ async fn run_tx(tx: &mut Tx, run_id: &str) -> Result<Option<Run>> {
 }
 
 /// `UPDATE runs SET … running … WHERE state = pending AND run_id IN (n
-/// ids)`: binds the start time, then the two states, then the ids.
+/// ids)`: binds the start time, then the two states, then `active`, then
+/// the ids. A run of a job an operator paused, held or iced is not claimed,
+/// even when the change committed after the dispatcher read the states.
 fn claim_sql(n: usize) -> String {
     format!(
         "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
          first_launch_ms = COALESCE(first_launch_ms, $1) \
-         WHERE state = $3 AND run_id IN ({}) RETURNING run_id",
-        placeholder_list(4, n)
+         WHERE state = $3 AND run_id IN ({}) \
+         AND NOT EXISTS (SELECT 1 FROM job_controls c WHERE c.job = runs.job AND c.state <> $4) \
+         RETURNING run_id",
+        placeholder_list(5, n)
     )
 }
 
@@ -284,6 +288,7 @@ impl Store {
             .bind(now_ms)
             .bind(RunState::Running.as_str())
             .bind(RunState::Pending.as_str())
+            .bind(OperatorState::Active.as_str())
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -303,7 +308,8 @@ impl Store {
             let mut q = sqlx::query_scalar::<_, String>(&sql)
                 .bind(now_ms)
                 .bind(RunState::Running.as_str())
-                .bind(RunState::Pending.as_str());
+                .bind(RunState::Pending.as_str())
+                .bind(OperatorState::Active.as_str());
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -646,21 +652,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn claim_binds_the_ids_after_the_time_and_states() {
-        assert_eq!(
-            claim_sql(2),
-            "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
-         first_launch_ms = COALESCE(first_launch_ms, $1) \
-         WHERE state = $3 AND run_id IN ($4, $5) RETURNING run_id"
-        );
-    }
-}
-
 /// Operator reruns (`kedge rerun`).
 impl Store {
     /// Runs a finished run's work again: a new attempt of its work item
@@ -704,5 +695,22 @@ impl Store {
         tx.commit().await?;
         self.announce_work().await;
         Ok(Some(Ok(new_run)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_binds_the_ids_after_the_time_and_states() {
+        assert_eq!(
+            claim_sql(2),
+            "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
+         first_launch_ms = COALESCE(first_launch_ms, $1) \
+         WHERE state = $3 AND run_id IN ($5, $6) \
+         AND NOT EXISTS (SELECT 1 FROM job_controls c WHERE c.job = runs.job AND c.state <> $4) \
+         RETURNING run_id"
+        );
     }
 }
