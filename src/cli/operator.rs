@@ -248,17 +248,22 @@ mod tests {
             ErrorKind::MissingRequiredArgument
         );
         let range = ["backfill", "j", "--from", "a", "--to", "b"];
-        let with = |extra: &[&str]| [&range[..], extra].concat();
+        fn with<'a>(range: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            [range, extra].concat()
+        }
         assert_eq!(
-            kind(&with(&["--max-active", "0"])),
+            kind(&with(&range, &["--max-active", "0"])),
             ErrorKind::ValueValidation
         );
-        assert_eq!(kind(&with(&["--rerun", "some"])), ErrorKind::InvalidValue);
+        assert_eq!(kind(&with(&range, &["--rerun", "some"])), ErrorKind::InvalidValue);
         assert_eq!(
-            kind(&with(&["--overlap", "replace"])),
+            kind(&with(&range, &["--overlap", "replace"])),
             ErrorKind::InvalidValue
         );
-        assert!(parse(&with(&["--rerun", "failed", "--overlap", "allow", "--dry-run"])).is_ok());
+        assert!(parse(&with(
+            &range,
+            &["--rerun", "failed", "--overlap", "allow", "--dry-run"]
+        )).is_ok());
     }
 
     #[test]

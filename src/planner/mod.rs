@@ -289,6 +289,63 @@ mod tests {
     }
 
     #[test]
+    fn stopped_jobs_launch_nothing_and_a_backfill_keeps_to_its_cap() {
+        let bf = |run_id: &'static str, job: &'static str| Candidate {
+            run_id,
+            job,
+            backfill: Some("bf-1"),
+        };
+        let cands = [
+            cand("p1", "paused"),
+            bf("b1", "etl"),
+            bf("b2", "etl"),
+            bf("b3", "etl"),
+            cand("e1", "etl"),
+        ];
+        let mut limits = Limits {
+            jobs: [
+                ("paused".to_string(), caps(None)),
+                ("etl".to_string(), caps(None)),
+            ]
+            .into(),
+            stopped: [("paused".to_string(), OperatorState::Paused)].into(),
+            backfills: [(
+                "bf-1".to_string(),
+                BackfillCaps {
+                    max_active: 2,
+                    exclusive: false,
+                },
+            )]
+            .into(),
+            ..Limits::default()
+        };
+        // One of the backfill's runs runs already: one more may start.
+        let usage = Usage {
+            backfill_running: [("bf-1".to_string(), 1)].into(),
+            ..Usage::default()
+        };
+        let got = admit(&cands, &usage, &limits);
+        assert_eq!(ids(&got), ["b1", "e1"]);
+        assert_eq!(
+            got.hold,
+            [
+                ("p1", Hold::Operator(OperatorState::Paused)),
+                ("b2", Hold::BackfillLimit),
+                ("b3", Hold::BackfillLimit)
+            ]
+        );
+        // overlap forbid: only while no run of the job runs.
+        limits.backfills.get_mut("bf-1").unwrap().exclusive = true;
+        let usage = Usage::default();
+        assert_eq!(ids(&admit(&cands[1..], &usage, &limits)), ["b1", "e1"]);
+        let busy = Usage {
+            running: [("etl".to_string(), 1)].into(),
+            ..Usage::default()
+        };
+        assert_eq!(ids(&admit(&cands[1..], &busy, &limits)), ["e1"]);
+    }
+
+    #[test]
     fn holds_back_by_job_global_and_unknown() {
         let cands = [
             cand("a1", "a"),
@@ -397,10 +454,12 @@ mod tests {
             Candidate {
                 run_id: "a1",
                 job: "a",
+                backfill: None,
             },
             Candidate {
                 run_id: "b1",
                 job: "b",
+                backfill: None,
             },
         ];
         let got = admit(&cands, &Usage::default(), &limits);
@@ -431,32 +490,38 @@ mod tests {
             .into(),
             pools: [("db".to_string(), 2)].into(),
             global: None,
-            backpressured: Default::default(),
+            ..Limits::default()
         };
         let cands = [
             Candidate {
                 run_id: "a1",
                 job: "a",
+                backfill: None,
             },
             Candidate {
                 run_id: "b1",
                 job: "b",
+                backfill: None,
             },
             Candidate {
                 run_id: "a2",
                 job: "a",
+                backfill: None,
             },
             Candidate {
                 run_id: "c1",
                 job: "c",
+                backfill: None,
             },
             Candidate {
                 run_id: "c2",
                 job: "c",
+                backfill: None,
             },
             Candidate {
                 run_id: "c3",
                 job: "c",
+                backfill: None,
             },
         ];
         let usage = Usage {
@@ -518,7 +583,7 @@ mod tests {
                 })).collect(),
                 pools: pool_names.iter().zip(&pool_slots).map(|(n, s)| (n.to_string(), *s)).collect(),
                 global,
-                backpressured: Default::default(),
+                ..Limits::default()
             };
             let usage = Usage {
                 running: running.iter().enumerate().map(|(i, (r, _))| (names[i].to_string(), *r)).collect(),
@@ -527,7 +592,7 @@ mod tests {
             };
             let ids: Vec<String> = (0..cands.len()).map(|i| format!("r{i}")).collect();
             let candidates: Vec<Candidate> = cands.iter().enumerate()
-                .map(|(i, j)| Candidate { run_id: &ids[i], job: names[*j] }).collect();
+                .map(|(i, j)| Candidate { run_id: &ids[i], job: names[*j], backfill: None }).collect();
             let got = admit(&candidates, &usage, &limits);
             prop_assert_eq!(got.launch.len() + got.hold.len(), candidates.len());
             let job_of = |id: &str| candidates.iter().find(|c| c.run_id == id).map(|c| c.job).unwrap();
