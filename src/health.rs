@@ -114,13 +114,22 @@ pub fn job_states() -> BTreeMap<String, JobStateView> {
 pub fn render_job_state_metrics(out: &mut String, states: &BTreeMap<String, JobStateView>) {
     use std::fmt::Write;
     for (state, help) in [
-        (OperatorState::Paused, "1 when an operator paused the job (kedge pause)."),
-        (OperatorState::Held, "1 when the job is on hold (kedge hold)."),
+        (
+            OperatorState::Paused,
+            "1 when an operator paused the job (kedge pause).",
+        ),
+        (
+            OperatorState::Held,
+            "1 when the job is on hold (kedge hold).",
+        ),
         (OperatorState::Iced, "1 when the job is on ice (kedge ice)."),
     ] {
         let name = format!("kedge_job_{}", state.as_str());
-        let _ = writeln!(out, "# HELP {name} {help}
-# TYPE {name} gauge");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}
+# TYPE {name} gauge"
+        );
         for (job, v) in states {
             let _ = writeln!(
                 out,

@@ -75,10 +75,7 @@ pub enum OperatorError {
     Store(#[from] StoreError),
     /// The job is not in a state the action applies to.
     #[error("{}", refused(.action, .current))]
-    Refused {
-        action: Action,
-        current: JobControl,
-    },
+    Refused { action: Action, current: JobControl },
     /// Backfill needs a cron schedule.
     #[error("job {0} has no cron schedule: a backfill creates the fires of a cron job")]
     NotCron(String),
@@ -116,7 +113,11 @@ fn refused(action: &Action, c: &JobControl) -> String {
         OperatorState::Iced => "unice it first (kedge unice)".into(),
     };
     if c.state == OperatorState::Active {
-        format!("cannot {} job {}: it is active; {hint}", action.name(), c.job)
+        format!(
+            "cannot {} job {}: it is active; {hint}",
+            action.name(),
+            c.job
+        )
     } else {
         format!(
             "cannot {} job {}: it is {} (by {} since {since}{why}); {hint}",

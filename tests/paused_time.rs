@@ -837,14 +837,22 @@ async fn stopped_then_back(
             "a fire while {state}"
         );
     }
-    assert!(store.list_runs(Some("hourly"), None, 10).await.unwrap().is_empty());
+    assert!(store
+        .list_runs(Some("hourly"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
     tokio::time::advance(Duration::from_secs(30 * 60)).await;
     assert_eq!(store.clock().now(), utc("2026-06-01T13:30:00Z"));
     let back = kedge::operator::change(&store, &job, undo, "bob", None)
         .await
         .expect("the job is back");
     let fires = s.fires(&store, "hourly", 4).await;
-    assert_eq!(fires[3].outcome, FireOutcome::Recorded, "14:00 runs as usual");
+    assert_eq!(
+        fires[3].outcome,
+        FireOutcome::Recorded,
+        "14:00 runs as usual"
+    );
     s.stop().await;
     (fires, back.caught_up)
 }
@@ -859,7 +867,10 @@ async fn resume_catches_up_fires_skipped_while_paused_as_catchup_says() {
     let at = |h: u32| utc(&format!("2026-06-01T{h}:00:00Z"));
     for (trigger, want) in [
         ("allow\n  catchup: latest", vec![at(13)]),
-        ("allow\n  catchup: all\n  starting_deadline: 2h", vec![at(12), at(13)]),
+        (
+            "allow\n  catchup: all\n  starting_deadline: 2h",
+            vec![at(12), at(13)],
+        ),
         ("allow\n  catchup: all", vec![at(11), at(12), at(13)]),
         ("allow\n  catchup: none", vec![]),
     ] {

@@ -1935,7 +1935,11 @@ async fn check_job_controls(db: &Db) {
         audit: audit("alice", "pause", j, Some("db migration")),
         catch_up: None,
     };
-    let Changed::Done { previous, caught_up } = store.change_job_state(&pause).await.unwrap() else {
+    let Changed::Done {
+        previous,
+        caught_up,
+    } = store.change_job_state(&pause).await.unwrap()
+    else {
         panic!("pause refused")
     };
     assert_eq!((previous.state, caught_up), (OperatorState::Active, vec![]));
@@ -1963,7 +1967,10 @@ async fn check_job_controls(db: &Db) {
 
     // The scheduler decided with `etl` active: recording is refused.
     let stale = [skipped_fire(j, T0 - 500, "overlap: forbid")];
-    match store.record_cron_fires_as(&stale, Some(&Default::default())).await {
+    match store
+        .record_cron_fires_as(&stale, Some(&Default::default()))
+        .await
+    {
         Err(StoreError::OperatorStateChanged(job)) => assert_eq!(job, j),
         other => panic!("{other:?}"),
     }
@@ -1975,7 +1982,10 @@ async fn check_job_controls(db: &Db) {
         .map(|f| skipped_fire(j, *f, "paused"))
         .collect();
     assert_eq!(
-        store.record_cron_fires_as(&paused, Some(&seen)).await.unwrap(),
+        store
+            .record_cron_fires_as(&paused, Some(&seen))
+            .await
+            .unwrap(),
         [true, true, true]
     );
 
@@ -1995,7 +2005,10 @@ async fn check_job_controls(db: &Db) {
         audit: audit("bob", "resume", j, None),
         catch_up: Some(&pick_latest),
     };
-    let Changed::Done { previous, caught_up } = store.change_job_state(&resume).await.unwrap()
+    let Changed::Done {
+        previous,
+        caught_up,
+    } = store.change_job_state(&resume).await.unwrap()
     else {
         panic!("resume refused")
     };
@@ -2008,7 +2021,11 @@ async fn check_job_controls(db: &Db) {
         [
             (f1, FireOutcome::Skipped, paused.clone()),
             (f2, FireOutcome::Skipped, paused),
-            (f3, FireOutcome::Recorded, Some("caught up on resume".into())),
+            (
+                f3,
+                FireOutcome::Recorded,
+                Some("caught up on resume".into())
+            ),
         ]
     );
     let f3_run = kedge::intake::cron_work_item(j, chrono_ms(f3), None).run_id;
@@ -2073,7 +2090,10 @@ async fn check_backfill(db: &Db) {
         audit: audit("carol", "backfill", j, Some("outage")),
     };
     let actions = |r: &kedge::store::BackfillReport| -> Vec<(i64, FireAction)> {
-        r.fires.iter().map(|f| (f.fire_ms, f.action.clone())).collect()
+        r.fires
+            .iter()
+            .map(|f| (f.fire_ms, f.action.clone()))
+            .collect()
     };
     let keep = |why: &str| FireAction::Keep { why: why.into() };
     let create = |i: usize| FireAction::Create {
@@ -2093,7 +2113,10 @@ async fn check_backfill(db: &Db) {
     let done = store.backfill(&backfill(Rerun::None, false)).await.unwrap();
     assert_eq!(actions(&done), expected);
     let id = done.id.clone().expect("a backfill id");
-    assert_eq!(run(store, &items[1].run_id).await.backfill_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        run(store, &items[1].run_id).await.backfill_id.as_deref(),
+        Some(id.as_str())
+    );
     assert_eq!(run(store, &items[0].run_id).await.backfill_id, None);
     let detail = Some(format!("backfill {id}"));
     assert_eq!(
@@ -2140,7 +2163,10 @@ async fn check_backfill(db: &Db) {
             (fires[2], keep("succeeded")),
         ]
     );
-    let failed = store.backfill(&backfill(Rerun::Failed, false)).await.unwrap();
+    let failed = store
+        .backfill(&backfill(Rerun::Failed, false))
+        .await
+        .unwrap();
     let second_attempt = format!("{}-2", items[1].run_id);
     assert_eq!(
         actions(&failed)[1],
@@ -2158,7 +2184,10 @@ async fn check_backfill(db: &Db) {
         (r.attempt, r.attempt_base, r.state, r.backfill_id),
         (2, 1, RunState::Pending, failed.id.clone())
     );
-    assert!(open_letters(store).await.is_empty(), "the dead letter is closed");
+    assert!(
+        open_letters(store).await.is_empty(),
+        "the dead letter is closed"
+    );
     // --rerun all reruns the succeeded ones, not the active one.
     let all = store.backfill(&backfill(Rerun::All, true)).await.unwrap();
     assert_eq!(all.started(), 2);
@@ -2166,7 +2195,9 @@ async fn check_backfill(db: &Db) {
 
     let log = store.audit_log(Some(j), 10).await.unwrap();
     assert_eq!(log.len(), 4, "every backfill but the dry runs");
-    assert!(log.iter().all(|a| a.actor == "carol" && a.action == "backfill"));
+    assert!(log
+        .iter()
+        .all(|a| a.actor == "carol" && a.action == "backfill"));
     let details: serde_json::Value =
         serde_json::from_str(log[0].details.as_deref().unwrap()).unwrap();
     assert_eq!(details["backfill"], serde_json::json!(id));
@@ -2213,7 +2244,11 @@ async fn check_rerun(db: &Db) {
     let log = store.audit_log(None, 10).await.unwrap();
     assert_eq!(log.len(), 1, "refusals write nothing");
     assert_eq!(
-        (log[0].actor.as_str(), log[0].run_id.as_deref(), log[0].reason.as_deref()),
+        (
+            log[0].actor.as_str(),
+            log[0].run_id.as_deref(),
+            log[0].reason.as_deref()
+        ),
         ("dave", Some(first.run_id.as_str()), Some("bad input fixed"))
     );
     let details: serde_json::Value =

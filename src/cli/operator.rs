@@ -100,7 +100,9 @@ pub(super) async fn change(
     let what = match action {
         Action::Pause => "paused: nothing new of it launches until kedge resume",
         Action::Hold => "on hold: it does not run, its dependents wait, until kedge release",
-        Action::Ice => "on ice: it does not run, its dependents count it as succeeded, until kedge unice",
+        Action::Ice => {
+            "on ice: it does not run, its dependents count it as succeeded, until kedge unice"
+        }
         Action::Resume | Action::Release => "active again",
         Action::Unice => "active again; it runs at its next occurrence",
     };
@@ -136,11 +138,17 @@ pub(super) async fn backfill(src: &Sources, args: BackfillArgs) -> Result<(), Fa
         let fire = ms_to_rfc3339(Some(f.fire_ms)).unwrap_or_default();
         match &f.action {
             FireAction::Create { run_id } => println!("{fire}  create  run {run_id}"),
-            FireAction::Rerun { run_id, was } => println!("{fire}  rerun   run {run_id} (was {was})"),
+            FireAction::Rerun { run_id, was } => {
+                println!("{fire}  rerun   run {run_id} (was {was})")
+            }
             FireAction::Keep { why } => println!("{fire}  keep    {why}"),
         }
     }
-    let verb = if args.dry_run { "would start" } else { "started" };
+    let verb = if args.dry_run {
+        "would start"
+    } else {
+        "started"
+    };
     let id = report
         .id
         .as_deref()
@@ -255,7 +263,10 @@ mod tests {
             kind(&with(&range, &["--max-active", "0"])),
             ErrorKind::ValueValidation
         );
-        assert_eq!(kind(&with(&range, &["--rerun", "some"])), ErrorKind::InvalidValue);
+        assert_eq!(
+            kind(&with(&range, &["--rerun", "some"])),
+            ErrorKind::InvalidValue
+        );
         assert_eq!(
             kind(&with(&range, &["--overlap", "replace"])),
             ErrorKind::InvalidValue
@@ -263,7 +274,8 @@ mod tests {
         assert!(parse(&with(
             &range,
             &["--rerun", "failed", "--overlap", "allow", "--dry-run"]
-        )).is_ok());
+        ))
+        .is_ok());
     }
 
     #[test]
@@ -274,7 +286,10 @@ mod tests {
         else {
             panic!("not pause")
         };
-        assert_eq!((a.job.as_str(), a.reason.as_deref()), ("nightly", Some("db migration")));
+        assert_eq!(
+            (a.job.as_str(), a.reason.as_deref()),
+            ("nightly", Some("db migration"))
+        );
         for cmd in ["resume", "hold", "release", "ice", "unice"] {
             assert!(parse(&[cmd, "j"]).is_ok(), "{cmd}");
             assert_eq!(

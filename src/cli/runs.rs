@@ -74,7 +74,9 @@ pub(super) async fn runs(src: &Sources, args: RunsArgs) -> Result<(), Failure> {
         let rows: Vec<serde_json::Value> = runs
             .iter()
             .map(|r| {
-                let state = states.get(r.job.as_str()).map_or(OperatorState::Active, |c| c.state);
+                let state = states
+                    .get(r.job.as_str())
+                    .map_or(OperatorState::Active, |c| c.state);
                 run_json(r, batches.get(&r.run_id), state)
             })
             .collect();
@@ -127,8 +129,15 @@ fn run_json(
 /// One line per job an operator paused, held or iced, above the runs
 /// (`states` holds those shown), in `controls`' order.
 fn print_job_states(controls: &[JobControl], states: &HashMap<&str, &JobControl>) {
-    for c in controls.iter().filter(|c| states.contains_key(c.job.as_str())) {
-        let why = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+    for c in controls
+        .iter()
+        .filter(|c| states.contains_key(c.job.as_str()))
+    {
+        let why = c
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
         println!(
             "job {} is {} (by {} since {}{why})",
             c.job,

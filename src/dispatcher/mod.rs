@@ -232,9 +232,7 @@ impl Dispatcher {
             })
             .collect();
         let usage = Usage {
-            backfill_running: (backfills.into_iter())
-                .map(|b| (b.id, b.running))
-                .collect(),
+            backfill_running: (backfills.into_iter()).map(|b| (b.id, b.running)).collect(),
             running: (self.store.active_counts().await?.into_iter())
                 .map(|(job, running, _)| (job, running.max(0) as u32))
                 .collect(),

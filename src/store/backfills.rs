@@ -161,7 +161,10 @@ impl Store {
             let fire_ms = item.scheduled_ms;
             let keep = |why: &str| FireAction::Keep { why: why.into() };
             let action = match recorded.get(&fire_ms) {
-                None | Some(FireRow { work_item_id: None, .. }) => {
+                None
+                | Some(FireRow {
+                    work_item_id: None, ..
+                }) => {
                     let work_item_id = uuid::Uuid::new_v4().to_string();
                     let new = insert_items_tx(&mut tx, &[(item, work_item_id.clone())], now)
                         .await?

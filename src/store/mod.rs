@@ -60,8 +60,8 @@ pub use backfills::{
 pub use batches::{BatchCandidate, BatchMember, MemberEnd};
 pub use cron_fires::{CronFire, FireRecord};
 pub use dead_letters::DeadLetter;
-pub use retention::{Pruned, PrunedItems};
 pub use job_controls::{skipped_detail, CatchUp, Changed, JobControl, StateChange};
+pub use retention::{Pruned, PrunedItems};
 pub use rows::{AuditEntry, NewWorkItem};
 pub use runs::{HistoryRow, Run, RunSizing, Settlement};
 pub use work_items::Intake;

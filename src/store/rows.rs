@@ -398,8 +398,7 @@ pub(super) async fn new_attempt_tx(
     .await?;
     let trigger: TriggerKind = super::parse_column(&last.trigger_kind)?;
     let attempt = last.attempt + 1;
-    let run_id =
-        crate::lifecycle::attempt_run_name(&last.job, trigger, &last.message_id, attempt);
+    let run_id = crate::lifecycle::attempt_run_name(&last.job, trigger, &last.message_id, attempt);
     sqlx::query(
         "UPDATE work_items SET state = $1, attempt_base = $2, backfill_id = $3, updated_ms = $4 \
          WHERE id = $5",

@@ -232,12 +232,12 @@ async fn fire_due(
     }
     let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
         .iter()
-        .map(|(_, i)| (*i, fires_between(
-                    &timers[*i].cron,
-                    timers[*i].cursor,
-                    now,
-                    MAX_FIRES_PER_PASS,
-                )))
+        .map(|(_, i)| {
+            (
+                *i,
+                fires_between(&timers[*i].cron, timers[*i].cursor, now, MAX_FIRES_PER_PASS),
+            )
+        })
         .collect();
     match decide_and_record(timers, &batch, ctx, now).await {
         Ok(()) => {}
