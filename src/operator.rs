@@ -107,7 +107,15 @@ fn refused(action: &Action, c: &JobControl) -> String {
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
     let hint = match c.state {
-        OperatorState::Active => format!("{} applies to a {} job", action.name(), action.from()[0]),
+        OperatorState::Active => {
+            let from = action.from()[0];
+            let article = if from == OperatorState::Iced {
+                "an"
+            } else {
+                "a"
+            };
+            format!("{} applies to {article} {from} job", action.name())
+        }
         OperatorState::Paused => "resume it first (kedge resume)".into(),
         OperatorState::Held => "release it first (kedge release)".into(),
         OperatorState::Iced => "unice it first (kedge unice)".into(),
