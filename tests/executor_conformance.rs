@@ -535,7 +535,6 @@ impl TestRun {
             host_env: Vec::new(),
             window: None,
             sizing: None,
-            backfill_id: None,
             spec: spec.build(),
         };
         let run = Run {

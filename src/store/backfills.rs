@@ -205,13 +205,14 @@ impl Store {
                     ..
                 }) => {
                     let state: WorkState = parse_column(state)?;
-                    let again = match (state, b.rerun) {
-                        (WorkState::Succeeded, Rerun::All) => true,
-                        (WorkState::Dead | WorkState::Cancelled, Rerun::Failed | Rerun::All) => {
-                            true
-                        }
-                        _ => false,
-                    };
+                    let again = matches!(
+                        (state, b.rerun),
+                        (WorkState::Succeeded, Rerun::All)
+                            | (
+                                WorkState::Dead | WorkState::Cancelled,
+                                Rerun::Failed | Rerun::All
+                            )
+                    );
                     if again {
                         let run_id = new_attempt_tx(&mut tx, wid, Some(&id), now).await?;
                         FireAction::Rerun { run_id, was: state }
