@@ -2255,3 +2255,83 @@ async fn check_rerun(db: &Db) {
         serde_json::from_str(log[0].details.as_deref().unwrap()).unwrap();
     assert_eq!(details, serde_json::json!({ "new_run": new_run }));
 }
+
+/// Operators racing (two processes, `TASKS` tasks): each job is paused
+/// once, each backfilled fire created once, each audited once.
+async fn check_operator_races(db: &Db) {
+    let stores = [db.store.clone(), db.second_store().await];
+    let won = race(&stores, |store, t| async move {
+        let mut won = Vec::new();
+        for k in 0..10 {
+            let job = format!("j{}", (k + t * 3) % 10);
+            let change = StateChange {
+                job: &job,
+                to: OperatorState::Paused,
+                from: &[OperatorState::Active],
+                reason: None,
+                audit: audit("op", "pause", &job, None),
+                catch_up: None,
+            };
+            if let Changed::Done { .. } = store.change_job_state(&change).await.expect("pause") {
+                won.push(job);
+            }
+        }
+        won
+    })
+    .await;
+    assert_once(won, (0..10).map(|k| format!("j{k}")));
+    assert_eq!(db.count("audit_log").await, 10);
+
+    let hour = 3_600_000;
+    let won = race(&stores, |store, _| async move {
+        let items: Vec<NewWorkItem> = (0..12)
+            .map(|h| {
+                kedge::intake::cron_work_item("bf", chrono_ms(T0 - 20 * hour + h * hour), None)
+            })
+            .collect();
+        let report = store
+            .backfill(&NewBackfill {
+                job: "bf",
+                from_ms: T0 - 20 * hour,
+                to_ms: T0,
+                max_active: 1,
+                overlap: BackfillOverlap::Allow,
+                rerun: Rerun::None,
+                fires: &items,
+                dry_run: false,
+                audit: audit("op", "backfill", "bf", None),
+            })
+            .await
+            .expect("backfill");
+        (report.fires.into_iter())
+            .filter_map(|f| match f.action {
+                FireAction::Create { run_id } => Some(run_id),
+                _ => None,
+            })
+            .collect()
+    })
+    .await;
+    assert_once(
+        won,
+        (0..12).map(|h| {
+            kedge::intake::cron_work_item("bf", chrono_ms(T0 - 20 * hour + h * hour), None).run_id
+        }),
+    );
+    assert_eq!(db.count("runs").await, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_operator_races() {
+    let db = Db::sqlite().await;
+    check_operator_races(&db).await;
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_operator_races() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    check_operator_races(&db).await;
+    db.close().await;
+}

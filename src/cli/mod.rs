@@ -122,9 +122,13 @@ pub enum Command {
         job: String,
     },
     /// List runs (one row per attempt), newest first.
+    ///
+    /// Jobs an operator paused, held or iced are named above the table,
+    /// with who, since when and why (`job_state` on each run with --json).
     Runs(runs::RunsArgs),
     /// Show a cron job's recorded fires and what kedge decided about each
-    /// (launched, skipped by the overlap policy, missed by the catch-up policy, replaced).
+    /// (launched, skipped by the overlap policy or because the job was
+    /// paused, held or iced, missed by the catch-up policy, replaced).
     Fires(runs::FiresArgs),
     /// Inspect and replay dead letters (work that failed every attempt).
     Dlq {

@@ -124,22 +124,33 @@ impl Store {
         if !change.from.contains(&current.state) {
             return Ok(Changed::Refused { current });
         }
-        // The state row first: on PostgreSQL this takes the row lock the
+        // The state row first, guarded on the state it leaves: two
+        // operators changing the same job at once (PostgreSQL) — the second
+        // waits for the first's row lock, then finds the state changed and
+        // is refused. On PostgreSQL this also takes the row lock the
         // scheduler's guarded record waits on ([`Store::record_cron_fires_as`]),
         // so every fire it recorded as skipped is visible to the catch-up below.
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO job_controls (job, state, reason, actor, since_ms) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job) DO UPDATE SET \
              state = excluded.state, reason = excluded.reason, actor = excluded.actor, \
-             since_ms = excluded.since_ms",
-        )
-        .bind(change.job)
-        .bind(change.to.as_str())
-        .bind(change.reason)
-        .bind(&change.audit.actor)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+             since_ms = excluded.since_ms WHERE job_controls.state IN ({})",
+            placeholder_list(6, change.from.len())
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(change.job)
+            .bind(change.to.as_str())
+            .bind(change.reason)
+            .bind(&change.audit.actor)
+            .bind(now);
+        for f in change.from {
+            q = q.bind(f.as_str());
+        }
+        if q.execute(&mut *tx).await?.rows_affected() != 1 {
+            tx.rollback().await?;
+            let current = self.job_control(change.job).await?;
+            return Ok(Changed::Refused { current });
+        }
         let mut caught_up = Vec::new();
         if let Some(catch_up) = change.catch_up {
             let skipped: Vec<i64> = sqlx::query_scalar(
