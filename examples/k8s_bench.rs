@@ -554,6 +554,7 @@ fn run(job: &Job, tag: &str, i: usize) -> Run {
         deadline_ms: None,
         attempt_base: 0,
         sizing: None,
+        backfill_id: None,
     }
 }
 

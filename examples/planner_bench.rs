@@ -7,7 +7,6 @@
 //! pure part alone (fit + size from samples in memory), and one admission
 //! pass over 1,000 due runs.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::{Duration as ChronoDuration, Utc};
@@ -94,20 +93,17 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         pools: (0..10).map(|i| (format!("pool-{i}"), 50)).collect(),
         global: Some(400),
-        backpressured: Default::default(),
+        ..Limits::default()
     };
     let run_ids: Vec<String> = (0..JOBS).map(|i| format!("run-{i}")).collect();
     let cands: Vec<Candidate> = (0..JOBS)
         .map(|i| Candidate {
             run_id: &run_ids[i],
             job: &names[i],
+            backfill: None,
         })
         .collect();
-    let usage = Usage {
-        running: HashMap::new(),
-        pods: HashMap::new(),
-        served: HashMap::new(),
-    };
+    let usage = Usage::default();
     let t = Instant::now();
     let reps = 100;
     let mut admitted = 0;

@@ -4,7 +4,7 @@
 //! configured.
 //!
 //! `/healthz` answers 200 while the daemon runs, with a JSON body naming
-//! every source and its state; `/readyz` answers 503 while any source is
+//! every source and its state, and every job's operator state (`jobs`); `/readyz` answers 503 while any source is
 //! degraded (its broker unreachable: intake for that job is paused and
 //! reconnecting, nothing is lost). `/healthz`'s `config` says whether the
 //! job and config files last read cleanly ([`crate::reload`]), and
@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::reload::{ReloadReport, ReloadRequest};
+use crate::lifecycle::OperatorState;
 use crate::store::{Store, StoreError};
 
 /// Runs whose pods have not started, by (job, reason) as the dispatcher
@@ -42,6 +43,59 @@ pub fn set_runs_stuck(counts: BTreeMap<(String, String), u64>) {
 /// The stuck-run counts, by (job, reason).
 pub fn runs_stuck() -> BTreeMap<(String, String), u64> {
     RUNS_STUCK.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A job's operator state as `/healthz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobStateView {
+    pub state: OperatorState,
+    pub reason: Option<String>,
+    /// Who set it (absent for a job never changed).
+    pub by: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Every loaded job's operator state, as the dispatcher last read it.
+static JOB_STATES: Mutex<BTreeMap<String, JobStateView>> = Mutex::new(BTreeMap::new());
+
+/// Replaces the jobs' operator states: each of `jobs` (the loaded ones) is
+/// `active` unless `controls` says otherwise.
+pub fn set_job_states<'a>(
+    jobs: impl Iterator<Item = &'a String>,
+    controls: &[crate::store::JobControl],
+) {
+    let by_job: BTreeMap<&str, &crate::store::JobControl> =
+        controls.iter().map(|c| (c.job.as_str(), c)).collect();
+    let states: BTreeMap<String, JobStateView> = jobs
+        .map(|j| {
+            let view = match by_job.get(j.as_str()) {
+                Some(c) => JobStateView {
+                    state: c.state,
+                    reason: c.reason.clone(),
+                    by: Some(c.actor.clone()),
+                    since: DateTime::from_timestamp_millis(c.since_ms),
+                },
+                None => JobStateView {
+                    state: OperatorState::Active,
+                    reason: None,
+                    by: None,
+                    since: None,
+                },
+            };
+            (j.clone(), view)
+        })
+        .collect();
+    crate::metrics::set_job_states(
+        states
+            .iter()
+            .map(|(job, v): (&String, &JobStateView)| (job.as_str(), v.state)),
+    );
+    *JOB_STATES.lock().unwrap_or_else(|p| p.into_inner()) = states;
+}
+
+/// The jobs' operator states, by job.
+pub fn job_states() -> BTreeMap<String, JobStateView> {
+    JOB_STATES.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// One queue source's state as intake sees it.
@@ -205,6 +259,9 @@ struct HealthBody {
     stuck_runs: BTreeMap<String, u64>,
     /// The job and config files' state (hot reload).
     config: ConfigStatus,
+    /// Every loaded job's operator state (active, paused, held, iced),
+    /// with who set it, when and why.
+    jobs: BTreeMap<String, JobStateView>,
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -223,6 +280,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
         sources,
         stuck_runs,
         config: h.config_status(),
+        jobs: job_states(),
     })
 }
 
@@ -333,4 +391,35 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_state_gauges_are_one_for_the_current_state() {
+        let controls = [crate::store::JobControl {
+            job: "nightly".into(),
+            state: OperatorState::Paused,
+            reason: Some("db \"migration\"".into()),
+            actor: "alice".into(),
+            since_ms: 1_800_000_000_000,
+        }];
+        let jobs = ["nightly".to_string(), "orders".to_string()];
+        set_job_states(jobs.iter(), &controls);
+        let states = job_states();
+        assert_eq!(states["orders"].state, OperatorState::Active);
+        assert_eq!(states["nightly"].by.as_deref(), Some("alice"));
+        let out = crate::metrics::render();
+        for line in [
+            "# TYPE kedge_job_paused gauge",
+            "kedge_job_paused{job=\"nightly\"} 1",
+            "kedge_job_paused{job=\"orders\"} 0",
+            "kedge_job_held{job=\"nightly\"} 0",
+            "kedge_job_iced{job=\"orders\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+        }
+    }
 }

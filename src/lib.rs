@@ -65,9 +65,14 @@
 //! - [`lifecycle`] — the work item and run state machines with every
 //!   transition and who makes it, cron fire outcomes, run names and their
 //!   length limits.
+//! - [`operator`] — operator controls, for the CLI now and the HTTP API
+//!   later: pause/resume, hold/release, ice/unice (a job's operator state,
+//!   checked by the scheduler and the planner), backfill, rerun; each
+//!   audited in the transaction of its change; [`operator::as_upstream`]
+//!   says how a job's state looks to its dependents.
 //! - [`store`] — SQLite or PostgreSQL through sqlx, one file per table:
-//!   work items, runs, cron fires, batches, dead letters; migrations in
-//!   `migrations/`.
+//!   work items, runs, cron fires, batches, dead letters, job operator
+//!   states, the audit log, backfills; migrations in `migrations/`.
 //! - [`retention`] — the store does not grow for ever: finished history
 //!   (work items, runs, cron fires, closed dead letters) and local run
 //!   folders are deleted after `retention.history`, payloads of succeeded
@@ -103,6 +108,7 @@ pub mod health;
 pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
+pub mod operator;
 pub mod planner;
 pub mod probes;
 pub mod redact;

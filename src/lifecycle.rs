@@ -21,7 +21,7 @@
 //!
 //! | run state   | meaning                                        | moved out by |
 //! |-------------|------------------------------------------------|--------------|
-//! | `pending`   | waiting for its time (`scheduled_at`, retry backoff) and for a slot | the dispatcher; the scheduler; the dispatcher's expiry |
+//! | `pending`   | waiting for its time (`scheduled_at`, retry backoff), for a slot, and for its job to be active (not paused, held or iced) | the dispatcher; the scheduler; the dispatcher's expiry |
 //! | `running`   | launched on the executor                       | the finalizer; the dispatcher (launch failed); shutdown; start-up recovery |
 //! | `succeeded` | finished well (final)                          | nobody |
 //! | `failed`    | this attempt failed; a later attempt exists, or the run was cancelled (final) | nobody |
@@ -35,6 +35,7 @@
 //! | (none) → `pending` | the dispatcher forms a batch run | `create_batch_run` |
 //! | (none) → `pending` | the finalizer schedules the next attempt; a batch member retried alone | `settle`, `settle_batch` |
 //! | (none) → `pending` | `kedge dlq replay` | `replay_dead_letter` |
+//! | (none) → `pending` | an operator: `kedge rerun`, `kedge backfill` (new fires, `--rerun`), the catch-up of `kedge resume` / `kedge release` ([`crate::operator`]) | `rerun`, `backfill`, `change_job_state` |
 //! | `pending` → `running` | the dispatcher claims a due run | `claim_runs` |
 //! | `pending` → `failed` | the scheduler, `overlap: replace`: a newer fire cancels it | `cancel_pending_runs` |
 //! | `pending` → `dead` | the dispatcher: the message's own deadline passed (`on_expired: dead_letter`) | `expire_run` |
@@ -178,14 +179,15 @@ impl FromStr for WorkState {
 }
 
 /// What the cron scheduler decided about one fire, recorded once per (job,
-/// fire time). Every outcome is final: nothing moves a fire out of it (a
-/// fire recorded again is left as it was).
+/// fire time). A fire recorded again is left as it was. Only an operator
+/// moves a fire that never ran (`skipped`, `missed`) to `recorded`: the
+/// catch-up of `kedge resume` / `kedge release`, or `kedge backfill`.
 ///
 /// | outcome    | meaning                                                  |
 /// |------------|----------------------------------------------------------|
 /// | `recorded` | a work item and its first run were stored with the fire; the run waits for a slot |
 /// | `launched` | as `recorded`, and the run has started (never stored: read from the run) |
-/// | `skipped`  | not run: the overlap policy (or a newer fire) held it back |
+/// | `skipped`  | not run: the overlap policy (or a newer fire) held it back, or the job was paused, held or iced (detail `paused`, `held`, `iced`; resume and release may catch it up later, then it reads `recorded`) |
 /// | `missed`   | not run: kedge was down at the time and the catch-up policy dropped it |
 /// | `replaced` | run, after cancelling the job's active runs (overlap `replace`) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,6 +229,63 @@ impl FromStr for FireOutcome {
             "replaced" => FireOutcome::Replaced,
             other => return Err(format!("unknown cron fire outcome {other:?}")),
         })
+    }
+}
+
+/// A job's operator state (`kedge pause | hold | ice` and back), kept in
+/// the store so it survives restarts. Checked where runs are created (the
+/// cron scheduler) and launched (the dispatcher); see [`crate::operator`]
+/// for each state's semantics.
+///
+/// | state    | set by   | left by           | cron fires meanwhile | on leaving |
+/// |----------|----------|-------------------|----------------------|------------|
+/// | `active` | (default), resume, release, unice | — | run | — |
+/// | `paused` | `kedge pause`  | `kedge resume`  | `skipped: paused` | caught up as `catchup` says |
+/// | `held`   | `kedge hold`   | `kedge release` | `skipped: held`   | the latest runs at once |
+/// | `iced`   | `kedge ice`    | `kedge unice`   | `skipped: iced`   | nothing: the next fire runs |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorState {
+    Active,
+    Paused,
+    Held,
+    Iced,
+}
+
+impl OperatorState {
+    pub const ALL: [OperatorState; 4] = [
+        OperatorState::Active,
+        OperatorState::Paused,
+        OperatorState::Held,
+        OperatorState::Iced,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorState::Active => "active",
+            OperatorState::Paused => "paused",
+            OperatorState::Held => "held",
+            OperatorState::Iced => "iced",
+        }
+    }
+    /// True when nothing new of the job launches.
+    pub fn stops_launches(self) -> bool {
+        self != OperatorState::Active
+    }
+}
+
+impl fmt::Display for OperatorState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for OperatorState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        OperatorState::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown operator state {s:?}"))
     }
 }
 
@@ -356,6 +415,10 @@ mod tests {
         }
         for s in [TriggerKind::Cron, TriggerKind::Queue, TriggerKind::Manual] {
             assert_eq!(s.as_str().parse::<TriggerKind>(), Ok(s));
+        }
+        for s in OperatorState::ALL {
+            assert_eq!(s.as_str().parse::<OperatorState>(), Ok(s));
+            assert_eq!(serde_json::json!(s), s.as_str());
         }
         assert!("launched ".parse::<FireOutcome>().is_err());
         assert!("".parse::<WorkState>().is_err());

@@ -151,6 +151,9 @@ pub struct Metrics {
     dead_letters: Family<JobLabels, Gauge>,
     config_reload_errors: Counter,
     config_last_reload_successful: Gauge,
+    job_paused: Family<JobLabels, Gauge>,
+    job_held: Family<JobLabels, Gauge>,
+    job_iced: Family<JobLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -193,6 +196,9 @@ impl Metrics {
             dead_letters: Family::default(),
             config_reload_errors: Counter::default(),
             config_last_reload_successful: Gauge::default(),
+            job_paused: Family::default(),
+            job_held: Family::default(),
+            job_iced: Family::default(),
         };
         // Sources.
         r.register(
@@ -325,6 +331,22 @@ impl Metrics {
             "Open (not replayed) dead letters, from the store",
             m.dead_letters.clone(),
         );
+        // Operator states.
+        r.register(
+            "job_paused",
+            "1 when an operator paused the job (kedge pause)",
+            m.job_paused.clone(),
+        );
+        r.register(
+            "job_held",
+            "1 when the job is on hold (kedge hold)",
+            m.job_held.clone(),
+        );
+        r.register(
+            "job_iced",
+            "1 when the job is on ice (kedge ice)",
+            m.job_iced.clone(),
+        );
         // Definitions (hot reload).
         r.register(
             "config_reload_errors",
@@ -350,6 +372,31 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Replaces the operator-state gauges with `states` (every loaded job):
+/// `kedge_job_paused`, `kedge_job_held`, `kedge_job_iced`, 1 for the
+/// job's state, else 0.
+pub fn set_job_states<'a>(
+    states: impl Iterator<Item = (&'a str, crate::lifecycle::OperatorState)>,
+) {
+    use crate::lifecycle::OperatorState;
+    let m = global();
+    for family in [&m.job_paused, &m.job_held, &m.job_iced] {
+        family.clear();
+    }
+    for (name, state) in states {
+        let l = job(name);
+        m.job_paused
+            .get_or_create(&l)
+            .set(i64::from(state == OperatorState::Paused));
+        m.job_held
+            .get_or_create(&l)
+            .set(i64::from(state == OperatorState::Held));
+        m.job_iced
+            .get_or_create(&l)
+            .set(i64::from(state == OperatorState::Iced));
     }
 }
 

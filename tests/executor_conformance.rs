@@ -556,6 +556,7 @@ impl TestRun {
             deadline_ms: None,
             attempt_base: 0,
             sizing: None,
+            backfill_id: None,
         };
         TestRun { job, run }
     }

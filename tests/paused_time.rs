@@ -810,3 +810,108 @@ async fn a_run_behind_its_deadline_is_replanned_up_within_its_maximum() {
     );
     daemon.stop().await;
 }
+
+// ----- operator controls ---------------------------------------------------------
+
+/// Runs the hourly job (`trigger` after `overlap:`) from 10:30 with the job
+/// put in `action`'s state at once; fires at 11:00, 12:00, 13:00 are
+/// skipped. At 13:30 `undo` takes it out again; then the 14:00 fire comes.
+/// Returns every fire (through 14:00) and what `undo` caught up.
+async fn stopped_then_back(
+    trigger: &str,
+    action: kedge::operator::Action,
+    undo: kedge::operator::Action,
+) -> (Vec<CronFire>, Vec<DateTime<Utc>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_at(utc(OVERLAP_START)).await;
+    let job = hourly(dir.path(), trigger);
+    let t = kedge::operator::change(&store, &job, action, "alice", Some("maintenance"))
+        .await
+        .expect("the job stops");
+    assert!(t.caught_up.is_empty());
+    let mut s = Scheduler::start(job.clone(), &store);
+    let fires = s.fires(&store, "hourly", 3).await;
+    let state = action.to().as_str();
+    for f in &fires {
+        assert_eq!(
+            (f.outcome, f.detail.as_deref()),
+            (FireOutcome::Skipped, Some(state)),
+            "a fire while {state}"
+        );
+    }
+    assert!(store
+        .list_runs(Some("hourly"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::advance(Duration::from_secs(30 * 60)).await;
+    assert_eq!(store.clock().now(), utc("2026-06-01T13:30:00Z"));
+    let back = kedge::operator::change(&store, &job, undo, "bob", None)
+        .await
+        .expect("the job is back");
+    let fires = s.fires(&store, "hourly", 4).await;
+    assert_eq!(
+        fires[3].outcome,
+        FireOutcome::Recorded,
+        "14:00 runs as usual"
+    );
+    s.stop().await;
+    (fires, back.caught_up)
+}
+
+/// While paused every fire is recorded `skipped: paused`; resume catches
+/// them up exactly as `catchup` (and `starting_deadline`) would after
+/// downtime — all of them counted as late.
+#[tokio::test(start_paused = true)]
+async fn resume_catches_up_fires_skipped_while_paused_as_catchup_says() {
+    use kedge::operator::Action::{Pause, Resume};
+    let _time = ManualTime::start();
+    let at = |h: u32| utc(&format!("2026-06-01T{h}:00:00Z"));
+    for (trigger, want) in [
+        ("allow\n  catchup: latest", vec![at(13)]),
+        (
+            "allow\n  catchup: all\n  starting_deadline: 2h",
+            vec![at(12), at(13)],
+        ),
+        ("allow\n  catchup: all", vec![at(11), at(12), at(13)]),
+        ("allow\n  catchup: none", vec![]),
+    ] {
+        let (fires, caught_up) = stopped_then_back(trigger, Pause, Resume).await;
+        assert_eq!(caught_up, want, "{trigger}");
+        for f in &fires[..3] {
+            let t = DateTime::from_timestamp_millis(f.fire_ms).unwrap();
+            let expected = if want.contains(&t) {
+                (FireOutcome::Recorded, Some("caught up on resume"))
+            } else {
+                (FireOutcome::Skipped, Some("paused"))
+            };
+            assert_eq!((f.outcome, f.detail.as_deref()), expected, "{trigger}: {t}");
+        }
+    }
+}
+
+/// Release runs the newest fire that came while held, at once; unice runs
+/// none of the fires that came while iced: the job waits for its next one.
+#[tokio::test(start_paused = true)]
+async fn release_runs_the_newest_held_fire_and_unice_waits_for_the_next() {
+    use kedge::operator::Action::{Hold, Ice, Release, Unice};
+    let _time = ManualTime::start();
+    let (fires, caught_up) = stopped_then_back("allow\n  catchup: none", Hold, Release).await;
+    assert_eq!(caught_up, [utc("2026-06-01T13:00:00Z")]);
+    assert_eq!(
+        fires[..3]
+            .iter()
+            .map(|f| (f.outcome, f.detail.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            (FireOutcome::Skipped, Some("held")),
+            (FireOutcome::Skipped, Some("held")),
+            (FireOutcome::Recorded, Some("caught up on release")),
+        ]
+    );
+    let (fires, caught_up) = stopped_then_back("allow\n  catchup: all", Ice, Unice).await;
+    assert!(caught_up.is_empty());
+    assert!(fires[..3]
+        .iter()
+        .all(|f| f.outcome == FireOutcome::Skipped && f.detail.as_deref() == Some("iced")));
+}

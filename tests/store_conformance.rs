@@ -15,10 +15,12 @@ use std::collections::BTreeMap;
 
 use kedge::clock::Clock;
 use kedge::config::daemon::RetentionConfig;
-use kedge::lifecycle::{FireOutcome, RunState, TriggerKind};
+use kedge::lifecycle::{FireOutcome, OperatorState, RunState, TriggerKind};
 use kedge::retention::{Pruner, Report};
 use kedge::store::{
-    CronFire, DeadLetter, FireRecord, MemberEnd, NewWorkItem, Pruned, Run, Settlement, Store,
+    AuditEntry, BackfillCap, BackfillOverlap, Changed, CronFire, DeadLetter, FireAction,
+    FireRecord, MemberEnd, NewBackfill, NewWorkItem, Pruned, Rerun, Run, Settlement, StateChange,
+    Store, StoreError,
 };
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -161,6 +163,9 @@ conformance! {
     check_prune_history => sqlite_prune_history, postgres_prune_history;
     check_prune_batches => sqlite_prune_batches, postgres_prune_batches;
     check_prune_cron_fires => sqlite_prune_cron_fires, postgres_prune_cron_fires;
+    check_job_controls => sqlite_job_controls, postgres_job_controls;
+    check_backfill => sqlite_backfill, postgres_backfill;
+    check_rerun => sqlite_rerun, postgres_rerun;
 }
 
 // ----- helpers --------------------------------------------------------------
@@ -205,6 +210,7 @@ fn first_run(item: &NewWorkItem, work_item_id: &str) -> Run {
         deadline_ms: item.deadline_ms,
         attempt_base: 0,
         sizing: None,
+        backfill_id: None,
     }
 }
 
@@ -1875,4 +1881,457 @@ async fn sqlite_memory_store() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].work_item_id, r.work_item_id);
     store.close().await;
+}
+
+// ----- operator controls ----------------------------------------------------
+
+fn audit(actor: &str, action: &str, job: &str, reason: Option<&str>) -> AuditEntry {
+    AuditEntry {
+        actor: actor.into(),
+        action: action.into(),
+        job: Some(job.into()),
+        run_id: None,
+        reason: reason.map(str::to_string),
+        details: None,
+    }
+}
+
+/// A fire of `job` recorded `skipped: <detail>` (no work item).
+fn skipped_fire(job: &str, fire_ms: i64, detail: &str) -> FireRecord {
+    FireRecord {
+        job: job.into(),
+        fire_ms,
+        outcome: FireOutcome::Skipped,
+        detail: Some(detail.into()),
+        item: None,
+    }
+}
+
+/// `(fire_ms, outcome, detail)` of `job`'s recorded fires.
+async fn fire_outcomes(store: &Store, job: &str) -> Vec<(i64, FireOutcome, Option<String>)> {
+    (store.cron_fires(job).await.expect("cron_fires").into_iter())
+        .map(|f| (f.fire_ms, f.outcome, f.detail))
+        .collect()
+}
+
+/// Pause → state, audit and claim guard; a fire decided with a stale state
+/// is refused; resume catches up what the closure picks, in the same
+/// transaction as its audit record; a refused change writes nothing.
+async fn check_job_controls(db: &Db) {
+    let store = &store_at(db, T0);
+    let j = "etl";
+    let never = store.job_control(j).await.unwrap();
+    assert_eq!(
+        (never.state, never.actor.as_str(), never.since_ms),
+        (OperatorState::Active, "", 0)
+    );
+    let queued = add(store, &item(j, "m1", T0 - 1000)).await;
+
+    let pause = StateChange {
+        job: j,
+        to: OperatorState::Paused,
+        from: &[OperatorState::Active],
+        reason: Some("db migration"),
+        audit: audit("alice", "pause", j, Some("db migration")),
+        catch_up: None,
+    };
+    let Changed::Done {
+        previous,
+        caught_up,
+    } = store.change_job_state(&pause).await.unwrap()
+    else {
+        panic!("pause refused")
+    };
+    assert_eq!((previous.state, caught_up), (OperatorState::Active, vec![]));
+    let c = store.job_control(j).await.unwrap();
+    assert_eq!(
+        (c.state, c.actor.as_str(), c.reason.as_deref()),
+        (OperatorState::Paused, "alice", Some("db migration"))
+    );
+    assert!((T0..T0 + 60_000).contains(&c.since_ms), "{}", c.since_ms);
+    assert_eq!(
+        store.stopped_jobs().await.unwrap(),
+        [(j.to_string(), OperatorState::Paused)].into()
+    );
+    // Paused: its runs are not claimed, whoever asks.
+    assert_eq!(
+        store.claim_runs(&[&queued.run_id], T0).await.unwrap(),
+        [false]
+    );
+    // Pausing again is refused and writes nothing.
+    match store.change_job_state(&pause).await.unwrap() {
+        Changed::Refused { current } => assert_eq!(current, c),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(db.count("audit_log").await, 1);
+
+    // The scheduler decided with `etl` active: recording is refused.
+    let stale = [skipped_fire(j, T0 - 500, "overlap: forbid")];
+    match store
+        .record_cron_fires_as(&stale, Some(&Default::default()))
+        .await
+    {
+        Err(StoreError::OperatorStateChanged(job)) => assert_eq!(job, j),
+        other => panic!("{other:?}"),
+    }
+    assert!(fire_outcomes(store, j).await.is_empty());
+    let seen = [(j.to_string(), OperatorState::Paused)].into();
+    let (f1, f2, f3) = (T0 + 1000, T0 + 2000, T0 + 3000);
+    let paused: Vec<FireRecord> = [f1, f2, f3]
+        .iter()
+        .map(|f| skipped_fire(j, *f, "paused"))
+        .collect();
+    assert_eq!(
+        store
+            .record_cron_fires_as(&paused, Some(&seen))
+            .await
+            .unwrap(),
+        [true, true, true]
+    );
+
+    // Resume, catching up the newest skipped fire.
+    let offered = std::sync::Mutex::new(Vec::new());
+    let pick_latest = |skipped: &[i64]| {
+        offered.lock().unwrap().extend_from_slice(skipped);
+        (skipped.last().into_iter())
+            .map(|f| kedge::intake::cron_work_item(j, chrono_ms(*f), None))
+            .collect()
+    };
+    let resume = StateChange {
+        job: j,
+        to: OperatorState::Active,
+        from: &[OperatorState::Paused],
+        reason: None,
+        audit: audit("bob", "resume", j, None),
+        catch_up: Some(&pick_latest),
+    };
+    let Changed::Done {
+        previous,
+        caught_up,
+    } = store.change_job_state(&resume).await.unwrap()
+    else {
+        panic!("resume refused")
+    };
+    assert_eq!(previous.state, OperatorState::Paused);
+    assert_eq!(caught_up, [f3]);
+    assert_eq!(*offered.lock().unwrap(), [f1, f2, f3]);
+    let paused = Some("paused".to_string());
+    assert_eq!(
+        fire_outcomes(store, j).await,
+        [
+            (f1, FireOutcome::Skipped, paused.clone()),
+            (f2, FireOutcome::Skipped, paused),
+            (
+                f3,
+                FireOutcome::Recorded,
+                Some("caught up on resume".into())
+            ),
+        ]
+    );
+    let f3_run = kedge::intake::cron_work_item(j, chrono_ms(f3), None).run_id;
+    assert_eq!(run(store, &f3_run).await.state, RunState::Pending);
+    assert!(store.stopped_jobs().await.unwrap().is_empty());
+    assert_eq!(store.job_control(j).await.unwrap().actor, "bob");
+    // Active again: its waiting run is claimed.
+    assert_eq!(
+        store.claim_runs(&[&queued.run_id], T0).await.unwrap(),
+        [true]
+    );
+
+    let log = store.audit_log(Some(j), 10).await.unwrap();
+    let got: Vec<(&str, &str, Option<&str>)> = log
+        .iter()
+        .map(|a| (a.actor.as_str(), a.action.as_str(), a.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("alice", "pause", Some("db migration")),
+            ("bob", "resume", None)
+        ]
+    );
+    let details: serde_json::Value =
+        serde_json::from_str(log[1].details.as_deref().unwrap()).unwrap();
+    assert_eq!(details, serde_json::json!({ "caught_up_fire_ms": [f3] }));
+    assert!(store.audit_log(Some("other"), 10).await.unwrap().is_empty());
+    assert_eq!(store.audit_log(None, 1).await.unwrap()[0].action, "resume");
+}
+
+/// A backfill creates the fires that never ran, once; a dry run writes
+/// nothing; `--rerun failed` runs dead ones again as a new attempt; its
+/// runs carry its cap.
+async fn check_backfill(db: &Db) {
+    let store = &store_at(db, T0);
+    let j = "hourly";
+    let hour = 3_600_000;
+    let fires: Vec<i64> = (0..3).map(|h| T0 - 10 * hour + h * hour).collect();
+    let items: Vec<NewWorkItem> = fires
+        .iter()
+        .map(|f| kedge::intake::cron_work_item(j, chrono_ms(*f), None))
+        .collect();
+    // The scheduler ran the first fire and skipped the second.
+    assert!(store
+        .record_cron_fire(j, fires[0], FireOutcome::Recorded, None, Some(&items[0]))
+        .await
+        .unwrap());
+    store
+        .record_cron_fires(&[skipped_fire(j, fires[1], "overlap: forbid")])
+        .await
+        .unwrap();
+    let backfill = |rerun, dry_run| NewBackfill {
+        job: j,
+        from_ms: fires[0],
+        to_ms: fires[2] + 1,
+        max_active: 2,
+        overlap: BackfillOverlap::Forbid,
+        rerun,
+        fires: &items,
+        dry_run,
+        audit: audit("carol", "backfill", j, Some("outage")),
+    };
+    let actions = |r: &kedge::store::BackfillReport| -> Vec<(i64, FireAction)> {
+        r.fires
+            .iter()
+            .map(|f| (f.fire_ms, f.action.clone()))
+            .collect()
+    };
+    let keep = |why: &str| FireAction::Keep { why: why.into() };
+    let create = |i: usize| FireAction::Create {
+        run_id: items[i].run_id.clone(),
+    };
+    let expected = vec![
+        (fires[0], keep("a run of it is active")),
+        (fires[1], create(1)),
+        (fires[2], create(2)),
+    ];
+    let dry = store.backfill(&backfill(Rerun::None, true)).await.unwrap();
+    assert_eq!((dry.id.clone(), actions(&dry)), (None, expected.clone()));
+    assert_eq!(db.count("backfills").await, 0);
+    assert_eq!(db.count("work_items").await, 1);
+    assert_eq!(db.count("audit_log").await, 0, "a dry run is not an action");
+
+    let done = store.backfill(&backfill(Rerun::None, false)).await.unwrap();
+    assert_eq!(actions(&done), expected);
+    let id = done.id.clone().expect("a backfill id");
+    assert_eq!(
+        run(store, &items[1].run_id).await.backfill_id.as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(run(store, &items[0].run_id).await.backfill_id, None);
+    let detail = Some(format!("backfill {id}"));
+    assert_eq!(
+        fire_outcomes(store, j).await,
+        [
+            (fires[0], FireOutcome::Recorded, None),
+            (fires[1], FireOutcome::Recorded, detail.clone()),
+            (fires[2], FireOutcome::Recorded, detail),
+        ]
+    );
+    assert_eq!(
+        store.active_backfills().await.unwrap(),
+        [BackfillCap {
+            id: id.clone(),
+            job: j.into(),
+            max_active: 2,
+            overlap: BackfillOverlap::Forbid,
+            running: 0,
+        }]
+    );
+    claim(store, &items[1].run_id, T0).await;
+    assert_eq!(store.active_backfills().await.unwrap()[0].running, 1);
+
+    // Again: nothing new.
+    let again = store.backfill(&backfill(Rerun::None, false)).await.unwrap();
+    assert_eq!(again.id, None);
+    assert_eq!(again.started(), 0);
+    assert_eq!(db.count("work_items").await, 3);
+    assert_eq!(db.count("runs").await, 3);
+
+    // The first fire succeeds, the second dies: --rerun failed runs the
+    // second again (a new attempt, its dead letter closed), and only it.
+    succeed(store, &items[0].run_id, T0 + 1).await;
+    assert!(settle(store, &items[1].run_id, dead("exit 1", "failed"), T0 + 2).await);
+    claim(store, &items[2].run_id, T0 + 3).await;
+    assert!(settle(store, &items[2].run_id, Settlement::Succeeded, T0 + 4).await);
+    assert_eq!(open_letters(store).await.len(), 1);
+    let none = store.backfill(&backfill(Rerun::None, false)).await.unwrap();
+    assert_eq!(
+        actions(&none),
+        [
+            (fires[0], keep("succeeded")),
+            (fires[1], keep("dead")),
+            (fires[2], keep("succeeded")),
+        ]
+    );
+    let failed = store
+        .backfill(&backfill(Rerun::Failed, false))
+        .await
+        .unwrap();
+    let second_attempt = format!("{}-2", items[1].run_id);
+    assert_eq!(
+        actions(&failed)[1],
+        (
+            fires[1],
+            FireAction::Rerun {
+                run_id: second_attempt.clone(),
+                was: kedge::lifecycle::WorkState::Dead
+            }
+        )
+    );
+    assert_eq!(failed.started(), 1);
+    let r = run(store, &second_attempt).await;
+    assert_eq!(
+        (r.attempt, r.attempt_base, r.state, r.backfill_id),
+        (2, 1, RunState::Pending, failed.id.clone())
+    );
+    assert!(
+        open_letters(store).await.is_empty(),
+        "the dead letter is closed"
+    );
+    // --rerun all reruns the succeeded ones, not the active one.
+    let all = store.backfill(&backfill(Rerun::All, true)).await.unwrap();
+    assert_eq!(all.started(), 2);
+    assert_eq!(actions(&all)[1], (fires[1], keep("a run of it is active")));
+
+    let log = store.audit_log(Some(j), 10).await.unwrap();
+    assert_eq!(log.len(), 4, "every backfill but the dry runs");
+    assert!(log
+        .iter()
+        .all(|a| a.actor == "carol" && a.action == "backfill"));
+    let details: serde_json::Value =
+        serde_json::from_str(log[0].details.as_deref().unwrap()).unwrap();
+    assert_eq!(details["backfill"], serde_json::json!(id));
+    assert_eq!(details["started"], 2);
+}
+
+/// A finished run's work runs again as a new attempt with its payload;
+/// unfinished work is refused.
+async fn check_rerun(db: &Db) {
+    let store = &store_at(db, T0);
+    let first = add(store, &item("q", "m1", T0 - 10)).await;
+    let who = AuditEntry {
+        actor: "dave".into(),
+        action: "rerun".into(),
+        job: Some("q".into()),
+        run_id: Some(first.run_id.clone()),
+        reason: Some("bad input fixed".into()),
+        details: None,
+    };
+    assert_eq!(
+        store.rerun(&first.run_id, &who).await.unwrap(),
+        Some(Err(RunState::Pending))
+    );
+    assert_eq!(store.rerun("nope", &who).await.unwrap(), None);
+    succeed(store, &first.run_id, T0).await;
+    let new_run = store
+        .rerun(&first.run_id, &who)
+        .await
+        .unwrap()
+        .expect("the run exists")
+        .expect("finished work reruns");
+    let r = run(store, &new_run).await;
+    assert_eq!(
+        (r.work_item_id.as_str(), r.attempt, r.attempt_base, r.state),
+        (first.work_item_id.as_str(), 2, 1, RunState::Pending)
+    );
+    assert_eq!(r.payload, first.payload);
+    assert_eq!(db.work_item_state(&first.work_item_id).await, "queued");
+    // The older run is finished, but its work is not: refused.
+    assert_eq!(
+        store.rerun(&first.run_id, &who).await.unwrap(),
+        Some(Err(RunState::Pending))
+    );
+    let log = store.audit_log(None, 10).await.unwrap();
+    assert_eq!(log.len(), 1, "refusals write nothing");
+    assert_eq!(
+        (
+            log[0].actor.as_str(),
+            log[0].run_id.as_deref(),
+            log[0].reason.as_deref()
+        ),
+        ("dave", Some(first.run_id.as_str()), Some("bad input fixed"))
+    );
+    let details: serde_json::Value =
+        serde_json::from_str(log[0].details.as_deref().unwrap()).unwrap();
+    assert_eq!(details, serde_json::json!({ "new_run": new_run }));
+}
+
+/// Operators racing (two processes, `TASKS` tasks): each job is paused
+/// once, each backfilled fire created once, each audited once.
+async fn check_operator_races(db: &Db) {
+    let stores = [db.store.clone(), db.second_store().await];
+    let won = race(&stores, |store, t| async move {
+        let mut won = Vec::new();
+        for k in 0..10 {
+            let job = format!("j{}", (k + t * 3) % 10);
+            let change = StateChange {
+                job: &job,
+                to: OperatorState::Paused,
+                from: &[OperatorState::Active],
+                reason: None,
+                audit: audit("op", "pause", &job, None),
+                catch_up: None,
+            };
+            if let Changed::Done { .. } = store.change_job_state(&change).await.expect("pause") {
+                won.push(job);
+            }
+        }
+        won
+    })
+    .await;
+    assert_once(won, (0..10).map(|k| format!("j{k}")));
+    assert_eq!(db.count("audit_log").await, 10);
+
+    let hour = 3_600_000;
+    let won = race(&stores, |store, _| async move {
+        let items: Vec<NewWorkItem> = (0..12)
+            .map(|h| {
+                kedge::intake::cron_work_item("bf", chrono_ms(T0 - 20 * hour + h * hour), None)
+            })
+            .collect();
+        let report = store
+            .backfill(&NewBackfill {
+                job: "bf",
+                from_ms: T0 - 20 * hour,
+                to_ms: T0,
+                max_active: 1,
+                overlap: BackfillOverlap::Allow,
+                rerun: Rerun::None,
+                fires: &items,
+                dry_run: false,
+                audit: audit("op", "backfill", "bf", None),
+            })
+            .await
+            .expect("backfill");
+        (report.fires.into_iter())
+            .filter_map(|f| match f.action {
+                FireAction::Create { run_id } => Some(run_id),
+                _ => None,
+            })
+            .collect()
+    })
+    .await;
+    assert_once(
+        won,
+        (0..12).map(|h| {
+            kedge::intake::cron_work_item("bf", chrono_ms(T0 - 20 * hour + h * hour), None).run_id
+        }),
+    );
+    assert_eq!(db.count("runs").await, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_operator_races() {
+    let db = Db::sqlite().await;
+    check_operator_races(&db).await;
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_operator_races() {
+    let Some(db) = Db::postgres().await else {
+        return;
+    };
+    check_operator_races(&db).await;
+    db.close().await;
 }

@@ -12,6 +12,8 @@
 //!   job's broker or the store) and `kedge trigger`.
 //! - `runs` — `kedge runs` and `kedge fires`: the store's records.
 //! - `dlq` — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
+//! - `operator` — `kedge pause | resume | hold | release | ice | unice |
+//!   backfill | rerun | audit` ([`crate::operator`]).
 //! - `migrate` — `kedge migrate`.
 //! - `schema` — `kedge schema` ([`crate::config::schema`]).
 //! - `prune` — `kedge prune [--dry-run]` ([`crate::retention`]).
@@ -23,6 +25,7 @@
 mod cluster;
 mod dlq;
 mod migrate;
+mod operator;
 mod plan;
 mod prune;
 mod queue;
@@ -40,6 +43,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Diagnostics, Job, Sources};
+use crate::operator::Action;
 use crate::store::{self, Store};
 
 pub use cluster::ClusterArgs;
@@ -118,15 +122,72 @@ pub enum Command {
         job: String,
     },
     /// List runs (one row per attempt), newest first.
+    ///
+    /// Jobs an operator paused, held or iced are named above the table,
+    /// with who, since when and why (`job_state` on each run with --json).
     Runs(runs::RunsArgs),
     /// Show a cron job's recorded fires and what kedge decided about each
-    /// (launched, skipped by the overlap policy, missed by the catch-up policy, replaced).
+    /// (launched, skipped by the overlap policy or because the job was
+    /// paused, held or iced, missed by the catch-up policy, replaced).
     Fires(runs::FiresArgs),
     /// Inspect and replay dead letters (work that failed every attempt).
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Pause a job: nothing new of it launches until kedge resume.
+    ///
+    /// Running runs run to the end. A queue job's messages wait in the
+    /// store; a cron fire during the pause is recorded `skipped: paused`
+    /// (see kedge fires). The state survives restarts and shows in kedge
+    /// runs, /healthz and the metrics. Recorded in the audit log with the
+    /// OS user and --reason. A running daemon sees it within milliseconds.
+    Pause(operator::ControlArgs),
+    /// Resume a paused job; the fires skipped while paused are caught up as
+    /// the job's catchup says.
+    ///
+    /// catchup: none runs none of them, latest the newest, all every one
+    /// (oldest first); none older than starting_deadline runs. Runs that
+    /// waited in the store launch.
+    Resume(operator::ControlArgs),
+    /// Put a job on hold (AutoSys ON_HOLD): it does not run, and the jobs
+    /// that depend on it wait.
+    ///
+    /// Cron fires are recorded `skipped: held`; waiting runs stay in the store.
+    Hold(operator::ControlArgs),
+    /// Release a held job: it runs at once if its condition holds.
+    ///
+    /// For a cron job: when a fire came while it was held, the newest such
+    /// fire runs now (once, whatever its age). Runs that waited launch.
+    Release(operator::ControlArgs),
+    /// Put a job on ice (AutoSys ON_ICE): it does not run, and the jobs that
+    /// depend on it treat it as succeeded.
+    ///
+    /// Cron fires are recorded `skipped: iced` and are never caught up.
+    Ice(operator::ControlArgs),
+    /// Take a job off ice: it waits for its next occurrence (fires skipped
+    /// while iced do not run).
+    Unice(operator::ControlArgs),
+    /// Create the fires a cron job would have had in [--from, --to) and run them.
+    ///
+    /// Idempotent: a fire already recorded (run, or running) is not created
+    /// again, so running the same backfill twice creates nothing new; fires
+    /// the scheduler skipped or missed are created. --rerun failed also runs
+    /// fires whose work ended dead or cancelled again, --rerun all every
+    /// finished one, each as a new attempt. The fires are written in one
+    /// transaction: an interrupted backfill wrote nothing and can be run
+    /// again. At most --max-active of its runs run at once, enforced by the
+    /// daemon's dispatcher across restarts.
+    Backfill(operator::BackfillArgs),
+    /// Run a finished run's work again as a new attempt (same work item and
+    /// payload, a fresh retry budget).
+    ///
+    /// Refused while the run, or a newer attempt of the same work, is
+    /// pending or running. Its open dead letter, if any, is closed.
+    Rerun(operator::RerunArgs),
+    /// List operator actions (pause, resume, hold, release, ice, unice,
+    /// backfill, rerun): when, who, what, on which job or run, and why.
+    Audit(operator::AuditArgs),
     /// Apply the store's migrations and exit (kedge run also applies them).
     Migrate,
     /// Print the JSON Schema of a job definition or of the daemon config.
@@ -228,6 +289,15 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Runs(args) => runs::runs(&src, args).await,
         Command::Fires(args) => runs::fires(&src, args).await,
         Command::Dlq { command } => dlq::dlq(&src, command).await,
+        Command::Pause(args) => operator::change(&src, Action::Pause, args).await,
+        Command::Resume(args) => operator::change(&src, Action::Resume, args).await,
+        Command::Hold(args) => operator::change(&src, Action::Hold, args).await,
+        Command::Release(args) => operator::change(&src, Action::Release, args).await,
+        Command::Ice(args) => operator::change(&src, Action::Ice, args).await,
+        Command::Unice(args) => operator::change(&src, Action::Unice, args).await,
+        Command::Backfill(args) => operator::backfill(&src, args).await,
+        Command::Rerun(args) => operator::rerun(&src, args).await,
+        Command::Audit(args) => operator::audit(&src, args).await,
         Command::Migrate => migrate::migrate(&src).await,
         Command::Schema(args) => schema::schema(args),
         Command::Prune(args) => prune::prune(&src, args).await,

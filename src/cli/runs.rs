@@ -1,4 +1,6 @@
-//! `kedge runs` and `kedge fires`: what the store recorded, as a table or JSON.
+//! `kedge runs` and `kedge fires`: what the store recorded, as a table or
+//! JSON. `kedge runs` names the jobs an operator paused, held or iced above
+//! the table (`job_state` in JSON).
 
 use std::collections::HashMap;
 
@@ -7,8 +9,8 @@ use clap::Args;
 
 use super::{ms_to_rfc3339, open_store, Failure};
 use crate::config::{self, Sources};
-use crate::lifecycle::RunState;
-use crate::store::{BatchMember, CronFire, Run};
+use crate::lifecycle::{OperatorState, RunState};
+use crate::store::{BatchMember, CronFire, JobControl, Run};
 
 #[derive(Debug, Args)]
 pub struct RunsArgs {
@@ -46,6 +48,15 @@ pub(super) async fn runs(src: &Sources, args: RunsArgs) -> Result<(), Failure> {
         .list_runs(args.job.as_deref(), args.state, args.limit.max(0))
         .await
         .context("listing runs")?;
+    let controls = store
+        .job_controls()
+        .await
+        .context("reading the jobs' operator states")?;
+    let states: HashMap<&str, &JobControl> = (controls.iter())
+        .filter(|c| c.state.stops_launches())
+        .filter(|c| args.job.as_ref().is_none_or(|j| *j == c.job))
+        .map(|c| (c.job.as_str(), c))
+        .collect();
     let mut batches = HashMap::new();
     if args.json {
         for r in &runs {
@@ -62,10 +73,16 @@ pub(super) async fn runs(src: &Sources, args: RunsArgs) -> Result<(), Failure> {
     if args.json {
         let rows: Vec<serde_json::Value> = runs
             .iter()
-            .map(|r| run_json(r, batches.get(&r.run_id)))
+            .map(|r| {
+                let state = states
+                    .get(r.job.as_str())
+                    .map_or(OperatorState::Active, |c| c.state);
+                run_json(r, batches.get(&r.run_id), state)
+            })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
+        print_job_states(&controls, &states);
         print_runs(&runs);
     }
     Ok(())
@@ -73,9 +90,14 @@ pub(super) async fn runs(src: &Sources, args: RunsArgs) -> Result<(), Failure> {
 
 /// One run as `kedge runs --json` prints it; `batch` holds its members
 /// when it is a batch run.
-fn run_json(r: &Run, batch: Option<&Vec<BatchMember>>) -> serde_json::Value {
+fn run_json(
+    r: &Run,
+    batch: Option<&Vec<BatchMember>>,
+    job_state: OperatorState,
+) -> serde_json::Value {
     serde_json::json!({
         "job": r.job,
+        "job_state": job_state,
         "run_id": r.run_id,
         "attempt": r.attempt,
         "state": r.state,
@@ -102,6 +124,31 @@ fn run_json(r: &Run, batch: Option<&Vec<BatchMember>>) -> serde_json::Value {
             "note": s.note,
         })),
     })
+}
+
+/// One line per job an operator paused, held or iced, above the runs
+/// (`states` holds those shown), in `controls`' order.
+fn print_job_states(controls: &[JobControl], states: &HashMap<&str, &JobControl>) {
+    for c in controls
+        .iter()
+        .filter(|c| states.contains_key(c.job.as_str()))
+    {
+        let why = c
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!(
+            "job {} is {} (by {} since {}{why})",
+            c.job,
+            c.state,
+            c.actor,
+            ms_to_rfc3339(Some(c.since_ms)).unwrap_or_default()
+        );
+    }
+    if !states.is_empty() {
+        println!();
+    }
 }
 
 /// Runs as a table.

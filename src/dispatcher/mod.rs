@@ -6,8 +6,9 @@
 //! 2. reads the due pending runs, earliest first, and dead-letters the
 //!    messages whose own deadline passed while they waited;
 //! 3. asks the pure planner ([`crate::planner::admit`]) which of them the
-//!    limits admit (per job, pools, global, backpressure) and with how many
-//!    pods;
+//!    limits admit (operator state — paused, held, iced jobs launch
+//!    nothing —, per job, backfill caps, pools, global, backpressure) and
+//!    with how many pods;
 //! 4. claims the admitted runs (`pending → running`), a chunk per store
 //!    transaction, sizes each run of a sized job ([`sizing`]), renders it
 //!    and launches it on the executor — up to [`LAUNCH_CONCURRENCY`]
@@ -46,8 +47,8 @@ use crate::executor::render::{render, render_batch};
 use crate::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind};
 use crate::finalizer;
 use crate::lifecycle::TriggerKind;
-use crate::planner::{self, Candidate, Hold, JobCaps, Limits, Usage};
-use crate::store::{Run, Store, StoreError};
+use crate::planner::{self, BackfillCaps, Candidate, Hold, JobCaps, Limits, Usage};
+use crate::store::{BackfillOverlap, Run, Store, StoreError};
 
 /// How long dispatching pauses after a launch failed.
 const LAUNCH_FAILED_WAIT: Duration = Duration::from_secs(1);
@@ -147,6 +148,7 @@ impl Dispatcher {
     }
 
     async fn pass_inner<E: Executor>(&mut self, executor: &E) -> Result<Duration, StoreError> {
+        self.read_operator_states().await?;
         let batch_wait = batches::form(&self.store, &self.jobs, &self.clock).await?;
         let now = self.clock.now_ms();
         let mut due = self.store.due_runs(now, DISPATCH_BATCH).await?;
@@ -171,6 +173,19 @@ impl Dispatcher {
         }
         let wait = self.until_next_due().await?;
         Ok(batch_wait.map_or(wait, |b| wait.min(b)))
+    }
+
+    /// Reads the jobs' operator states, every pass: a `kedge pause` in
+    /// another process takes effect at the next pass (its write wakes the
+    /// daemon). Shown in `/healthz` and the metrics.
+    async fn read_operator_states(&mut self) -> Result<(), StoreError> {
+        let controls = self.store.job_controls().await?;
+        self.limits.stopped = (controls.iter())
+            .filter(|c| c.state.stops_launches())
+            .map(|c| (c.job.clone(), c.state))
+            .collect();
+        crate::health::set_job_states(self.jobs.keys(), &controls);
+        Ok(())
     }
 
     /// A backlog in one job fills `due` (the earliest due runs): adds the
@@ -222,7 +237,18 @@ impl Dispatcher {
     /// The due runs the planner admits now, in launch order, with their
     /// pod grants. Runs of jobs that are not loaded wait (warned once).
     async fn admit<'r>(&mut self, due: &'r [Run]) -> Result<Vec<Grant<'r>>, StoreError> {
+        let backfills = self.store.active_backfills().await?;
+        self.limits.backfills = (backfills.iter())
+            .map(|b| {
+                let caps = BackfillCaps {
+                    max_active: b.max_active,
+                    exclusive: b.overlap == BackfillOverlap::Forbid,
+                };
+                (b.id.clone(), caps)
+            })
+            .collect();
         let usage = Usage {
+            backfill_running: (backfills.into_iter()).map(|b| (b.id, b.running)).collect(),
             running: (self.store.active_counts().await?.into_iter())
                 .map(|(job, running, _)| (job, running.max(0) as u32))
                 .collect(),
@@ -236,6 +262,7 @@ impl Dispatcher {
             .map(|r| Candidate {
                 run_id: &r.run_id,
                 job: &r.job,
+                backfill: r.backfill_id.as_deref(),
             })
             .collect();
         let admission = planner::admit(&candidates, &usage, &self.limits);
@@ -510,6 +537,8 @@ fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
         pools: config.pools.clone().into_iter().collect(),
         global: config.max_active_runs,
         backpressured: HashSet::new(),
+        stopped: HashMap::new(),
+        backfills: HashMap::new(),
     }
 }
 

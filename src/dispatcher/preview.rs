@@ -43,6 +43,7 @@ pub fn run(job: &Job, message: Message, at: DateTime<Utc>) -> Run {
         deadline_ms: job.deadline_after(at).map(|d| d.timestamp_millis()),
         attempt_base: 0,
         sizing: None,
+        backfill_id: None,
     }
 }
 

@@ -329,6 +329,7 @@ mod tests {
             deadline_ms: None,
             attempt_base: base,
             sizing: None,
+            backfill_id: None,
         }
     }
 

@@ -24,12 +24,16 @@ pub mod sizing;
 
 use std::collections::HashMap;
 
+use crate::lifecycle::OperatorState;
+
 /// A due run offered to the planner; each job's runs in the job's own
 /// order (earliest deadline, then oldest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<'a> {
     pub run_id: &'a str,
     pub job: &'a str,
+    /// The `kedge backfill` the run belongs to (its cap in [`Limits::backfills`]).
+    pub backfill: Option<&'a str>,
 }
 
 /// One job's limits.
@@ -61,6 +65,19 @@ pub struct Limits {
     /// Jobs whose pods have stayed Pending longer than their
     /// `limits.pending_timeout`: no new launches until they schedule.
     pub backpressured: std::collections::HashSet<String>,
+    /// Jobs an operator paused, held or iced: none of their runs launches.
+    pub stopped: HashMap<String, OperatorState>,
+    /// Each active backfill's cap on its runs.
+    pub backfills: HashMap<String, BackfillCaps>,
+}
+
+/// A backfill's cap ([`crate::store::BackfillCap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillCaps {
+    /// Its runs running at once.
+    pub max_active: u32,
+    /// `--overlap forbid`: its runs launch only while no run of the job runs.
+    pub exclusive: bool,
 }
 
 /// What is in use now, per job (from the store).
@@ -74,6 +91,8 @@ pub struct Usage {
     /// recent; a job never served has none): round-robin goes to the job
     /// served longest ago.
     pub served: HashMap<String, u64>,
+    /// Running runs per backfill.
+    pub backfill_running: HashMap<String, u32>,
 }
 
 /// Why a candidate was held back.
@@ -91,6 +110,11 @@ pub enum Hold {
     GlobalLimit,
     /// The job's pods are stuck Pending (pending-pod backpressure).
     Backpressure,
+    /// An operator paused, held or iced the job.
+    Operator(OperatorState),
+    /// The run's backfill has `--max-active` runs running (or, with
+    /// `--overlap forbid`, another run of the job runs).
+    BackfillLimit,
 }
 
 impl Hold {
@@ -103,6 +127,11 @@ impl Hold {
             Hold::PoolLimit => "the job's pool has no free slot",
             Hold::GlobalLimit => "the global max_active_runs is reached",
             Hold::Backpressure => "the job's pods are stuck Pending (backpressure)",
+            Hold::Operator(OperatorState::Paused) => "an operator paused the job",
+            Hold::Operator(OperatorState::Held) => "an operator put the job on hold",
+            Hold::Operator(OperatorState::Iced) => "an operator put the job on ice",
+            Hold::Operator(OperatorState::Active) => "the job is active",
+            Hold::BackfillLimit => "its backfill's --max-active (or --overlap forbid) is reached",
         }
     }
 }
@@ -158,6 +187,7 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
     let candidates = fair_order(candidates, usage, limits);
     let mut running = usage.running.clone();
     let mut pods = usage.pods.clone();
+    let mut backfill_running = usage.backfill_running.clone();
     let mut total: u32 = running.values().sum();
     let mut pool_used: HashMap<&str, u32> = HashMap::new();
     for (job, n) in &usage.running {
@@ -171,6 +201,10 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
             out.hold.push((c.run_id, Hold::UnknownJob));
             continue;
         };
+        if let Some(state) = limits.stopped.get(c.job) {
+            out.hold.push((c.run_id, Hold::Operator(*state)));
+            continue;
+        }
         if limits.backpressured.contains(c.job) {
             out.hold.push((c.run_id, Hold::Backpressure));
             continue;
@@ -183,6 +217,14 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         if caps.max_active.is_some_and(|cap| active >= cap) {
             out.hold.push((c.run_id, Hold::JobLimit));
             continue;
+        }
+        let backfill = c.backfill.and_then(|b| Some((b, limits.backfills.get(b)?)));
+        if let Some((b, cap)) = backfill {
+            let mine = backfill_running.get(b).copied().unwrap_or(0);
+            if mine >= cap.max_active || (cap.exclusive && active > 0) {
+                out.hold.push((c.run_id, Hold::BackfillLimit));
+                continue;
+            }
         }
         let pool = caps.pool.as_deref();
         if let Some(p) = pool {
@@ -207,6 +249,9 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         *pods.entry(c.job.to_string()).or_default() += grant;
         if let Some(p) = pool {
             *pool_used.entry(p).or_default() += 1;
+        }
+        if let Some((b, _)) = backfill {
+            *backfill_running.entry(b.to_string()).or_default() += 1;
         }
         total += 1;
         out.launch.push(Grant {
@@ -236,7 +281,68 @@ mod tests {
     }
 
     fn cand<'a>(run_id: &'a str, job: &'a str) -> Candidate<'a> {
-        Candidate { run_id, job }
+        Candidate {
+            run_id,
+            job,
+            backfill: None,
+        }
+    }
+
+    #[test]
+    fn stopped_jobs_launch_nothing_and_a_backfill_keeps_to_its_cap() {
+        let bf = |run_id: &'static str, job: &'static str| Candidate {
+            run_id,
+            job,
+            backfill: Some("bf-1"),
+        };
+        let cands = [
+            cand("p1", "paused"),
+            bf("b1", "etl"),
+            bf("b2", "etl"),
+            bf("b3", "etl"),
+            cand("e1", "etl"),
+        ];
+        let mut limits = Limits {
+            jobs: [
+                ("paused".to_string(), caps(None)),
+                ("etl".to_string(), caps(None)),
+            ]
+            .into(),
+            stopped: [("paused".to_string(), OperatorState::Paused)].into(),
+            backfills: [(
+                "bf-1".to_string(),
+                BackfillCaps {
+                    max_active: 2,
+                    exclusive: false,
+                },
+            )]
+            .into(),
+            ..Limits::default()
+        };
+        // One of the backfill's runs runs already: one more may start.
+        let usage = Usage {
+            backfill_running: [("bf-1".to_string(), 1)].into(),
+            ..Usage::default()
+        };
+        let got = admit(&cands, &usage, &limits);
+        assert_eq!(ids(&got), ["b1", "e1"]);
+        assert_eq!(
+            got.hold,
+            [
+                ("p1", Hold::Operator(OperatorState::Paused)),
+                ("b2", Hold::BackfillLimit),
+                ("b3", Hold::BackfillLimit)
+            ]
+        );
+        // overlap forbid: only while no run of the job runs.
+        limits.backfills.get_mut("bf-1").unwrap().exclusive = true;
+        let usage = Usage::default();
+        assert_eq!(ids(&admit(&cands[1..], &usage, &limits)), ["b1", "e1"]);
+        let busy = Usage {
+            running: [("etl".to_string(), 1)].into(),
+            ..Usage::default()
+        };
+        assert_eq!(ids(&admit(&cands[1..], &busy, &limits)), ["e1"]);
     }
 
     #[test]
@@ -348,10 +454,12 @@ mod tests {
             Candidate {
                 run_id: "a1",
                 job: "a",
+                backfill: None,
             },
             Candidate {
                 run_id: "b1",
                 job: "b",
+                backfill: None,
             },
         ];
         let got = admit(&cands, &Usage::default(), &limits);
@@ -382,32 +490,38 @@ mod tests {
             .into(),
             pools: [("db".to_string(), 2)].into(),
             global: None,
-            backpressured: Default::default(),
+            ..Limits::default()
         };
         let cands = [
             Candidate {
                 run_id: "a1",
                 job: "a",
+                backfill: None,
             },
             Candidate {
                 run_id: "b1",
                 job: "b",
+                backfill: None,
             },
             Candidate {
                 run_id: "a2",
                 job: "a",
+                backfill: None,
             },
             Candidate {
                 run_id: "c1",
                 job: "c",
+                backfill: None,
             },
             Candidate {
                 run_id: "c2",
                 job: "c",
+                backfill: None,
             },
             Candidate {
                 run_id: "c3",
                 job: "c",
+                backfill: None,
             },
         ];
         let usage = Usage {
@@ -469,7 +583,7 @@ mod tests {
                 })).collect(),
                 pools: pool_names.iter().zip(&pool_slots).map(|(n, s)| (n.to_string(), *s)).collect(),
                 global,
-                backpressured: Default::default(),
+                ..Limits::default()
             };
             let usage = Usage {
                 running: running.iter().enumerate().map(|(i, (r, _))| (names[i].to_string(), *r)).collect(),
@@ -478,7 +592,7 @@ mod tests {
             };
             let ids: Vec<String> = (0..cands.len()).map(|i| format!("r{i}")).collect();
             let candidates: Vec<Candidate> = cands.iter().enumerate()
-                .map(|(i, j)| Candidate { run_id: &ids[i], job: names[*j] }).collect();
+                .map(|(i, j)| Candidate { run_id: &ids[i], job: names[*j], backfill: None }).collect();
             let got = admit(&candidates, &usage, &limits);
             prop_assert_eq!(got.launch.len() + got.hold.len(), candidates.len());
             let job_of = |id: &str| candidates.iter().find(|c| c.run_id == id).map(|c| c.job).unwrap();

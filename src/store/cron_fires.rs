@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::rows::{insert_items_tx, NewWorkItem};
 use super::{parse_column, placeholders, Result, Store, StoreError, ROWS_PER_STATEMENT};
-use crate::lifecycle::FireOutcome;
+use crate::lifecycle::{FireOutcome, OperatorState};
 
 /// A cron fire to record ([`Store::record_cron_fires`]).
 #[derive(Debug, Clone)]
@@ -92,11 +92,31 @@ impl Store {
     /// as it was and its entry in the result is `false`. One commit for all
     /// the schedules that fire at the same instant.
     pub async fn record_cron_fires(&self, fires: &[FireRecord]) -> Result<Vec<bool>> {
+        self.record_cron_fires_as(fires, None).await
+    }
+
+    /// [`Store::record_cron_fires`], decided while the jobs' operator
+    /// states were `seen` (a job missing from it was `active`): when one has
+    /// changed since, nothing is written and the error is
+    /// [`StoreError::OperatorStateChanged`] — decide again. So a fire is
+    /// never recorded `skipped: paused` after the resume that would have
+    /// caught it up committed.
+    pub async fn record_cron_fires_as(
+        &self,
+        fires: &[FireRecord],
+        seen: Option<&HashMap<String, OperatorState>>,
+    ) -> Result<Vec<bool>> {
         let _t = crate::metrics::store_timer("record_cron_fires");
         if fires.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
+        if let Some(seen) = seen {
+            let mut jobs: Vec<&str> = fires.iter().map(|f| f.job.as_str()).collect();
+            jobs.sort_unstable();
+            jobs.dedup();
+            self.check_states_tx(&mut tx, &jobs, seen).await?;
+        }
         let now = self.clock.now_ms();
         let mut recorded = HashSet::new();
         let mut runs = Vec::new();

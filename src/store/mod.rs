@@ -18,6 +18,11 @@
 //! - `cron_fires.rs` — the record of every cron fire decided ([`CronFire`]).
 //! - `dead_letters.rs` — [`DeadLetter`]s, their forwarding outbox and replay.
 //! - `batches.rs` — work items waiting for a batch run, and its [`BatchMember`]s.
+//! - `job_controls.rs` — each job's operator state ([`JobControl`]) and
+//!   its changes, with their audit record and catch-up ([`StateChange`]).
+//! - `audit_log` (`audit.rs`) — every operator action ([`AuditRecord`]).
+//! - `backfills.rs` — `kedge backfill`: its fires and the cap its runs
+//!   launch under ([`NewBackfill`], [`BackfillCap`]).
 //! - `retention.rs` — what of finished history may be deleted, and
 //!   deleting it in small batches ([`Pruned`]).
 //!
@@ -36,20 +41,28 @@ use sqlx::AnyPool;
 use crate::clock::Clock;
 use crate::redact::redact;
 
+mod audit;
+mod backfills;
 mod batches;
 mod cron_fires;
 mod dead_letters;
+mod job_controls;
 mod retention;
 mod rows;
 mod runs;
 mod signal;
 mod work_items;
 
+pub use audit::AuditRecord;
+pub use backfills::{
+    BackfillCap, BackfillFire, BackfillOverlap, BackfillReport, FireAction, NewBackfill, Rerun,
+};
 pub use batches::{BatchCandidate, BatchMember, MemberEnd};
 pub use cron_fires::{CronFire, FireRecord};
 pub use dead_letters::DeadLetter;
+pub use job_controls::{skipped_detail, CatchUp, Changed, JobControl, StateChange};
 pub use retention::{Pruned, PrunedItems};
-pub use rows::NewWorkItem;
+pub use rows::{AuditEntry, NewWorkItem};
 pub use runs::{HistoryRow, Run, RunSizing, Settlement};
 pub use work_items::Intake;
 
@@ -77,6 +90,10 @@ pub enum StoreError {
     /// A value in the store is not what kedge wrote (not retryable).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Job `{0}`'s operator state changed while its cron fires were being
+    /// decided: nothing was written; decide again.
+    #[error("the operator state of job {0} changed while its fires were decided")]
+    OperatorStateChanged(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

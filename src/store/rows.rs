@@ -332,3 +332,99 @@ pub(super) async fn insert_batch_item_tx(
     }
     revive_replayed_tx(tx, item, now).await
 }
+
+/// An operator action to record in the audit log, written by
+/// [`insert_audit_tx`] in the same transaction as the change it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Who: the OS user for the CLI, the API token's name for the HTTP API.
+    pub actor: String,
+    /// What: `pause`, `resume`, `hold`, `release`, `ice`, `unice`,
+    /// `backfill`, `rerun`.
+    pub action: String,
+    pub job: Option<String>,
+    pub run_id: Option<String>,
+    /// Why, as the operator said (`--reason`).
+    pub reason: Option<String>,
+    /// What the action did, as JSON (the runs it created, the range…).
+    pub details: Option<String>,
+}
+
+/// Appends `entry` to the audit log, stamped `now`.
+pub(super) async fn insert_audit_tx(tx: &mut Tx, entry: &AuditEntry, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at_ms, actor, action, job, run_id, reason, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(now)
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(entry.job.as_deref())
+    .bind(entry.run_id.as_deref())
+    .bind(entry.reason.as_deref())
+    .bind(entry.details.as_deref())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A work item's latest run, as a new attempt needs it.
+#[derive(sqlx::FromRow)]
+struct LastRun {
+    job: String,
+    message_id: String,
+    trigger_kind: String,
+    attempt: i64,
+}
+
+/// Runs a finished work item again: a new pending run (the next attempt,
+/// due `now`) with a fresh retry budget, the item `queued` again (its
+/// backfill, if any, set to `backfill`), and its open dead letters closed
+/// as replayed. The caller has checked that no run of it is active. Returns
+/// the new run's id.
+pub(super) async fn new_attempt_tx(
+    tx: &mut Tx,
+    work_item_id: &str,
+    backfill: Option<&str>,
+    now: i64,
+) -> Result<String> {
+    let last: LastRun = sqlx::query_as(
+        "SELECT w.job, w.message_id, r.trigger_kind, r.attempt FROM work_items w \
+         JOIN runs r ON r.work_item_id = w.id WHERE w.id = $1 ORDER BY r.attempt DESC LIMIT 1",
+    )
+    .bind(work_item_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let trigger: TriggerKind = super::parse_column(&last.trigger_kind)?;
+    let attempt = last.attempt + 1;
+    let run_id = crate::lifecycle::attempt_run_name(&last.job, trigger, &last.message_id, attempt);
+    sqlx::query(
+        "UPDATE work_items SET state = $1, attempt_base = $2, backfill_id = $3, updated_ms = $4 \
+         WHERE id = $5",
+    )
+    .bind(WorkState::Queued.as_str())
+    .bind(last.attempt)
+    .bind(backfill)
+    .bind(now)
+    .bind(work_item_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE dead_letters SET replayed_ms = $1 WHERE work_item_id = $2 AND replayed_ms IS NULL",
+    )
+    .bind(now)
+    .bind(work_item_id)
+    .execute(&mut **tx)
+    .await?;
+    let run = NewRun {
+        run_id: &run_id,
+        work_item_id,
+        job: &last.job,
+        attempt,
+        trigger,
+        scheduled_ms: now,
+    };
+    insert_runs_tx(tx, &[run]).await?;
+    Ok(run_id)
+}

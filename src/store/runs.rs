@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 
 use super::rows::{
-    finish_running_tx, insert_dead_letter_tx, insert_runs_tx, set_work_state_tx, NewRun,
-    NewWorkItem,
+    finish_running_tx, insert_audit_tx, insert_dead_letter_tx, insert_runs_tx, new_attempt_tx,
+    set_work_state_tx, AuditEntry, NewRun, NewWorkItem,
 };
 use super::{parse_column, placeholder_list, Result, Store, StoreError, Tx, ROWS_PER_STATEMENT};
-use crate::lifecycle::{RunState, TriggerKind, WorkState};
+use crate::lifecycle::{OperatorState, RunState, TriggerKind, WorkState};
 
 /// A run joined with its work item: everything needed to launch or settle it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -37,6 +37,8 @@ pub struct Run {
     pub attempt_base: i64,
     /// The planner's decision, once the run was sized (jobs with `sizing`).
     pub sizing: Option<RunSizing>,
+    /// The `kedge backfill` whose cap the run launches under.
+    pub backfill_id: Option<String>,
 }
 
 /// What the planner decided for a run, recorded at launch (and updated when
@@ -103,6 +105,7 @@ struct RunRow {
     projected_finish_ms: Option<i64>,
     at_risk: Option<i64>,
     sizing_note: Option<String>,
+    backfill_id: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -139,6 +142,7 @@ impl TryFrom<RunRow> for Run {
             deadline_ms: r.deadline_ms,
             attempt_base: r.attempt_base,
             sizing,
+            backfill_id: r.backfill_id,
         })
     }
 }
@@ -162,7 +166,8 @@ impl Run {
 const RUN_COLUMNS: &str = "r.run_id, r.work_item_id, r.job, r.attempt, r.state, r.trigger_kind, \
      r.scheduled_ms, r.started_ms, r.finished_ms, r.launches, r.first_launch_ms, r.error, \
      w.source, w.message_id, w.payload, w.deadline_ms, w.attempt_base, \
-     r.work, r.parallelism, r.completions, r.projected_finish_ms, r.at_risk, r.sizing_note";
+     r.work, r.parallelism, r.completions, r.projected_finish_ms, r.at_risk, r.sizing_note, \
+     w.backfill_id";
 
 /// `SELECT` of [`RUN_COLUMNS`] (runs `r` joined with their work items `w`)
 /// followed by `rest` (`WHERE …`, `ORDER BY …`).
@@ -189,13 +194,17 @@ async fn run_tx(tx: &mut Tx, run_id: &str) -> Result<Option<Run>> {
 }
 
 /// `UPDATE runs SET … running … WHERE state = pending AND run_id IN (n
-/// ids)`: binds the start time, then the two states, then the ids.
+/// ids)`: binds the start time, then the two states, then `active`, then
+/// the ids. A run of a job an operator paused, held or iced is not claimed,
+/// even when the change committed after the dispatcher read the states.
 fn claim_sql(n: usize) -> String {
     format!(
         "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
          first_launch_ms = COALESCE(first_launch_ms, $1) \
-         WHERE state = $3 AND run_id IN ({}) RETURNING run_id",
-        placeholder_list(4, n)
+         WHERE state = $3 AND run_id IN ({}) \
+         AND NOT EXISTS (SELECT 1 FROM job_controls c WHERE c.job = runs.job AND c.state <> $4) \
+         RETURNING run_id",
+        placeholder_list(5, n)
     )
 }
 
@@ -284,6 +293,7 @@ impl Store {
             .bind(now_ms)
             .bind(RunState::Running.as_str())
             .bind(RunState::Pending.as_str())
+            .bind(OperatorState::Active.as_str())
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -304,7 +314,8 @@ impl Store {
             let mut q = sqlx::query_scalar::<_, String>(&sql)
                 .bind(now_ms)
                 .bind(RunState::Running.as_str())
-                .bind(RunState::Pending.as_str());
+                .bind(RunState::Pending.as_str())
+                .bind(OperatorState::Active.as_str());
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -657,6 +668,52 @@ impl Store {
     }
 }
 
+/// Operator reruns (`kedge rerun`).
+impl Store {
+    /// Runs a finished run's work again: a new attempt of its work item
+    /// with a fresh retry budget, recorded with its audit entry in one
+    /// transaction. `Err(state)` of the run (or of a newer attempt) when its
+    /// work is not finished; `Ok(None)` when there is no such run.
+    pub async fn rerun(
+        &self,
+        run_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<Option<std::result::Result<String, RunState>>> {
+        let mut tx = self.begin_write().await?;
+        let now = self.clock.now_ms();
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT work_item_id, state FROM runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((work_item_id, state)) = row else {
+            return Ok(None);
+        };
+        let state: RunState = parse_column(&state)?;
+        if !state.is_final() {
+            return Ok(Some(Err(state)));
+        }
+        let active: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM runs WHERE work_item_id = $1 AND state IN ($2, $3) LIMIT 1",
+        )
+        .bind(&work_item_id)
+        .bind(RunState::Pending.as_str())
+        .bind(RunState::Running.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(s) = active {
+            return Ok(Some(Err(parse_column(&s)?)));
+        }
+        let new_run = new_attempt_tx(&mut tx, &work_item_id, None, now).await?;
+        let mut audit = audit.clone();
+        audit.details = Some(serde_json::json!({ "new_run": new_run }).to_string());
+        insert_audit_tx(&mut tx, &audit, now).await?;
+        tx.commit().await?;
+        self.announce_work().await;
+        Ok(Some(Ok(new_run)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,7 +724,9 @@ mod tests {
             claim_sql(2),
             "UPDATE runs SET state = $2, started_ms = $1, launches = launches + 1, \
          first_launch_ms = COALESCE(first_launch_ms, $1) \
-         WHERE state = $3 AND run_id IN ($4, $5) RETURNING run_id"
+         WHERE state = $3 AND run_id IN ($5, $6) \
+         AND NOT EXISTS (SELECT 1 FROM job_controls c WHERE c.job = runs.job AND c.state <> $4) \
+         RETURNING run_id"
         );
     }
 }

@@ -34,7 +34,7 @@ use crate::config::job::{Catchup, CronTrigger, Overlap};
 use crate::config::Job;
 use crate::intake;
 use crate::lifecycle::FireOutcome;
-use crate::store::FireRecord;
+use crate::store::{skipped_detail, FireRecord, StoreError};
 
 /// A fire this close to "now" is on time, not missed (a timer can wake late
 /// on a loaded machine).
@@ -232,11 +232,25 @@ async fn fire_due(
     }
     let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
         .iter()
-        .map(|(_, i)| (*i, fires_between(&timers[*i].cron, timers[*i].cursor, now)))
+        .map(|(_, i)| {
+            (
+                *i,
+                fires_between(&timers[*i].cron, timers[*i].cursor, now, MAX_FIRES_PER_PASS),
+            )
+        })
         .collect();
-    if let Err(e) = decide_and_record(timers, &batch, ctx, now).await {
-        tracing::error!(error = %error_chain(&e), fires = batch.len(), "cannot record cron fires; retrying");
-        return None;
+    match decide_and_record(timers, &batch, ctx, now).await {
+        Ok(()) => {}
+        Err(StoreError::OperatorStateChanged(job)) => {
+            // An operator paused, resumed, held… a job meanwhile: decide
+            // again with its new state.
+            tracing::info!(%job, "a job's operator state changed while its fires were decided; deciding again");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), fires = batch.len(), "cannot record cron fires; retrying");
+            return None;
+        }
     }
     let recorded = batch.iter().map(|(_, f)| f.len()).sum();
     for (at, i) in &due {
@@ -271,14 +285,19 @@ async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-fn fires_between(
+/// The fires of `cron` after `after` up to and including `until`,
+/// ascending, at most `max`. The one enumeration of a schedule's fires:
+/// the timer loop and `kedge backfill` ([`crate::operator::backfill`]) both
+/// take them from here.
+pub fn fires_between(
     cron: &CronTrigger,
     after: DateTime<Utc>,
     until: DateTime<Utc>,
+    max: usize,
 ) -> Vec<DateTime<Utc>> {
     let mut out = Vec::new();
     let mut t = after;
-    while out.len() < MAX_FIRES_PER_PASS {
+    while out.len() < max {
         match cron.schedule.next_after(t, cron.timezone) {
             Some(f) if f <= until => {
                 out.push(f);
@@ -299,8 +318,25 @@ async fn decide_and_record(
     now: DateTime<Utc>,
 ) -> Result<(), crate::store::StoreError> {
     let mut records: Vec<FireRecord> = Vec::new();
+    // Operator states as this pass decides with them; recording checks they
+    // still hold (see `Store::record_cron_fires_as`).
+    let stopped = ctx.store.stopped_jobs().await?;
     for (i, fires) in batch {
         let Timer { job, cron, .. } = &timers[*i];
+        if let Some(state) = stopped.get(&job.name) {
+            // Paused, held or iced: nothing new launches. Each fire is
+            // recorded `skipped: <state>`; resume and release catch them
+            // up (`crate::operator`), unice does not.
+            tracing::info!(job = %job.name, fires = fires.len(), %state, "cron fires skipped: the job is {state}");
+            records.extend(fires.iter().map(|f| FireRecord {
+                job: job.name.clone(),
+                fire_ms: f.timestamp_millis(),
+                outcome: FireOutcome::Skipped,
+                detail: Some(skipped_detail(*state).to_string()),
+                item: None,
+            }));
+            continue;
+        }
         let plan = plan_fires(fires, now, cron.catchup, cron.starting_deadline);
         let missed = plan
             .iter()
@@ -377,7 +413,10 @@ async fn decide_and_record(
     if records.is_empty() {
         return Ok(());
     }
-    let stored = ctx.store.record_cron_fires(&records).await?;
+    let stored = ctx
+        .store
+        .record_cron_fires_as(&records, Some(&stopped))
+        .await?;
     let mut launched = 0;
     for (r, new) in records.iter().zip(stored) {
         if let (true, Some(item)) = (new, &r.item) {
