@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         pools: (0..10).map(|i| (format!("pool-{i}"), 50)).collect(),
         global: Some(400),
-        backpressured: Default::default(),
+        ..Default::default()
     };
     let run_ids: Vec<String> = (0..JOBS).map(|i| format!("run-{i}")).collect();
     let cands: Vec<Candidate> = (0..JOBS)

@@ -9,8 +9,9 @@
 //! 2. **Start**: the HTTP endpoints, one intake task per queue source, the
 //!    cron scheduler, the dead-letter [`crate::finalizer::outbox`], the
 //!    [`crate::retention`] pruner (a pass now, then every
-//!    `retention.interval`) and the store's wake-up channel for work other
-//!    processes store.
+//!    `retention.interval`), one [`crate::guards`] watcher per load guard
+//!    (a guard whose effect changes wakes the loop) and the store's wake-up
+//!    channel for work other processes store.
 //! 3. **Serve**: one loop owns dispatching and settling, so the two never
 //!    race. It runs a [`Dispatcher`] pass, then waits for whichever comes
 //!    first: a trigger stored work, another process (`kedge enqueue`,
@@ -39,6 +40,7 @@ use crate::dispatcher::stuck::Watchdog;
 use crate::dispatcher::{replan, Dispatcher};
 use crate::executor::{Executor, Outcome};
 use crate::finalizer::{self, outbox};
+use crate::guards::Board;
 use crate::health::Health;
 use crate::intake;
 use crate::lifecycle::RunState;
@@ -70,6 +72,8 @@ struct Serving<E: Executor> {
     cancels: mpsc::UnboundedReceiver<String>,
     wake: Arc<Notify>,
     poll_interval: Duration,
+    /// The load guards' states (in-flight runs are re-planned down under a throttle).
+    guards: Board,
 }
 
 impl<E: Executor> Daemon<E> {
@@ -119,7 +123,12 @@ impl<E: Executor> Daemon<E> {
             shutdown: triggers_stop.clone(),
             clock,
         };
+        // Load guards: every guard's state is on the board (not measured
+        // yet: holding, unless `on_probe_failure: ignore`) before the first
+        // dispatch pass; each is polled by its own task.
+        let board = Board::new(jobs.values().map(|j| j.as_ref()), clock.now());
         let mut triggers = start_triggers(&jobs, ctx, &health).await;
+        crate::guards::start(&board, &store, clock, &wake, &triggers_stop, &mut triggers);
         // Pruning stops with the triggers, before the store is closed.
         triggers.spawn(pruner(&config, &store).run(triggers_stop.clone()));
         // Work stored by other processes (`kedge enqueue`, `kedge trigger`)
@@ -129,8 +138,9 @@ impl<E: Executor> Daemon<E> {
             .await;
         ready();
 
-        let dispatcher =
-            Dispatcher::new(store.clone(), jobs.clone(), &config, clock).reporting(passes);
+        let dispatcher = Dispatcher::new(store.clone(), jobs.clone(), &config, clock)
+            .reporting(passes)
+            .guarded(board.clone());
         let mut serving = Serving {
             store,
             executor,
@@ -140,6 +150,7 @@ impl<E: Executor> Daemon<E> {
             cancels,
             wake,
             poll_interval: config.poll_interval,
+            guards: board,
         };
         serving.serve(dispatcher, &shutdown).await;
 
@@ -264,7 +275,7 @@ impl<E: Executor> Serving<E> {
                 Some(outcome) = self.outcomes.recv() => self.settle_queued(outcome).await,
                 Some(run_id) = self.cancels.recv() => self.executor.cancel(&run_id).await,
                 _ = replan_tick.tick() => {
-                    match replan::observe(&self.store, &self.executor, &self.jobs, &self.clock, &mut watchdog).await {
+                    match replan::observe(&self.store, &self.executor, &self.jobs, &self.guards, &self.clock, &mut watchdog).await {
                         Ok(stuck) => dispatcher.limits.backpressured = stuck,
                         Err(e) => tracing::error!(error = %crate::error_chain(&e), "re-planning failed"),
                     }

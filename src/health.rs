@@ -58,6 +58,66 @@ pub fn runs_stuck() -> BTreeMap<(String, String), u64> {
     RUNS_STUCK.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// One load guard's state ([`crate::guards`]), for `/healthz` and the
+/// `kedge_guard_*` gauges.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardStatus {
+    /// Its jobs are held or throttled (`kedge_guard_holding`).
+    pub holding: bool,
+    /// `clear`, `holding` or `throttling`.
+    pub effect: &'static str,
+    pub action: crate::config::guard::GuardAction,
+    /// The last measured value (`kedge_guard_value`; NaN before the first).
+    pub value: Option<f64>,
+    pub max: f64,
+    pub resume_below: f64,
+    /// Why the last measurement failed; `None` after a success.
+    pub error: Option<String>,
+    /// Failed measurements since the daemon started.
+    pub failures: u64,
+    /// Since when `effect` is what it is.
+    pub since: DateTime<Utc>,
+}
+
+/// Every load guard's state, by name: replaced entry by entry by the guards' watchers.
+static GUARDS: Mutex<BTreeMap<String, GuardStatus>> = Mutex::new(BTreeMap::new());
+
+/// Sets guard `name`'s state (`/healthz` `guards`, `kedge_guard_holding`, `kedge_guard_value`).
+pub fn set_guard(name: &str, status: GuardStatus) {
+    GUARDS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_string(), status);
+}
+
+/// The guards' states, by name.
+pub fn guards() -> BTreeMap<String, GuardStatus> {
+    GUARDS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The `kedge_guard_holding` and `kedge_guard_value` families, by guard.
+fn render_guards(out: &mut String) {
+    use std::fmt::Write;
+    let guards = guards();
+    let _ = writeln!(
+        out,
+        "# HELP kedge_guard_holding 1 while the load guard holds or throttles its jobs (or its probe fails with on_probe_failure: hold).\n\
+         # TYPE kedge_guard_holding gauge"
+    );
+    for (name, g) in &guards {
+        let _ = writeln!(out, "kedge_guard_holding{{guard=\"{}\"}} {}", label(name), u8::from(g.holding));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kedge_guard_value The load guard's last measured value (NaN before the first measurement).\n\
+         # TYPE kedge_guard_value gauge"
+    );
+    for (name, g) in &guards {
+        let v = g.value.map_or("NaN".to_string(), |v| v.to_string());
+        let _ = writeln!(out, "kedge_guard_value{{guard=\"{}\"}} {v}", label(name));
+    }
+}
+
 /// One queue source's state as intake sees it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceStatus {
@@ -147,6 +207,8 @@ struct HealthBody {
     /// Runs whose pods have not started, counted by reason
     /// (`Unschedulable`, `ImagePullBackOff`, `FailedCreate`, …).
     stuck_runs: BTreeMap<String, u64>,
+    /// Every load guard's state, by name.
+    guards: BTreeMap<String, GuardStatus>,
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -164,6 +226,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
         status,
         sources,
         stuck_runs,
+        guards: guards(),
     })
 }
 
@@ -261,6 +324,7 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             label(&reason)
         );
     }
+    render_guards(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -19,7 +19,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 /// The kedge daemon configuration (`config/kedge.yaml`, or `--config`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
-    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, retention, log_format or shutdown_timeout"
+    expecting = "a mapping with jobs_dir, store, executor, limits, pools, guards, http, retention, log_format or shutdown_timeout"
 )]
 #[schemars(deny_unknown_fields, rename = "DaemonConfig")]
 pub struct RawDaemon {
@@ -51,6 +51,9 @@ pub struct RawDaemon {
     /// How long finished history and payloads are kept in the store.
     #[serde(default)]
     pub retention: RawRetention,
+    /// Load guards shared by jobs: a job names one in its own `guards:`.
+    #[serde(default)]
+    pub guards: Vec<super::guard::RawGuard>,
 }
 
 /// How long finished history and payloads are kept; pruning runs in small
@@ -255,6 +258,8 @@ pub struct DaemonConfig {
     pub http_listen: Option<std::net::SocketAddr>,
     /// How long finished history and payloads are kept ([`crate::retention`]).
     pub retention: RetentionConfig,
+    /// Load guards shared by name ([`super::guard`]).
+    pub guards: super::guard::SharedGuards,
 }
 
 /// `retention`: how long finished history and payloads are kept, and how
@@ -405,6 +410,7 @@ pub fn validate(
     check_pools(&raw.pools, &mut problems);
     let http_listen = validate_http_listen(&raw.http, &mut problems);
     check_retention(&durations.retention, &mut problems);
+    let guards = super::guard::validate_shared(&raw.guards, env, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -419,6 +425,7 @@ pub fn validate(
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_timeout: durations.shutdown_timeout,
         retention: durations.retention,
+        guards,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod diagnostic;
+pub mod guard;
 pub mod job;
 pub mod probe;
 pub mod queue;
@@ -153,6 +154,9 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
     // name → where it was first defined, for the duplicate check.
     let mut seen: std::collections::HashMap<String, (PathBuf, Position)> =
         std::collections::HashMap::new();
+    // guard name → where a job file defined it.
+    let mut guards_seen: std::collections::HashMap<String, (PathBuf, Position)> =
+        std::collections::HashMap::new();
     for file in files {
         match load_job_file(&file, daemon, &env_var) {
             Ok((job, name_pos)) => {
@@ -173,6 +177,10 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
                     );
                     continue;
                 }
+                if let Some(d) = guard_defined_twice(&job, &file, &mut guards_seen) {
+                    diags.push(d);
+                    continue;
+                }
                 seen.insert(job.name.clone(), (file.clone(), name_pos));
                 jobs.push(job);
             }
@@ -181,6 +189,42 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
     }
     jobs.sort_by(|a, b| a.name.cmp(&b.name));
     (jobs, diags)
+}
+
+/// A guard `job` (from `file`) defines that another job file already
+/// defined: the daemon polls each guard once, by name, so a name means one
+/// guard. Records `job`'s own guards in `seen` otherwise.
+fn guard_defined_twice(
+    job: &Job,
+    file: &Path,
+    seen: &mut std::collections::HashMap<String, (PathBuf, Position)>,
+) -> Option<Diagnostic> {
+    let own = || job.guards.iter().enumerate().filter(|(_, g)| g.defined_in.is_some());
+    for (i, g) in own() {
+        if let Some((first, pos)) = seen.get(&g.name) {
+            return Some(
+                Diagnostic::new(
+                    FieldPath::root().key("guards").index(i).key("name"),
+                    g.position.unwrap_or_else(Position::start),
+                    format!(
+                        "guard \"{}\" is already defined in {}:{}:{}; define it once in the daemon config's `guards:` and name it in both jobs",
+                        g.name,
+                        first.display(),
+                        pos.line,
+                        pos.column
+                    ),
+                )
+                .in_file(file),
+            );
+        }
+    }
+    for (_, g) in own() {
+        seen.insert(
+            g.name.clone(),
+            (file.to_path_buf(), g.position.unwrap_or_else(Position::start)),
+        );
+    }
+    None
 }
 
 /// Whether `path` is a job definition to load: a `*.yaml` / `*.yml` file
@@ -240,7 +284,16 @@ pub fn load_job_file(
     };
     let name_pos = doc.locate(&FieldPath::root().key("name"));
     let result = match job::validate(raw, file.to_path_buf(), daemon, env) {
-        Ok(job) if out.is_empty() => Ok((job, name_pos)),
+        Ok(mut job) if out.is_empty() => {
+            // Where the job's own guards are named, for the check across
+            // job files (`load_jobs`).
+            for (i, g) in job.guards.iter_mut().enumerate() {
+                if let Some(g) = std::sync::Arc::get_mut(g) {
+                    g.position = Some(doc.locate(&FieldPath::root().key("guards").index(i).key("name")));
+                }
+            }
+            Ok((job, name_pos))
+        }
         Ok(_) => Err(out),
         Err(problems) => {
             out.extend(

@@ -6,6 +6,8 @@
 //!   across jobs, and a global cap on running runs.
 //! - [`sizing`]: the parallelism a run needs to finish inside its window.
 //! - [`batching`]: which waiting messages go into one batch run.
+//! - [`guards`]: load guards — hysteresis, throttle arithmetic and the
+//!   conflict with a run's deadline.
 //!
 //! **Fair order.** When the global cap or a pool is the constraint, due
 //! runs are taken by the job's `priority` (higher first), then round-robin
@@ -20,6 +22,7 @@
 //! `max_pods` bounds the pods of one job.
 
 pub mod batching;
+pub mod guards;
 pub mod sizing;
 
 use std::collections::HashMap;
@@ -61,6 +64,12 @@ pub struct Limits {
     /// Jobs whose pods have stayed Pending longer than their
     /// `limits.pending_timeout`: no new launches until they schedule.
     pub backpressured: std::collections::HashSet<String>,
+    /// Jobs a load guard holds ([`guards`]): no new launches until it clears.
+    pub guarded: std::collections::HashSet<String>,
+    /// Runs let through their job's holding guard: at risk of missing
+    /// their window, with `when_at_risk` saying the deadline wins (or
+    /// that the run be settled at launch).
+    pub let_through: std::collections::HashSet<String>,
 }
 
 /// What is in use now, per job (from the store).
@@ -91,6 +100,8 @@ pub enum Hold {
     GlobalLimit,
     /// The job's pods are stuck Pending (pending-pod backpressure).
     Backpressure,
+    /// A load guard of the job holds (the dispatcher logs which).
+    Guard,
 }
 
 impl Hold {
@@ -103,6 +114,7 @@ impl Hold {
             Hold::PoolLimit => "the job's pool has no free slot",
             Hold::GlobalLimit => "the global max_active_runs is reached",
             Hold::Backpressure => "the job's pods are stuck Pending (backpressure)",
+            Hold::Guard => "a load guard of the job holds",
         }
     }
 }
@@ -173,6 +185,10 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         };
         if limits.backpressured.contains(c.job) {
             out.hold.push((c.run_id, Hold::Backpressure));
+            continue;
+        }
+        if limits.guarded.contains(c.job) && !limits.let_through.contains(c.run_id) {
+            out.hold.push((c.run_id, Hold::Guard));
             continue;
         }
         if limits.global.is_some_and(|g| total >= g) {
@@ -273,6 +289,30 @@ mod tests {
                 ("b3", Hold::GlobalLimit)
             ]
         );
+    }
+
+    #[test]
+    fn a_guarded_job_is_held_except_the_runs_let_through() {
+        let cands = [cand("a1", "a"), cand("a2", "a"), cand("b1", "b")];
+        let limits = Limits {
+            jobs: [
+                ("a".to_string(), caps(None)),
+                ("b".to_string(), caps(None)),
+            ]
+            .into(),
+            guarded: ["a".to_string()].into(),
+            ..Limits::default()
+        };
+        let got = admit(&cands, &Usage::default(), &limits);
+        assert_eq!(ids(&got), ["b1"]);
+        assert_eq!(got.hold, [("a1", Hold::Guard), ("a2", Hold::Guard)]);
+        let limits = Limits {
+            let_through: ["a2".to_string()].into(),
+            ..limits
+        };
+        let got = admit(&cands, &Usage::default(), &limits);
+        assert_eq!(ids(&got), ["b1", "a2"]);
+        assert_eq!(got.hold, [("a1", Hold::Guard)]);
     }
 
     /// The scenario of a backlog next to a cron job: every free slot goes
@@ -382,7 +422,7 @@ mod tests {
             .into(),
             pools: [("db".to_string(), 2)].into(),
             global: None,
-            backpressured: Default::default(),
+            ..Limits::default()
         };
         let cands = [
             Candidate {
@@ -470,6 +510,8 @@ mod tests {
                 pools: pool_names.iter().zip(&pool_slots).map(|(n, s)| (n.to_string(), *s)).collect(),
                 global,
                 backpressured: Default::default(),
+                guarded: Default::default(),
+                let_through: Default::default(),
             };
             let usage = Usage {
                 running: running.iter().enumerate().map(|(i, (r, _))| (names[i].to_string(), *r)).collect(),
