@@ -13,8 +13,8 @@
 //!    second of grace around the probe's own deadline), so a hanging
 //!    probe never blocks: it is a failed measurement.
 //! 3. The reading moves the state ([`crate::planner::guards::observe`]).
-//!    When the guard's effect changes (clear, holding, throttling, probe
-//!    failing), one log line says so and the dispatcher is woken, so held
+//!    At the first measurement and when the guard's effect changes
+//!    (clear, holding, throttling, probe failing), one log line says so and the dispatcher is woken, so held
 //!    runs launch as soon as a guard clears; otherwise nothing is logged.
 //!    Every state is published to `/healthz` and `/metrics`
 //!    ([`crate::health::set_guard`]).
@@ -54,6 +54,8 @@ struct Entry {
     since: DateTime<Utc>,
     /// Failed measurements since the daemon started.
     failures: u64,
+    /// No measurement yet: the first one is always reported.
+    unmeasured: bool,
 }
 
 /// Every guard's current state, shared by the watchers (writers) and the
@@ -75,6 +77,7 @@ impl Board {
                     state: GuardState::initial(),
                     since: now,
                     failures: 0,
+                    unmeasured: true,
                 });
             }
         }
@@ -107,7 +110,8 @@ impl Board {
         let after = decide::effect(&spec, &e.state);
         let failing = e.state.error.is_some();
         crate::health::set_guard(name, status(e));
-        if kind(before) == kind(after) && failed_before == failing {
+        let first = std::mem::take(&mut e.unmeasured);
+        if !first && kind(before) == kind(after) && failed_before == failing {
             return None;
         }
         e.since = now;
@@ -300,6 +304,7 @@ mod tests {
         let board = Board::new([&job], now);
         // Not measured yet: held.
         assert!(board.for_job(&job).hold.is_some());
+        // The first reading is always a change (here: from "not measured").
         let c = board.record("board-cpu", Reading::Value(50.0), now).unwrap();
         assert_eq!(c.effect, Effect::Clear);
         assert!(board.for_job(&job).hold.is_none());

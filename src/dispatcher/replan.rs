@@ -28,7 +28,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::clock::Clock;
 use crate::config::sizing::AtRiskAction;
 use crate::guards::Board;
-use crate::planner::guards::throttled_max;
+use crate::planner::guards::{throttled_max, throttled_run_misses};
 use crate::config::{Job, JobsByName};
 use crate::executor::{Executor, Progress};
 use crate::lifecycle::RunState;
@@ -182,16 +182,21 @@ async fn throttle_run<E: Executor>(
         .deadline_ms
         .and_then(DateTime::<Utc>::from_timestamp_millis);
     if let Some(deadline) = deadline.filter(|_| !record.at_risk) {
-        let (completed, total, elapsed) = (progress.completed, progress.total, progress.elapsed);
-        // At `cap` pods, would its observed pace need more to make it?
-        let pods = current.min(*cap);
-        if replan(completed, total, elapsed, pods, u32::MAX, deadline, now).is_some() {
+        let model = super::sizing::model(store, job, cfg).await?;
+        let left = (deadline - now).num_milliseconds() as f64 / 1000.0;
+        let (completed, total) = (progress.completed, progress.total);
+        if throttled_run_misses(&model, sized.work, completed, total, *cap, left) {
             let reason = format!(
-                "guard {why} throttles it to {cap} pod(s): {completed} of {total} done after {:.0}s, the pace misses {}",
-                elapsed.as_secs_f64(),
+                "guard {why} throttles it to {cap} pod(s): the {} of {total} indexes left cannot finish by {}",
+                total - completed,
                 deadline.to_rfc3339_opts(SecondsFormat::Secs, true)
             );
-            super::sizing::signal_in_flight_at_risk(&run.run_id, &run.job, &reason, cfg.at_risk_webhook.as_deref());
+            super::sizing::signal_in_flight_at_risk(
+                &run.run_id,
+                &run.job,
+                &reason,
+                cfg.at_risk_webhook.as_deref(),
+            );
             record.at_risk = true;
             record.note = format!("{}; at risk: {reason}", record.note);
             if cfg.when_at_risk == AtRiskAction::Run {

@@ -199,6 +199,25 @@ pub fn held_run_at_risk(input: &SizingInput) -> bool {
     sizing::size(input).at_risk
 }
 
+/// Whether a run in flight, throttled to `cap` pods, can no longer make
+/// its deadline: the share of its `work` in indexes not yet done, at
+/// `cap` pods under the job's rate model, takes longer than the
+/// `seconds_left`. Unknown work (not finite, or none) never flags.
+pub fn throttled_run_misses(
+    model: &sizing::RateModel,
+    work: f64,
+    completed: u32,
+    total: u32,
+    cap: u32,
+    seconds_left: f64,
+) -> bool {
+    if total == 0 || completed >= total || !(work.is_finite() && work > 0.0) {
+        return false;
+    }
+    let remaining = work * f64::from(total - completed) / f64::from(total);
+    model.time_s(remaining, cap) > seconds_left
+}
+
 /// What a run at risk because of a guard does, by `sizing.when_at_risk`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
@@ -359,6 +378,21 @@ mod tests {
             describe("primary-db-cpu", &spec, &s),
             "primary-db-cpu: probe failed (sql probe timed out after 1s)"
         );
+    }
+
+    #[test]
+    fn a_throttled_run_in_flight_misses_when_its_remaining_work_at_the_cap_outlasts_the_window() {
+        let model = sizing::RateModel {
+            rate_per_pod_hour: 3600.0, // one unit per pod-second
+            overhead_s: 0.0,
+            source: sizing::ModelSource::Initial,
+        };
+        // 128 units in 8 indexes, 2 done: 96 units left.
+        assert!(!throttled_run_misses(&model, 128.0, 2, 8, 4, 30.0)); // 24 s at 4 pods
+        assert!(throttled_run_misses(&model, 128.0, 2, 8, 1, 30.0)); // 96 s at 1 pod
+        assert!(!throttled_run_misses(&model, 128.0, 8, 8, 1, 0.0), "done");
+        assert!(!throttled_run_misses(&model, f64::NAN, 0, 8, 1, 1.0), "work unknown");
+        assert!(!throttled_run_misses(&model, -1.0, 0, 8, 1, 1.0), "work unknown");
     }
 
     fn t0() -> DateTime<Utc> {
