@@ -112,7 +112,9 @@ async fn plan_sizing(
             Some(d) => serde_json::to_value(d).map_err(anyhow::Error::from)?,
             None => serde_json::json!({ "job": job.name }),
         };
-        v["guard_verdicts"] = serde_json::to_value(&verdicts).map_err(anyhow::Error::from)?;
+        if !verdicts.is_empty() {
+            v["guard_verdicts"] = serde_json::to_value(&verdicts).map_err(anyhow::Error::from)?;
+        }
         println!("{}", pretty_json(&v)?);
     } else {
         if let Some(d) = &d {

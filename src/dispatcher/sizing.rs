@@ -47,6 +47,7 @@ pub struct Decision {
     pub probe_note: Option<String>,
     /// Set when a load guard shaped the decision (throttled it, held the
     /// run, or was overridden by `when_at_risk: run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub guards: Option<String>,
     #[serde(skip)]
     pub deadline_at: DateTime<Utc>,
