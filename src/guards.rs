@@ -237,8 +237,10 @@ fn log_change(guard: &Guard, c: &Change) {
     match (c.effect, &c.error) {
         (Effect::Hold, Some(e)) => tracing::warn!(guard = %guard.name, ?action, error = %e,
             "guard probe failing; the guard holds its jobs (on_probe_failure: hold)"),
-        (_, Some(e)) => tracing::warn!(guard = %guard.name, ?action, error = %e, state = %c.described,
-            "guard probe failing; the guard keeps its last state (on_probe_failure: ignore)"),
+        (_, Some(e)) => {
+            tracing::warn!(guard = %guard.name, ?action, error = %e, state = %c.described,
+            "guard probe failing; the guard keeps its last state (on_probe_failure: ignore)")
+        }
         (Effect::Hold, None) => {
             tracing::warn!(guard = %guard.name, state = %c.described, "guard holding: no new runs of its jobs launch")
         }
@@ -292,30 +294,53 @@ mod tests {
         tokio::time::pause();
         let started = tokio::time::Instant::now();
         let r = measure(&job.guards[0], &store).await;
-        assert!(matches!(&r, Reading::Failed(e) if e.contains("timed out") || e.contains("did not answer")), "{r:?}");
+        assert!(
+            matches!(&r, Reading::Failed(e) if e.contains("timed out") || e.contains("did not answer")),
+            "{r:?}"
+        );
         let bound = Duration::from_secs(2) + GRACE + Duration::from_millis(10);
         assert!(started.elapsed() <= bound, "{:?}", started.elapsed());
     }
 
     #[tokio::test]
     async fn the_board_reports_changes_once_and_holds_on_failure() {
-        let job = job_with_guard("{ name: board-cpu, probe: { command: [echo, '1'] }, max: 80, resume_below: 70 }");
+        let job = job_with_guard(
+            "{ name: board-cpu, probe: { command: [echo, '1'] }, max: 80, resume_below: 70 }",
+        );
         let now = Utc::now();
         let board = Board::new([&job], now);
         // Not measured yet: held.
         assert!(board.for_job(&job).hold.is_some());
         // The first reading is always a change (here: from "not measured").
-        let c = board.record("board-cpu", Reading::Value(50.0), now).unwrap();
+        let c = board
+            .record("board-cpu", Reading::Value(50.0), now)
+            .unwrap();
         assert_eq!(c.effect, Effect::Clear);
         assert!(board.for_job(&job).hold.is_none());
-        assert_eq!(board.record("board-cpu", Reading::Value(60.0), now), None, "no change, no line");
-        let c = board.record("board-cpu", Reading::Value(91.0), now).unwrap();
-        assert_eq!((c.effect, c.described.as_str()), (Effect::Hold, "board-cpu 91 > 80"));
-        assert_eq!(board.for_job(&job).hold.as_deref(), Some("board-cpu 91 > 80"));
+        assert_eq!(
+            board.record("board-cpu", Reading::Value(60.0), now),
+            None,
+            "no change, no line"
+        );
+        let c = board
+            .record("board-cpu", Reading::Value(91.0), now)
+            .unwrap();
+        assert_eq!(
+            (c.effect, c.described.as_str()),
+            (Effect::Hold, "board-cpu 91 > 80")
+        );
+        assert_eq!(
+            board.for_job(&job).hold.as_deref(),
+            Some("board-cpu 91 > 80")
+        );
         assert_eq!(board.record("board-cpu", Reading::Value(75.0), now), None);
-        let c = board.record("board-cpu", Reading::Value(65.0), now).unwrap();
+        let c = board
+            .record("board-cpu", Reading::Value(65.0), now)
+            .unwrap();
         assert_eq!(c.effect, Effect::Clear);
-        let c = board.record("board-cpu", Reading::Failed("boom".into()), now).unwrap();
+        let c = board
+            .record("board-cpu", Reading::Failed("boom".into()), now)
+            .unwrap();
         assert_eq!((c.effect, c.error.as_deref()), (Effect::Hold, Some("boom")));
         let h = crate::health::guards();
         assert_eq!(h["board-cpu"].failures, 1);

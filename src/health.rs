@@ -105,7 +105,12 @@ fn render_guards(out: &mut String) {
          # TYPE kedge_guard_holding gauge"
     );
     for (name, g) in &guards {
-        let _ = writeln!(out, "kedge_guard_holding{{guard=\"{}\"}} {}", label(name), u8::from(g.holding));
+        let _ = writeln!(
+            out,
+            "kedge_guard_holding{{guard=\"{}\"}} {}",
+            label(name),
+            u8::from(g.holding)
+        );
     }
     let _ = writeln!(
         out,

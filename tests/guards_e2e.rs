@@ -121,12 +121,20 @@ async fn raising_the_load_holds_launches_and_lowering_it_below_resume_below_resu
         &env,
         &["plan", "--job", "loader", "--at", "2026-06-01T00:00:00Z"],
     );
-    assert!(plan.contains("would hold: primary-db-cpu 91 > 80"), "{plan}");
+    assert!(
+        plan.contains("would hold: primary-db-cpu 91 > 80"),
+        "{plan}"
+    );
 
     kedge(&ws, &env, &["enqueue", "loader", "--data", "{}"]);
     // The dispatcher looked at the run and held it back, naming the guard.
     wait_until(Duration::from_secs(20), "the run held back", || {
-        logged(&d.log(), "run held back by a load guard", "guard", "primary-db-cpu 91 > 80") == 1
+        logged(
+            &d.log(),
+            "run held back by a load guard",
+            "guard",
+            "primary-db-cpu 91 > 80",
+        ) == 1
     });
     assert_eq!(runs(&ws, &env)[0]["state"], "pending");
 
@@ -158,7 +166,12 @@ async fn raising_the_load_holds_launches_and_lowering_it_below_resume_below_resu
     assert!(d.stop().success());
     // One log line per change of state, not per poll (dozens of polls).
     let log = ws.daemon_logs();
-    let holding = logged(&log, "guard holding: no new runs of its jobs launch", "guard", "primary-db-cpu");
+    let holding = logged(
+        &log,
+        "guard holding: no new runs of its jobs launch",
+        "guard",
+        "primary-db-cpu",
+    );
     let clear = logged(&log, "guard clear", "guard", "primary-db-cpu");
     assert_eq!((holding, clear), (1, 1), "{log}");
 }
@@ -177,8 +190,9 @@ async fn a_backup_sized_for_its_window_is_replanned_down_under_throttle_and_flag
     ws.write_config(BASE);
     // 128 units, 8 shards of 16 units; a unit takes a pod 0.25 s (the
     // initial rate is the true one), so one shard is 4 s and the run 32
-    // pod-seconds. The 11 s window with a 20 % margin leaves 8.8 s: 4 pods
-    // (8 s, two waves of shards), 3 would take 10.7 s.
+    // pod-seconds. The 12 s window with a 20 % margin leaves 9.6 s: 4 pods
+    // (8 s, two waves of shards; 2 s of slack for a slow launch), 3 would
+    // take 10.7 s.
     ws.write_job(
         "backup",
         r#"
@@ -187,7 +201,7 @@ trigger:
   queue:
     builtin: {}
 window:
-  within: 11s
+  within: 12s
 sizing:
   work: { static: 128 }
   unit: GB
@@ -231,20 +245,30 @@ template:
 
     // The load rises above max: throttled to parallelism.min in flight.
     load.set(95.0).await;
-    wait_until(Duration::from_secs(20), "the run re-planned down and at risk", || {
-        let r = runs(&ws, &env)
-            .into_iter()
-            .find(|r| r["run_id"] == first["run_id"])
-            .unwrap();
-        r["sizing"]["parallelism"] == 1 && r["sizing"]["at_risk"] == true
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the run re-planned down and at risk",
+        || {
+            let r = runs(&ws, &env)
+                .into_iter()
+                .find(|r| r["run_id"] == first["run_id"])
+                .unwrap();
+            r["sizing"]["parallelism"] == 1 && r["sizing"]["at_risk"] == true
+        },
+    );
     let r = runs(&ws, &env)
         .into_iter()
         .find(|r| r["run_id"] == first["run_id"])
         .unwrap();
     let note = r["sizing"]["note"].as_str().unwrap();
-    assert!(note.contains("lowered from 4 to 1 pods by guard db-load 95 > 80"), "{r}");
-    assert!(note.contains("at risk: guard db-load 95 > 80 throttles it to 1 pod(s)"), "{r}");
+    assert!(
+        note.contains("lowered from 4 to 1 pods by guard db-load 95 > 80"),
+        "{r}"
+    );
+    assert!(
+        note.contains("at risk: guard db-load 95 > 80 throttles it to 1 pod(s)"),
+        "{r}"
+    );
 
     // Half-way between resume_below and max: a new run gets 1 + ⌊3 × ½⌋ = 2
     // pods, too few for its window, so it is at risk with the guard named;
@@ -275,10 +299,19 @@ template:
     assert_eq!(second["sizing"]["parallelism"], 2, "{second}");
     assert_eq!(second["sizing"]["at_risk"], true, "{second}");
     let note = second["sizing"]["note"].as_str().unwrap();
-    assert!(note.contains("guard db-load 60 > 40 throttles it to 2 pod(s)"), "{second}");
-    assert!(note.contains("throttled to at most 2 pod(s) by guard db-load 60 > 40"), "{second}");
+    assert!(
+        note.contains("guard db-load 60 > 40 throttles it to 2 pod(s)"),
+        "{second}"
+    );
+    assert!(
+        note.contains("throttled to at most 2 pod(s) by guard db-load 60 > 40"),
+        "{second}"
+    );
     let (_, metrics) = http_get(&addr, "/metrics");
-    assert!(metrics.contains("kedge_guard_holding{guard=\"db-load\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("kedge_guard_holding{guard=\"db-load\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kedge_runs_at_risk_total 2"), "{metrics}");
     assert!(d.stop().success());
 }
@@ -326,7 +359,13 @@ fn a_probe_that_fails_or_hangs_never_crashes_the_daemon_and_never_reads_as_fine(
     );
     let fails = healthz_guard(&addr, "fails");
     assert_eq!(fails["holding"], false, "{fails}");
-    assert!(fails["error"].as_str().unwrap().contains("exited with code 3"), "{fails}");
+    assert!(
+        fails["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{fails}"
+    );
 
     ws.ok(&["enqueue", "stuck", "--data", "{}"]);
     ws.ok(&["enqueue", "lenient", "--data", "{}"]);
@@ -338,18 +377,119 @@ fn a_probe_that_fails_or_hangs_never_crashes_the_daemon_and_never_reads_as_fine(
     wait_until(Duration::from_secs(20), "stuck's run held back", || {
         logged(&d.log(), "run held back by a load guard", "job", "stuck") == 1
     });
-    let stuck: Vec<_> = ws.runs().into_iter().filter(|r| r["job"] == "stuck").collect();
+    let stuck: Vec<_> = ws
+        .runs()
+        .into_iter()
+        .filter(|r| r["job"] == "stuck")
+        .collect();
     assert_eq!(stuck[0]["state"], "pending", "{stuck:?}");
     let log = d.log();
     assert_eq!(
-        logged(&log, "guard probe failing; the guard holds its jobs (on_probe_failure: hold)", "guard", "hangs"),
+        logged(
+            &log,
+            "guard probe failing; the guard holds its jobs (on_probe_failure: hold)",
+            "guard",
+            "hangs"
+        ),
         1,
         "{log}"
     );
     assert_eq!(
-        logged(&log, "guard probe failing; the guard keeps its last state (on_probe_failure: ignore)", "guard", "fails"),
+        logged(
+            &log,
+            "guard probe failing; the guard keeps its last state (on_probe_failure: ignore)",
+            "guard",
+            "fails"
+        ),
         1,
         "{log}"
     );
     assert!(d.stop().success(), "the daemon stops cleanly");
+}
+
+/// Two sized jobs held by one guard, each with a 4 s window and 2 s of
+/// work: once waiting longer would miss the window, both runs are flagged
+/// at risk naming the guard; `when_at_risk: wait` keeps its run waiting,
+/// `run` lets its run through (the deadline wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_run_that_would_miss_its_window_is_flagged_at_risk_and_when_at_risk_decides() {
+    let Some(db) = postgres_database().await else {
+        return;
+    };
+    let _load = Load::new(&db.url, 91.0).await;
+    let ws = Workspace::new();
+    let env = vec![("GUARD_DEADLINE_DB".to_string(), db.url.clone())];
+    ws.write_config(&format!(
+        "{BASE}guards:\n  - name: primary-db-cpu\n    probe: {{ sql: {{ url_env: GUARD_DEADLINE_DB, query: \"select cpu_pct from db_load\" }} }}\n    max: 80\n    interval: 100ms\n"
+    ));
+    // 8 units at 0.25 s per unit on its one pod: 2 s. A 4 s window with a
+    // 20 % margin leaves 3.2 s: fine at first, too late after 1.5 s held.
+    for (name, when) in [("waits", "wait"), ("overrides", "run")] {
+        ws.write_job(
+            name,
+            &format!(
+                "name: {name}\ntrigger:\n  queue:\n    builtin: {{}}\nwindow:\n  within: 4s\n\
+                 sizing:\n  work: {{ static: 8 }}\n  initial_rate_per_pod: 14400\n  parallelism: {{ min: 1, max: 1 }}\n  when_at_risk: {when}\n\
+                 guards: [primary-db-cpu]\n\
+                 template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{ name: m, command: [\"true\"] }}]\n"
+            ),
+        );
+    }
+    let d = ws.start_daemon_with(&env);
+    let addr = d.http_addr();
+    wait_until(Duration::from_secs(20), "the guard to hold", || {
+        healthz_guard(&addr, "primary-db-cpu")["holding"] == true
+    });
+    kedge(&ws, &env, &["enqueue", "waits", "--data", "{}"]);
+    kedge(&ws, &env, &["enqueue", "overrides", "--data", "{}"]);
+    let of = |job: &str| {
+        runs(&ws, &env)
+            .into_iter()
+            .find(|r| r["job"] == job)
+            .expect("the job's run")
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the overridden run to succeed",
+        || of("overrides")["state"] == "succeeded",
+    );
+    wait_until(Duration::from_secs(20), "the waiting run flagged", || {
+        of("waits")["sizing"]["at_risk"] == true
+    });
+    let waits = of("waits");
+    assert_eq!(waits["state"], "pending", "{waits}");
+    let note = waits["sizing"]["note"].as_str().unwrap();
+    assert!(
+        note.contains("held by guard primary-db-cpu 91 > 80: waiting longer misses the window"),
+        "{waits}"
+    );
+    let over = of("overrides");
+    assert_eq!(over["sizing"]["at_risk"], true, "{over}");
+    let note = over["sizing"]["note"].as_str().unwrap();
+    assert!(
+        note.contains("held by guard primary-db-cpu 91 > 80; let through at risk"),
+        "{over}"
+    );
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metrics.contains("kedge_runs_at_risk_total 2"), "{metrics}");
+    // The waiting run is still held on later passes: a run enqueued now is
+    // held too (the dispatcher looked again), "waits" has not launched, and
+    // it was flagged once.
+    kedge(&ws, &env, &["enqueue", "waits", "--data", "{\"n\":2}"]);
+    wait_until(Duration::from_secs(20), "the second run held back", || {
+        logged(&d.log(), "run held back by a load guard", "job", "waits") == 2
+    });
+    assert!(runs(&ws, &env)
+        .iter()
+        .filter(|r| r["job"] == "waits")
+        .all(|r| r["state"] == "pending"));
+    let log = d.log();
+    let waiting = "run at risk while a guard holds it; it keeps waiting (when_at_risk: wait)";
+    let run_id = waits["run_id"].as_str().unwrap();
+    assert_eq!(
+        logged(&log, waiting, "run", run_id),
+        1,
+        "flagged once: {log}"
+    );
+    assert!(d.stop().success());
 }

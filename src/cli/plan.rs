@@ -154,9 +154,18 @@ async fn guard_verdicts(job: &config::Job, store: &crate::store::Store) -> Vec<G
         let (would, cap, line) = match g::effect(&spec, &state) {
             Effect::Hold => ("hold", None, format!("would hold: {described}")),
             Effect::Throttle(f) => {
-                let cap = job.sizing.as_ref().map(|s| g::throttled_max(s.min, s.max, f));
-                let pods = cap.map(|c| format!(" (at most {c} pod(s))")).unwrap_or_default();
-                ("throttle", cap, format!("would throttle: {described}{pods}"))
+                let cap = job
+                    .sizing
+                    .as_ref()
+                    .map(|s| g::throttled_max(s.min, s.max, f));
+                let pods = cap
+                    .map(|c| format!(" (at most {c} pod(s))"))
+                    .unwrap_or_default();
+                (
+                    "throttle",
+                    cap,
+                    format!("would throttle: {described}{pods}"),
+                )
             }
             Effect::Clear => {
                 let why = match (&state.error, state.value) {

@@ -184,7 +184,10 @@ pub fn validate_guard(
     let resume_below = raw.resume_below.unwrap_or(raw.max);
     if let Some(r) = raw.resume_below {
         if !r.is_finite() {
-            problems.push((p.key("resume_below"), format!("{r} must be a finite number")));
+            problems.push((
+                p.key("resume_below"),
+                format!("{r} must be a finite number"),
+            ));
         } else if r > raw.max {
             problems.push((
                 p.key("resume_below"),
@@ -449,7 +452,10 @@ mod tests {
     fn a_job_names_shared_guards_or_defines_its_own() {
         let shared: SharedGuards = [(
             "db".to_string(),
-            Arc::new(check("name: db\nprobe: { command: [echo, '1'] }\nmax: 80\naction: throttle").unwrap()),
+            Arc::new(
+                check("name: db\nprobe: { command: [echo, '1'] }\nmax: 80\naction: throttle")
+                    .unwrap(),
+            ),
         )]
         .into();
         let doc = crate::config::yaml::Located::parse(
@@ -472,8 +478,14 @@ mod tests {
         assert_eq!(names, ["db", "own"]);
         let ps: Vec<String> = problems.iter().map(|(p, m)| format!("{p}: {m}")).collect();
         assert_eq!(ps.len(), 2, "{ps:?}");
-        assert!(ps[0].starts_with("guards[2]: unknown guard \"nope\" (the daemon config defines: db)"), "{ps:?}");
-        assert!(ps[1].starts_with("guards[3].name: guard \"db\" is already defined"), "{ps:?}");
+        assert!(
+            ps[0].starts_with("guards[2]: unknown guard \"nope\" (the daemon config defines: db)"),
+            "{ps:?}"
+        );
+        assert!(
+            ps[1].starts_with("guards[3].name: guard \"db\" is already defined"),
+            "{ps:?}"
+        );
 
         // A throttle needs sizing.
         let mut problems = Vec::new();
@@ -485,7 +497,10 @@ mod tests {
             &env,
             &mut problems,
         );
-        assert!(problems[0].1.contains("needs the job's `sizing`"), "{problems:?}");
+        assert!(
+            problems[0].1.contains("needs the job's `sizing`"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -495,7 +510,10 @@ mod tests {
         )
         .unwrap();
         let (_, diags) = doc.deserialize::<Vec<RawGuardRef>>(&FieldPath::root());
-        let d: Vec<String> = diags.iter().map(|d| format!("{}: {}", d.path, d.message)).collect();
+        let d: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect();
         assert_eq!(d, ["[0].maxx: unknown field `maxx`"]);
     }
 }

@@ -199,7 +199,12 @@ fn guard_defined_twice(
     file: &Path,
     seen: &mut std::collections::HashMap<String, (PathBuf, Position)>,
 ) -> Option<Diagnostic> {
-    let own = || job.guards.iter().enumerate().filter(|(_, g)| g.defined_in.is_some());
+    let own = || {
+        job.guards
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.defined_in.is_some())
+    };
     for (i, g) in own() {
         if let Some((first, pos)) = seen.get(&g.name) {
             return Some(
@@ -221,7 +226,10 @@ fn guard_defined_twice(
     for (_, g) in own() {
         seen.insert(
             g.name.clone(),
-            (file.to_path_buf(), g.position.unwrap_or_else(Position::start)),
+            (
+                file.to_path_buf(),
+                g.position.unwrap_or_else(Position::start),
+            ),
         );
     }
     None
@@ -289,7 +297,8 @@ pub fn load_job_file(
             // job files (`load_jobs`).
             for (i, g) in job.guards.iter_mut().enumerate() {
                 if let Some(g) = std::sync::Arc::get_mut(g) {
-                    g.position = Some(doc.locate(&FieldPath::root().key("guards").index(i).key("name")));
+                    g.position =
+                        Some(doc.locate(&FieldPath::root().key("guards").index(i).key("name")));
                 }
             }
             Ok((job, name_pos))

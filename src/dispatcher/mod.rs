@@ -100,8 +100,9 @@ pub struct Dispatcher {
     guards: Board,
     /// Each loaded job's guards as this pass saw them.
     job_guards: HashMap<String, JobGuards>,
-    /// Held runs' estimates for the deadline check (work, rate model),
-    /// measured once when a guard first holds the run.
+    /// Held jobs' estimates for the deadline check of their waiting runs
+    /// (work, rate model): measured once when a guard starts holding the
+    /// job, not on every pass nor for every run.
     held_estimates: HashMap<String, (Option<f64>, RateModel)>,
     /// Held runs flagged at risk: run id → the guard, described.
     held_at_risk: HashMap<String, String>,
@@ -277,11 +278,16 @@ impl Dispatcher {
                     tracing::warn!(job = %run.job, "runs of a job that is not loaded wait until its definition is valid again");
                 }
             } else if self.held.get(*run_id) != Some(hold) {
-                let guard = self.job_guards.get(&run.job).and_then(|g| g.hold.as_deref());
+                let guard = self
+                    .job_guards
+                    .get(&run.job)
+                    .and_then(|g| g.hold.as_deref());
                 match (hold, guard) {
                     (Hold::Guard, Some(g)) => tracing::info!(run = %run_id, job = %run.job,
                         reason = hold.describe(), guard = g, "run held back by a load guard"),
-                    _ => tracing::info!(run = %run_id, job = %run.job, reason = hold.describe(), "run held back"),
+                    _ => {
+                        tracing::info!(run = %run_id, job = %run.job, reason = hold.describe(), "run held back")
+                    }
                 }
             }
             now_held.insert(run_id.to_string(), *hold);
@@ -306,36 +312,49 @@ impl Dispatcher {
     /// [`crate::planner::guards::held_run_at_risk`]): a sized run that
     /// could no longer make its window even launched now at its maximum
     /// is flagged at risk, once, with the guard named (log, metric,
-    /// webhook, and the run's sizing record), and `when_at_risk` decides:
+    /// webhook, and the run's sizing record), and `when_at_risk` decides
+    /// ([`guards::conflict`]):
     /// `wait` keeps it held; `run` lets it through (the deadline wins),
     /// `skip`/`fail` let it through to be settled at launch.
-    async fn held_by_guards(&mut self, due: &[Run], holds: &[(&str, Hold)]) -> Result<(), StoreError> {
+    async fn held_by_guards(
+        &mut self,
+        due: &[Run],
+        holds: &[(&str, Hold)],
+    ) -> Result<(), StoreError> {
         let held: HashSet<&str> = (holds.iter())
             .filter(|(_, h)| *h == Hold::Guard)
             .map(|(id, _)| *id)
             .collect();
-        self.held_estimates.retain(|id, _| held.contains(id.as_str()));
+        let guarded = &self.limits.guarded;
+        self.held_estimates.retain(|job, _| guarded.contains(job));
         let due_ids: HashSet<&str> = due.iter().map(|r| r.run_id.as_str()).collect();
-        self.held_at_risk.retain(|id, _| due_ids.contains(id.as_str()));
-        self.limits.let_through.retain(|id| due_ids.contains(id.as_str()));
+        self.held_at_risk
+            .retain(|id, _| due_ids.contains(id.as_str()));
+        self.limits
+            .let_through
+            .retain(|id| due_ids.contains(id.as_str()));
         let now = self.clock.now();
         for run in due.iter().filter(|r| held.contains(r.run_id.as_str())) {
-            let Some(job) = self.jobs.get(&run.job).cloned() else { continue };
+            let Some(job) = self.jobs.get(&run.job).cloned() else {
+                continue;
+            };
             let (Some(cfg), Some(deadline)) = (
                 &job.sizing,
-                run.deadline_ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
+                run.deadline_ms
+                    .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
             ) else {
                 continue;
             };
             if self.held_at_risk.contains_key(&run.run_id) {
                 continue;
             }
-            if !self.held_estimates.contains_key(&run.run_id) {
+            if !self.held_estimates.contains_key(&job.name) {
                 let measured = sizing::measure_work(&self.store, &job, cfg).await?;
                 let model = sizing::model(&self.store, &job, cfg).await?;
-                self.held_estimates.insert(run.run_id.clone(), (measured.work, model));
+                self.held_estimates
+                    .insert(job.name.clone(), (measured.work, model));
             }
-            let (work, model) = self.held_estimates[&run.run_id];
+            let (work, model) = self.held_estimates[&job.name];
             // Unknown work: nothing to judge the deadline by.
             let Some(work) = work else { continue };
             let full = cfg.max.min(job.limits.max_pods.unwrap_or(u32::MAX)).max(1);
@@ -354,15 +373,30 @@ impl Dispatcher {
             let guard = (self.job_guards.get(&run.job))
                 .and_then(|g| g.hold.clone())
                 .unwrap_or_else(|| "?".into());
-            let mut d = sizing::decide(&job, cfg, model, sizing::Measured::given(work), now, deadline, full);
+            let mut d = sizing::decide(
+                &job,
+                cfg,
+                model,
+                sizing::Measured::given(work),
+                now,
+                deadline,
+                full,
+            );
             d.at_risk = true;
-            d.reason = format!("held by guard {guard}: waiting longer misses the window; {}", d.reason);
+            d.reason = format!(
+                "held by guard {guard}: waiting longer misses the window; {}",
+                d.reason
+            );
             d.guards = Some(format!("held by guard {guard}"));
-            self.store.record_sizing(&run.run_id, &sizing::record(&d)).await?;
+            self.store
+                .record_sizing(&run.run_id, &sizing::record(&d))
+                .await?;
             sizing::signal_at_risk(&run.run_id, &d, cfg.at_risk_webhook.as_deref());
             match guards::conflict(cfg.when_at_risk) {
-                guards::Conflict::Wait => tracing::warn!(run = %run.run_id, job = %run.job, guard = %guard,
-                    "run at risk while a guard holds it; it keeps waiting (when_at_risk: wait)"),
+                guards::Conflict::Wait => {
+                    tracing::warn!(run = %run.run_id, job = %run.job, guard = %guard,
+                    "run at risk while a guard holds it; it keeps waiting (when_at_risk: wait)")
+                }
                 _ => {
                     tracing::warn!(run = %run.run_id, job = %run.job, guard = %guard, when_at_risk = ?cfg.when_at_risk,
                         "run at risk while a guard holds it; it is let through (the guard is overridden for this run)");
@@ -375,12 +409,17 @@ impl Dispatcher {
     }
 
     /// What the job's guards impose on sizing run `run_id` now.
-    fn guarded_run(&self, job: &Job, cfg: &crate::config::sizing::Sizing, run_id: &str) -> sizing::Guarded {
+    fn guarded_run(
+        &self,
+        job: &Job,
+        cfg: &crate::config::sizing::Sizing,
+        run_id: &str,
+    ) -> sizing::Guarded {
         let g = self.job_guards.get(&job.name);
         sizing::Guarded {
-            throttle: g.and_then(|g| g.throttle.as_ref()).map(|(f, why)| {
-                (guards::throttled_max(cfg.min, cfg.max, *f), why.clone())
-            }),
+            throttle: g
+                .and_then(|g| g.throttle.as_ref())
+                .map(|(f, why)| (guards::throttled_max(cfg.min, cfg.max, *f), why.clone())),
             held: self
                 .limits
                 .let_through

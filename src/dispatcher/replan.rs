@@ -27,11 +27,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::clock::Clock;
 use crate::config::sizing::AtRiskAction;
-use crate::guards::Board;
-use crate::planner::guards::{throttled_max, throttled_run_misses};
 use crate::config::{Job, JobsByName};
 use crate::executor::{Executor, Progress};
+use crate::guards::Board;
 use crate::lifecycle::RunState;
+use crate::planner::guards::{throttled_max, throttled_run_misses};
 use crate::planner::sizing;
 use crate::store::{Run, Store, StoreError};
 
@@ -72,9 +72,10 @@ pub async fn observe<E: Executor>(
         }
         let others = pods.get(&run.job).copied().unwrap_or(0) - i64::from(progress.parallelism);
         let throttle = match (&job.sizing, job.guards.is_empty()) {
-            (Some(cfg), false) => guards.for_job(job).throttle.map(|(f, why)| {
-                (throttled_max(cfg.min, cfg.max, f), why)
-            }),
+            (Some(cfg), false) => guards
+                .for_job(job)
+                .throttle
+                .map(|(f, why)| (throttled_max(cfg.min, cfg.max, f), why)),
             _ => None,
         };
         let now = clock.now();
@@ -83,22 +84,41 @@ pub async fn observe<E: Executor>(
                 continue;
             }
         }
-        replan_run(store, executor, job, &run, &progress, others, throttle.map(|t| t.0), now).await?;
+        replan_run(
+            store,
+            executor,
+            job,
+            &run,
+            &progress,
+            Room {
+                others,
+                throttle: throttle.map(|t| t.0),
+            },
+            now,
+        )
+        .await?;
     }
     watchdog.tick_done(&running, &pressed);
     Ok(pressed)
 }
 
+/// How far a run may be raised besides its job's caps.
+struct Room {
+    /// The job's pods in its other runs (against `limits.max_pods`).
+    others: i64,
+    /// A load guard's throttle: at most this many pods.
+    throttle: Option<u32>,
+}
+
 /// Raises the parallelism of one running run of a sized job when it falls
-/// behind its deadline; `others` is the job's pods in its other runs.
+/// behind its deadline, within its job's caps and `room`.
 async fn replan_run<E: Executor>(
     store: &Store,
     executor: &E,
     job: &Job,
     run: &Run,
     progress: &Progress,
-    others: i64,
-    throttle: Option<u32>,
+    Room { others, throttle }: Room,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (Some(cfg), Some(sized), Some(deadline)) = (

@@ -378,8 +378,13 @@ pub(super) async fn size_claimed(
     };
     if let Some(why) = &guarded.held {
         d.at_risk = true;
-        d.reason = format!("held by guard {why} until too late for its window; {}", d.reason);
-        d.guards = Some(format!("held by guard {why}; let through at risk (when_at_risk)"));
+        d.reason = format!(
+            "held by guard {why} until too late for its window; {}",
+            d.reason
+        );
+        d.guards = Some(format!(
+            "held by guard {why}; let through at risk (when_at_risk)"
+        ));
     }
     store.record_sizing(&run.run_id, &record(&d)).await?;
     tracing::info!(run = %run.run_id, job = %job.name, parallelism = d.parallelism,

@@ -173,7 +173,7 @@ pub struct JobGuards {
 
 impl JobGuards {
     /// Combines each guard's `(description, effect)`.
-    pub fn combine<'a>(guards: impl IntoIterator<Item = (String, Effect)>) -> JobGuards {
+    pub fn combine(guards: impl IntoIterator<Item = (String, Effect)>) -> JobGuards {
         let mut out = JobGuards::default();
         for (what, e) in guards {
             match e {
@@ -268,7 +268,10 @@ mod tests {
     fn hysteresis_holds_above_max_and_clears_only_below_resume_below() {
         let spec = hold(80.0, 70.0);
         assert_eq!(
-            run(&spec, &[50.0, 80.0, 81.0, 75.0, 70.0, 69.9, 75.0, 80.0, 91.0]),
+            run(
+                &spec,
+                &[50.0, 80.0, 81.0, 75.0, 70.0, 69.9, 75.0, 80.0, 91.0]
+            ),
             [false, false, true, true, true, false, false, false, true]
         );
         // Without hysteresis (resume_below = max): holds exactly while above max.
@@ -367,13 +370,20 @@ mod tests {
     fn describe_says_which_guard_and_how_far_over() {
         let spec = hold(80.0, 70.0);
         let s = observe(&spec, &GuardState::initial(), Reading::Value(91.0));
-        assert_eq!(describe("primary-db-cpu", &spec, &s), "primary-db-cpu 91 > 80");
+        assert_eq!(
+            describe("primary-db-cpu", &spec, &s),
+            "primary-db-cpu 91 > 80"
+        );
         let s = observe(&spec, &s, Reading::Value(75.0));
         assert_eq!(
             describe("primary-db-cpu", &spec, &s),
             "primary-db-cpu 75 ≥ 70 (resume below it)"
         );
-        let s = observe(&spec, &s, Reading::Failed("sql probe timed out after 1s".into()));
+        let s = observe(
+            &spec,
+            &s,
+            Reading::Failed("sql probe timed out after 1s".into()),
+        );
         assert_eq!(
             describe("primary-db-cpu", &spec, &s),
             "primary-db-cpu: probe failed (sql probe timed out after 1s)"
@@ -391,8 +401,14 @@ mod tests {
         assert!(!throttled_run_misses(&model, 128.0, 2, 8, 4, 30.0)); // 24 s at 4 pods
         assert!(throttled_run_misses(&model, 128.0, 2, 8, 1, 30.0)); // 96 s at 1 pod
         assert!(!throttled_run_misses(&model, 128.0, 8, 8, 1, 0.0), "done");
-        assert!(!throttled_run_misses(&model, f64::NAN, 0, 8, 1, 1.0), "work unknown");
-        assert!(!throttled_run_misses(&model, -1.0, 0, 8, 1, 1.0), "work unknown");
+        assert!(
+            !throttled_run_misses(&model, f64::NAN, 0, 8, 1, 1.0),
+            "work unknown"
+        );
+        assert!(
+            !throttled_run_misses(&model, -1.0, 0, 8, 1, 1.0),
+            "work unknown"
+        );
     }
 
     fn t0() -> DateTime<Utc> {

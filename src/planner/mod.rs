@@ -295,11 +295,7 @@ mod tests {
     fn a_guarded_job_is_held_except_the_runs_let_through() {
         let cands = [cand("a1", "a"), cand("a2", "a"), cand("b1", "b")];
         let limits = Limits {
-            jobs: [
-                ("a".to_string(), caps(None)),
-                ("b".to_string(), caps(None)),
-            ]
-            .into(),
+            jobs: [("a".to_string(), caps(None)), ("b".to_string(), caps(None))].into(),
             guarded: ["a".to_string()].into(),
             ..Limits::default()
         };
