@@ -493,3 +493,74 @@ async fn a_held_run_that_would_miss_its_window_is_flagged_at_risk_and_when_at_ri
     );
     assert!(d.stop().success());
 }
+
+/// Bad guards are configuration errors naming file, line, column and field.
+#[test]
+fn bad_guards_are_reported_with_file_line_column_and_field() {
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        "{BASE}guards:\n  - name: db\n    probe: {{ command: [echo, '1'] }}\n    max: 80\n    resume_below: 90\n    interval: 0s\n"
+    ));
+    let out = ws.run(&["validate"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = BASE.lines().count();
+    assert!(
+        err.contains(&format!(
+            "config/kedge.yaml:{}:5: guards[0].resume_below: 90 is above max 80",
+            line + 5
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "config/kedge.yaml:{}:5: guards[0].interval: must be longer than 0s",
+            line + 6
+        )),
+        "{err}"
+    );
+
+    ws.write_config(&format!(
+        "{BASE}guards:\n  - name: db\n    probe: {{ command: [echo, '1'] }}\n    max: 80\n"
+    ));
+    let job = |name: &str, guards: &str| {
+        format!(
+            "name: {name}\ntrigger:\n  queue:\n    builtin: {{}}\nguards:\n{guards}\
+             template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{ name: m, command: [\"true\"] }}]\n"
+        )
+    };
+    ws.write_job("a", &job("a", "  - nope\n  - { name: own, probe: { command: [echo, '1'] }, max: 1, action: throttle }\n"));
+    ws.write_job(
+        "b",
+        &job(
+            "b",
+            "  - { name: mine, probe: { command: [echo, '1'] }, max: 1 }\n",
+        ),
+    );
+    ws.write_job(
+        "c",
+        &job(
+            "c",
+            "  - db\n  - { name: mine, probe: { command: [echo, '2'] }, max: 2 }\n",
+        ),
+    );
+    let out = ws.run(&["validate"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "jobs/a.yaml:6:5: guards[0]: unknown guard \"nope\" (the daemon config defines: db)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("jobs/a.yaml:7:59: guards[1].action: guard \"own\" throttles, which needs the job's `sizing`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "jobs/c.yaml:7:7: guards[1].name: guard \"mine\" is already defined in jobs/b.yaml:6:7"
+        ),
+        "{err}"
+    );
+}
