@@ -168,10 +168,9 @@ async fn guard_verdicts(job: &config::Job, store: &crate::store::Store) -> Vec<G
                 )
             }
             Effect::Clear => {
-                let why = match (&state.error, state.value) {
-                    (Some(e), _) => format!("{}: probe failed ({e}), ignored", guard.name),
-                    (None, Some(v)) => format!("{} {v} ≤ {}", guard.name, guard.max),
-                    (None, None) => guard.name.clone(),
+                let why = match &state.error {
+                    Some(e) => format!("{}: probe failed ({e}), ignored", guard.name),
+                    None => described,
                 };
                 ("clear", None, format!("guard clear: {why}"))
             }

@@ -372,14 +372,9 @@ pub fn resolve_job_guards(
     out
 }
 
+/// A guard's name: a DNS-1123 label (as job names), at most 63 characters.
 fn is_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    super::job::has_dns1123_characters(s) && s.len() <= 63
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ pub fn is_dns1123_label(s: &str) -> bool {
 
 /// The DNS-1123 label rule without the length limit (checked on its own, so
 /// a name that is both too long and badly spelt gets both problems reported).
-fn has_dns1123_characters(s: &str) -> bool {
+pub(crate) fn has_dns1123_characters(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.iter()

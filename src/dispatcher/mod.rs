@@ -5,11 +5,15 @@
 //! 1. forms the batches that are ready ([`batches`]);
 //! 2. reads the due pending runs, earliest first, and dead-letters the
 //!    messages whose own deadline passed while they waited;
-//! 3. asks the pure planner ([`crate::planner::admit`]) which of them the
-//!    limits admit (per job, pools, global, backpressure) and with how many
-//!    pods;
+//! 3. reads the load guards' states ([`crate::guards::Board`]) and asks the
+//!    pure planner ([`crate::planner::admit`]) which of the due runs the
+//!    limits admit (per job, pools, global, backpressure, a holding guard)
+//!    and with how many pods; runs a guard holds are checked against their
+//!    deadline (flagged at risk, naming the guard, when waiting longer
+//!    would miss it; `when_at_risk` decides);
 //! 4. claims the admitted runs (`pending → running`), a chunk per store
-//!    transaction, sizes each run of a sized job ([`sizing`]), renders it
+//!    transaction, sizes each run of a sized job ([`sizing`], under a
+//!    throttling guard's cap), renders it
 //!    and launches it on the executor — up to [`LAUNCH_CONCURRENCY`]
 //!    launches in flight, claiming and rendering in order;
 //! 5. says how long until the next pending run is due.

@@ -1,7 +1,9 @@
 //! Sizing a run at launch: the I/O around the pure [`crate::planner::sizing`] — measure the work
 //! (probes, with the configured fallback), read the job's history from the
 //! store, ask the planner, and apply the decision to the JobSpec with the
-//! annotations that explain it. Also raises the at-risk signal.
+//! annotations that explain it. Also raises the at-risk signal. A load
+//! guard's throttle caps the size ([`Guarded`]); when that makes the run
+//! miss its window the guard is named and `when_at_risk` decides.
 //!
 //! A decision is made once per run, at launch (`size_claimed`); in-flight
 //! re-planning ([`super::replan`]) may later raise the run's parallelism.

@@ -145,19 +145,27 @@ pub fn throttled_max(min: u32, full: u32, fraction: f64) -> u32 {
     min + keep as u32
 }
 
-/// A guard's effect on one job, in words for logs, annotations and
-/// `kedge plan`: `primary-db-cpu 91 > 80`.
+/// A guard's state in words for logs, annotations and `kedge plan`:
+/// `primary-db-cpu 91 > 80`, `primary-db-cpu 75 ≥ 70 (resume below it)`,
+/// `primary-db-cpu 50 ≤ 80`, `primary-db-cpu: probe failed (…)`.
 pub fn describe(name: &str, spec: &GuardSpec, state: &GuardState) -> String {
     match (&state.error, state.value) {
         (Some(e), _) if spec.on_probe_failure == GuardProbeFailure::Hold => {
             format!("{name}: probe failed ({e})")
         }
-        (_, Some(v)) if v > spec.max => format!("{name} {v} > {}", spec.max),
-        (_, Some(v)) if spec.action == GuardAction::Throttle => {
-            format!("{name} {v} > {}", spec.resume_below)
-        }
-        (_, Some(v)) => format!("{name} {v} ≥ {} (resume below it)", spec.resume_below),
         (_, None) => format!("{name}: not measured"),
+        (_, Some(v)) => match spec.action {
+            GuardAction::Hold if v > spec.max => format!("{name} {v} > {}", spec.max),
+            GuardAction::Hold if state.over => {
+                format!("{name} {v} ≥ {} (resume below it)", spec.resume_below)
+            }
+            GuardAction::Hold => format!("{name} {v} ≤ {}", spec.max),
+            GuardAction::Throttle if v > spec.max => format!("{name} {v} > {}", spec.max),
+            GuardAction::Throttle if v > spec.resume_below => {
+                format!("{name} {v} > {}", spec.resume_below)
+            }
+            GuardAction::Throttle => format!("{name} {v} ≤ {}", spec.resume_below),
+        },
     }
 }
 
