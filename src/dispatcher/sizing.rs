@@ -437,3 +437,50 @@ pub async fn preview(
     let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
     Ok(decide(job, cfg, model, measured, at, deadline, max_pods))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_that_shaped_a_decision_is_in_its_annotations_and_its_record() {
+        let job = crate::testing::job(
+            "name: backup\ntrigger:\n  queue:\n    builtin: {}\nwindow:\n  within: 1h\n\
+             sizing:\n  work: { static: 10 }\n  initial_rate_per_pod: 10\n  parallelism: { min: 1, max: 4 }\n\
+             template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{ name: m, command: [\"true\"] }]\n",
+        );
+        let cfg = job.sizing.clone().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let model = sizing::fit(&[], cfg.initial_rate_per_pod, 0.0);
+        let mut d = decide(
+            &job,
+            &cfg,
+            model,
+            Measured::given(10.0),
+            now,
+            now + chrono::TimeDelta::hours(1),
+            4,
+        );
+        let key = format!("{ANNOTATION_PREFIX}guards");
+        assert!(!annotations(&d).iter().any(|(k, _)| *k == key));
+        assert!(!serde_json::to_value(&d)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .contains_key("guards"));
+        d.guards = Some("throttled to at most 2 pod(s) by guard db 75 > 70".into());
+        let ann = annotations(&d);
+        assert!(
+            ann.contains(&(
+                key,
+                "throttled to at most 2 pod(s) by guard db 75 > 70".into()
+            )),
+            "{ann:?}"
+        );
+        assert!(record(&d)
+            .note
+            .ends_with("; throttled to at most 2 pod(s) by guard db 75 > 70"));
+    }
+}
