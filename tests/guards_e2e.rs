@@ -467,7 +467,7 @@ async fn a_held_run_that_would_miss_its_window_is_flagged_at_risk_and_when_at_ri
     assert_eq!(over["sizing"]["at_risk"], true, "{over}");
     let note = over["sizing"]["note"].as_str().unwrap();
     assert!(
-        note.contains("held by guard primary-db-cpu 91 > 80; let through at risk"),
+        note.contains("held by guard primary-db-cpu 91 > 80; launched at risk"),
         "{over}"
     );
     let (_, metrics) = http_get(&addr, "/metrics");

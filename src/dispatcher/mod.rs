@@ -424,12 +424,9 @@ impl Dispatcher {
             throttle: g
                 .and_then(|g| g.throttle.as_ref())
                 .map(|(f, why)| (guards::throttled_max(cfg.min, cfg.max, *f), why.clone())),
-            held: self
-                .limits
-                .let_through
-                .contains(run_id)
-                .then(|| self.held_at_risk.get(run_id).cloned())
-                .flatten(),
+            // Flagged while held (let through, or launched after the guard
+            // cleared): the signal was raised then, not again at launch.
+            held: self.held_at_risk.get(run_id).cloned(),
         }
     }
 

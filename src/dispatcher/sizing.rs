@@ -320,9 +320,10 @@ fn post_at_risk(webhook: Option<&str>, body: serde_json::Value) {
 pub struct Guarded {
     /// A throttle: at most this many pods, and the guard, described.
     pub throttle: Option<(u32, String)>,
-    /// The run waited held by this guard (described) until it was let
-    /// through at risk (`when_at_risk: run | skip | fail`); the at-risk
-    /// signal was raised then.
+    /// The run waited, held by this guard (described), until too late for
+    /// its window: it was flagged at risk then (and let through by
+    /// `when_at_risk: run | skip | fail`, or launched once the guard
+    /// cleared); the at-risk signal is not raised again.
     pub held: Option<String>,
 }
 
@@ -384,9 +385,7 @@ pub(super) async fn size_claimed(
             "held by guard {why} until too late for its window; {}",
             d.reason
         );
-        d.guards = Some(format!(
-            "held by guard {why}; let through at risk (when_at_risk)"
-        ));
+        d.guards = Some(format!("held by guard {why}; launched at risk"));
     }
     store.record_sizing(&run.run_id, &record(&d)).await?;
     tracing::info!(run = %run.run_id, job = %job.name, parallelism = d.parallelism,
