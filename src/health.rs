@@ -3,7 +3,9 @@
 //! text) when `http.listen` is configured.
 //!
 //! `/healthz` answers 200 while the daemon runs, with a JSON body naming
-//! every source and its state; `/readyz` answers 503 while any source is
+//! every source and its state, stuck runs, and every load guard's state
+//! (`guards`, set by [`crate::guards`] through [`set_guard`], which also
+//! feeds the `kedge_guard_holding` and `kedge_guard_value` gauges); `/readyz` answers 503 while any source is
 //! degraded (its broker unreachable: intake for that job is paused and
 //! reconnecting, nothing is lost).
 
