@@ -109,13 +109,15 @@ impl Board {
         e.state = decide::observe(&spec, &e.state, reading);
         let after = decide::effect(&spec, &e.state);
         let failing = e.state.error.is_some();
-        crate::health::set_guard(name, status(e));
         let first = std::mem::take(&mut e.unmeasured);
-        if !first && kind(before) == kind(after) && failed_before == failing {
+        let changed = first || kind(before) != kind(after) || failed_before != failing;
+        if changed {
+            e.since = now;
+        }
+        crate::health::set_guard(name, status(e));
+        if !changed {
             return None;
         }
-        e.since = now;
-        crate::health::set_guard(name, status(e));
         Some(Change {
             effect: after,
             described: decide::describe(name, &spec, &e.state),
