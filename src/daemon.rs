@@ -13,7 +13,9 @@
 //!    processes store, and (for `kedge run`) the [`crate::reload`] task,
 //!    which publishes reloaded definitions: the serving loop takes them
 //!    between passes and [`Triggers`] restarts the trigger tasks of the
-//!    jobs that changed.
+//!    jobs that changed;
+//!    and one [`crate::guards`] watcher per load guard (a guard whose
+//!    effect changes wakes the loop).
 //! 3. **Serve**: one loop owns dispatching and settling, so the two never
 //!    race. It runs a [`Dispatcher`] pass, then waits for whichever comes
 //!    first: a trigger stored work, another process (`kedge enqueue`,
@@ -40,6 +42,7 @@ use crate::dispatcher::stuck::Watchdog;
 use crate::dispatcher::{replan, Dispatcher};
 use crate::executor::{Executor, Outcome};
 use crate::finalizer;
+use crate::guards::Board;
 use crate::health::Health;
 use crate::lifecycle::RunState;
 use crate::reload::{InForce, ReloadFrom, Reloader};
@@ -78,6 +81,8 @@ struct Serving<E: Executor> {
     cancels: mpsc::UnboundedReceiver<String>,
     wake: Arc<Notify>,
     poll_interval: Duration,
+    /// The load guards' states (in-flight runs are re-planned down under a throttle).
+    guards: Board,
 }
 
 impl<E: Executor> Daemon<E> {
@@ -141,6 +146,11 @@ impl<E: Executor> Daemon<E> {
             shutdown: triggers_stop.clone(),
             clock,
         };
+        // Load guards: every guard's state is on the board (not measured
+        // yet: holding, unless `on_probe_failure: ignore`) before the first
+        // dispatch pass; each is polled by its own task. (Guards are read
+        // at start: a reload that changes them applies at the next restart.)
+        let board = Board::new(jobs.values().map(|j| j.as_ref()), clock.now());
         let mut triggers = Triggers::start(&jobs, ctx, &health).await;
         crate::metrics::register_jobs(jobs.keys().map(String::as_str));
         let following = in_force.clone();
@@ -150,6 +160,9 @@ impl<E: Executor> Daemon<E> {
             crate::health::STORE_GAUGES_EVERY,
             triggers_stop.clone(),
         ));
+        for watcher in crate::guards::watchers(&board, &store, clock, &wake, &triggers_stop) {
+            triggers.spawn(watcher);
+        }
         // Pruning stops with the triggers, before the store is closed.
         triggers.spawn(pruner(&config, &store).run(triggers_stop.clone()));
         let triggers = tokio::spawn(follow(triggers, in_force.clone(), triggers_stop.clone()));
@@ -160,8 +173,9 @@ impl<E: Executor> Daemon<E> {
             .await;
         ready();
 
-        let dispatcher =
-            Dispatcher::new(store.clone(), jobs.clone(), &config, clock).reporting(passes);
+        let dispatcher = Dispatcher::new(store.clone(), jobs.clone(), &config, clock)
+            .reporting(passes)
+            .guarded(board.clone());
         let mut serving = Serving {
             store,
             executor,
@@ -172,6 +186,7 @@ impl<E: Executor> Daemon<E> {
             cancels,
             wake,
             poll_interval: config.poll_interval,
+            guards: board,
         };
         serving.serve(dispatcher, &shutdown).await;
 
@@ -294,7 +309,7 @@ impl<E: Executor> Serving<E> {
                 Some(outcome) = self.outcomes.recv() => self.settle_queued(outcome).await,
                 Some(run_id) = self.cancels.recv() => self.executor.cancel(&run_id).await,
                 _ = replan_tick.tick() => {
-                    match replan::observe(&self.store, &self.executor, &self.jobs, &self.clock, &mut watchdog).await {
+                    match replan::observe(&self.store, &self.executor, &self.jobs, &self.guards, &self.clock, &mut watchdog).await {
                         Ok(stuck) => dispatcher.limits.backpressured = stuck,
                         Err(e) => tracing::error!(error = %crate::error_chain(&e), "re-planning failed"),
                     }

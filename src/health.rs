@@ -4,7 +4,9 @@
 //! configured.
 //!
 //! `/healthz` answers 200 while the daemon runs, with a JSON body naming
-//! every source and its state, and every job's operator state (`jobs`); `/readyz` answers 503 while any source is
+//! every source and its state, and every job's operator state (`jobs`), every load guard's state
+//! (`guards`, set by [`crate::guards`] through [`set_guard`], which also
+//! feeds the `kedge_guard_holding` and `kedge_guard_value` gauges); `/readyz` answers 503 while any source is
 //! degraded (its broker unreachable: intake for that job is paused and
 //! reconnecting, nothing is lost). `/healthz`'s `config` says whether the
 //! job and config files last read cleanly ([`crate::reload`]), and
@@ -96,6 +98,44 @@ pub fn set_job_states<'a>(
 /// The jobs' operator states, by job.
 pub fn job_states() -> BTreeMap<String, JobStateView> {
     JOB_STATES.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// One load guard's state ([`crate::guards`]), for `/healthz` and the
+/// `kedge_guard_*` gauges.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardStatus {
+    /// Its jobs are held or throttled (`kedge_guard_holding`).
+    pub holding: bool,
+    /// `clear`, `holding` or `throttling`.
+    pub effect: &'static str,
+    pub action: crate::config::guard::GuardAction,
+    /// The last measured value (`kedge_guard_value`; NaN before the first).
+    pub value: Option<f64>,
+    pub max: f64,
+    pub resume_below: f64,
+    /// Why the last measurement failed; `None` after a success.
+    pub error: Option<String>,
+    /// Failed measurements since the daemon started.
+    pub failures: u64,
+    /// Since when `effect` is what it is.
+    pub since: DateTime<Utc>,
+}
+
+/// Every load guard's state, by name: replaced entry by entry by the guards' watchers.
+static GUARDS: Mutex<BTreeMap<String, GuardStatus>> = Mutex::new(BTreeMap::new());
+
+/// Sets guard `name`'s state (`/healthz` `guards`, `kedge_guard_holding`, `kedge_guard_value`).
+pub fn set_guard(name: &str, status: GuardStatus) {
+    crate::metrics::set_guard(name, status.holding, status.value);
+    GUARDS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_string(), status);
+}
+
+/// The guards' states, by name.
+pub fn guards() -> BTreeMap<String, GuardStatus> {
+    GUARDS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// One queue source's state as intake sees it.
@@ -262,6 +302,8 @@ struct HealthBody {
     /// Every loaded job's operator state (active, paused, held, iced),
     /// with who set it, when and why.
     jobs: BTreeMap<String, JobStateView>,
+    /// Every load guard's state, by name.
+    guards: BTreeMap<String, GuardStatus>,
 }
 
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
@@ -281,6 +323,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
         stuck_runs,
         config: h.config_status(),
         jobs: job_states(),
+        guards: guards(),
     })
 }
 

@@ -45,10 +45,17 @@
 //!   [`dispatcher::preview`] shows what a run would launch (`kedge plan`,
 //!   `kedge render`).
 //! - [`planner`] — pure: which due runs may launch under the limits (per
-//!   job, pools, global, backpressure), in a fair order across jobs
+//!   job, pools, global, backpressure, load guards), in a fair order across jobs
 //!   (priority, then turns), [`planner::sizing`], the
-//!   parallelism that finishes a run inside its window, and
-//!   [`planner::batching`], which waiting messages go into one batch run.
+//!   parallelism that finishes a run inside its window,
+//!   [`planner::batching`], which waiting messages go into one batch run,
+//!   and [`planner::guards`], what a load guard's readings mean (hysteresis,
+//!   throttle arithmetic, the conflict with a deadline).
+//! - [`guards`] — load guards' I/O: one polling task per guard measures
+//!   its probe (sql, http, command) with a timeout and keeps its state on
+//!   a [`guards::Board`] the dispatcher reads (hold launches, throttle
+//!   parallelism, re-plan runs in flight down); `/healthz` and `/metrics`
+//!   show it.
 //! - [`probes`] — measure how much work a run has (`sizing.work`): sql,
 //!   http, command, queue length.
 //! - [`executor`] — where runs run, behind the [`executor::Executor`] trait:
@@ -104,6 +111,7 @@ pub mod daemon;
 pub mod dispatcher;
 pub mod executor;
 pub mod finalizer;
+pub mod guards;
 pub mod health;
 pub mod intake;
 pub mod lifecycle;

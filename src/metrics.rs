@@ -36,6 +36,12 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// `{guard}`: a load guard's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub guard: String,
+}
+
 /// `{job}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
@@ -154,6 +160,8 @@ pub struct Metrics {
     job_paused: Family<JobLabels, Gauge>,
     job_held: Family<JobLabels, Gauge>,
     job_iced: Family<JobLabels, Gauge>,
+    guard_holding: Family<GuardLabels, Gauge>,
+    guard_value: Family<GuardLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -199,6 +207,8 @@ impl Metrics {
             job_paused: Family::default(),
             job_held: Family::default(),
             job_iced: Family::default(),
+            guard_holding: Family::default(),
+            guard_value: Family::default(),
         };
         // Sources.
         r.register(
@@ -347,6 +357,17 @@ impl Metrics {
             "1 when the job is on ice (kedge ice)",
             m.job_iced.clone(),
         );
+        // Load guards.
+        r.register(
+            "guard_holding",
+            "1 while the load guard holds or throttles its jobs (or its probe fails with on_probe_failure: hold)",
+            m.guard_holding.clone(),
+        );
+        r.register(
+            "guard_value",
+            "The load guard's last measured value (NaN before the first measurement)",
+            m.guard_value.clone(),
+        );
         // Definitions (hot reload).
         r.register(
             "config_reload_errors",
@@ -398,6 +419,19 @@ pub fn set_job_states<'a>(
             .get_or_create(&l)
             .set(i64::from(state == OperatorState::Iced));
     }
+}
+
+/// Load guard `name`'s gauges: whether it holds, and its last value
+/// (NaN before the first measurement).
+pub fn set_guard(name: &str, holding: bool, value: Option<f64>) {
+    let m = global();
+    let l = GuardLabels {
+        guard: name.to_string(),
+    };
+    m.guard_holding.get_or_create(&l).set(i64::from(holding));
+    m.guard_value
+        .get_or_create(&l)
+        .set(value.unwrap_or(f64::NAN));
 }
 
 /// The job and config files were read (at start: `reload` false) and

@@ -535,6 +535,7 @@ impl TestRun {
             host_env: Vec::new(),
             window: None,
             sizing: None,
+            guards: Vec::new(),
             spec: spec.build(),
         };
         let run = Run {

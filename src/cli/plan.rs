@@ -28,7 +28,7 @@ pub struct PlanArgs {
     /// Print JSON: an array of {"job", "timezone", "fires": [...]}, or with --at the decision
     #[arg(long)]
     pub json: bool,
-    /// Size a run of --job starting at this time (RFC 3339)
+    /// Size a run of --job starting at this time (RFC 3339); its load guards are measured now
     #[arg(long, value_name = "RFC3339", requires = "job")]
     pub at: Option<String>,
     /// With --at: the work, instead of running the job's probe
@@ -59,7 +59,8 @@ pub(super) async fn plan(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
     }
 }
 
-/// `kedge plan --at`: how a run of `name` at `at` would be sized.
+/// `kedge plan --at`: how a run of `name` at `at` would be sized, and
+/// what its load guards, measured now, would do to it.
 async fn plan_sizing(
     src: &Sources,
     name: &str,
@@ -70,11 +71,12 @@ async fn plan_sizing(
     let loaded = config::load_daemon(src)?;
     let at = parse_time("--at", at)?;
     let job = one_job(&loaded, name)?;
-    let (Some(cfg), Some(deadline)) = (&job.sizing, job.deadline_after(at)) else {
+    let sizing = job.sizing.as_ref().zip(job.deadline_after(at));
+    if sizing.is_none() && job.guards.is_empty() {
         return Err(Failure::Input(format!(
-            "job {name} has no `sizing` and `window`: there is nothing to size"
+            "job {name} has no `sizing` and `window` and no `guards`: there is nothing to plan"
         )));
-    };
+    }
     if let Some(w) = work {
         if !(w.is_finite() && w >= 0.0) {
             return Err(Failure::Input(format!(
@@ -83,17 +85,106 @@ async fn plan_sizing(
         }
     }
     let store = open_store(&loaded.store_url).await?;
-    let d = sizing::preview(&store, &job, cfg, at, deadline, work)
-        .await
-        .context("sizing the run");
+    let verdicts = guard_verdicts(&job, &store).await;
+    let d = match sizing {
+        None => Ok(None),
+        Some((cfg, deadline)) => {
+            let throttle = verdicts.iter().filter_map(|v| v.cap).min();
+            let mut cfg = cfg.clone();
+            if let Some(cap) = throttle {
+                cfg.max = cfg.max.min(cap);
+            }
+            sizing::preview(&store, &job, &cfg, at, deadline, work)
+                .await
+                .map(|mut d| {
+                    if let Some(cap) = throttle {
+                        d.guards = Some(format!("throttled to at most {cap} pod(s)"));
+                    }
+                    Some(d)
+                })
+        }
+    }
+    .context("sizing the run");
     store.close().await;
     let d = d?;
     if json {
-        println!("{}", pretty_json(&d)?);
+        let mut v = match &d {
+            Some(d) => serde_json::to_value(d).map_err(anyhow::Error::from)?,
+            None => serde_json::json!({ "job": job.name }),
+        };
+        if !verdicts.is_empty() {
+            v["guard_verdicts"] = serde_json::to_value(&verdicts).map_err(anyhow::Error::from)?;
+        }
+        println!("{}", pretty_json(&v)?);
     } else {
-        print_decision(&d);
+        if let Some(d) = &d {
+            print_decision(d);
+        }
+        for v in &verdicts {
+            println!("{}", v.line);
+        }
     }
     Ok(())
+}
+
+/// What one guard, measured now, would do to a run.
+#[derive(Debug, serde::Serialize)]
+struct GuardVerdict {
+    guard: String,
+    /// `hold`, `throttle` or `clear`.
+    would: &'static str,
+    value: Option<f64>,
+    error: Option<String>,
+    /// Under a throttle: the most pods a run would get.
+    cap: Option<u32>,
+    /// `would hold: primary-db-cpu 91 > 80`.
+    #[serde(skip)]
+    line: String,
+}
+
+/// Measures each of `job`'s guards once and says what it would do.
+async fn guard_verdicts(job: &config::Job, store: &crate::store::Store) -> Vec<GuardVerdict> {
+    use crate::planner::guards::{self as g, Effect, GuardState};
+    let mut out = Vec::new();
+    for guard in &job.guards {
+        let spec = guard.spec();
+        let reading = crate::guards::measure(guard, store).await;
+        let state = g::observe(&spec, &GuardState::initial(), reading);
+        let described = g::describe(&guard.name, &spec, &state);
+        let (would, cap, line) = match g::effect(&spec, &state) {
+            Effect::Hold => ("hold", None, format!("would hold: {described}")),
+            Effect::Throttle(f) => {
+                let cap = job
+                    .sizing
+                    .as_ref()
+                    .map(|s| g::throttled_max(s.min, s.max, f));
+                let pods = cap
+                    .map(|c| format!(" (at most {c} pod(s))"))
+                    .unwrap_or_default();
+                (
+                    "throttle",
+                    cap,
+                    format!("would throttle: {described}{pods}"),
+                )
+            }
+            Effect::Clear => {
+                let why = match &state.error {
+                    Some(e) => format!("{}: probe failed ({e}), ignored", guard.name),
+                    None => described,
+                };
+                ("clear", None, format!("guard clear: {why}"))
+            }
+        };
+        out.push(GuardVerdict {
+            guard: guard.name.clone(),
+            would,
+            value: state.value,
+            error: state.error.clone(),
+            cap,
+            line,
+        });
+    }
+    out
 }
 
 fn print_decision(d: &Decision) {
@@ -114,6 +205,9 @@ fn print_decision(d: &Decision) {
     println!("why              {}", d.reason);
     if let Some(n) = &d.probe_note {
         println!("note             {n}");
+    }
+    if let Some(g) = &d.guards {
+        println!("guards           {g}");
     }
 }
 

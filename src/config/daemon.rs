@@ -19,7 +19,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 /// The kedge daemon configuration (`config/kedge.yaml`, or `--config`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
-    expecting = "a mapping with jobs_dir, store, executor, limits, pools, http, retention, telemetry, log_format or shutdown_timeout"
+    expecting = "a mapping with jobs_dir, store, executor, limits, pools, guards, http, retention, telemetry, log_format or shutdown_timeout"
 )]
 #[schemars(deny_unknown_fields, rename = "DaemonConfig")]
 pub struct RawDaemon {
@@ -51,6 +51,9 @@ pub struct RawDaemon {
     /// How long finished history and payloads are kept in the store.
     #[serde(default)]
     pub retention: RawRetention,
+    /// Load guards shared by jobs: a job names one in its own `guards:`.
+    #[serde(default)]
+    pub guards: Vec<super::guard::RawGuard>,
     /// OpenTelemetry traces of each message's way (off unless
     /// `telemetry.otlp.endpoint` is set).
     #[serde(default)]
@@ -290,6 +293,8 @@ pub struct DaemonConfig {
     pub retention: RetentionConfig,
     /// Where OpenTelemetry traces go; `None`: no traces.
     pub telemetry: Option<OtlpConfig>,
+    /// Load guards shared by name ([`super::guard`]).
+    pub guards: super::guard::SharedGuards,
 }
 
 /// `retention`: how long finished history and payloads are kept, and how
@@ -441,6 +446,7 @@ pub fn validate(
     let http_listen = validate_http_listen(&raw.http, &mut problems);
     check_retention(&durations.retention, &mut problems);
     let telemetry = validate_otlp(&raw.telemetry, &mut problems);
+    let guards = super::guard::validate_shared(&raw.guards, env, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -455,6 +461,7 @@ pub fn validate(
         log_format: raw.log_format.unwrap_or_default(),
         shutdown_timeout: durations.shutdown_timeout,
         retention: durations.retention,
+        guards,
         telemetry,
     })
 }

@@ -67,6 +67,10 @@ pub struct RawJob {
     pub batch: Option<RawBatch>,
     /// Queue jobs: where dead letters are published besides kedge's store.
     pub dead_letter: Option<RawDeadLetter>,
+    /// Load guards: names of guards the daemon config shares, or full
+    /// guard definitions of this job's own.
+    #[serde(default)]
+    pub guards: Vec<super::guard::RawGuardRef>,
     /// A `batch/v1` JobSpec, exactly as in a Kubernetes manifest.
     pub template: JobSpec,
 }
@@ -229,6 +233,8 @@ pub struct Job {
     pub host_env: Vec<(String, String)>,
     pub window: Option<Window>,
     pub sizing: Option<Sizing>,
+    /// Load guards ([`super::guard`]): shared ones and the job's own.
+    pub guards: Vec<std::sync::Arc<super::guard::Guard>>,
     pub spec: JobSpec,
 }
 
@@ -378,7 +384,7 @@ pub fn is_dns1123_label(s: &str) -> bool {
 
 /// The DNS-1123 label rule without the length limit (checked on its own, so
 /// a name that is both too long and badly spelt gets both problems reported).
-fn has_dns1123_characters(s: &str) -> bool {
+pub(crate) fn has_dns1123_characters(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.iter()
@@ -404,6 +410,14 @@ pub fn validate(
     let (window, sizing) = validate_window_and_sizing(&raw, env, &mut problems);
     let payload = validate_payload(&raw.payload, &mut problems);
     let host_env = read_host_env(&raw.env_from_host, env, &mut problems);
+    let guards = super::guard::resolve_job_guards(
+        &raw.guards,
+        &daemon.guards,
+        &file,
+        raw.sizing.is_some(),
+        env,
+        &mut problems,
+    );
     for (path, msg) in check_job_spec(&raw.template, daemon.executor.kind()) {
         problems.push((root.key("template").join(&path), msg));
     }
@@ -421,6 +435,7 @@ pub fn validate(
             host_env,
             window,
             sizing,
+            guards,
             spec: raw.template,
         }),
         _ => Err(problems),

@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod diagnostic;
+pub mod guard;
 pub mod job;
 pub mod probe;
 pub mod queue;
@@ -151,7 +152,17 @@ pub fn load_job_file(
     };
     let name_pos = doc.locate(&FieldPath::root().key("name"));
     let result = match job::validate(raw, file.to_path_buf(), daemon, env) {
-        Ok(job) if out.is_empty() => Ok((job, name_pos)),
+        Ok(mut job) if out.is_empty() => {
+            // Where the job's own guards are named, for the check across
+            // job files (`load_jobs`).
+            for (i, g) in job.guards.iter_mut().enumerate() {
+                if let Some(g) = std::sync::Arc::get_mut(g) {
+                    g.position =
+                        Some(doc.locate(&FieldPath::root().key("guards").index(i).key("name")));
+                }
+            }
+            Ok((job, name_pos))
+        }
         Ok(_) => Err(out),
         Err(problems) => {
             out.extend(

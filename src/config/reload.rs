@@ -107,6 +107,8 @@ pub fn read_jobs<'a>(
         (!owns, job.file.clone())
     });
     let mut seen: HashMap<String, (PathBuf, Position)> = HashMap::new();
+    // guard name → where a job file defined it (one name, one guard).
+    let mut guards_seen: HashMap<String, (PathBuf, Position)> = HashMap::new();
     for (job, name_pos) in offered {
         if let Some((first, pos)) = seen.get(&job.name) {
             out.problems.push(
@@ -125,6 +127,10 @@ pub fn read_jobs<'a>(
             );
             continue;
         }
+        if let Some(d) = guard_defined_twice(&job, &job.file.clone(), &mut guards_seen) {
+            out.problems.push(d);
+            continue;
+        }
         seen.insert(job.name.clone(), (job.file.clone(), name_pos));
         out.jobs.push(job);
     }
@@ -133,6 +139,50 @@ pub fn read_jobs<'a>(
     // Problems read file by file (stable: a file's own order is kept).
     out.problems.0.sort_by(|a, b| a.file.cmp(&b.file));
     out
+}
+
+/// A guard `job` (from `file`) defines that another job file already
+/// defined: the daemon polls each guard once, by name, so a name means one
+/// guard. Records `job`'s own guards in `seen` otherwise.
+fn guard_defined_twice(
+    job: &Job,
+    file: &Path,
+    seen: &mut std::collections::HashMap<String, (PathBuf, Position)>,
+) -> Option<Diagnostic> {
+    let own = || {
+        job.guards
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.defined_in.is_some())
+    };
+    for (i, g) in own() {
+        if let Some((first, pos)) = seen.get(&g.name) {
+            return Some(
+                Diagnostic::new(
+                    FieldPath::root().key("guards").index(i).key("name"),
+                    g.position.unwrap_or_else(Position::start),
+                    format!(
+                        "guard \"{}\" is already defined in {}:{}:{}; define it once in the daemon config's `guards:` and name it in both jobs",
+                        g.name,
+                        first.display(),
+                        pos.line,
+                        pos.column
+                    ),
+                )
+                .in_file(file),
+            );
+        }
+    }
+    for (_, g) in own() {
+        seen.insert(
+            g.name.clone(),
+            (
+                file.to_path_buf(),
+                g.position.unwrap_or_else(Position::start),
+            ),
+        );
+    }
+    None
 }
 
 /// The job files of a directory, and the entries that look like job files

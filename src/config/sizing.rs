@@ -13,7 +13,7 @@
 //!   margin: 0.2
 //!   parallelism: { min: 1, max: 16 }
 //!   shards: 32               # completions; default: one per pod
-//!   when_at_risk: run        # run | skip | fail
+//!   when_at_risk: run        # run | skip | fail | wait
 //!   on_probe_failure: last_known   # last_known | max_parallelism
 //!   probe_timeout: 30s
 //!   at_risk_webhook: http://alerts.example/kedge
@@ -147,17 +147,24 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 #[schemars(rename_all = "snake_case")]
 pub enum AtRiskAction {
-    /// Run it anyway at maximum size (the default): late is better than never.
+    /// Run it anyway at maximum size (the default): late is better than
+    /// never. When a load guard is the reason, the deadline wins: the run
+    /// launches despite the guard, at the size its deadline needs.
     Run,
     /// Do not run it; the run fails with reason `AtRisk` and is not retried.
     Skip,
     /// Fail it like any failed run (retried, then dead-lettered).
     Fail,
+    /// When a load guard is the reason (it holds or throttles the run):
+    /// the guard wins, the run keeps waiting (or stays throttled), flagged.
+    /// Otherwise the same as `run`.
+    Wait,
 }
 string_enum!(AtRiskAction {
     Run => "run",
     Skip => "skip",
     Fail => "fail",
+    Wait => "wait",
 });
 
 /// What a failed or timed-out work probe falls back to.

@@ -5,12 +5,16 @@
 //! 1. forms the batches that are ready ([`batches`]);
 //! 2. reads the due pending runs, earliest first, and dead-letters the
 //!    messages whose own deadline passed while they waited;
-//! 3. asks the pure planner ([`crate::planner::admit`]) which of them the
+//! 3. reads the load guards' states ([`crate::guards::Board`]) and asks the
+//!    pure planner ([`crate::planner::admit`]) which of the due runs the
 //!    limits admit (operator state — paused, held, iced jobs launch
-//!    nothing —, per job, backfill caps, pools, global, backpressure) and
-//!    with how many pods;
+//!    nothing —, per job, backfill caps, pools, global, backpressure, a
+//!    holding guard) and with how many pods; runs a guard holds are checked
+//!    against their deadline (flagged at risk, naming the guard, when
+//!    waiting longer would miss it; `when_at_risk` decides);
 //! 4. claims the admitted runs (`pending → running`), a chunk per store
-//!    transaction, sizes each run of a sized job ([`sizing`]), renders it
+//!    transaction, sizes each run of a sized job ([`sizing`], under a
+//!    throttling guard's cap), renders it
 //!    and launches it on the executor — up to [`LAUNCH_CONCURRENCY`]
 //!    launches in flight, claiming and rendering in order;
 //! 5. says how long until the next pending run is due.
@@ -46,7 +50,10 @@ use crate::config::{DaemonConfig, Job, JobsByName};
 use crate::executor::render::{render, render_batch};
 use crate::executor::{Executor, ExecutorError, Launch, Outcome, OutcomeKind};
 use crate::finalizer;
+use crate::guards::Board;
 use crate::lifecycle::TriggerKind;
+use crate::planner::guards::{self, JobGuards};
+use crate::planner::sizing::RateModel;
 use crate::planner::{self, BackfillCaps, Candidate, Hold, JobCaps, Limits, Usage};
 use crate::store::{BackfillOverlap, Run, Store, StoreError};
 
@@ -95,6 +102,16 @@ pub struct Dispatcher {
     /// round-robin across jobs.
     served: HashMap<String, u64>,
     serve_seq: u64,
+    /// The load guards' states ([`crate::guards`]), read every pass.
+    guards: Board,
+    /// Each loaded job's guards as this pass saw them.
+    job_guards: HashMap<String, JobGuards>,
+    /// Held jobs' estimates for the deadline check of their waiting runs
+    /// (work, rate model): measured once when a guard starts holding the
+    /// job, not on every pass nor for every run.
+    held_estimates: HashMap<String, (Option<f64>, RateModel)>,
+    /// Held runs flagged at risk: run id → the guard, described.
+    held_at_risk: HashMap<String, String>,
 }
 
 /// How a pass's launches went.
@@ -118,6 +135,10 @@ impl Dispatcher {
             launch_timeout: config.executor.launch_timeout(),
             served: HashMap::new(),
             serve_seq: 0,
+            guards: Board::default(),
+            job_guards: HashMap::new(),
+            held_estimates: HashMap::new(),
+            held_at_risk: HashMap::new(),
         }
     }
 
@@ -130,6 +151,12 @@ impl Dispatcher {
         self.jobs = jobs;
         // A job that is back is no longer unknown.
         self.warned_unknown.retain(|j| !self.jobs.contains_key(j));
+    }
+
+    /// Reads the load guards' states from `board` (by default there are none).
+    pub fn guarded(mut self, board: Board) -> Self {
+        self.guards = board;
+        self
     }
 
     /// Reports the number of finished passes on `passes` (tests wait on
@@ -158,6 +185,7 @@ impl Dispatcher {
         }
         self.expire_overdue(&mut due, now).await?;
         let mut launched = Launched::default();
+        self.read_guards();
         if !due.is_empty() {
             let grants = self.admit(&due).await?;
             launched = self.launch_all(executor, &grants).await?;
@@ -267,6 +295,7 @@ impl Dispatcher {
             .collect();
         let admission = planner::admit(&candidates, &usage, &self.limits);
         self.log_holds(due, &admission.hold);
+        self.held_by_guards(due, &admission.hold).await?;
         let by_id: HashMap<&str, &Run> = due.iter().map(|r| (r.run_id.as_str(), r)).collect();
         let mut grants = Vec::with_capacity(admission.launch.len());
         for g in &admission.launch {
@@ -296,11 +325,154 @@ impl Dispatcher {
                     tracing::warn!(job = %run.job, "runs of a job that is not loaded wait until its definition is valid again");
                 }
             } else if self.held.get(*run_id) != Some(hold) {
-                tracing::info!(run = %run_id, job = %run.job, attempt = run.attempt, reason = hold.describe(), "run held back");
+                let guard = self
+                    .job_guards
+                    .get(&run.job)
+                    .and_then(|g| g.hold.as_deref());
+                match (hold, guard) {
+                    (Hold::Guard, Some(g)) => {
+                        tracing::info!(run = %run_id, job = %run.job, attempt = run.attempt,
+                        reason = hold.describe(), guard = g, "run held back by a load guard")
+                    }
+                    _ => {
+                        tracing::info!(run = %run_id, job = %run.job, attempt = run.attempt, reason = hold.describe(), "run held back")
+                    }
+                }
             }
             now_held.insert(run_id.to_string(), *hold);
         }
         self.held = now_held;
+    }
+
+    /// Reads every loaded job's guards from the board; jobs a guard holds
+    /// get no new launches this pass ([`Limits::guarded`]).
+    fn read_guards(&mut self) {
+        self.job_guards = (self.jobs.iter())
+            .filter(|(_, j)| !j.guards.is_empty())
+            .map(|(n, j)| (n.clone(), self.guards.for_job(j)))
+            .collect();
+        self.limits.guarded = (self.job_guards.iter())
+            .filter(|(_, g)| g.hold.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+    }
+
+    /// The deadline check of runs a guard holds (see
+    /// [`crate::planner::guards::held_run_at_risk`]): a sized run that
+    /// could no longer make its window even launched now at its maximum
+    /// is flagged at risk, once, with the guard named (log, metric,
+    /// webhook, and the run's sizing record), and `when_at_risk` decides
+    /// ([`guards::conflict`]):
+    /// `wait` keeps it held; `run` lets it through (the deadline wins),
+    /// `skip`/`fail` let it through to be settled at launch.
+    async fn held_by_guards(
+        &mut self,
+        due: &[Run],
+        holds: &[(&str, Hold)],
+    ) -> Result<(), StoreError> {
+        let held: HashSet<&str> = (holds.iter())
+            .filter(|(_, h)| *h == Hold::Guard)
+            .map(|(id, _)| *id)
+            .collect();
+        let guarded = &self.limits.guarded;
+        self.held_estimates.retain(|job, _| guarded.contains(job));
+        let due_ids: HashSet<&str> = due.iter().map(|r| r.run_id.as_str()).collect();
+        self.held_at_risk
+            .retain(|id, _| due_ids.contains(id.as_str()));
+        self.limits
+            .let_through
+            .retain(|id| due_ids.contains(id.as_str()));
+        let now = self.clock.now();
+        for run in due.iter().filter(|r| held.contains(r.run_id.as_str())) {
+            let Some(job) = self.jobs.get(&run.job).cloned() else {
+                continue;
+            };
+            let (Some(cfg), Some(deadline)) = (
+                &job.sizing,
+                run.deadline_ms
+                    .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
+            ) else {
+                continue;
+            };
+            if self.held_at_risk.contains_key(&run.run_id) {
+                continue;
+            }
+            if !self.held_estimates.contains_key(&job.name) {
+                let measured = sizing::measure_work(&self.store, &job, cfg).await?;
+                let model = sizing::model(&self.store, &job, cfg).await?;
+                self.held_estimates
+                    .insert(job.name.clone(), (measured.work, model));
+            }
+            let (work, model) = self.held_estimates[&job.name];
+            // Unknown work: nothing to judge the deadline by.
+            let Some(work) = work else { continue };
+            let full = cfg.max.min(job.limits.max_pods.unwrap_or(u32::MAX)).max(1);
+            let input = crate::planner::sizing::SizingInput {
+                work,
+                now,
+                deadline,
+                margin: cfg.margin,
+                min: cfg.min,
+                max: full,
+                model,
+            };
+            if !guards::held_run_at_risk(&input) {
+                continue;
+            }
+            let guard = (self.job_guards.get(&run.job))
+                .and_then(|g| g.hold.clone())
+                .unwrap_or_else(|| "?".into());
+            let mut d = sizing::decide(
+                &job,
+                cfg,
+                model,
+                sizing::Measured::given(work),
+                now,
+                deadline,
+                full,
+            );
+            d.at_risk = true;
+            d.reason = format!(
+                "held by guard {guard}: waiting longer misses the window; {}",
+                d.reason
+            );
+            d.guards = Some(format!("held by guard {guard}"));
+            self.store
+                .record_sizing(&run.run_id, &sizing::record(&d))
+                .await?;
+            sizing::signal_at_risk(run, &d, cfg.at_risk_webhook.as_deref());
+            match guards::conflict(cfg.when_at_risk) {
+                guards::Conflict::Wait => {
+                    tracing::warn!(run = %run.run_id, job = %run.job, guard = %guard,
+                    "run at risk while a guard holds it; it keeps waiting (when_at_risk: wait)")
+                }
+                _ => {
+                    tracing::warn!(run = %run.run_id, job = %run.job, guard = %guard, when_at_risk = ?cfg.when_at_risk,
+                        "run at risk while a guard holds it; it is let through (the guard is overridden for this run)");
+                    self.limits.let_through.insert(run.run_id.clone());
+                }
+            }
+            self.held_at_risk.insert(run.run_id.clone(), guard);
+        }
+        Ok(())
+    }
+
+    /// What the job's guards impose on sizing run `run_id` now.
+    fn guarded_run(
+        &self,
+        job: &Job,
+        cfg: &crate::config::sizing::Sizing,
+        run_id: &str,
+    ) -> sizing::Guarded {
+        let g = self.job_guards.get(&job.name);
+        sizing::Guarded {
+            throttle: g
+                .and_then(|g| g.throttle.as_ref())
+                .map(|(f, why)| (guards::throttled_max(cfg.min, cfg.max, *f), why.clone())),
+            // Flagged while held (let through, or launched after the guard
+            // cleared): the signal was raised then, not again at launch.
+            held: self.held_at_risk.get(run_id).cloned(),
+        }
     }
 
     /// Claims and launches `grants`: claims are committed a chunk at a time
@@ -368,8 +540,17 @@ impl Dispatcher {
         let job: &Job = match &job.sizing {
             None => job,
             Some(cfg) => {
-                match sizing::size_claimed(&self.store, &self.clock, job, cfg, run, max_pods)
-                    .await?
+                let guarded = self.guarded_run(job, cfg, &run.run_id);
+                match sizing::size_claimed(
+                    &self.store,
+                    &self.clock,
+                    job,
+                    cfg,
+                    run,
+                    max_pods,
+                    &guarded,
+                )
+                .await?
                 {
                     Some(j) => {
                         sized = j;
@@ -539,6 +720,8 @@ fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
         backpressured: HashSet::new(),
         stopped: HashMap::new(),
         backfills: HashMap::new(),
+        guarded: HashSet::new(),
+        let_through: HashSet::new(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Sizing a run at launch: the I/O around the pure [`crate::planner::sizing`] — measure the work
 //! (probes, with the configured fallback), read the job's history from the
 //! store, ask the planner, and apply the decision to the JobSpec with the
-//! annotations that explain it. Also raises the at-risk signal.
+//! annotations that explain it. Also raises the at-risk signal. A load
+//! guard's throttle caps the size ([`Guarded`]); when that makes the run
+//! miss its window the guard is named and `when_at_risk` decides.
 //!
 //! A decision is made once per run, at launch (`size_claimed`); in-flight
 //! re-planning ([`super::replan`]) may later raise the run's parallelism.
@@ -44,6 +46,10 @@ pub struct Decision {
     pub reason: String,
     /// Set when the probe failed and a fallback was used.
     pub probe_note: Option<String>,
+    /// Set when a load guard shaped the decision (throttled it, held the
+    /// run, or was overridden by `when_at_risk: run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guards: Option<String>,
     #[serde(skip)]
     pub deadline_at: DateTime<Utc>,
     #[serde(skip)]
@@ -184,6 +190,7 @@ pub fn decide(
         at_risk: s.at_risk,
         reason: s.reason,
         probe_note,
+        guards: None,
         deadline_at: deadline,
         projected_at: s.projected_finish,
     }
@@ -216,7 +223,8 @@ pub fn apply(job: &Job, d: &Decision, now: DateTime<Utc>) -> Job {
 /// The annotations that explain a decision.
 pub fn annotations(d: &Decision) -> Vec<(String, String)> {
     let a = |k: &str, v: String| (format!("{ANNOTATION_PREFIX}{k}"), v);
-    vec![
+    let guards = d.guards.iter().map(|g| a("guards", g.clone()));
+    let mut out = vec![
         a("work", format!("{} {}", d.work, d.unit)),
         a("rate-per-pod-hour", format!("{:.3}", d.rate_per_pod)),
         a("overhead-seconds", format!("{:.1}", d.overhead_s)),
@@ -226,7 +234,9 @@ pub fn annotations(d: &Decision) -> Vec<(String, String)> {
         a("margin", d.margin.to_string()),
         a("at-risk", d.at_risk.to_string()),
         a("sizing-reason", d.reason.clone()),
-    ]
+    ];
+    out.extend(guards);
+    out
 }
 
 /// What the store keeps of a decision.
@@ -237,10 +247,12 @@ pub fn record(d: &Decision) -> RunSizing {
         completions: i64::from(d.completions),
         projected_finish_ms: d.projected_at.timestamp_millis(),
         at_risk: d.at_risk,
-        note: match &d.probe_note {
-            Some(n) => format!("{}; {n}", d.reason),
-            None => d.reason.clone(),
-        },
+        note: [Some(&d.reason), d.probe_note.as_ref(), d.guards.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
@@ -253,12 +265,36 @@ pub fn signal_at_risk(run: &Run, d: &Decision, webhook: Option<&str>) {
     tracing::warn!(run = %run_id, job = %d.job, attempt = run.attempt, deadline = %d.deadline,
         projected_finish = %d.projected_finish, parallelism = d.parallelism,
         reason = %d.reason, "run at risk: it cannot finish before its deadline");
+    post_at_risk(
+        webhook,
+        serde_json::json!({
+            "event": "at_risk",
+            "run_id": run_id,
+            "decision": d,
+        }),
+    );
+}
+
+/// The at-risk signal for a run in flight that a load guard throttles
+/// past its deadline: as [`signal_at_risk`], the webhook's body naming
+/// the run, job and reason (there is no new sizing decision).
+pub fn signal_in_flight_at_risk(run_id: &str, job: &str, reason: &str, webhook: Option<&str>) {
+    crate::metrics::run_at_risk();
+    tracing::warn!(run = %run_id, job = %job, %reason, "run at risk: it cannot finish before its deadline");
+    post_at_risk(
+        webhook,
+        serde_json::json!({
+            "event": "at_risk",
+            "run_id": run_id,
+            "job": job,
+            "reason": reason,
+        }),
+    );
+}
+
+/// POSTs an at-risk event to `webhook`, if set, in the background.
+fn post_at_risk(webhook: Option<&str>, body: serde_json::Value) {
     let Some(url) = webhook else { return };
-    let body = serde_json::json!({
-        "event": "at_risk",
-        "run_id": run_id,
-        "decision": d,
-    });
     let url = url.to_string();
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
@@ -279,10 +315,29 @@ pub fn signal_at_risk(run: &Run, d: &Decision, webhook: Option<&str>) {
     });
 }
 
-/// Sizes a claimed run of a job with `sizing`: measures, decides, records
-/// the decision on the run, raises the at-risk signal. Returns the job with
-/// its JobSpec sized, or `None` when the run was settled instead (at risk
-/// with `when_at_risk: skip | fail`).
+/// What a job's load guards impose on a run being sized.
+#[derive(Debug, Clone, Default)]
+pub struct Guarded {
+    /// A throttle: at most this many pods, and the guard, described.
+    pub throttle: Option<(u32, String)>,
+    /// The run waited, held by this guard (described), until too late for
+    /// its window: it was flagged at risk then (and let through by
+    /// `when_at_risk: run | skip | fail`, or launched once the guard
+    /// cleared); the at-risk signal is not raised again.
+    pub held: Option<String>,
+}
+
+/// Sizes a claimed run of a job with `sizing`: measures, decides (under
+/// the job's load guards, `guarded`), records the decision on the run,
+/// raises the at-risk signal. Returns the job with its JobSpec sized, or
+/// `None` when the run was settled instead (at risk with `when_at_risk:
+/// skip | fail`).
+///
+/// Under a throttle the run gets at most the throttled pods. When that
+/// makes it miss its window, it is at risk with the guard named, and
+/// `when_at_risk` decides: `run` sizes it as if unthrottled (the deadline
+/// wins), `wait` keeps the throttle (the guard wins), `skip`/`fail`
+/// settle it.
 pub(super) async fn size_claimed(
     store: &Store,
     clock: &Clock,
@@ -290,6 +345,7 @@ pub(super) async fn size_claimed(
     cfg: &SizingConfig,
     run: &Run,
     max_pods: u32,
+    guarded: &Guarded,
 ) -> Result<Option<Job>, StoreError> {
     let now = clock.now();
     let deadline = run
@@ -299,17 +355,50 @@ pub(super) async fn size_claimed(
         .unwrap_or(now);
     let measured = measure_work(store, job, cfg).await?;
     let model = model(store, job, cfg).await?;
-    let d = decide(job, cfg, model, measured, now, deadline, max_pods);
+    let full = decide(job, cfg, model, measured.clone(), now, deadline, max_pods);
+    let mut d = match &guarded.throttle {
+        None => full.clone(),
+        Some((cap, why)) => {
+            let mut t = decide(job, cfg, model, measured, now, deadline, max_pods.min(*cap));
+            t.guards = Some(format!("throttled to at most {cap} pod(s) by guard {why}"));
+            if t.at_risk {
+                t.reason = format!("guard {why} throttles it to {cap} pod(s); {}", t.reason);
+                if crate::planner::guards::conflict(cfg.when_at_risk)
+                    == crate::planner::guards::Conflict::RunAnyway
+                {
+                    let mut f = full.clone();
+                    f.at_risk = true;
+                    f.reason = format!(
+                        "{}; when_at_risk: run, so the deadline wins: {}",
+                        t.reason, full.reason
+                    );
+                    f.guards = Some(format!("guard {why} overridden (when_at_risk: run)"));
+                    t = f;
+                }
+            }
+            t
+        }
+    };
+    if let Some(why) = &guarded.held {
+        d.at_risk = true;
+        d.reason = format!(
+            "held by guard {why} until too late for its window; {}",
+            d.reason
+        );
+        d.guards = Some(format!("held by guard {why}; launched at risk"));
+    }
     store.record_sizing(&run.run_id, &record(&d)).await?;
     tracing::info!(run = %run.run_id, job = %job.name, attempt = run.attempt, parallelism = d.parallelism,
         completions = d.completions, deadline = %d.deadline, projected_finish = %d.projected_finish,
-        reason = %d.reason, "run sized");
+        reason = %d.reason, guards = d.guards.as_deref().unwrap_or(""), "run sized");
     if !d.at_risk {
         return Ok(Some(apply(job, &d, now)));
     }
-    signal_at_risk(run, &d, cfg.at_risk_webhook.as_deref());
+    if guarded.held.is_none() {
+        signal_at_risk(run, &d, cfg.at_risk_webhook.as_deref());
+    }
     let kind = match cfg.when_at_risk {
-        AtRiskAction::Run => return Ok(Some(apply(job, &d, now))),
+        AtRiskAction::Run | AtRiskAction::Wait => return Ok(Some(apply(job, &d, now))),
         AtRiskAction::Skip => OutcomeKind::Skipped {
             reason: format!("skipped: at risk: {}", d.reason),
         },
@@ -346,4 +435,51 @@ pub async fn preview(
     let model = model(store, job, cfg).await?;
     let max_pods = job.limits.max_pods.unwrap_or(u32::MAX);
     Ok(decide(job, cfg, model, measured, at, deadline, max_pods))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_that_shaped_a_decision_is_in_its_annotations_and_its_record() {
+        let job = crate::testing::job(
+            "name: backup\ntrigger:\n  queue:\n    builtin: {}\nwindow:\n  within: 1h\n\
+             sizing:\n  work: { static: 10 }\n  initial_rate_per_pod: 10\n  parallelism: { min: 1, max: 4 }\n\
+             template:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{ name: m, command: [\"true\"] }]\n",
+        );
+        let cfg = job.sizing.clone().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let model = sizing::fit(&[], cfg.initial_rate_per_pod, 0.0);
+        let mut d = decide(
+            &job,
+            &cfg,
+            model,
+            Measured::given(10.0),
+            now,
+            now + chrono::TimeDelta::hours(1),
+            4,
+        );
+        let key = format!("{ANNOTATION_PREFIX}guards");
+        assert!(!annotations(&d).iter().any(|(k, _)| *k == key));
+        assert!(!serde_json::to_value(&d)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .contains_key("guards"));
+        d.guards = Some("throttled to at most 2 pod(s) by guard db 75 > 70".into());
+        let ann = annotations(&d);
+        assert!(
+            ann.contains(&(
+                key,
+                "throttled to at most 2 pod(s) by guard db 75 > 70".into()
+            )),
+            "{ann:?}"
+        );
+        assert!(record(&d)
+            .note
+            .ends_with("; throttled to at most 2 pod(s) by guard db 75 > 70"));
+    }
 }

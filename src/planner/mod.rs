@@ -6,6 +6,8 @@
 //!   across jobs, and a global cap on running runs.
 //! - [`sizing`]: the parallelism a run needs to finish inside its window.
 //! - [`batching`]: which waiting messages go into one batch run.
+//! - [`guards`]: load guards — hysteresis, throttle arithmetic and the
+//!   conflict with a run's deadline.
 //!
 //! **Fair order.** When the global cap or a pool is the constraint, due
 //! runs are taken by the job's `priority` (higher first), then round-robin
@@ -20,6 +22,7 @@
 //! `max_pods` bounds the pods of one job.
 
 pub mod batching;
+pub mod guards;
 pub mod sizing;
 
 use std::collections::HashMap;
@@ -65,6 +68,12 @@ pub struct Limits {
     /// Jobs whose pods have stayed Pending longer than their
     /// `limits.pending_timeout`: no new launches until they schedule.
     pub backpressured: std::collections::HashSet<String>,
+    /// Jobs a load guard holds ([`guards`]): no new launches until it clears.
+    pub guarded: std::collections::HashSet<String>,
+    /// Runs let through their job's holding guard: at risk of missing
+    /// their window, with `when_at_risk` saying the deadline wins (or
+    /// that the run be settled at launch).
+    pub let_through: std::collections::HashSet<String>,
     /// Jobs an operator paused, held or iced: none of their runs launches.
     pub stopped: HashMap<String, OperatorState>,
     /// Each active backfill's cap on its runs.
@@ -115,6 +124,8 @@ pub enum Hold {
     /// The run's backfill has `--max-active` runs running (or, with
     /// `--overlap forbid`, another run of the job runs).
     BackfillLimit,
+    /// A load guard of the job holds (the dispatcher logs which).
+    Guard,
 }
 
 impl Hold {
@@ -132,6 +143,7 @@ impl Hold {
             Hold::Operator(OperatorState::Iced) => "an operator put the job on ice",
             Hold::Operator(OperatorState::Active) => "the job is active",
             Hold::BackfillLimit => "its backfill's --max-active (or --overlap forbid) is reached",
+            Hold::Guard => "a load guard of the job holds",
         }
     }
 }
@@ -207,6 +219,10 @@ pub fn admit<'a>(candidates: &[Candidate<'a>], usage: &Usage, limits: &Limits) -
         }
         if limits.backpressured.contains(c.job) {
             out.hold.push((c.run_id, Hold::Backpressure));
+            continue;
+        }
+        if limits.guarded.contains(c.job) && !limits.let_through.contains(c.run_id) {
+            out.hold.push((c.run_id, Hold::Guard));
             continue;
         }
         if limits.global.is_some_and(|g| total >= g) {
@@ -379,6 +395,26 @@ mod tests {
                 ("b3", Hold::GlobalLimit)
             ]
         );
+    }
+
+    #[test]
+    fn a_guarded_job_is_held_except_the_runs_let_through() {
+        let cands = [cand("a1", "a"), cand("a2", "a"), cand("b1", "b")];
+        let limits = Limits {
+            jobs: [("a".to_string(), caps(None)), ("b".to_string(), caps(None))].into(),
+            guarded: ["a".to_string()].into(),
+            ..Limits::default()
+        };
+        let got = admit(&cands, &Usage::default(), &limits);
+        assert_eq!(ids(&got), ["b1"]);
+        assert_eq!(got.hold, [("a1", Hold::Guard), ("a2", Hold::Guard)]);
+        let limits = Limits {
+            let_through: ["a2".to_string()].into(),
+            ..limits
+        };
+        let got = admit(&cands, &Usage::default(), &limits);
+        assert_eq!(ids(&got), ["b1", "a2"]);
+        assert_eq!(got.hold, [("a1", Hold::Guard)]);
     }
 
     /// The scenario of a backlog next to a cron job: every free slot goes
