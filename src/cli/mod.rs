@@ -73,6 +73,9 @@ pub struct GlobalArgs {
     /// State store URL: sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB [default: the config's store]
     #[arg(long, global = true, env = "KEDGE_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Directory of business calendars (*.yaml, one calendar each) [default: the config's calendars_dir, calendars/]
+    #[arg(long, global = true, env = "KEDGE_CALENDARS", value_name = "DIR")]
+    pub calendars: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +242,7 @@ fn sources(g: &GlobalArgs) -> Sources {
         config: g.config.clone(),
         jobs: g.jobs.clone(),
         store: g.store.clone(),
+        calendars: g.calendars.clone(),
     }
 }
 

@@ -4,11 +4,13 @@
 //! ([`DaemonConfig`], [`Job`]). Problems come back as [`Diagnostics`], all of
 //! them at once, each as `path:line:column: field: message`.
 
+pub mod calendar;
 pub mod daemon;
 pub mod diagnostic;
 pub mod job;
 pub mod probe;
 pub mod queue;
+pub mod rules;
 pub mod schema;
 pub mod sizing;
 pub mod yaml;
@@ -36,6 +38,8 @@ pub struct Sources {
     pub jobs: Option<PathBuf>,
     /// Overrides the store URL.
     pub store: Option<String>,
+    /// Overrides `calendars_dir`.
+    pub calendars: Option<PathBuf>,
 }
 
 /// The default config file, relative to the working directory.
@@ -70,6 +74,10 @@ pub fn load_daemon(sources: &Sources) -> Result<DaemonConfig, Diagnostics> {
             if let Some(s) = &sources.store {
                 cfg.store_url = s.clone();
             }
+            if let Some(c) = &sources.calendars {
+                cfg.calendars_dir = c.clone();
+            }
+            cfg.calendars = std::sync::Arc::new(calendar::load_dir(&cfg.calendars_dir));
             Ok(cfg)
         }
         Ok(_) => Err(out),
@@ -109,9 +117,12 @@ fn env_var(name: &str) -> Option<String> {
 /// Loads every `*.yaml` / `*.yml` in `dir` (sorted by file name). Returns the
 /// valid jobs and the diagnostics of the invalid ones: a bad file never
 /// stops the good ones from loading.
+///
+/// The calendars' problems (`daemon.calendars`) come first: a job that names
+/// a bad calendar is refused, and the calendar's file says why.
 pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
     let dir = daemon.jobs_dir.as_path();
-    let mut diags = Diagnostics::default();
+    let mut diags = daemon.calendars.problems.clone();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -132,7 +143,7 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
         // metadata cannot be read (a dangling symlink, a symlink loop), is
         // reported like a bad file, never skipped in silence.
         match entry {
-            Ok(e) => match job_file(&e.path()) {
+            Ok(e) => match yaml_file(&e.path()) {
                 Ok(true) => files.push(e.path()),
                 Ok(false) => {}
                 Err(d) => diags.push(d),
@@ -183,10 +194,10 @@ pub fn load_jobs(daemon: &DaemonConfig) -> (Vec<Job>, Diagnostics) {
     (jobs, diags)
 }
 
-/// Whether `path` is a job definition to load: a `*.yaml` / `*.yml` file
+/// Whether `path` is a definition (a job, a calendar) to load: a `*.yaml` / `*.yml` file
 /// (following symlinks). `Err` when it has that name but cannot be looked
 /// at: the diagnostic names the file and the error.
-fn job_file(path: &Path) -> Result<bool, Diagnostic> {
+pub(crate) fn yaml_file(path: &Path) -> Result<bool, Diagnostic> {
     if !matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml") | Some("yml")
