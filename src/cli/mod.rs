@@ -15,11 +15,13 @@
 //! - `migrate` — `kedge migrate`.
 //! - `schema` — `kedge schema` ([`crate::config::schema`]).
 //! - `prune` — `kedge prune [--dry-run]` ([`crate::retention`]).
+//! - `calendar` — `kedge calendar show` ([`crate::config::calendar`]).
 //! - `cluster` — `--kubeconfig` / `--namespace`, shared by run and render.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (store unreachable, I/O);
 //! 2 bad input (invalid definitions, unknown job, bad `--data`, bad flags).
 
+mod calendar;
 mod cluster;
 mod dlq;
 mod migrate;
@@ -122,8 +124,14 @@ pub enum Command {
     },
     /// List runs (one row per attempt), newest first.
     Runs(runs::RunsArgs),
+    /// Business calendars (calendars/*.yaml): `kedge calendar show NAME`.
+    Calendar {
+        #[command(subcommand)]
+        command: calendar::CalendarCommand,
+    },
     /// Show a cron job's recorded fires and what kedge decided about each
-    /// (launched, skipped by the overlap policy, missed by the catch-up policy, replaced).
+    /// (launched, skipped by the overlap policy or a blackout, missed by the
+    /// catch-up policy, replaced); a shifted or deferred fire says why.
     Fires(runs::FiresArgs),
     /// Inspect and replay dead letters (work that failed every attempt).
     Dlq {
@@ -132,10 +140,11 @@ pub enum Command {
     },
     /// Apply the store's migrations and exit (kedge run also applies them).
     Migrate,
-    /// Print the JSON Schema of a job definition or of the daemon config.
+    /// Print the JSON Schema of a job definition, the daemon config or a calendar.
     ///
     /// The schemas are derived from the types kedge's parser reads, and are
-    /// checked in as deploy/schema/job.schema.json and config.schema.json.
+    /// checked in as deploy/schema/job.schema.json, config.schema.json and
+    /// calendar.schema.json.
     /// Editors with YAML language support (yaml-language-server: VS Code's
     /// YAML extension, Neovim, Helix, JetBrains) complete and check a file
     /// whose first line names its schema, as
@@ -230,6 +239,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Trigger { job } => queue::trigger(&src, &job).await,
         Command::Runs(args) => runs::runs(&src, args).await,
         Command::Fires(args) => runs::fires(&src, args).await,
+        Command::Calendar { command } => calendar::calendar(&src, command),
         Command::Dlq { command } => dlq::dlq(&src, command).await,
         Command::Migrate => migrate::migrate(&src).await,
         Command::Schema(args) => schema::schema(args),
@@ -397,12 +407,13 @@ mod tests {
         assert!(parse(&["schema", "--write", "d"]).is_ok());
         let kind = |args: &[&str]| parse(args).unwrap_err().kind();
         assert_eq!(kind(&["schema"]), ErrorKind::MissingRequiredArgument);
-        assert_eq!(kind(&["schema", "calendar"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["schema", "calender"]), ErrorKind::InvalidValue);
+        assert!(parse(&["schema", "calendar"]).is_ok());
         assert_eq!(
             kind(&["schema", "job", "--write", "d"]),
             ErrorKind::ArgumentConflict
         );
-        assert_eq!(SchemaKind::ALL.len(), 2);
+        assert_eq!(SchemaKind::ALL.len(), 3);
     }
 
     #[test]
