@@ -261,7 +261,7 @@ fn forecast(src: &Sources, name: &str, from: Option<&str>, to: &str, json: bool)
             None => r["outcome"].as_str().unwrap_or("").to_string(),
         };
         println!(
-            "  {}  {}  {outcome}  {}",
+            "  {}  {}  {outcome:<8}  {}",
             r["at"].as_str().unwrap_or(""),
             r["local"].as_str().unwrap_or(""),
             r["rule"].as_str().unwrap_or("")
