@@ -171,26 +171,34 @@ impl<'a> Eval<'a> {
             }
         }
         // ... or shifted forward from the days off just before it.
+        // (Fires of the days off before `after`'s day land on it, or later,
+        // when it is a working day.)
         if rules.shift == Shift::Next {
-            let mut d = self.date(after);
+            let first = self.date(after);
+            let mut d = first;
             for _ in 0..SEARCH_DAYS {
-                if self.day_status(d) == DayStatus::Working {
+                if self.day_status(d) != DayStatus::Working {
+                    self.collect(self.day_start(d) - tick, after, &mut times);
+                } else if d != first {
                     break;
                 }
-                self.collect(self.day_start(d) - tick, after, &mut times);
-                d = d.pred_opt().unwrap_or(d);
+                let Some(prev) = d.pred_opt() else { break };
+                d = prev;
             }
         }
         // Cron times after `until` shifted back onto it or before.
+        // (Likewise, fires of the days off after `until`'s day land on it.)
         if rules.shift == Shift::Previous {
-            let mut d = self.date(until);
+            let last = self.date(until);
+            let mut d = last;
             for _ in 0..SEARCH_DAYS {
-                if self.day_status(d) == DayStatus::Working {
+                let Some(next) = d.succ_opt() else { break };
+                if self.day_status(d) != DayStatus::Working {
+                    let day_end = self.day_start(next) - tick;
+                    self.collect(until, day_end, &mut times);
+                } else if d != last {
                     break;
                 }
-                let Some(next) = d.succ_opt() else { break };
-                let day_end = self.day_start(next) - tick;
-                self.collect(until, day_end, &mut times);
                 d = next;
             }
         }
