@@ -30,7 +30,9 @@ fn calendar_show_prints_the_year_month_by_month() {
     let ws = bank_workspace();
     let out = ws.ok(&["calendar", "show", "bank", "--year", "2026"]);
     assert!(
-        out.starts_with("calendar bank (calendars/bank.yaml), 2026: working days mon,tue,wed,thu,fri\n"),
+        out.starts_with(
+            "calendar bank (calendars/bank.yaml), 2026: working days mon,tue,wed,thu,fri\n"
+        ),
         "{out}"
     );
     let december = out.split("December 2026\n").nth(1).expect("December");
@@ -77,7 +79,14 @@ fn the_forecast_lists_every_fire_with_its_rule() {
         ),
     );
     let out = ws.ok(&[
-        "plan", "--job", "weekly", "--from", "2026-12-01T00:00:00Z", "--to", "2027-01-01T00:00:00Z", "--json",
+        "plan",
+        "--job",
+        "weekly",
+        "--from",
+        "2026-12-01T00:00:00Z",
+        "--to",
+        "2027-01-01T00:00:00Z",
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["job"], "weekly");
@@ -94,7 +103,9 @@ fn the_forecast_lists_every_fire_with_its_rule() {
             )
         })
         .collect();
-    let row = |at: &str, outcome: &str, rule: &str| (at.to_string(), outcome.to_string(), rule.to_string());
+    let row = |at: &str, outcome: &str, rule: &str| {
+        (at.to_string(), outcome.to_string(), rule.to_string())
+    };
     assert_eq!(
         fires,
         [
@@ -109,7 +120,14 @@ fn the_forecast_lists_every_fire_with_its_rule() {
     // (a day ahead of UTC) its 22:00 is 09:00 UTC; a Thursday, so inside
     // the blackout, and skipped.
     let out = ws.ok(&[
-        "plan", "--job", "month-end", "--from", "2026-11-01T00:00:00Z", "--to", "2027-01-01T00:00:00Z", "--json",
+        "plan",
+        "--job",
+        "month-end",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--to",
+        "2027-01-01T00:00:00Z",
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let fires = v["fires"].as_array().unwrap();
@@ -117,13 +135,24 @@ fn the_forecast_lists_every_fire_with_its_rule() {
     assert_eq!(fires[0]["at"], "2026-11-30T09:00:00Z");
     assert_eq!(fires[0]["local"], "2026-11-30 22:00:00 NZDT");
     assert_eq!(fires[0]["outcome"], "run");
-    assert_eq!(fires[0]["rule"], "business day -1 of 2026-11 (cron 0 22 * * *)");
+    assert_eq!(
+        fires[0]["rule"],
+        "business day -1 of 2026-11 (cron 0 22 * * *)"
+    );
     assert_eq!(fires[1]["at"], "2026-12-31T09:00:00Z");
     assert_eq!(fires[1]["outcome"], "skipped");
     assert_eq!(fires[1]["reason"], "blackout (21:00-23:00 thu)");
 
     // `kedge plan` (the next fires) goes through the same rules.
-    let out = ws.ok(&["plan", "--job", "weekly", "--from", "2026-12-19T00:00:00Z", "--count", "1"]);
+    let out = ws.ok(&[
+        "plan",
+        "--job",
+        "weekly",
+        "--from",
+        "2026-12-19T00:00:00Z",
+        "--count",
+        "1",
+    ]);
     assert_eq!(
         out,
         "weekly (Europe/Berlin)\n  2026-12-23T01:30:00Z  shifted previous from 2026-12-25 (holiday) (cron 30 2 * * 5)\n"
@@ -138,7 +167,10 @@ fn validation_names_file_line_and_column() {
     ws.write_calendar("c", "name: c\nholidays: [2026-13-01]\n");
     ws.write_job(
         "uses",
-        &job("uses", "  cron: \"0 1 * * *\"\n  calendar: nope\n  shift: sideways\n"),
+        &job(
+            "uses",
+            "  cron: \"0 1 * * *\"\n  calendar: nope\n  shift: sideways\n",
+        ),
     );
     ws.write_job(
         "blackouts",
@@ -164,7 +196,10 @@ fn validation_names_file_line_and_column() {
         ],
         "{stderr}"
     );
-    ws.write_job("uses", &job("uses", "  cron: \"0 1 * * *\"\n  calendar: nope\n"));
+    ws.write_job(
+        "uses",
+        &job("uses", "  cron: \"0 1 * * *\"\n  calendar: nope\n"),
+    );
     let out = ws.run(&["validate"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -189,8 +224,17 @@ fn the_calendars_directory_comes_from_the_flag_the_variable_or_the_config() {
         String::from_utf8_lossy(&out.stderr)
     );
     ws.ok(&["validate", "--calendars", "elsewhere"]);
-    let out = ws.kedge().arg("validate").env("KEDGE_CALENDARS", "elsewhere").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ws
+        .kedge()
+        .arg("validate")
+        .env("KEDGE_CALENDARS", "elsewhere")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = std::fs::read_to_string(ws.path().join("config/kedge.yaml")).unwrap();
     ws.write_config(&format!("{config}calendars_dir: elsewhere\n"));
     ws.ok(&["validate"]);
@@ -204,7 +248,10 @@ fn a_blackout_skip_shows_in_kedge_fires() {
     let ws = Workspace::new();
     let now = chrono::Utc::now();
     let hhmm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
-    let (from, to) = (hhmm(now - chrono::Duration::hours(1)), hhmm(now + chrono::Duration::hours(1)));
+    let (from, to) = (
+        hhmm(now - chrono::Duration::hours(1)),
+        hhmm(now + chrono::Duration::hours(1)),
+    );
     ws.write_job(
         "quiet",
         &job(
@@ -225,9 +272,16 @@ fn a_blackout_skip_shows_in_kedge_fires() {
     }
     let table = ws.ok(&["fires", "quiet"]);
     assert!(
-        table.lines().nth(1).is_some_and(|l| l.contains(" skipped ") && l.contains("blackout (")),
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" skipped ") && l.contains("blackout (")),
         "{table}"
     );
     daemon.stop();
-    assert!(ws.runs().is_empty(), "no run inside the blackout: {:?}", ws.runs());
+    assert!(
+        ws.runs().is_empty(),
+        "no run inside the blackout: {:?}",
+        ws.runs()
+    );
 }

@@ -127,7 +127,10 @@ impl Case {
                     .flatten()
             };
             if let Some(day) = day {
-                out.insert(instant(tz, day.and_hms_opt(self.hour, self.minute, 0).unwrap()));
+                out.insert(instant(
+                    tz,
+                    day.and_hms_opt(self.hour, self.minute, 0).unwrap(),
+                ));
             }
         }
         out.into_iter()
@@ -137,10 +140,16 @@ impl Case {
 
     fn yaml_files(&self) -> Vec<(String, String)> {
         let dates = |s: &BTreeSet<NaiveDate>| {
-            s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-        let wd: Vec<&str> = (0..7).filter(|i| self.main.weekdays[*i]).map(|i| NAMES[i]).collect();
+        let wd: Vec<&str> = (0..7)
+            .filter(|i| self.main.weekdays[*i])
+            .map(|i| NAMES[i])
+            .collect();
         let mut main = format!(
             "name: main\nworking_days: [{}]\nholidays: [{}]\ndates: [{}]\n",
             wd.join(", "),
@@ -170,7 +179,11 @@ impl Case {
         let dow = if self.dow.is_empty() {
             "*".to_string()
         } else {
-            self.dow.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            self.dow
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         };
         let mut t = format!(
             "  cron: \"{} {} * * {dow}\"\n  timezone: {}\n  calendar: main\n",
@@ -196,7 +209,11 @@ fn instant(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     let offsets: BTreeSet<i64> = (-15..=15)
         .map(|h| {
             let at = as_utc + Duration::hours(h);
-            i64::from(tz.offset_from_utc_datetime(&at.naive_utc()).fix().local_minus_utc())
+            i64::from(
+                tz.offset_from_utc_datetime(&at.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
+            )
         })
         .collect();
     let candidates: Vec<DateTime<Utc>> = offsets
@@ -255,25 +272,40 @@ fn check(case: &Case) {
         .into_iter()
         .map(|f| f.at)
         .collect();
-    halves.extend(rules::fires_between(&c, mid, until).into_iter().map(|f| f.at));
+    halves.extend(
+        rules::fires_between(&c, mid, until)
+            .into_iter()
+            .map(|f| f.at),
+    );
     assert_eq!(halves, want, "split at {mid}");
 }
 
 fn dates_in(start: NaiveDate, span: i64) -> impl Strategy<Value = BTreeSet<NaiveDate>> {
-    proptest::collection::btree_set((-40..span + 40).prop_map(move |k| start + Duration::days(k)), 0..12)
+    proptest::collection::btree_set(
+        (-40..span + 40).prop_map(move |k| start + Duration::days(k)),
+        0..12,
+    )
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    let start = (0i64..5 * 365).prop_map(|k| NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + Duration::days(k));
+    let start = (0i64..5 * 365)
+        .prop_map(|k| NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + Duration::days(k));
     (start, 20i64..100).prop_flat_map(|(start, days)| {
-        let weekdays = proptest::array::uniform7(any::<bool>()).prop_filter("some working weekday", |w| {
-            w.iter().filter(|x| **x).count() >= 2
-        });
+        let weekdays = proptest::array::uniform7(any::<bool>())
+            .prop_filter("some working weekday", |w| {
+                w.iter().filter(|x| **x).count() >= 2
+            });
         (
             (weekdays, dates_in(start, days), dates_in(start, days)),
-            (proptest::option::of(dates_in(start, days)), proptest::option::of(dates_in(start, days))),
+            (
+                proptest::option::of(dates_in(start, days)),
+                proptest::option::of(dates_in(start, days)),
+            ),
             proptest::sample::select(ZONES),
-            (prop_oneof![Just(0u32), Just(1), Just(2), Just(3), 0u32..24], prop_oneof![Just(0u32), Just(30), 0u32..60]),
+            (
+                prop_oneof![Just(0u32), Just(1), Just(2), Just(3), 0u32..24],
+                prop_oneof![Just(0u32), Just(30), 0u32..60],
+            ),
             proptest::collection::vec(0u32..7, 0..3),
             prop_oneof![
                 Just(Vec::new()),
@@ -281,32 +313,46 @@ fn case() -> impl Strategy<Value = Case> {
             ],
             proptest::sample::select(&["none", "skip", "next", "previous"][..]),
         )
-            .prop_map(move |((weekdays, holidays, dates), (plus, minus), zone, (hour, minute), dow, mut bdays, shift)| {
-                let dates: BTreeSet<NaiveDate> = dates.difference(&holidays).copied().collect();
-                bdays.sort();
-                bdays.dedup();
-                let dow = if bdays.is_empty() {
-                    let mut d = dow;
-                    d.sort();
-                    d.dedup();
-                    d
-                } else {
-                    Vec::new()
-                };
-                Case {
-                    main: Cal { weekdays, holidays, dates },
-                    plus,
-                    minus,
+            .prop_map(
+                move |(
+                    (weekdays, holidays, dates),
+                    (plus, minus),
                     zone,
-                    hour,
-                    minute,
+                    (hour, minute),
                     dow,
-                    business_days: bdays,
+                    mut bdays,
                     shift,
-                    start,
-                    days,
-                }
-            })
+                )| {
+                    let dates: BTreeSet<NaiveDate> = dates.difference(&holidays).copied().collect();
+                    bdays.sort();
+                    bdays.dedup();
+                    let dow = if bdays.is_empty() {
+                        let mut d = dow;
+                        d.sort();
+                        d.dedup();
+                        d
+                    } else {
+                        Vec::new()
+                    };
+                    Case {
+                        main: Cal {
+                            weekdays,
+                            holidays,
+                            dates,
+                        },
+                        plus,
+                        minus,
+                        zone,
+                        hour,
+                        minute,
+                        dow,
+                        business_days: bdays,
+                        shift,
+                        start,
+                        days,
+                    }
+                },
+            )
     })
 }
 
@@ -361,11 +407,16 @@ fn spring_forward_and_fall_back_days_in_berlin_and_new_york() {
         let fires = rules::fires_between(
             &trigger(&c, dir.path()),
             c.start.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-            (c.start + Duration::days(14)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            (c.start + Duration::days(14))
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc(),
         );
         let tz: Tz = zone.parse().unwrap();
         assert!(
-            fires.iter().any(|f| f.at.with_timezone(&tz).date_naive() == d(day)),
+            fires
+                .iter()
+                .any(|f| f.at.with_timezone(&tz).date_naive() == d(day)),
             "{zone}: the DST day {day} fires"
         );
     }
@@ -385,7 +436,10 @@ fn month_ends_and_leap_years() {
     let days: Vec<NaiveDate> = rules::fires_between(
         &t,
         c.start.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        (c.start + Duration::days(420)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        (c.start + Duration::days(420))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
     )
     .into_iter()
     .map(|f| f.at.date_naive())
@@ -417,7 +471,10 @@ fn a_zone_a_day_ahead_of_utc_uses_its_own_date() {
     let fires = rules::fires_between(
         &trigger(&c, dir.path()),
         c.start.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        (c.start + Duration::days(21)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        (c.start + Duration::days(21))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
     );
     assert!(fires
         .iter()

@@ -861,8 +861,13 @@ async fn a_fire_inside_a_blackout_is_recorded_as_skipped() {
     let (fires, _) = fires_with_pass_times(&mut s, &store, 4).await;
     assert_eq!(
         times(&fires),
-        ["2026-06-01T11:00:00Z", "2026-06-01T12:00:00Z", "2026-06-01T13:00:00Z", "2026-06-01T14:00:00Z"]
-            .map(utc)
+        [
+            "2026-06-01T11:00:00Z",
+            "2026-06-01T12:00:00Z",
+            "2026-06-01T13:00:00Z",
+            "2026-06-01T14:00:00Z"
+        ]
+        .map(utc)
     );
     use FireOutcome::{Recorded, Skipped};
     assert_eq!(outcomes(&fires), [Recorded, Skipped, Skipped, Recorded]);
@@ -886,9 +891,17 @@ async fn a_deferred_fire_is_launched_when_the_window_ends() {
     let job = blacked_out(dir.path(), "{from: \"11:30\", to: \"13:45\"}", "defer");
     let mut s = Scheduler::start(job, &store);
     let (fires, looked) = fires_with_pass_times(&mut s, &store, 3).await;
-    let want = ["2026-06-01T11:00:00Z", "2026-06-01T13:45:00Z", "2026-06-01T14:00:00Z"].map(utc);
+    let want = [
+        "2026-06-01T11:00:00Z",
+        "2026-06-01T13:45:00Z",
+        "2026-06-01T14:00:00Z",
+    ]
+    .map(utc);
     assert_eq!(times(&fires), want);
-    assert_eq!(looked, want, "each fire recorded on the dot, the deferred one at the window's end");
+    assert_eq!(
+        looked, want,
+        "each fire recorded on the dot, the deferred one at the window's end"
+    );
     assert!(outcomes(&fires).iter().all(|o| *o == FireOutcome::Recorded));
     let detail = fires[1].detail.as_deref().unwrap_or_default();
     assert!(
@@ -896,6 +909,10 @@ async fn a_deferred_fire_is_launched_when_the_window_ends() {
         "{detail}"
     );
     let runs = store.list_runs(Some("blacked"), None, 10).await.unwrap();
-    assert_eq!(runs.len(), 3, "one run per fire, the two deferred ones as one");
+    assert_eq!(
+        runs.len(),
+        3,
+        "one run per fire, the two deferred ones as one"
+    );
     s.stop().await;
 }

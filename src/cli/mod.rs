@@ -99,8 +99,15 @@ pub enum Command {
     Render(plan::RenderArgs),
     /// Check the config and every job definition; print each problem as path:line:column: field: message.
     Validate,
-    /// Show the next cron fires of each job (UTC), or with --at, the sizing
-    /// decision for a run of a sized job at that time.
+    /// Show the next cron fires of each job (UTC), or with --to a forecast
+    /// of one job, or with --at the sizing decision for a run of a sized job
+    /// at that time.
+    ///
+    /// Fires follow the job's calendar rules (calendar, exclude_calendar,
+    /// business_days, shift, blackout). With --job J --from A --to B the
+    /// forecast lists every fire in [A, B), run, deferred or skipped, with
+    /// the rule that placed it ("cron 30 2 * * * on bank working day",
+    /// "shifted next from 2026-12-25 (holiday)", "business day -1 of 2026-12").
     ///
     /// With --at the output (--json) is {"job", "work", "rate_per_pod",
     /// "overhead_s", "parallelism", "completions", "deadline",

@@ -147,7 +147,9 @@ fn plan_fires(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
         let mut fires = Vec::new();
         let mut cursor = from;
         while fires.len() < args.count {
-            let Some(f) = rules::next_fire(c, cursor) else { break };
+            let Some(f) = rules::next_fire(c, cursor) else {
+                break;
+            };
             cursor = f.at;
             if !matches!(f.outcome, Planned::Skipped { .. }) {
                 fires.push(f);
@@ -191,7 +193,13 @@ fn plan_fires(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
 
 /// `kedge plan --job J --from A --to B`: every fire of J in [A, B), with
 /// the rule that placed it (a Control-M forecast).
-fn forecast(src: &Sources, name: &str, from: Option<&str>, to: &str, json: bool) -> Result<(), Failure> {
+fn forecast(
+    src: &Sources,
+    name: &str,
+    from: Option<&str>,
+    to: &str,
+    json: bool,
+) -> Result<(), Failure> {
     let daemon = config::load_daemon(src)?;
     let job = one_job(&daemon, name)?;
     let from = match from {

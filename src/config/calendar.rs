@@ -34,7 +34,10 @@ use super::yaml::{string_enum, Located};
 pub struct RawCalendar {
     /// The calendar's name, which jobs use in `trigger.calendar`: lower-case
     /// letters, digits and '-', unique across the calendars directory.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// The weekdays that are working days [default: mon to fri]. `[]` for a
     /// calendar made of `dates` only.
@@ -355,7 +358,8 @@ fn parse_file(file: &Path, text: Result<String, String>) -> Parsed {
     }
     p.name = doc.value["name"].as_str().map(str::to_string);
     let (raw, diags) = doc.deserialize::<RawCalendar>(&FieldPath::root());
-    p.problems.extend(diags.into_iter().map(|d| d.in_file(file)));
+    p.problems
+        .extend(diags.into_iter().map(|d| d.in_file(file)));
     if let Some(raw) = raw {
         let mut problems: Vec<Problem> = Vec::new();
         let own = check(&raw, &mut problems);
@@ -507,7 +511,8 @@ fn resolve(dir: PathBuf, dir_exists: bool, parsed: Vec<Parsed>) -> Calendars {
                         .as_ref()
                         .map(|d| d.locate(&path))
                         .unwrap_or_else(Position::start);
-                    let problem = |m: String| Diagnostic::new(path.clone(), pos, m).in_file(&p.file);
+                    let problem =
+                        |m: String| Diagnostic::new(path.clone(), pos, m).in_file(&p.file);
                     let Some(&j) = self.by_name.get(n) else {
                         let mut known: Vec<&str> =
                             self.by_name.keys().map(String::as_str).collect();

@@ -198,7 +198,8 @@ pub fn validate(
         if raw.business_days.is_some() {
             problems.push((
                 tp.key("shift"),
-                "cannot be combined with `business_days`: business days are always working days".into(),
+                "cannot be combined with `business_days`: business days are always working days"
+                    .into(),
             ));
         }
     }

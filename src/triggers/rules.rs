@@ -96,7 +96,9 @@ pub fn next_fire(c: &CronTrigger, after: DateTime<Utc>) -> Option<Fire> {
     }
     // Widening windows: cheap for frequent schedules, few steps for rare ones.
     let mut span = Duration::hours(1);
-    let end = NaiveDate::from_ymd_opt(2101, 1, 1)?.and_hms_opt(0, 0, 0)?.and_utc();
+    let end = NaiveDate::from_ymd_opt(2101, 1, 1)?
+        .and_hms_opt(0, 0, 0)?
+        .and_utc();
     let mut lo = after;
     while lo < end {
         let hi = (lo + span).min(end);
@@ -211,13 +213,18 @@ impl<'a> Eval<'a> {
         // One fire per instant: a day's own fire wins over one shifted or
         // deferred onto it, and the earliest cron time among equals.
         let key = |f: &Fire, rank: u8| (f.at, rank, f.at != f.cron_time, f.cron_time);
-        fires.sort_by(|(a, ra), (b, rb)| key(a, *ra).cmp(&key(b, *rb)));
+        fires.sort_by_key(|(f, rank)| key(f, *rank));
         fires.dedup_by(|later, first| later.0.at == first.0.at);
         fires.into_iter().map(|(f, _)| f).collect()
     }
 
     /// The cron times in `(after, until]`, into `out`.
-    fn collect(&self, after: DateTime<Utc>, until: DateTime<Utc>, out: &mut BTreeSet<DateTime<Utc>>) {
+    fn collect(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        out: &mut BTreeSet<DateTime<Utc>>,
+    ) {
         let mut t = after;
         for _ in 0..MAX_CRON_TIMES {
             match self.c.schedule.next_after(t, self.tz) {
@@ -272,7 +279,10 @@ impl<'a> Eval<'a> {
                         let naive = target.and_time(t.with_timezone(&self.tz).time());
                         let at = local_instant(&self.tz, naive, None)?;
                         let how = if forward { "next" } else { "previous" };
-                        return Some((fire(at, format!("shifted {how} from {d} ({why}) (cron {expr})")), 1));
+                        return Some((
+                            fire(at, format!("shifted {how} from {d} ({why}) (cron {expr})")),
+                            1,
+                        ));
                     }
                 }
                 None
@@ -309,7 +319,10 @@ impl<'a> Eval<'a> {
     }
 
     /// The blackout window `at` is in, with its local start and end.
-    fn window_bounds(&self, at: DateTime<Utc>) -> Option<(&'a Blackout, NaiveDateTime, NaiveDateTime)> {
+    fn window_bounds(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Option<(&'a Blackout, NaiveDateTime, NaiveDateTime)> {
         let n = at.with_timezone(&self.tz).naive_local();
         let day = n.date();
         let rules: &'a crate::config::rules::Rules = &self.c.rules;
@@ -319,9 +332,16 @@ impl<'a> Eval<'a> {
                     continue;
                 }
                 let (s, e) = match b.times {
-                    None => (start_day.and_hms_opt(0, 0, 0)?, start_day.succ_opt()?.and_hms_opt(0, 0, 0)?),
+                    None => (
+                        start_day.and_hms_opt(0, 0, 0)?,
+                        start_day.succ_opt()?.and_hms_opt(0, 0, 0)?,
+                    ),
                     Some((from, to)) => {
-                        let end_day = if to > from { start_day } else { start_day.succ_opt()? };
+                        let end_day = if to > from {
+                            start_day
+                        } else {
+                            start_day.succ_opt()?
+                        };
                         (start_day.and_time(from), end_day.and_time(to))
                     }
                 };
@@ -353,7 +373,9 @@ impl<'a> Eval<'a> {
         let mut start = None;
         let mut cur = at;
         for _ in 0..1000 {
-            let Some((_, s, _)) = self.window_bounds(cur) else { break };
+            let Some((_, s, _)) = self.window_bounds(cur) else {
+                break;
+            };
             let s = local_instant(&self.tz, s, None)?;
             if start.is_some_and(|x| s >= x) || s > cur {
                 break;
@@ -431,7 +453,11 @@ impl<'a> Eval<'a> {
 /// The instant of local time `naive` in `tz`: of a repeated time (fall-back)
 /// the earliest one after `after` (the earliest when `after` is `None`); of
 /// a skipped time (spring-forward) the instant the clock jumped.
-fn local_instant(tz: &Tz, naive: NaiveDateTime, after: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+fn local_instant(
+    tz: &Tz,
+    naive: NaiveDateTime,
+    after: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
     match tz.from_local_datetime(&naive) {
         LocalResult::Single(x) => Some(x.with_timezone(&Utc)),
         LocalResult::Ambiguous(a, b) => {
@@ -484,7 +510,10 @@ mod tests {
         let c = trigger("cron: \"30 2 25 12 *\"\ncalendar: bank\nshift: next");
         let f = fires_between(&c, utc("2026-12-01T00:00:00Z"), utc("2026-12-31T00:00:00Z"));
         assert_eq!(ats(&f), ["2026-12-28T02:30:00+00:00"]);
-        assert_eq!(f[0].rule, "shifted next from 2026-12-25 (holiday) (cron 30 2 25 12 *)");
+        assert_eq!(
+            f[0].rule,
+            "shifted next from 2026-12-25 (holiday) (cron 30 2 25 12 *)"
+        );
         // The same fire when asked from inside the days off.
         let f = next_fire(&c, utc("2026-12-27T00:00:00Z")).unwrap();
         assert_eq!(f.at, utc("2026-12-28T02:30:00Z"));
@@ -504,14 +533,23 @@ mod tests {
         let f = fires_between(&c, utc("2026-03-02T21:30:00Z"), utc("2026-03-03T02:30:00Z"));
         let kinds: Vec<bool> = f.iter().map(|f| f.outcome == Planned::Run).collect();
         assert_eq!(kinds, [false, false, false, false, true], "{f:#?}");
-        let c = trigger("cron: \"0 * * * *\"\nblackout: [{from: \"22:00\", to: \"02:00\"}]\non_blackout: defer");
+        let c = trigger(
+            "cron: \"0 * * * *\"\nblackout: [{from: \"22:00\", to: \"02:00\"}]\non_blackout: defer",
+        );
         let f = fires_between(&c, utc("2026-03-02T21:30:00Z"), utc("2026-03-03T02:30:00Z"));
         assert_eq!(ats(&f), ["2026-03-03T02:00:00+00:00"], "{f:#?}");
-        assert_eq!(f[0].cron_time, utc("2026-03-03T02:00:00Z"), "the own fire wins");
+        assert_eq!(
+            f[0].cron_time,
+            utc("2026-03-03T02:00:00Z"),
+            "the own fire wins"
+        );
         // Asked from inside the window, the deferred fire is still there.
         let f = fires_between(&c, utc("2026-03-02T23:30:00Z"), utc("2026-03-03T02:00:00Z"));
         assert_eq!(ats(&f), ["2026-03-03T02:00:00+00:00"]);
-        assert!(matches!(f[0].outcome, Planned::Run | Planned::Deferred { .. }));
+        assert!(matches!(
+            f[0].outcome,
+            Planned::Run | Planned::Deferred { .. }
+        ));
     }
 
     #[test]

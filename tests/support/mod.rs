@@ -64,8 +64,11 @@ impl Workspace {
     /// Writes `calendars/<name>.yaml` (the default `calendars_dir`).
     pub fn write_calendar(&self, name: &str, yaml: &str) {
         std::fs::create_dir_all(self.path().join("calendars")).expect("calendars dir");
-        std::fs::write(self.path().join("calendars").join(format!("{name}.yaml")), yaml)
-            .expect("write calendar");
+        std::fs::write(
+            self.path().join("calendars").join(format!("{name}.yaml")),
+            yaml,
+        )
+        .expect("write calendar");
     }
 
     /// A `kedge` command running in this workspace.
