@@ -280,6 +280,17 @@ fn check(case: &Case) {
     assert_eq!(halves, want, "split at {mid}");
 }
 
+/// kedge's fires for the whole of the case's range.
+fn fires(case: &Case) -> Vec<rules::Fire> {
+    let dir = tempfile::tempdir().unwrap();
+    let after = case.start.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    rules::fires_between(
+        &trigger(case, dir.path()),
+        after,
+        after + Duration::days(case.days),
+    )
+}
+
 fn dates_in(start: NaiveDate, span: i64) -> impl Strategy<Value = BTreeSet<NaiveDate>> {
     proptest::collection::btree_set(
         (-40..span + 40).prop_map(move |k| start + Duration::days(k)),
@@ -357,7 +368,11 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // 96 cases by default; PROPTEST_CASES=N for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn fires_agree_with_the_independent_computation(case in case()) {
@@ -403,15 +418,7 @@ fn spring_forward_and_fall_back_days_in_berlin_and_new_york() {
         c.hour = hour;
         c.main.dates.insert(d(day));
         check(&c);
-        let dir = tempfile::tempdir().unwrap();
-        let fires = rules::fires_between(
-            &trigger(&c, dir.path()),
-            c.start.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-            (c.start + Duration::days(14))
-                .and_hms_opt(0, 0, 0)
-                .unwrap()
-                .and_utc(),
-        );
+        let fires = fires(&c);
         let tz: Tz = zone.parse().unwrap();
         assert!(
             fires
@@ -431,19 +438,7 @@ fn month_ends_and_leap_years() {
     c.business_days = vec![-1, 1];
     c.main.holidays.insert(d("2027-04-30"));
     check(&c);
-    let dir = tempfile::tempdir().unwrap();
-    let t = trigger(&c, dir.path());
-    let days: Vec<NaiveDate> = rules::fires_between(
-        &t,
-        c.start.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        (c.start + Duration::days(420))
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc(),
-    )
-    .into_iter()
-    .map(|f| f.at.date_naive())
-    .collect();
+    let days: Vec<NaiveDate> = fires(&c).into_iter().map(|f| f.at.date_naive()).collect();
     for want in ["2027-02-26", "2027-04-29", "2028-02-29", "2028-03-01"] {
         assert!(days.contains(&d(want)), "{want} in {days:?}");
     }
@@ -467,17 +462,24 @@ fn a_zone_a_day_ahead_of_utc_uses_its_own_date() {
     let mut c = fixed("Pacific/Kiritimati", "2026-06-01", 21);
     c.hour = 0;
     check(&c);
-    let dir = tempfile::tempdir().unwrap();
-    let fires = rules::fires_between(
-        &trigger(&c, dir.path()),
-        c.start.and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        (c.start + Duration::days(21))
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc(),
-    );
+    let fires = fires(&c);
     assert!(fires
         .iter()
         .any(|f| f.at == "2026-06-07T10:30:00Z".parse::<DateTime<Utc>>().unwrap()));
     assert!(fires.iter().all(|f| f.at.weekday() != chrono::Weekday::Fri));
+}
+
+#[test]
+fn a_fire_shifted_off_a_spring_forward_day_keeps_the_cron_time() {
+    // Sunday 2025-03-09 02:00 does not exist in New York (it fires at 03:00
+    // EDT); shifted to the Monday, the fire is at 02:00 EDT, the cron's
+    // time, not at 03:00.
+    let mut c = fixed("America/New_York", "2025-03-05", 10);
+    c.hour = 2;
+    c.minute = 0;
+    c.dow = vec![0];
+    c.shift = "next";
+    check(&c);
+    let at: Vec<String> = fires(&c).iter().map(|f| f.at.to_rfc3339()).collect();
+    assert_eq!(at, ["2025-03-10T06:00:00+00:00"]);
 }

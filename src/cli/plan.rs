@@ -30,7 +30,8 @@ pub struct PlanArgs {
     /// time (RFC 3339, exclusive), with the rule that placed it
     #[arg(long, value_name = "RFC3339", requires = "job", conflicts_with_all = ["at", "count"])]
     pub to: Option<String>,
-    /// Print JSON: an array of {"job", "timezone", "fires": [...]}; with
+    /// Print JSON: an array of {"job", "timezone", "fires": [...]} (and
+    /// "rules", the rule of each fire, for a job with calendar rules); with
     /// --to the forecast {"job", "timezone", "from", "to", "fires": [{"at",
     /// "local", "outcome", "cron_time", "rule"}]}; with --at the decision
     #[arg(long)]

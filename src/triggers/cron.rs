@@ -396,6 +396,13 @@ impl Schedule {
         all(self.fields.dom, 1, 31) && all(self.fields.dow, 0, 6)
     }
 
+    /// True when a local time of day matches the second, minute and hour fields.
+    pub fn matches_time(&self, t: chrono::NaiveTime) -> bool {
+        self.fields.second.has(t.second())
+            && self.fields.minute.has(t.minute())
+            && self.fields.hour.has(t.hour())
+    }
+
     /// True when the minute or hour field starts with `*` (the DST "wildcard" class).
     fn is_wildcard(&self) -> bool {
         self.fields.minute.star || self.fields.hour.star

@@ -276,7 +276,7 @@ impl<'a> Eval<'a> {
                         target.pred_opt()?
                     };
                     if self.day_status(target) == DayStatus::Working {
-                        let naive = target.and_time(t.with_timezone(&self.tz).time());
+                        let naive = target.and_time(self.cron_time_of_day(t));
                         let at = local_instant(&self.tz, naive, None)?;
                         let how = if forward { "next" } else { "previous" };
                         return Some((
@@ -384,6 +384,21 @@ impl<'a> Eval<'a> {
             cur = s - Duration::nanoseconds(1);
         }
         start
+    }
+
+    /// The time of day the cron expression named for the fire at `t`: its
+    /// local time, unless that came from a spring-forward gap (02:30 fired
+    /// at 03:00), then the matching time before it.
+    fn cron_time_of_day(&self, t: DateTime<Utc>) -> chrono::NaiveTime {
+        let local = t.with_timezone(&self.tz).time();
+        let mut x = local;
+        for _ in 0..(3 * 3600) {
+            if self.c.schedule.matches_time(x) {
+                return x;
+            }
+            x -= Duration::seconds(1);
+        }
+        local
     }
 
     fn date(&self, t: DateTime<Utc>) -> NaiveDate {
