@@ -507,6 +507,7 @@ impl Workspace {
             config: Some(self.path().join("config/kedge.yaml")),
             jobs: None,
             store: None,
+            calendars: None,
         })
         .map_err(|d| anyhow!("bench config:\n{d}"))?;
         ensure!(

@@ -268,6 +268,7 @@ async fn start(
         config: Some(w.join("config/kedge.yaml")),
         jobs: Some(w.join("jobs")),
         store: None,
+        calendars: None,
     })
     .map_err(|d| anyhow!("bench config:\n{d}"))?;
     let job = loaded

@@ -197,6 +197,7 @@ fn load_job(name: &str, source_yaml: &str) -> Result<(tempfile::TempDir, Job)> {
         config: Some(config),
         jobs: None,
         store: None,
+        calendars: None,
     })
     .map_err(|d| anyhow!("bench config:\n{d}"))?;
     ensure!(

@@ -13,13 +13,18 @@
 //!   builtin q.              planner's limits (pure)   or k8s Jobs  (a watcher)    outbox
 //! ```
 //!
-//! - [`config`] — the daemon config and job definitions: parse, validate
-//!   every field, report all problems as `path:line:column: field: message`.
+//! - [`config`] — the daemon config, job definitions and business
+//!   calendars ([`config::calendar`], `calendars/*.yaml`; a trigger's
+//!   calendar rules in [`config::rules`]): parse, validate every field,
+//!   report all problems as `path:line:column: field: message`.
 //!   Pure: no store, no probes' measuring ([`config::probe`] only parses and
 //!   resolves `sizing.work`). [`config::schema`] derives the files' JSON
 //!   Schemas from the same types (`kedge schema`, `deploy/schema/`).
 //! - [`triggers`] — where work comes from: [`triggers::cron`] (Debian cron
-//!   expressions, DST rules) and [`triggers::scheduler`] (one timer loop for
+//!   expressions, DST rules), [`triggers::rules`] (the one place a cron
+//!   job's fire times are produced: calendars, business days, shifts and
+//!   blackouts applied; the scheduler, `kedge plan` and backfills use it)
+//!   and [`triggers::scheduler`] (one timer loop for
 //!   every cron job, fires due together recorded in one transaction;
 //!   overlap and catch-up policies). Every trigger task gets a
 //!   [`triggers::TriggerContext`]; [`triggers::supervisor`] keeps the tasks

@@ -400,7 +400,13 @@ pub fn backfill_fires(
         )));
     }
     let ms = chrono::Duration::milliseconds(1);
-    let fires = fires_between(cron, from - ms, to - ms, MAX_BACKFILL_FIRES + 1);
+    // With the job's calendar rules: a fire its blackout skips is not
+    // created; a shifted or deferred one at the time it would have run.
+    let fires: Vec<DateTime<Utc>> = fires_between(cron, from - ms, to - ms, MAX_BACKFILL_FIRES + 1)
+        .into_iter()
+        .filter(|f| !matches!(f.outcome, crate::triggers::rules::Planned::Skipped { .. }))
+        .map(|f| f.at)
+        .collect();
     if fires.len() > MAX_BACKFILL_FIRES {
         return Err(OperatorError::TooManyFires);
     }

@@ -13,7 +13,7 @@
 //!    field (store, executor, http, retention, …) is logged as taking
 //!    effect at the next restart. A config file that does not validate is
 //!    reported and the one in force stays.
-//! 3. The jobs directory is read again through
+//! 3. The calendars directory and the jobs directory are read again through
 //!    [`crate::config::reload::read_jobs`]: a broken file keeps its jobs'
 //!    **last good version** in force; a removed file takes its jobs away
 //!    (their waiting runs stay in the store and run if the job comes back).
@@ -131,7 +131,7 @@ impl Reloader {
     pub fn reload_once(&mut self) -> ReloadReport {
         let current = self.in_force.borrow().clone();
         let mut report = ReloadReport::default();
-        let config = match config::load_daemon(&self.from.sources) {
+        let mut config = match config::load_daemon(&self.from.sources) {
             Ok(file) => {
                 report.restart_needed = restart_only_changes(&self.from.started_with, &file);
                 live_config(&current.config, &file)
@@ -141,6 +141,11 @@ impl Reloader {
                 current.config.clone()
             }
         };
+        // Calendars are read again with the jobs (the config file may be
+        // broken; the calendars directory in force is read regardless).
+        config.calendars = Arc::new(config::calendar::load_dir(&config.calendars_dir));
+        let calendars_changed =
+            format!("{:?}", config.calendars) != format!("{:?}", current.config.calendars);
         let read = config::reload::read_jobs(
             &config,
             current.jobs.values().map(|j| j.as_ref()),
@@ -155,7 +160,8 @@ impl Reloader {
             .collect();
         diff(&current.jobs, &jobs, &mut report);
         let config_changed = config.max_active_runs != current.config.max_active_runs
-            || config.pools != current.config.pools;
+            || config.pools != current.config.pools
+            || calendars_changed;
         let changed = config_changed
             || !(report.added.is_empty() && report.changed.is_empty() && report.removed.is_empty());
         report.generation = current.generation + u64::from(changed);
@@ -203,12 +209,14 @@ impl Reloader {
     fn watch_files(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         use notify::{RecursiveMode, Watcher};
         let jobs_dir = self.in_force.borrow().config.jobs_dir.clone();
+        let calendars_dir = self.in_force.borrow().config.calendars_dir.clone();
         let config_file = self.from.sources.config.clone().or_else(|| {
             let p = PathBuf::from(config::DEFAULT_CONFIG_PATH);
             p.exists().then_some(p)
         });
         let relevant = Relevant {
             jobs_dir: absolute(&jobs_dir),
+            calendars_dir: absolute(&calendars_dir),
             config_file: config_file.as_deref().map(absolute),
         };
         let handler = move |event: notify::Result<notify::Event>| match event {
@@ -227,6 +235,10 @@ impl Reloader {
             }
         };
         let mut dirs = vec![jobs_dir];
+        // No calendars directory is no calendars: nothing to watch.
+        if calendars_dir.is_dir() {
+            dirs.push(calendars_dir);
+        }
         if let Some(parent) = config_file.as_deref().map(parent_dir) {
             dirs.push(parent);
         }
@@ -244,6 +256,7 @@ impl Reloader {
 /// Which file events concern the definitions.
 struct Relevant {
     jobs_dir: PathBuf,
+    calendars_dir: PathBuf,
     config_file: Option<PathBuf>,
 }
 
@@ -254,6 +267,7 @@ impl Relevant {
         }
         e.paths.iter().any(|p| {
             p.parent() == Some(self.jobs_dir.as_path())
+                || p.parent() == Some(self.calendars_dir.as_path())
                 || self.config_file.as_deref() == Some(p.as_path())
                 // A ConfigMap volume swaps its `..data` symlink.
                 || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".."))
@@ -312,8 +326,14 @@ fn live_config(current: &DaemonConfig, file: &DaemonConfig) -> DaemonConfig {
 /// The restart-only fields whose value in the file differs from the one
 /// the daemon started with.
 fn restart_only_changes(started: &DaemonConfig, file: &DaemonConfig) -> Vec<String> {
-    let fields: [(&str, String, String); 9] = [
+    let fields: [(&str, String, String); 11] = [
         ("jobs_dir", dbg(&started.jobs_dir), dbg(&file.jobs_dir)),
+        (
+            "calendars_dir",
+            dbg(&started.calendars_dir),
+            dbg(&file.calendars_dir),
+        ),
+        ("guards", dbg(&started.guards), dbg(&file.guards)),
         ("store", dbg(&started.store_url), dbg(&file.store_url)),
         (
             "poll_interval",
@@ -389,6 +409,7 @@ mod tests {
             config: Some(cfg),
             jobs: Some(jobs),
             store: None,
+            calendars: None,
         };
         let started = config::load_daemon(&sources).unwrap();
         let (loaded, _) = config::load_jobs(&started);
@@ -491,10 +512,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rel = Relevant {
             jobs_dir: dir.path().join("jobs"),
+            calendars_dir: dir.path().join("calendars"),
             config_file: Some(dir.path().join("kedge.yaml")),
         };
         let ev = |p: PathBuf| notify::Event::new(notify::EventKind::Any).add_path(p);
         assert!(rel.matches(&ev(dir.path().join("jobs/a.yaml"))));
+        assert!(rel.matches(&ev(dir.path().join("calendars/bank.yaml"))));
         assert!(rel.matches(&ev(dir.path().join("kedge.yaml"))));
         assert!(rel.matches(&ev(dir.path().join("..data"))));
         assert!(!rel.matches(&ev(dir.path().join("notes.txt"))));

@@ -915,3 +915,111 @@ async fn release_runs_the_newest_held_fire_and_unice_waits_for_the_next() {
         .iter()
         .all(|f| f.outcome == FireOutcome::Skipped && f.detail.as_deref() == Some("iced")));
 }
+
+// ----- blackouts on paused time ------------------------------------------------
+
+/// An hourly job (UTC) with a blackout window and `on_blackout` as given.
+fn blacked_out(dir: &Path, window: &str, on_blackout: &str) -> Job {
+    job(
+        dir,
+        &format!(
+            "name: blacked\n\
+             trigger:\n  cron: \"0 * * * *\"\n  overlap: allow\n  \
+             blackout: [{window}]\n  on_blackout: {on_blackout}\n\
+             template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+             containers: [{{ name: c, command: [\"true\"] }}]\n"
+        ),
+    )
+}
+
+/// The fires recorded, each with the clock's reading when its pass looked.
+async fn fires_with_pass_times(
+    s: &mut Scheduler,
+    store: &Store,
+    n: usize,
+) -> (Vec<CronFire>, Vec<DateTime<Utc>>) {
+    let mut looked = Vec::new();
+    within_real(20, &format!("{n} fires"), async {
+        s.next_pass().await;
+        loop {
+            let fires = store.cron_fires("blacked").await.unwrap();
+            if fires.len() >= n {
+                return (fires, looked);
+            }
+            let pass = s.step(store.clock()).await;
+            if pass.fires > 0 {
+                looked.push(pass.at.unwrap());
+            }
+        }
+    })
+    .await
+}
+
+/// `on_blackout: skip` (the default): the fires inside 12:00–14:00 are
+/// recorded at their time as `skipped: blackout`, with no run; the fires
+/// around the window run.
+#[tokio::test(start_paused = true)]
+async fn a_fire_inside_a_blackout_is_recorded_as_skipped() {
+    let _time = ManualTime::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_at(utc("2026-06-01T10:30:00Z")).await;
+    let job = blacked_out(dir.path(), "{from: \"12:00\", to: \"14:00\"}", "skip");
+    let mut s = Scheduler::start(job, &store);
+    let (fires, _) = fires_with_pass_times(&mut s, &store, 4).await;
+    assert_eq!(
+        times(&fires),
+        [
+            "2026-06-01T11:00:00Z",
+            "2026-06-01T12:00:00Z",
+            "2026-06-01T13:00:00Z",
+            "2026-06-01T14:00:00Z"
+        ]
+        .map(utc)
+    );
+    use FireOutcome::{Recorded, Skipped};
+    assert_eq!(outcomes(&fires), [Recorded, Skipped, Skipped, Recorded]);
+    for f in &fires[1..3] {
+        assert_eq!(f.detail.as_deref(), Some("blackout (12:00-14:00)"));
+        assert_eq!(f.work_item_id, None, "a skipped fire has no run");
+    }
+    let runs = store.list_runs(Some("blacked"), None, 10).await.unwrap();
+    assert_eq!(runs.len(), 2, "runs only for the fires outside the window");
+    s.stop().await;
+}
+
+/// `on_blackout: defer`: the 12:00 and 13:00 fires, inside 11:30–13:45,
+/// become one fire at 13:45, recorded (and its run created) when the
+/// window ends, not before.
+#[tokio::test(start_paused = true)]
+async fn a_deferred_fire_is_launched_when_the_window_ends() {
+    let _time = ManualTime::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_at(utc("2026-06-01T10:30:00Z")).await;
+    let job = blacked_out(dir.path(), "{from: \"11:30\", to: \"13:45\"}", "defer");
+    let mut s = Scheduler::start(job, &store);
+    let (fires, looked) = fires_with_pass_times(&mut s, &store, 3).await;
+    let want = [
+        "2026-06-01T11:00:00Z",
+        "2026-06-01T13:45:00Z",
+        "2026-06-01T14:00:00Z",
+    ]
+    .map(utc);
+    assert_eq!(times(&fires), want);
+    assert_eq!(
+        looked, want,
+        "each fire recorded on the dot, the deferred one at the window's end"
+    );
+    assert!(outcomes(&fires).iter().all(|o| *o == FireOutcome::Recorded));
+    let detail = fires[1].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("deferred from 2026-06-01 12:00 by blackout (11:30-13:45)"),
+        "{detail}"
+    );
+    let runs = store.list_runs(Some("blacked"), None, 10).await.unwrap();
+    assert_eq!(
+        runs.len(),
+        3,
+        "one run per fire, the two deferred ones as one"
+    );
+    s.stop().await;
+}

@@ -18,7 +18,7 @@
 //!   PATH before that block runs.
 //!
 //! Every console block runs in a fresh temporary copy of the repository's
-//! `jobs/` and `config/`, so nothing is written to the tree. The one change
+//! `jobs/`, `config/` and `calendars/`, so nothing is written to the tree. The one change
 //! to the copy: the daemon config's `http.listen` port becomes 0 (any free
 //! port), so a daemon started here never collides with another on 9464.
 //!
@@ -154,7 +154,7 @@ fn shell_words(s: &str) -> Vec<String> {
     words
 }
 
-/// A temporary copy of the repository's `jobs/` and `config/`.
+/// A temporary copy of the repository's `jobs/`, `config/` and `calendars/`.
 struct Checkout {
     dir: tempfile::TempDir,
 }
@@ -163,7 +163,7 @@ impl Checkout {
     fn new() -> Checkout {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().expect("tempdir");
-        for sub in ["jobs", "config"] {
+        for sub in ["jobs", "config", "calendars"] {
             copy_dir(&repo.join(sub), &dir.path().join(sub));
         }
         let config = dir.path().join("config/kedge.yaml");
@@ -189,6 +189,7 @@ impl Checkout {
             .env_remove("KEDGE_CONFIG")
             .env_remove("KEDGE_JOBS")
             .env_remove("KEDGE_STORE")
+            .env_remove("KEDGE_CALENDARS")
             .env_remove("KEDGE_LOG");
         c
     }

@@ -304,3 +304,52 @@ fn without_watching_sighup_and_post_reload_apply_changes_and_report_problems() {
     assert!(problems.contains("work.yaml:2:"), "{problems}");
     assert!(d.stop().success());
 }
+
+/// Calendars are definitions too: an edited calendar is reloaded, and a
+/// broken one keeps the jobs on it at their last good version.
+#[test]
+fn a_calendar_edit_is_reloaded_and_a_broken_calendar_keeps_its_jobs() {
+    let ws = workspace_with_http();
+    std::fs::create_dir_all(ws.path().join("calendars")).unwrap();
+    let calendar = |holidays: &str| {
+        std::fs::write(
+            ws.path().join("calendars/bank.yaml"),
+            format!(
+                "name: bank\nworking_days: [mon, tue, wed, thu, fri]\nholidays: [{holidays}]\n"
+            ),
+        )
+        .unwrap()
+    };
+    calendar("2026-12-25");
+    ws.write_job(
+        "nightly",
+        "name: nightly\ntrigger:\n  cron: \"30 2 * * *\"\n  calendar: bank\n\
+         template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+         containers: [{ name: m, command: [\"true\"] }]\n",
+    );
+    let d = ws.start_daemon();
+    let addr = d.http_addr();
+    assert_eq!(healthz(&addr)["config"]["ok"], true, "{}", healthz(&addr));
+
+    calendar("2026-12-25, 2027-01-01");
+    wait_generation(&d, &addr, 1, "the calendar edit to be reloaded");
+
+    std::fs::write(
+        ws.path().join("calendars/bank.yaml"),
+        "name: bank\nholidays: [someday]\n",
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the broken calendar to be reported",
+        || healthz(&addr)["config"]["ok"] == false,
+    );
+    let h = healthz(&addr);
+    assert_eq!(h["config"]["kept"], serde_json::json!(["nightly"]), "{h}");
+    let problems = h["config"]["problems"].to_string();
+    assert!(
+        problems.contains("calendars/bank.yaml:2:"),
+        "names the calendar's file and line: {problems}"
+    );
+    assert!(d.stop().success());
+}

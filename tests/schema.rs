@@ -21,6 +21,7 @@ fn examples() -> Vec<(PathBuf, &'static str)> {
     for (dir, schema) in [
         ("jobs", "job.schema.json"),
         ("config", "config.schema.json"),
+        ("calendars", "calendar.schema.json"),
     ] {
         let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
             .unwrap()

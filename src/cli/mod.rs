@@ -17,11 +17,13 @@
 //! - `migrate` — `kedge migrate`.
 //! - `schema` — `kedge schema` ([`crate::config::schema`]).
 //! - `prune` — `kedge prune [--dry-run]` ([`crate::retention`]).
+//! - `calendar` — `kedge calendar show` ([`crate::config::calendar`]).
 //! - `cluster` — `--kubeconfig` / `--namespace`, shared by run and render.
 //!
 //! Exit codes: 0 success; 1 a runtime failure (store unreachable, I/O);
 //! 2 bad input (invalid definitions, unknown job, bad `--data`, bad flags).
 
+mod calendar;
 mod cluster;
 mod dlq;
 mod migrate;
@@ -77,6 +79,9 @@ pub struct GlobalArgs {
     /// State store URL: sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB [default: the config's store]
     #[arg(long, global = true, env = "KEDGE_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Directory of business calendars (*.yaml, one calendar each) [default: the config's calendars_dir, calendars/]
+    #[arg(long, global = true, env = "KEDGE_CALENDARS", value_name = "DIR")]
+    pub calendars: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,8 +103,15 @@ pub enum Command {
     Render(plan::RenderArgs),
     /// Check the config and every job definition; print each problem as path:line:column: field: message.
     Validate,
-    /// Show the next cron fires of each job (UTC), or with --at, the sizing
-    /// decision for a run of a sized job at that time.
+    /// Show the next cron fires of each job (UTC), or with --to a forecast
+    /// of one job, or with --at the sizing decision for a run of a sized job
+    /// at that time.
+    ///
+    /// Fires follow the job's calendar rules (calendar, exclude_calendar,
+    /// business_days, shift, blackout). With --job J --from A --to B the
+    /// forecast lists every fire in [A, B), run, deferred or skipped, with
+    /// the rule that placed it ("cron 30 2 * * * on bank working day",
+    /// "shifted next from 2026-12-25 (holiday)", "business day -1 of 2026-12").
     ///
     /// With --at the output (--json) is {"job", "work", "rate_per_pod",
     /// "overhead_s", "parallelism", "completions", "deadline",
@@ -126,9 +138,15 @@ pub enum Command {
     /// Jobs an operator paused, held or iced are named above the table,
     /// with who, since when and why (`job_state` on each run with --json).
     Runs(runs::RunsArgs),
+    /// Business calendars (calendars/*.yaml): `kedge calendar show NAME`.
+    Calendar {
+        #[command(subcommand)]
+        command: calendar::CalendarCommand,
+    },
     /// Show a cron job's recorded fires and what kedge decided about each
-    /// (launched, skipped by the overlap policy or because the job was
-    /// paused, held or iced, missed by the catch-up policy, replaced).
+    /// (launched, skipped by the overlap policy, a blackout or because the
+    /// job was paused, held or iced, missed by the catch-up policy,
+    /// replaced); a shifted or deferred fire says why.
     Fires(runs::FiresArgs),
     /// Inspect and replay dead letters (work that failed every attempt).
     Dlq {
@@ -190,10 +208,11 @@ pub enum Command {
     Audit(operator::AuditArgs),
     /// Apply the store's migrations and exit (kedge run also applies them).
     Migrate,
-    /// Print the JSON Schema of a job definition or of the daemon config.
+    /// Print the JSON Schema of a job definition, the daemon config or a calendar.
     ///
     /// The schemas are derived from the types kedge's parser reads, and are
-    /// checked in as deploy/schema/job.schema.json and config.schema.json.
+    /// checked in as deploy/schema/job.schema.json, config.schema.json and
+    /// calendar.schema.json.
     /// Editors with YAML language support (yaml-language-server: VS Code's
     /// YAML extension, Neovim, Helix, JetBrains) complete and check a file
     /// whose first line names its schema, as
@@ -288,6 +307,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Trigger { job } => queue::trigger(&src, &job).await,
         Command::Runs(args) => runs::runs(&src, args).await,
         Command::Fires(args) => runs::fires(&src, args).await,
+        Command::Calendar { command } => calendar::calendar(&src, command),
         Command::Dlq { command } => dlq::dlq(&src, command).await,
         Command::Pause(args) => operator::change(&src, Action::Pause, args).await,
         Command::Resume(args) => operator::change(&src, Action::Resume, args).await,
@@ -309,6 +329,7 @@ fn sources(g: &GlobalArgs) -> Sources {
         config: g.config.clone(),
         jobs: g.jobs.clone(),
         store: g.store.clone(),
+        calendars: g.calendars.clone(),
     }
 }
 
@@ -463,12 +484,13 @@ mod tests {
         assert!(parse(&["schema", "--write", "d"]).is_ok());
         let kind = |args: &[&str]| parse(args).unwrap_err().kind();
         assert_eq!(kind(&["schema"]), ErrorKind::MissingRequiredArgument);
-        assert_eq!(kind(&["schema", "calendar"]), ErrorKind::InvalidValue);
+        assert_eq!(kind(&["schema", "calender"]), ErrorKind::InvalidValue);
+        assert!(parse(&["schema", "calendar"]).is_ok());
         assert_eq!(
             kind(&["schema", "job", "--write", "d"]),
             ErrorKind::ArgumentConflict
         );
-        assert_eq!(SchemaKind::ALL.len(), 2);
+        assert_eq!(SchemaKind::ALL.len(), 3);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::dispatcher::preview;
 use crate::dispatcher::sizing::{self, Decision};
 use crate::executor::kubernetes::{self, objects};
 use crate::lifecycle::TriggerKind;
+use crate::triggers::rules::{self, Planned};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -25,7 +26,14 @@ pub struct PlanArgs {
     /// Fires per job
     #[arg(long, default_value_t = 5)]
     pub count: usize,
-    /// Print JSON: an array of {"job", "timezone", "fires": [...]}, or with --at the decision
+    /// Forecast: every fire of --job from --from (default now) up to this
+    /// time (RFC 3339, exclusive), with the rule that placed it
+    #[arg(long, value_name = "RFC3339", requires = "job", conflicts_with_all = ["at", "count"])]
+    pub to: Option<String>,
+    /// Print JSON: an array of {"job", "timezone", "fires": [...]} (and
+    /// "rules", the rule of each fire, for a job with calendar rules); with
+    /// --to the forecast {"job", "timezone", "from", "to", "fires": [{"at",
+    /// "local", "outcome", "cron_time", "rule"}]}; with --at the decision
     #[arg(long)]
     pub json: bool,
     /// Size a run of --job starting at this time (RFC 3339); its load guards are measured now
@@ -53,8 +61,9 @@ pub struct RenderArgs {
 
 /// `kedge plan`: with `--at`, the sizing decision; else the next fires.
 pub(super) async fn plan(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
-    match (&args.job, &args.at) {
-        (Some(job), Some(at)) => plan_sizing(src, job, at, args.work, args.json).await,
+    match (&args.job, &args.at, &args.to) {
+        (Some(job), Some(at), _) => plan_sizing(src, job, at, args.work, args.json).await,
+        (Some(job), None, Some(to)) => forecast(src, job, args.from.as_deref(), to, args.json),
         _ => plan_fires(src, args),
     }
 }
@@ -229,17 +238,29 @@ fn plan_fires(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
             continue;
         }
         let Some(c) = j.cron() else { continue };
-        let fires: Vec<String> = c
-            .schedule
-            .upcoming(from, c.timezone, args.count)
-            .into_iter()
-            .map(rfc3339)
-            .collect();
-        out.push(serde_json::json!({
+        // The fires that run (skipped ones are only in the forecast).
+        let mut fires = Vec::new();
+        let mut cursor = from;
+        while fires.len() < args.count {
+            let Some(f) = rules::next_fire(c, cursor) else {
+                break;
+            };
+            cursor = f.at;
+            if !matches!(f.outcome, Planned::Skipped { .. }) {
+                fires.push(f);
+            }
+        }
+        let placed: Vec<String> = fires.iter().map(|f| f.rule.clone()).collect();
+        let fires: Vec<String> = fires.iter().map(|f| rfc3339(f.at)).collect();
+        let mut entry = serde_json::json!({
             "job": j.name,
             "timezone": c.timezone.name(),
             "fires": fires,
-        }));
+        });
+        if !c.rules.is_empty() {
+            entry["rules"] = placed.into();
+        }
+        out.push(entry);
     }
     if args.json {
         println!("{}", pretty_json(&out)?);
@@ -251,12 +272,103 @@ fn plan_fires(src: &Sources, args: PlanArgs) -> Result<(), Failure> {
             e["job"].as_str().unwrap_or(""),
             e["timezone"].as_str().unwrap_or("")
         );
-        for f in e["fires"].as_array().into_iter().flatten() {
-            println!("  {}", f.as_str().unwrap_or(""));
+        let rules = e["rules"].as_array();
+        for (i, f) in e["fires"].as_array().into_iter().flatten().enumerate() {
+            match rules.and_then(|r| r[i].as_str()) {
+                Some(rule) => println!("  {}  {rule}", f.as_str().unwrap_or("")),
+                None => println!("  {}", f.as_str().unwrap_or("")),
+            }
         }
     }
     if !loaded.job_problems.is_empty() {
         eprint!("{}", loaded.job_problems);
+    }
+    Ok(())
+}
+
+/// `kedge plan --job J --from A --to B`: every fire of J in [A, B), with
+/// the rule that placed it (a Control-M forecast).
+fn forecast(
+    src: &Sources,
+    name: &str,
+    from: Option<&str>,
+    to: &str,
+    json: bool,
+) -> Result<(), Failure> {
+    let daemon = config::load_daemon(src)?;
+    let job = one_job(&daemon, name)?;
+    let from = match from {
+        None => crate::clock::Clock::system().now(),
+        Some(s) => parse_time("--from", s)?,
+    };
+    let to = parse_time("--to", to)?;
+    if to <= from {
+        return Err(Failure::Input(format!(
+            "--to: {} is not after --from {}",
+            rfc3339(to),
+            rfc3339(from)
+        )));
+    }
+    let Some(c) = job.cron() else {
+        return Err(Failure::Input(format!(
+            "job {name} is triggered by a queue: it has no fires to forecast"
+        )));
+    };
+    let tick = chrono::Duration::nanoseconds(1);
+    let fires = rules::fires_between(c, from - tick, to - tick);
+    let tz = c.timezone;
+    let rows: Vec<serde_json::Value> = fires
+        .iter()
+        .map(|f| {
+            let (outcome, reason) = match &f.outcome {
+                Planned::Run => ("run", None),
+                Planned::Deferred { .. } => ("deferred", None),
+                Planned::Skipped { reason } => ("skipped", Some(reason.clone())),
+            };
+            serde_json::json!({
+                "at": rfc3339(f.at),
+                "local": f.at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string(),
+                "outcome": outcome,
+                "reason": reason,
+                "cron_time": rfc3339(f.cron_time),
+                "rule": f.rule,
+            })
+        })
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "job": job.name,
+            "timezone": tz.name(),
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "fires": rows,
+        });
+        println!("{}", pretty_json(&out)?);
+        return Ok(());
+    }
+    let runs = fires
+        .iter()
+        .filter(|f| !matches!(f.outcome, Planned::Skipped { .. }))
+        .count();
+    println!(
+        "{} ({}) from {} to {}: {runs} fires, {} skipped",
+        job.name,
+        tz.name(),
+        rfc3339(from),
+        rfc3339(to),
+        fires.len() - runs
+    );
+    for r in &rows {
+        let outcome = match r["reason"].as_str() {
+            Some(reason) => format!("skipped: {reason}"),
+            None => r["outcome"].as_str().unwrap_or("").to_string(),
+        };
+        println!(
+            "  {}  {}  {outcome:<8}  {}",
+            r["at"].as_str().unwrap_or(""),
+            r["local"].as_str().unwrap_or(""),
+            r["rule"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }

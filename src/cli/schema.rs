@@ -13,7 +13,8 @@ pub struct SchemaArgs {
     /// Which file's schema to print
     #[arg(value_enum, required_unless_present = "write")]
     kind: Option<SchemaKind>,
-    /// Write every schema into DIR (as job.schema.json, config.schema.json)
+    /// Write every schema into DIR (as job.schema.json, config.schema.json,
+    /// calendar.schema.json)
     /// instead of printing one
     #[arg(long, value_name = "DIR", conflicts_with = "kind")]
     write: Option<PathBuf>,

@@ -19,13 +19,17 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/kedge.yaml");
 /// The kedge daemon configuration (`config/kedge.yaml`, or `--config`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(
-    expecting = "a mapping with jobs_dir, store, executor, limits, pools, guards, http, retention, telemetry, log_format or shutdown_timeout"
+    expecting = "a mapping with jobs_dir, calendars_dir, store, executor, limits, pools, guards, http, retention, telemetry, log_format or shutdown_timeout"
 )]
 #[schemars(deny_unknown_fields, rename = "DaemonConfig")]
 pub struct RawDaemon {
     /// Where job definitions (`*.yaml`, `*.yml`) are read from [default: `jobs`].
     /// `--jobs` and `KEDGE_JOBS` override it.
     pub jobs_dir: Option<String>,
+    /// Where business calendars (`*.yaml`, `*.yml`, one calendar each) are
+    /// read from [default: `calendars`; none when it does not exist].
+    /// `--calendars` and `KEDGE_CALENDARS` override it.
+    pub calendars_dir: Option<String>,
     /// The state store.
     #[serde(default)]
     pub store: RawStore,
@@ -272,6 +276,10 @@ string_enum!(LogFormat {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub jobs_dir: PathBuf,
+    pub calendars_dir: PathBuf,
+    /// The calendars read from `calendars_dir` (by [`super::load_daemon`];
+    /// none in a config made by [`validate`] alone), with their problems.
+    pub calendars: std::sync::Arc<super::calendar::Calendars>,
     /// The store URL. May hold a password: never log it, use [`crate::redact::redact`].
     pub store_url: String,
     /// How often the store is checked for work written by other processes
@@ -454,6 +462,8 @@ pub fn validate(
         http_listen,
         pools: raw.pools.clone(),
         jobs_dir: PathBuf::from(raw.jobs_dir.unwrap_or_else(|| "jobs".into())),
+        calendars_dir: PathBuf::from(raw.calendars_dir.unwrap_or_else(|| "calendars".into())),
+        calendars: Default::default(),
         store_url,
         poll_interval: durations.poll_interval,
         executor,
@@ -754,6 +764,7 @@ mod tests {
             config: Some(file),
             jobs: None,
             store: None,
+            calendars: None,
         };
         load_daemon(&sources).map_err(|d| {
             d.to_string()

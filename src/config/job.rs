@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::diagnostic::{parse_duration, FieldPath, Problem};
 pub use super::queue::QueueTrigger;
 use super::queue::{RawBatch, RawDeadLetter, RawQueue};
+use super::rules::{OnBlackout, RawBlackout, RawRules, Rules, Shift};
 use super::schema::DurationText;
 use super::sizing::{RawSizing, RawWindow, Sizing, Window};
 use super::yaml::{duration_text, string_enum};
@@ -97,6 +98,24 @@ pub struct RawTrigger {
     #[serde(default, deserialize_with = "duration_text")]
     #[schemars(with = "Option<DurationText>")]
     pub starting_deadline: Option<String>,
+    /// Cron jobs: fire only on the working days of this calendar (a file
+    /// in the calendars directory), evaluated in the job's time zone.
+    pub calendar: Option<String>,
+    /// Cron jobs: no fire on the working days of this calendar.
+    pub exclude_calendar: Option<String>,
+    /// Cron jobs: only the n-th business day of the month (1 = the first),
+    /// and the n-th last (-1 = the last), at the cron expression's times.
+    /// Business days are `calendar`'s working days (mon to fri without one),
+    /// minus `exclude_calendar`'s.
+    pub business_days: Option<Vec<i32>>,
+    /// Cron jobs: a cron-matched day that is not a working day: `none` and
+    /// `skip` drop it, `next` and `previous` move it to the nearest working day [default: none].
+    pub shift: Option<Shift>,
+    /// Cron jobs: windows in which no fire runs.
+    pub blackout: Option<Vec<RawBlackout>>,
+    /// Cron jobs: a fire inside a blackout window is `skip`ped (recorded as
+    /// `skipped: blackout`) or `defer`red to the window's end [default: skip].
+    pub on_blackout: Option<OnBlackout>,
     /// Queue jobs: where messages come from.
     pub queue: Option<RawQueue>,
 }
@@ -252,6 +271,9 @@ pub struct CronTrigger {
     pub catchup: Catchup,
     /// A missed fire older than this is not caught up. `None`: no bound.
     pub starting_deadline: Option<Duration>,
+    /// Calendars, business days, shift and blackouts
+    /// ([`crate::triggers::rules`] applies them).
+    pub rules: Rules,
 }
 
 /// Retries of a failed run: `max_attempts` runs in all, the n-th retry
@@ -403,7 +425,7 @@ pub fn validate(
     let mut problems: Vec<Problem> = Vec::new();
     let root = FieldPath::root();
     check_name(&raw.name, &mut problems);
-    let trigger = validate_trigger(&raw, env, &mut problems);
+    let trigger = validate_trigger(&raw, daemon, env, &mut problems);
     check_queue_only_fields(&raw, &mut problems);
     let retry = validate_retry(&raw.retry, &root.key("retry"), &mut problems);
     let limits = validate_limits(&raw, daemon, &mut problems);
@@ -467,6 +489,7 @@ fn check_name(name: &str, problems: &mut Vec<Problem>) {
 /// `trigger`: exactly one of `cron` or `queue`.
 fn validate_trigger(
     raw: &RawJob,
+    daemon: &DaemonConfig,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> Option<Trigger> {
@@ -481,7 +504,9 @@ fn validate_trigger(
             problems.push((tp, "needs `cron` or `queue`".into()));
             None
         }
-        (Some(expr), None) => validate_cron(expr, t, &tp, problems).map(Trigger::Cron),
+        (Some(expr), None) => {
+            validate_cron(expr, t, &daemon.calendars, &tp, problems).map(Trigger::Cron)
+        }
         (None, Some(q)) => validate_queue_trigger(raw, q, &tp, env, problems).map(Trigger::Queue),
     }
 }
@@ -490,6 +515,7 @@ fn validate_trigger(
 fn validate_cron(
     expr: &str,
     t: &RawTrigger,
+    calendars: &super::calendar::Calendars,
     tp: &FieldPath,
     problems: &mut Vec<Problem>,
 ) -> Option<CronTrigger> {
@@ -515,7 +541,22 @@ fn validate_cron(
             .ok()
             .map(Some),
     };
+    let rules = super::rules::validate(
+        &RawRules {
+            calendar: t.calendar.as_deref(),
+            exclude_calendar: t.exclude_calendar.as_deref(),
+            business_days: t.business_days.as_deref(),
+            shift: t.shift,
+            blackout: t.blackout.as_deref(),
+            on_blackout: t.on_blackout,
+        },
+        calendars,
+        schedule.as_ref().is_none_or(Schedule::any_day),
+        tp,
+        problems,
+    );
     Some(CronTrigger {
+        rules,
         schedule: schedule?,
         timezone: timezone?,
         overlap: t.overlap.unwrap_or(Overlap::Forbid),
@@ -539,6 +580,12 @@ fn validate_queue_trigger(
         ("overlap", t.overlap.is_some()),
         ("catchup", t.catchup.is_some()),
         ("starting_deadline", t.starting_deadline.is_some()),
+        ("calendar", t.calendar.is_some()),
+        ("exclude_calendar", t.exclude_calendar.is_some()),
+        ("business_days", t.business_days.is_some()),
+        ("shift", t.shift.is_some()),
+        ("blackout", t.blackout.is_some()),
+        ("on_blackout", t.on_blackout.is_some()),
     ] {
         if set {
             problems.push((tp.key(field), "only applies to cron triggers".into()));

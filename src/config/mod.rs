@@ -4,6 +4,7 @@
 //! ([`DaemonConfig`], [`Job`]). Problems come back as [`Diagnostics`], all of
 //! them at once, each as `path:line:column: field: message`.
 
+pub mod calendar;
 pub mod daemon;
 pub mod diagnostic;
 pub mod guard;
@@ -11,6 +12,7 @@ pub mod job;
 pub mod probe;
 pub mod queue;
 pub mod reload;
+pub mod rules;
 pub mod schema;
 pub mod sizing;
 pub mod yaml;
@@ -22,6 +24,7 @@ pub use daemon::{
 };
 pub use diagnostic::{Diagnostic, Diagnostics, FieldPath, Position};
 pub use job::{Job, Trigger};
+pub(crate) use reload::yaml_file;
 
 /// The loaded jobs by name, shared by the daemon's tasks.
 pub type JobsByName = std::collections::HashMap<String, std::sync::Arc<Job>>;
@@ -38,6 +41,8 @@ pub struct Sources {
     pub jobs: Option<PathBuf>,
     /// Overrides the store URL.
     pub store: Option<String>,
+    /// Overrides `calendars_dir`.
+    pub calendars: Option<PathBuf>,
 }
 
 /// The default config file, relative to the working directory.
@@ -72,6 +77,10 @@ pub fn load_daemon(sources: &Sources) -> Result<DaemonConfig, Diagnostics> {
             if let Some(s) = &sources.store {
                 cfg.store_url = s.clone();
             }
+            if let Some(c) = &sources.calendars {
+                cfg.calendars_dir = c.clone();
+            }
+            cfg.calendars = std::sync::Arc::new(calendar::load_dir(&cfg.calendars_dir));
             Ok(cfg)
         }
         Ok(_) => Err(out),

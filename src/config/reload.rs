@@ -61,6 +61,11 @@ pub fn read_jobs<'a>(
 ) -> JobFiles {
     let previous: Vec<&Job> = previous.into_iter().collect();
     let mut out = JobFiles::default();
+    // The calendars' problems come first: a job that names a bad calendar
+    // is refused, and the calendar's file says why.
+    out.problems
+        .extend(daemon.calendars.problems.0.iter().cloned());
+    let calendar_problems = out.problems.0.len();
     let listed = match list_job_files(&daemon.jobs_dir) {
         Ok(listed) => listed,
         Err(d) => {
@@ -136,8 +141,9 @@ pub fn read_jobs<'a>(
     }
     out.jobs.sort_by(|a, b| a.name.cmp(&b.name));
     out.kept.sort();
-    // Problems read file by file (stable: a file's own order is kept).
-    out.problems.0.sort_by(|a, b| a.file.cmp(&b.file));
+    // The job files' problems read file by file (stable: a file's own
+    // order is kept), after the calendars'.
+    out.problems.0[calendar_problems..].sort_by(|a, b| a.file.cmp(&b.file));
     out
 }
 
@@ -210,7 +216,7 @@ fn list_job_files(dir: &Path) -> Result<Listed, Diagnostic> {
         // cannot be read (a dangling symlink, a symlink loop), is reported
         // like a bad file, never skipped in silence.
         match entry {
-            Ok(e) => match job_file(&e.path()) {
+            Ok(e) => match yaml_file(&e.path()) {
                 Ok(true) => listed.files.push(e.path()),
                 Ok(false) => {}
                 Err(d) => listed.unreadable.push((e.path(), d)),
@@ -230,10 +236,10 @@ fn list_job_files(dir: &Path) -> Result<Listed, Diagnostic> {
     Ok(listed)
 }
 
-/// Whether `path` is a job definition to load: a `*.yaml` / `*.yml` file
-/// (following symlinks). `Err` when it has that name but cannot be looked
-/// at: the diagnostic names the file and the error.
-fn job_file(path: &Path) -> Result<bool, Diagnostic> {
+/// Whether `path` is a definition (a job, a calendar) to load: a `*.yaml`
+/// / `*.yml` file (following symlinks). `Err` when it has that name but
+/// cannot be looked at: the diagnostic names the file and the error.
+pub(crate) fn yaml_file(path: &Path) -> Result<bool, Diagnostic> {
     if !matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml") | Some("yml")

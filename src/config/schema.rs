@@ -1,6 +1,7 @@
 //! JSON Schemas of kedge's files, derived from the very types their parser
 //! reads ([`RawJob`](super::job::RawJob),
-//! [`RawDaemon`](super::daemon::RawDaemon)), so a schema cannot drift from
+//! [`RawDaemon`](super::daemon::RawDaemon),
+//! [`RawCalendar`](super::calendar::RawCalendar)), so a schema cannot drift from
 //! the parser. Doc comments on those types are the schema's descriptions.
 //!
 //! The schemas are checked in under `deploy/schema/` (a test fails when they
@@ -16,27 +17,31 @@
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
+use super::calendar::RawCalendar;
 use super::daemon::RawDaemon;
 use super::job::RawJob;
 
-/// A file kedge reads that has a schema. (Calendars will join them.)
+/// A file kedge reads that has a schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SchemaKind {
     /// A job definition, `jobs/*.yaml`.
     Job,
     /// The daemon config, `config/kedge.yaml` (`--config`).
     Config,
+    /// A business calendar, `calendars/*.yaml`.
+    Calendar,
 }
 
 impl SchemaKind {
     /// Every kind, in the order `kedge schema --write` writes them.
-    pub const ALL: [SchemaKind; 2] = [SchemaKind::Job, SchemaKind::Config];
+    pub const ALL: [SchemaKind; 3] = [SchemaKind::Job, SchemaKind::Config, SchemaKind::Calendar];
 
     /// The file name under `deploy/schema/`.
     pub fn file_name(self) -> &'static str {
         match self {
             SchemaKind::Job => "job.schema.json",
             SchemaKind::Config => "config.schema.json",
+            SchemaKind::Calendar => "calendar.schema.json",
         }
     }
 
@@ -51,6 +56,10 @@ impl SchemaKind {
             SchemaKind::Config => (
                 generator.root_schema_for::<RawDaemon>(),
                 "kedge daemon configuration",
+            ),
+            SchemaKind::Calendar => (
+                generator.root_schema_for::<RawCalendar>(),
+                "kedge business calendar",
             ),
         };
         schema.insert("title".into(), title.into());
@@ -150,6 +159,9 @@ mod tests {
         names_agree::<ProbeFallback>();
         names_agree::<ExecutorKind>();
         names_agree::<LogFormat>();
+        names_agree::<crate::config::calendar::DayName>();
+        names_agree::<crate::config::rules::Shift>();
+        names_agree::<crate::config::rules::OnBlackout>();
     }
 
     #[test]

@@ -389,6 +389,20 @@ impl Schedule {
         &self.source
     }
 
+    /// True when day-of-month and day-of-week match every day (both `*`):
+    /// only the time fields (and the month) choose.
+    pub fn any_day(&self) -> bool {
+        let all = |f: FieldSet, min: u32, max: u32| (min..=max).all(|v| f.has(v));
+        all(self.fields.dom, 1, 31) && all(self.fields.dow, 0, 6)
+    }
+
+    /// True when a local time of day matches the second, minute and hour fields.
+    pub fn matches_time(&self, t: chrono::NaiveTime) -> bool {
+        self.fields.second.has(t.second())
+            && self.fields.minute.has(t.minute())
+            && self.fields.hour.has(t.hour())
+    }
+
     /// True when the minute or hour field starts with `*` (the DST "wildcard" class).
     fn is_wildcard(&self) -> bool {
         self.fields.minute.star || self.fields.hour.star
@@ -688,7 +702,7 @@ fn max_offset_rise_before(tz: &Tz, at: DateTime<Utc>) -> Duration {
 
 /// For a naive local time inside a spring-forward gap: the instant the clock jumped, i.e.
 /// the first instant whose local time is later than `naive`.
-fn gap_end(tz: &Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+pub(crate) fn gap_end(tz: &Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
     let minute = naive.with_second(0)?.with_nanosecond(0)?;
     // Find the first existing local minute after `naive` (gaps are at most a day long) ...
     let mut found = None;

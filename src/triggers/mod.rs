@@ -1,10 +1,12 @@
 //! Triggers: where work comes from. Cron calendars live here ([`cron`],
+//! [`rules`] — business calendars, shifts and blackouts — and
 //! [`scheduler`]); queue sources are in [`crate::sources`], driven by
 //! [`crate::intake::consume`]; the builtin queue is fed through
 //! [`crate::intake`] by `kedge enqueue`. Every trigger task gets a
 //! [`TriggerContext`].
 
 pub mod cron;
+pub mod rules;
 pub mod scheduler;
 pub mod supervisor;
 

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::rules::{self, Fire, Planned};
 use super::TriggerContext;
 use crate::config::job::{Catchup, CronTrigger, Overlap};
 use crate::config::Job;
@@ -230,7 +231,7 @@ async fn fire_due(
     if due.is_empty() {
         return Some(0);
     }
-    let batch: Vec<(usize, Vec<DateTime<Utc>>)> = due
+    let batch: Vec<(usize, Vec<Fire>)> = due
         .iter()
         .map(|(_, i)| {
             (
@@ -263,7 +264,7 @@ async fn fire_due(
     }
     for (i, fires) in batch {
         let t = &mut timers[i];
-        t.cursor = fires.last().copied().unwrap_or(t.cursor);
+        t.cursor = fires.last().map(|f| f.at).unwrap_or(t.cursor);
         schedule(queue, i, t);
     }
     Some(recorded)
@@ -271,8 +272,8 @@ async fn fire_due(
 
 /// Puts timer `i` under its next fire after its cursor.
 fn schedule(queue: &mut Queue, i: usize, t: &Timer) {
-    match t.cron.schedule.next_after(t.cursor, t.cron.timezone) {
-        Some(next) => queue.entry(next).or_default().push(i),
+    match rules::next_fire(&t.cron, t.cursor) {
+        Some(next) => queue.entry(next.at).or_default().push(i),
         None => tracing::info!(job = %t.job.name, "the schedule has no further fires"),
     }
 }
@@ -285,35 +286,26 @@ async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-/// The fires of `cron` after `after` up to and including `until`,
-/// ascending, at most `max`. The one enumeration of a schedule's fires:
-/// the timer loop and `kedge backfill` ([`crate::operator::backfill`]) both
-/// take them from here.
+/// The job's fires in `(after, until]` with its calendar rules applied
+/// ([`rules::fires_between`]), ascending, at most `max`. The one
+/// enumeration of a schedule's fires: the timer loop, `kedge plan` and
+/// `kedge backfill` ([`crate::operator::backfill`]) take them from here.
 pub fn fires_between(
     cron: &CronTrigger,
     after: DateTime<Utc>,
     until: DateTime<Utc>,
     max: usize,
-) -> Vec<DateTime<Utc>> {
-    let mut out = Vec::new();
-    let mut t = after;
-    while out.len() < max {
-        match cron.schedule.next_after(t, cron.timezone) {
-            Some(f) if f <= until => {
-                out.push(f);
-                t = f;
-            }
-            _ => break,
-        }
-    }
-    out
+) -> Vec<Fire> {
+    let mut fires = rules::fires_between(cron, after, until);
+    fires.truncate(max);
+    fires
 }
 
 /// Decides about the fires of every due timer and records them all in one
 /// transaction. An `overlap: replace` stops the job's active runs first.
 async fn decide_and_record(
     timers: &[Timer],
-    batch: &[(usize, Vec<DateTime<Utc>>)],
+    batch: &[(usize, Vec<Fire>)],
     ctx: &TriggerContext,
     now: DateTime<Utc>,
 ) -> Result<(), crate::store::StoreError> {
@@ -330,14 +322,33 @@ async fn decide_and_record(
             tracing::info!(job = %job.name, fires = fires.len(), %state, "cron fires skipped: the job is {state}");
             records.extend(fires.iter().map(|f| FireRecord {
                 job: job.name.clone(),
-                fire_ms: f.timestamp_millis(),
+                fire_ms: f.at.timestamp_millis(),
                 outcome: FireOutcome::Skipped,
                 detail: Some(skipped_detail(*state).to_string()),
                 item: None,
             }));
             continue;
         }
-        let plan = plan_fires(fires, now, cron.catchup, cron.starting_deadline);
+        // Fires in a blackout are recorded as skipped whatever the
+        // catch-up policy; the others go through it.
+        for f in fires {
+            if let Planned::Skipped { reason } = &f.outcome {
+                tracing::info!(job = %job.name, fire = %f.at, %reason, "cron fire skipped");
+                records.push(FireRecord {
+                    job: job.name.clone(),
+                    fire_ms: f.at.timestamp_millis(),
+                    outcome: FireOutcome::Skipped,
+                    detail: Some(reason.clone()),
+                    item: None,
+                });
+            }
+        }
+        let runs: Vec<&Fire> = fires
+            .iter()
+            .filter(|f| !matches!(f.outcome, Planned::Skipped { .. }))
+            .collect();
+        let times: Vec<DateTime<Utc>> = runs.iter().map(|f| f.at).collect();
+        let plan = plan_fires(&times, now, cron.catchup, cron.starting_deadline);
         let missed = plan
             .iter()
             .filter(|(_, d)| matches!(d, FireDecision::Missed(_)))
@@ -358,8 +369,10 @@ async fn decide_and_record(
             .iter()
             .rposition(|(_, d)| *d == FireDecision::Run)
             .unwrap_or(0);
-        for (k, (fire, decision)) in plan.into_iter().enumerate() {
+        for (k, ((fire, decision), placed)) in plan.into_iter().zip(&runs).enumerate() {
             let fire_ms = fire.timestamp_millis();
+            // Why a fire is not at its cron time (shifted, deferred).
+            let placed_by = (placed.cron_time != placed.at).then(|| placed.rule.clone());
             let record = |outcome: FireOutcome, detail: Option<String>, item| FireRecord {
                 job: job.name.clone(),
                 fire_ms,
@@ -407,7 +420,7 @@ async fn decide_and_record(
             };
             let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
             pending += 1;
-            records.push(record(outcome, None, Some(item)));
+            records.push(record(outcome, placed_by, Some(item)));
         }
     }
     if records.is_empty() {

@@ -61,6 +61,16 @@ impl Workspace {
             .expect("write job");
     }
 
+    /// Writes `calendars/<name>.yaml` (the default `calendars_dir`).
+    pub fn write_calendar(&self, name: &str, yaml: &str) {
+        std::fs::create_dir_all(self.path().join("calendars")).expect("calendars dir");
+        std::fs::write(
+            self.path().join("calendars").join(format!("{name}.yaml")),
+            yaml,
+        )
+        .expect("write calendar");
+    }
+
     /// A `kedge` command running in this workspace.
     pub fn kedge(&self) -> Command {
         let mut c = Command::new(kedge_bin());
@@ -68,6 +78,7 @@ impl Workspace {
             .env_remove("KEDGE_CONFIG")
             .env_remove("KEDGE_JOBS")
             .env_remove("KEDGE_STORE")
+            .env_remove("KEDGE_CALENDARS")
             .env("KEDGE_LOG", "info");
         c
     }
