@@ -228,6 +228,14 @@ fn close_in_background(conn: Box<Connection>) {
     }
 }
 
+/// A `queue.declare` that only checks the queue (kedge never declares it).
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
 impl Source for Rabbitmq {
     /// The queue's messages ready for delivery, from a passive
     /// `queue.declare` on a channel of its own (a channel error, the queue
@@ -245,12 +253,8 @@ impl Source for Rabbitmq {
         let queue = self.cfg.queue.clone();
         let looked = async {
             let channel = conn.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
             let q = channel
-                .queue_declare(&queue, passive, FieldTable::default())
+                .queue_declare(&queue, passive(), FieldTable::default())
                 .await?;
             let _ = channel.close(200, "kedge measured the backlog").await;
             Ok::<_, lapin::Error>(u64::from(q.message_count()) + prefetched)
@@ -273,12 +277,8 @@ impl Source for Rabbitmq {
             .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| self.error(format!("setting prefetch {}", self.cfg.prefetch), e))?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         channel
-            .queue_declare(&queue, passive, FieldTable::default())
+            .queue_declare(&queue, passive(), FieldTable::default())
             .await
             .map_err(|e| {
                 self.error(

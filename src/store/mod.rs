@@ -30,6 +30,11 @@
 //! the other lifecycle enums) as parameters, and rows are read into
 //! `#[derive(sqlx::FromRow)]` structs; a column holding a state kedge did
 //! not write reads as [`StoreError::Corrupt`].
+//!
+//! The operations the daemon runs often (due, claim, settle, intake, cron
+//! fires, batches, dead letters, the counts behind `/metrics`) are timed
+//! into `kedge_store_query_duration_seconds{op}`, `op` the method's name:
+//! a `let _t = crate::metrics::store_timer("…")` first thing in the method.
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -93,15 +93,22 @@ pub fn letter(job: &str, message_id: &str, payload: &str) -> Letter {
 
 // ----- the suite ------------------------------------------------------------
 
-/// Claimed messages arrive once, in full, and are gone after settle.
-pub async fn claim_then_settle<H: Harness>() {
-    let Some(h) = H::new().await else { return };
+/// Consumer `c1`, connected, with three messages (`{"n":0..2}`, ids
+/// `m-0..2`) published after it connected.
+async fn connected_with_three<H: Harness>(h: &H) -> H::S {
     let mut s = h.source("c1");
     s.connect().await.expect("connect");
     for i in 0..3 {
         h.publish(format!("{{\"n\":{i}}}").as_bytes(), Some(&format!("m-{i}")))
             .await;
     }
+    s
+}
+
+/// Claimed messages arrive once, in full, and are gone after settle.
+pub async fn claim_then_settle<H: Harness>() {
+    let Some(h) = H::new().await else { return };
+    let mut s = connected_with_three(&h).await;
     let got = claim_n(&mut s, 3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 3, "{got:?}");
     let mut bodies: Vec<String> = got
@@ -264,12 +271,7 @@ async fn backlog_becomes<S: Source>(s: &mut S, n: u64) -> Option<u64> {
 /// they are claimed and settled (`kedge_source_backlog`).
 pub async fn backlog_counts_waiting_messages<H: Harness>() {
     let Some(h) = H::new().await else { return };
-    let mut s = h.source("c1");
-    s.connect().await.expect("connect");
-    for i in 0..3 {
-        h.publish(format!("{{\"n\":{i}}}").as_bytes(), Some(&format!("m-{i}")))
-            .await;
-    }
+    let mut s = connected_with_three(&h).await;
     // A broker may count a published message a moment later.
     assert_eq!(backlog_becomes(&mut s, 3).await, Some(3));
     let got = claim_n(&mut s, 3, Duration::from_secs(10)).await;

@@ -451,7 +451,8 @@ impl KubernetesExecutor {
             std::mem::take(&mut *self.inner.doomed.lock().unwrap_or_else(|p| p.into_inner()));
         for name in doomed {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(run = %name, error = %e, "cannot delete a run's Job that never started; trying again shortly");
+                let (job, attempt) = self.inner.tracker.job_and_attempt(&name);
+                tracing::warn!(run = %name, %job, attempt, error = %e, "cannot delete a run's Job that never started; trying again shortly");
                 self.inner
                     .doomed
                     .lock()
@@ -465,7 +466,8 @@ impl KubernetesExecutor {
         );
         for (job, name, ok) in excess {
             if let Err(e) = self.delete_job(&name).await {
-                tracing::warn!(run = %name, %job, error = %e, "cannot delete a finished Job; trying again shortly");
+                let attempt = self.inner.tracker.job_and_attempt(&name).1;
+                tracing::warn!(run = %name, %job, attempt, error = %e, "cannot delete a finished Job; trying again shortly");
                 self.inner.tracker.history_delete_failed(job, name, ok);
             }
         }
@@ -626,7 +628,8 @@ impl Executor for KubernetesExecutor {
             return;
         }
         if let Err(e) = self.delete_job(run_id).await {
-            tracing::warn!(run = %run_id, error = %e, "cannot delete a cancelled run's Job");
+            let (job, attempt) = self.inner.tracker.job_and_attempt(run_id);
+            tracing::warn!(run = %run_id, %job, attempt, error = %e, "cannot delete a cancelled run's Job");
         }
     }
 
@@ -647,7 +650,8 @@ impl Executor for KubernetesExecutor {
             return false;
         }
         if let Err(e) = self.delete_job(run_id).await {
-            tracing::warn!(run = %run_id, error = %e, "cannot delete a run's Job that never started; trying again shortly");
+            let (job, attempt) = self.inner.tracker.job_and_attempt(run_id);
+            tracing::warn!(run = %run_id, %job, attempt, error = %e, "cannot delete a run's Job that never started; trying again shortly");
             self.inner
                 .doomed
                 .lock()
@@ -673,7 +677,8 @@ impl Executor for KubernetesExecutor {
         match result {
             Ok(_) => true,
             Err(e) => {
-                tracing::warn!(run = %run_id, error = %e, "cannot change a Job's parallelism");
+                let (job, attempt) = self.inner.tracker.job_and_attempt(run_id);
+                tracing::warn!(run = %run_id, %job, attempt, error = %e, "cannot change a Job's parallelism");
                 false
             }
         }

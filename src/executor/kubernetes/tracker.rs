@@ -40,6 +40,8 @@ struct View {
     uid: Option<String>,
     /// The kedge job (`kedge.dev/job` label).
     job: String,
+    /// The run's attempt (`KEDGE_ATTEMPT` in its pod template), for logs.
+    attempt: i64,
     parallelism: u32,
     completions: u32,
     /// Successful completions (completed indexes for Indexed Jobs).
@@ -50,6 +52,17 @@ struct View {
     /// The terminal outcome and the completed indexes, once finished.
     end: Option<(OutcomeKind, Vec<i32>)>,
     finished: Option<DateTime<Utc>>,
+}
+
+/// `KEDGE_ATTEMPT` of a Job's first container (0 when absent).
+fn attempt_of(spec: Option<&k8s_openapi::api::batch::v1::JobSpec>) -> i64 {
+    spec.and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "KEDGE_ATTEMPT"))
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl View {
@@ -92,6 +105,7 @@ impl View {
                 .and_then(|l| l.get(LABEL_JOB))
                 .cloned()
                 .unwrap_or_default(),
+            attempt: attempt_of(spec),
             parallelism: spec.and_then(|s| s.parallelism).unwrap_or(1).max(0) as u32,
             completions: spec.and_then(|s| s.completions).unwrap_or(1).max(1) as u32,
             done,
@@ -326,6 +340,16 @@ impl Tracker {
 
     pub fn untrack(&self, run_id: &str) {
         self.lock().runs.remove(run_id);
+    }
+
+    /// The kedge job and attempt of run `run_id`'s Job, as the watcher
+    /// last saw it (for log lines that know only the run id).
+    pub fn job_and_attempt(&self, run_id: &str) -> (String, i64) {
+        self.lock()
+            .jobs
+            .get(run_id)
+            .map(|v| (v.job.clone(), v.attempt))
+            .unwrap_or_default()
     }
 
     pub fn is_tracked(&self, run_id: &str) -> bool {
@@ -711,6 +735,19 @@ mod tests {
                 "lastTransitionTime": "2026-01-01T00:00:00Z"})).collect::<Vec<_>>()}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_view_knows_its_job_and_attempt_for_the_logs() {
+        let j: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r", "labels": {"kedge.dev/job": "backup"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "main",
+                "env": [{"name": "KEDGE_JOB", "value": "backup"}, {"name": "KEDGE_ATTEMPT", "value": "3"}]}]}}}
+        }))
+        .unwrap();
+        let v = View::of(&j);
+        assert_eq!((v.job.as_str(), v.attempt), ("backup", 3));
+        assert_eq!(View::of(&job("r", &[])).attempt, 0, "no env: unknown");
     }
 
     #[test]
