@@ -100,7 +100,7 @@ impl Board {
     pub fn record(&self, name: &str, reading: Reading, now: DateTime<Utc>) -> Option<Change> {
         let mut m = self.lock();
         let e = m.get_mut(name)?;
-        let spec = e.guard.spec();
+        let spec = crate::planner::guards::GuardSpec::of(&e.guard);
         let before = decide::effect(&spec, &e.state);
         let failed_before = e.state.error.is_some();
         if matches!(reading, Reading::Failed(_)) {
@@ -130,7 +130,7 @@ impl Board {
         let m = self.lock();
         JobGuards::combine(job.guards.iter().filter_map(|g| {
             let e = m.get(&g.name)?;
-            let spec = e.guard.spec();
+            let spec = crate::planner::guards::GuardSpec::of(&e.guard);
             Some((
                 decide::describe(&g.name, &spec, &e.state),
                 decide::effect(&spec, &e.state),
@@ -156,7 +156,7 @@ fn kind(e: Effect) -> u8 {
 }
 
 fn status(e: &Entry) -> crate::health::GuardStatus {
-    let spec = e.guard.spec();
+    let spec = crate::planner::guards::GuardSpec::of(&e.guard);
     let effect = decide::effect(&spec, &e.state);
     crate::health::GuardStatus {
         holding: effect != Effect::Clear,

@@ -141,6 +141,14 @@ pub fn span(stage: Stage<'_>) {
     span.end_with_timestamp(at(stage.end_ms));
 }
 
+/// A run's trace attributes.
+pub fn run_attributes(run: &crate::store::Run) -> Vec<opentelemetry::KeyValue> {
+    vec![
+        opentelemetry::KeyValue::new("kedge.run", run.run_id.clone()),
+        opentelemetry::KeyValue::new("kedge.attempt", run.attempt),
+    ]
+}
+
 fn at(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }

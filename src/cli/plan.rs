@@ -156,7 +156,7 @@ async fn guard_verdicts(job: &config::Job, store: &crate::store::Store) -> Vec<G
     use crate::planner::guards::{self as g, Effect, GuardState};
     let mut out = Vec::new();
     for guard in &job.guards {
-        let spec = guard.spec();
+        let spec = crate::planner::guards::GuardSpec::of(guard);
         let reading = crate::guards::measure(guard, store).await;
         let state = g::observe(&spec, &GuardState::initial(), reading);
         let described = g::describe(&guard.name, &spec, &state);

@@ -379,7 +379,7 @@ fn parse_file(file: &Path, text: Result<String, String>) -> Parsed {
 /// The checks of one calendar that need no other file.
 fn check(raw: &RawCalendar, problems: &mut Vec<Problem>) -> Own {
     let root = FieldPath::root();
-    if !super::job::is_dns1123_label(&raw.name) {
+    if !super::names::is_dns1123_label(&raw.name) {
         problems.push((
             root.key("name"),
             format!(

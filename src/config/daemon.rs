@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
 use super::diagnostic::{parse_duration, Problem};
-use super::schema::DurationText;
+use super::yaml::DurationText;
 use super::yaml::{duration_text, string_enum};
 
 /// The configuration kedge uses when no `--config` is given and
@@ -626,7 +626,7 @@ fn check_kubernetes(rk: &RawKubernetes, durations: &Durations, problems: &mut Ve
         }
     }
     if let Some(ns) = &rk.namespace {
-        if !super::job::is_dns1123_label(ns) {
+        if !super::names::is_dns1123_label(ns) {
             problems.push((
                 kp.key("namespace"),
                 format!("\"{ns}\" is not a valid namespace name (lower-case letters, digits and '-', at most 63)"),
@@ -634,7 +634,7 @@ fn check_kubernetes(rk: &RawKubernetes, durations: &Durations, problems: &mut Ve
         }
     }
     if let Some(name) = &rk.lease.name {
-        if !super::job::is_dns1123_label(name) {
+        if !super::names::is_dns1123_label(name) {
             problems.push((
                 kp.key("lease").key("name"),
                 format!("\"{name}\" is not a valid Lease name (lower-case letters, digits and '-', at most 63)"),
@@ -724,7 +724,7 @@ fn check_pools(pools: &std::collections::BTreeMap<String, u32>, problems: &mut V
                 "must be at least 1 slot (0 would never run anything)".into(),
             ));
         }
-        if !super::job::is_dns1123_label(name) {
+        if !super::names::is_dns1123_label(name) {
             problems.push((
                 pp.key(name),
                 format!("\"{name}\" is not a valid pool name (lower-case letters, digits and '-')"),

@@ -35,7 +35,7 @@ use serde::{de, Deserialize};
 
 use super::diagnostic::{parse_duration, FieldPath, Problem};
 use super::probe::{RawWorkProbe, WorkProbe};
-use super::schema::DurationText;
+use super::yaml::DurationText;
 use super::yaml::{duration_text, string_enum};
 
 /// The work-probe kinds a guard may measure with. Extend it when a new
@@ -125,18 +125,6 @@ pub struct Guard {
     pub defined_in: Option<PathBuf>,
     /// Where its `name` is in that job file (set when the file is loaded).
     pub position: Option<super::diagnostic::Position>,
-}
-
-impl Guard {
-    /// The pure decision's view of this guard.
-    pub fn spec(&self) -> crate::planner::guards::GuardSpec {
-        crate::planner::guards::GuardSpec {
-            max: self.max,
-            resume_below: self.resume_below,
-            on_probe_failure: self.on_probe_failure,
-            action: self.action,
-        }
-    }
 }
 
 /// The guards a daemon config shares, by name.
@@ -374,7 +362,7 @@ pub fn resolve_job_guards(
 
 /// A guard's name: a DNS-1123 label (as job names), at most 63 characters.
 fn is_name(s: &str) -> bool {
-    super::job::has_dns1123_characters(s) && s.len() <= 63
+    super::names::has_dns1123_characters(s) && s.len() <= 63
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use super::diagnostic::{parse_duration, FieldPath, Problem};
 pub use super::queue::QueueTrigger;
 use super::queue::{RawBatch, RawDeadLetter, RawQueue};
 use super::rules::{OnBlackout, RawBlackout, RawRules, Rules, Shift};
-use super::schema::DurationText;
 use super::sizing::{RawSizing, RawWindow, Sizing, Window};
+use super::yaml::DurationText;
 use super::yaml::{duration_text, string_enum};
 use super::{DaemonConfig, ExecutorKind};
 use crate::lifecycle::{JOB_NAME_MAX, K8S_NAME_MAX, RUN_SUFFIX_MAX};
@@ -398,22 +398,7 @@ impl Job {
     }
 }
 
-/// Checks a DNS-1123 label (lower-case alphanumerics and '-', alphanumeric at
-/// both ends, at most 63 characters).
-pub fn is_dns1123_label(s: &str) -> bool {
-    s.len() <= K8S_NAME_MAX && has_dns1123_characters(s)
-}
-
-/// The DNS-1123 label rule without the length limit (checked on its own, so
-/// a name that is both too long and badly spelt gets both problems reported).
-pub(crate) fn has_dns1123_characters(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
+pub use super::names::{has_dns1123_characters, is_dns1123_label};
 
 /// Validates a parsed job file. `env` looks up the daemon's environment.
 pub fn validate(

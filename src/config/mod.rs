@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod diagnostic;
 pub mod guard;
 pub mod job;
+pub mod names;
 pub mod probe;
 pub mod queue;
 pub mod reload;

@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use super::diagnostic::FieldPath;
 use super::diagnostic::{parse_duration, Problem};
-use super::schema::DurationText;
+use super::yaml::DurationText;
 use super::yaml::{duration_text, string_enum};
 use crate::redact::redact;
 

@@ -15,7 +15,7 @@
 //! set) is left to `kedge validate`, which reports it with file and line.
 
 use schemars::generate::SchemaSettings;
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use schemars::Schema;
 
 use super::calendar::RawCalendar;
 use super::daemon::RawDaemon;
@@ -75,25 +75,6 @@ impl SchemaKind {
     }
 }
 
-/// The schema of a duration field (`deserialize_with = "duration_text"`):
-/// a string such as `30s`, `15m` or `1h30m`, as `humantime` reads it.
-pub(crate) struct DurationText;
-
-impl JsonSchema for DurationText {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "description": "A duration with a unit, such as 500ms, 30s, 15m, 1h30m or 2d.",
-            "pattern": r"^\s*(0|([0-9]+\s*[a-zA-Zµ]+\s*)+)\s*$",
-            "examples": ["30s", "15m", "1h30m"]
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +82,7 @@ mod tests {
     use crate::config::job::{Catchup, Overlap, PayloadFormat};
     use crate::config::queue::{OnClaim, OnExpired};
     use crate::config::sizing::{AtRiskAction, ProbeFallback};
+    use schemars::JsonSchema;
 
     /// The values a unit-only enum's schema allows (`enum`, or `oneOf` of
     /// documented `const`s).

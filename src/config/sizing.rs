@@ -29,7 +29,7 @@ use serde::Deserialize;
 use super::diagnostic::FieldPath;
 use super::diagnostic::{parse_duration, Problem};
 use super::probe::{RawWorkProbe, WorkProbe};
-use super::schema::DurationText;
+use super::yaml::DurationText;
 use super::yaml::{duration_text, string_enum};
 
 /// `window`: when a run must be finished, `deadline` or `within` (one of the two).

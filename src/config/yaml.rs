@@ -408,6 +408,25 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
+/// The schema of a duration field (`deserialize_with = "duration_text"`):
+/// a string such as `30s`, `15m` or `1h30m`, as `humantime` reads it.
+pub(crate) struct DurationText;
+
+impl schemars::JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration with a unit, such as 500ms, 30s, 15m, 1h30m or 2d.",
+            "pattern": r"^\s*(0|([0-9]+\s*[a-zA-Zµ]+\s*)+)\s*$",
+            "examples": ["30s", "15m", "1h30m"]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

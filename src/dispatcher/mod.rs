@@ -589,7 +589,7 @@ impl Dispatcher {
                     message_id: &run.message_id,
                     start_ms: run.scheduled_ms,
                     end_ms: self.clock.now_ms(),
-                    attributes: run_attributes(run),
+                    attributes: crate::telemetry::run_attributes(run),
                     error: None,
                 });
             }
@@ -686,14 +686,6 @@ pub fn launch_backoff(launches: i64) -> Duration {
 }
 
 /// The limits of the loaded jobs and the daemon config.
-/// A run's trace attributes.
-pub fn run_attributes(run: &Run) -> Vec<opentelemetry::KeyValue> {
-    vec![
-        opentelemetry::KeyValue::new("kedge.run", run.run_id.clone()),
-        opentelemetry::KeyValue::new("kedge.attempt", run.attempt),
-    ]
-}
-
 fn limits_of(jobs: &JobsByName, config: &DaemonConfig) -> Limits {
     Limits {
         jobs: jobs

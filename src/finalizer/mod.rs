@@ -257,7 +257,7 @@ fn trace_run(run: &Run, outcome: &OutcomeKind, settlement: &Settlement, now_ms: 
         Settlement::Dead { error, .. } => ("dead", Some(error.clone())),
         Settlement::Cancelled { error } => ("cancelled", Some(error.clone())),
     };
-    let mut attributes = crate::dispatcher::run_attributes(run);
+    let mut attributes = crate::telemetry::run_attributes(run);
     attributes.push(opentelemetry::KeyValue::new("kedge.state", state));
     attributes.push(opentelemetry::KeyValue::new(
         "kedge.outcome",

@@ -43,6 +43,18 @@ pub struct GuardSpec {
     pub action: GuardAction,
 }
 
+impl GuardSpec {
+    /// The pure decision's view of `guard`.
+    pub fn of(guard: &crate::config::guard::Guard) -> GuardSpec {
+        GuardSpec {
+            max: guard.max,
+            resume_below: guard.resume_below,
+            on_probe_failure: guard.on_probe_failure,
+            action: guard.action,
+        }
+    }
+}
+
 /// One measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reading {
