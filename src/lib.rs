@@ -108,7 +108,7 @@
 //!   calls where its event happens.
 //! - [`import`] — other schedulers' definitions into kedge job files:
 //!   [`import::cronjob`] (Kubernetes CronJob), [`import::keda`] (KEDA
-//!   ScaledJob); pure, each field mapped or reported with its reason
+//!   ScaledJob), [`import::autosys`] (AutoSys JIL command jobs); pure, each field mapped or reported with its reason
 //!   (`kedge import`).
 //! - [`cli`] — the `kedge` command line (`main.rs` only calls it): parsing
 //!   and printing, one file per command group; the work is the rooms' above.

@@ -193,3 +193,58 @@ fn bad_input_names_the_file_and_the_document() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.starts_with("syntax.yaml:"), "{stderr}");
 }
+
+#[test]
+fn autosys_command_jobs_become_jobs_and_conditions_are_reported() {
+    let ws = Workspace::new();
+    let report = ws.ok(&[
+        "import",
+        "autosys",
+        &sample("autosys.jil"),
+        "--out",
+        "imported",
+        "--image",
+        "busybox:1.36",
+    ]);
+    let post = read(ws.path().join("imported/eod-post.yaml"));
+    for line in [
+        "cron: 15 21,23 * * mon,tue,wed,thu,fri",
+        "timezone: US/Eastern",
+        "max_attempts: 2",
+        "activeDeadlineSeconds: 5400",
+        "image: busybox:1.36",
+    ] {
+        assert!(post.contains(line), "{line:?} missing from:\n{post}");
+    }
+    assert!(!ws.path().join("imported/eod-box.yaml").exists());
+    assert_eq!(
+        ws.ok(&["validate", "--jobs", "imported"]),
+        "ok: 2 job(s) in imported\n"
+    );
+    for expected in [
+        "insert_job EOD_box: skipped: a box job",
+        "not mapped: condition: success(EOD_watch) & success(EOD_load): job dependencies",
+        "not mapped: std_out_file: /tmp/EOD_post.out",
+        "mapped: (no date_conditions) → trigger.queue.builtin",
+        "AutoSys global variables",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected:?} missing from:\n{report}"
+        );
+    }
+
+    let out = ws.run(&[
+        "import",
+        "cronjob",
+        &sample("cronjob-hello.yaml"),
+        "--out",
+        "other",
+        "--image",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--image is for `kedge import autosys` only")
+    );
+}

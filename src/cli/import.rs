@@ -1,4 +1,4 @@
-//! `kedge import cronjob|keda FILE… --out DIR` ([`crate::import`]).
+//! `kedge import cronjob|keda|autosys FILE… --out DIR` ([`crate::import`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +29,17 @@ pub enum ImportCommand {
     /// (prometheus, metrics-api, cron, …) and every other field left out
     /// are reported with the reason.
     Keda(ImportArgs),
+    /// Convert AutoSys JIL command jobs into kedge jobs.
+    ///
+    /// command → a template running `sh -c COMMAND` in --image;
+    /// date_conditions with start_times or start_mins and days_of_week →
+    /// trigger.cron; run_calendar / exclude_calendar → trigger.calendar /
+    /// exclude_calendar (create the calendars/ files); timezone; n_retrys →
+    /// retry.max_attempts; term_run_time → activeDeadlineSeconds. A job
+    /// without date_conditions becomes a builtin-queue job started by
+    /// `kedge trigger`. condition, box_name (box jobs), std_out_file,
+    /// machine and the rest are reported.
+    Autosys(ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +62,9 @@ pub struct ImportArgs {
         default_value = "../deploy/schema/job.schema.json"
     )]
     schema: String,
+    /// AutoSys: the container image commands run in
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
 }
 
 /// `kedge import`: reads every input, refuses on any bad one or any file
@@ -60,9 +74,16 @@ pub(super) fn import(command: ImportCommand) -> Result<(), Failure> {
     let (format, args) = match command {
         ImportCommand::Cronjob(a) => (Format::CronJob, a),
         ImportCommand::Keda(a) => (Format::Keda, a),
+        ImportCommand::Autosys(a) => (Format::Autosys, a),
     };
+    if args.image.is_some() && format != Format::Autosys {
+        return Err(Failure::Input(
+            "--image is for `kedge import autosys` only: the other importers take the image from the template".into(),
+        ));
+    }
     let options = Options {
         schema: args.schema.clone(),
+        image: args.image.clone(),
     };
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();

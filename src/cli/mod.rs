@@ -14,7 +14,7 @@
 //! - `dlq` — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
 //! - `operator` — `kedge pause | resume | hold | release | ice | unice |
 //!   backfill | rerun | audit` ([`crate::operator`]).
-//! - `import` — `kedge import cronjob | keda` ([`crate::import`]).
+//! - `import` — `kedge import cronjob | keda | autosys` ([`crate::import`]).
 //! - `migrate` — `kedge migrate`.
 //! - `schema` — `kedge schema` ([`crate::config::schema`]).
 //! - `prune` — `kedge prune [--dry-run]` ([`crate::retention`]).
@@ -208,7 +208,7 @@ pub enum Command {
     /// List operator actions (pause, resume, hold, release, ice, unice,
     /// backfill, rerun): when, who, what, on which job or run, and why.
     Audit(operator::AuditArgs),
-    /// Convert Kubernetes CronJobs or KEDA ScaledJobs into kedge job files.
+    /// Convert Kubernetes CronJobs, KEDA ScaledJobs or AutoSys JIL jobs into kedge job files.
     ///
     /// Writes one job file per imported object into --out (never over an
     /// existing file without --force) and prints a report: for every input

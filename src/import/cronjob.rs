@@ -24,7 +24,7 @@ pub(crate) fn map(
     o: &mut Outcome,
 ) -> Result<Option<(String, Value)>, (String, String)> {
     let raw_name = cj.metadata.name.clone().unwrap_or_default();
-    let name = job_name(&raw_name, o)?;
+    let name = job_name(&raw_name, "metadata.name", o)?;
     if let Some(ns) = &cj.metadata.namespace {
         o.unmapped(
             "metadata.namespace",

@@ -112,7 +112,7 @@ pub(crate) fn map(
     o: &mut Outcome,
 ) -> Result<Option<(String, Value)>, (String, String)> {
     let raw_name = sj.metadata.name.clone().unwrap_or_default();
-    let name = job_name(&raw_name, o)?;
+    let name = job_name(&raw_name, "metadata.name", o)?;
     if let Some(ns) = &sj.metadata.namespace {
         o.unmapped(
             "metadata.namespace",

@@ -1,5 +1,6 @@
-//! Importers: Kubernetes CronJobs ([`cronjob`]) and KEDA ScaledJobs
-//! ([`keda`]) become kedge job files (`kedge import cronjob|keda FILE…`).
+//! Importers: Kubernetes CronJobs ([`cronjob`]), KEDA ScaledJobs
+//! ([`keda`]) and AutoSys JIL command jobs ([`autosys`], its own parser)
+//! become kedge job files (`kedge import cronjob|keda|autosys FILE…`).
 //!
 //! # Expected flow
 //!
@@ -21,6 +22,7 @@
 //! field of the input that kedge does not carry over appears in the report
 //! with its reason; nothing is dropped silently.
 
+pub mod autosys;
 pub mod cronjob;
 pub mod keda;
 
@@ -40,6 +42,8 @@ pub enum Format {
     CronJob,
     /// KEDA `keda.sh/v1alpha1` ScaledJob.
     Keda,
+    /// AutoSys JIL job definitions (not YAML: [`autosys`]).
+    Autosys,
 }
 
 impl Format {
@@ -48,6 +52,7 @@ impl Format {
         match self {
             Format::CronJob => "CronJob",
             Format::Keda => "ScaledJob",
+            Format::Autosys => "JIL job",
         }
     }
 
@@ -66,6 +71,8 @@ impl Format {
 pub struct Options {
     /// The `$schema=` of the modeline that opens every written file.
     pub schema: String,
+    /// AutoSys: the image a command runs in (`--image`).
+    pub image: Option<String>,
 }
 
 /// Why an input file cannot be imported. Nothing is written when any input
@@ -188,6 +195,9 @@ pub fn import(
     text: &str,
     options: &Options,
 ) -> Result<Vec<Outcome>, ImportError> {
+    if format == Format::Autosys {
+        return autosys::import(file, text, options);
+    }
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
         let (line, column) = e
             .location()
@@ -238,6 +248,7 @@ pub fn import(
         let job = match format {
             Format::CronJob => cronjob::map(&read_as(doc, &shape)?, &mut o),
             Format::Keda => keda::map(&read_as(doc, &shape)?, &mut o),
+            Format::Autosys => unreachable!("JIL is not YAML; read above"),
         }
         .map_err(|(path, message)| shape(path, message))?;
         if let Some((name, value)) = job {
@@ -297,7 +308,11 @@ fn render(
 /// A kedge job name from a Kubernetes object name: lower-case, every run
 /// of other characters one '-', at most [`JOB_NAME_MAX`] characters.
 /// Records the change when there is one.
-pub(crate) fn job_name(k8s_name: &str, o: &mut Outcome) -> Result<String, (String, String)> {
+pub(crate) fn job_name(
+    k8s_name: &str,
+    field: &str,
+    o: &mut Outcome,
+) -> Result<String, (String, String)> {
     let mut name = String::new();
     for c in k8s_name.chars() {
         let c = c.to_ascii_lowercase();
@@ -313,15 +328,15 @@ pub(crate) fn job_name(k8s_name: &str, o: &mut Outcome) -> Result<String, (Strin
     }
     if !is_dns1123_label(&name) {
         return Err((
-            "metadata.name".into(),
+            field.into(),
             format!("{k8s_name:?} gives no valid job name (needs letters or digits)"),
         ));
     }
     if name == k8s_name {
-        o.mapped("metadata.name", format!("name: {name}"));
+        o.mapped(field, format!("name: {name}"));
     } else {
         o.mapped(
-            "metadata.name",
+            field,
             format!("name: {name} (a kedge job name: DNS-1123, at most {JOB_NAME_MAX} characters)"),
         );
     }
@@ -377,18 +392,27 @@ mod tests {
     #[test]
     fn names_become_kedge_job_names() {
         let mut o = Outcome::new(String::new());
-        assert_eq!(job_name("hello", &mut o).unwrap(), "hello");
-        assert_eq!(job_name("My_Job.v2", &mut o).unwrap(), "my-job-v2");
+        assert_eq!(job_name("hello", "metadata.name", &mut o).unwrap(), "hello");
+        assert_eq!(
+            job_name("My_Job.v2", "metadata.name", &mut o).unwrap(),
+            "my-job-v2"
+        );
         let long = "a".repeat(70);
-        assert_eq!(job_name(&long, &mut o).unwrap().len(), JOB_NAME_MAX);
-        assert!(job_name("__", &mut o).is_err());
+        assert_eq!(
+            job_name(&long, "metadata.name", &mut o).unwrap().len(),
+            JOB_NAME_MAX
+        );
+        assert!(job_name("__", "metadata.name", &mut o).is_err());
     }
 
     #[test]
     fn other_kinds_are_skipped_with_the_command_that_reads_them() {
         let text =
             "kind: ScaledJob\nmetadata: {name: a}\n---\nkind: ConfigMap\nmetadata: {name: b}\n";
-        let opts = Options { schema: "s".into() };
+        let opts = Options {
+            schema: "s".into(),
+            image: None,
+        };
         let out = import(Format::CronJob, Path::new("f.yaml"), text, &opts).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(
@@ -401,7 +425,10 @@ mod tests {
 
     #[test]
     fn a_syntax_error_names_file_line_and_column() {
-        let opts = Options { schema: "s".into() };
+        let opts = Options {
+            schema: "s".into(),
+            image: None,
+        };
         let e = import(
             Format::CronJob,
             Path::new("f.yaml"),
