@@ -465,6 +465,24 @@ insert_job: nightly_box   job_type: BOX
     }
 
     #[test]
+    fn calendars_and_start_mins() {
+        let jil = "insert_job: settle job_type: CMD\ncommand: settle\ndate_conditions: 1\nrun_calendar: bank\nexclude_calendar: freeze\nstart_mins: 0, 30\n";
+        let out = import(Path::new("j.jil"), jil, &opts()).unwrap();
+        let text = &out[0].job.as_ref().unwrap().text;
+        for line in [
+            "cron: 0,30 * * * *",
+            "calendar: bank",
+            "exclude_calendar: freeze",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        assert!(out[0]
+            .todo
+            .iter()
+            .any(|t| t.contains("calendars/bank.yaml")));
+    }
+
+    #[test]
     fn without_date_conditions_it_is_started_by_hand() {
         let jil = "insert_job: adhoc job_type: c\ncommand: echo hi\n";
         let out = import(Path::new("j.jil"), jil, &opts()).unwrap();

@@ -16,6 +16,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use serde_json::{json, Value};
 
 use super::{history_limits, job_name, object, Outcome};
+use crate::triggers::cron::Schedule;
 
 /// Maps one CronJob; `Ok(None)` never happens for a CronJob (every one
 /// has what a kedge cron job needs), errors are `(field path, message)`.
@@ -38,6 +39,13 @@ pub(crate) fn map(
     let (cron, prefix_zone) = split_zone_prefix(&spec.schedule);
     if cron.is_empty() {
         return Err(("spec.schedule".into(), "is required".into()));
+    }
+    let cron = question_marks(&cron, o);
+    if let Err(e) = Schedule::parse(&cron) {
+        return Err((
+            "spec.schedule".into(),
+            format!("{cron:?}: kedge's cron (Debian crontab(5)) cannot read it: {e}"),
+        ));
     }
     o.mapped("spec.schedule", format!("trigger.cron: {cron:?}"));
     let timezone = match (&spec.time_zone, prefix_zone) {
@@ -165,6 +173,21 @@ pub(crate) fn map(
     Ok(Some((name, job)))
 }
 
+/// Kubernetes reads `?` in the day fields as `*` (robfig/cron); Debian
+/// cron has no `?`.
+fn question_marks(cron: &str, o: &mut Outcome) -> String {
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    if !fields.contains(&"?") {
+        return cron.to_string();
+    }
+    o.mapped("spec.schedule's `?`", "`*` (what Kubernetes reads it as)");
+    fields
+        .iter()
+        .map(|f| if *f == "?" { "*" } else { f })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Splits a `CRON_TZ=Zone ` or `TZ=Zone ` prefix off a schedule.
 fn split_zone_prefix(schedule: &str) -> (String, Option<String>) {
     let s = schedule.trim();
@@ -270,6 +293,18 @@ spec:
         let (_, job) = map(&cronjob(&text), &mut o).unwrap().unwrap();
         assert_eq!(job["trigger"]["cron"], json!("5 4 * * *"));
         assert_eq!(job["trigger"]["timezone"], json!("Europe/Berlin"));
+    }
+
+    #[test]
+    fn question_marks_become_stars_and_unreadable_schedules_are_refused() {
+        let text = HELLO.replace("\"* * * * *\"", "\"0 0 ? * MON\"");
+        let mut o = Outcome::new(String::new());
+        let (_, job) = map(&cronjob(&text), &mut o).unwrap().unwrap();
+        assert_eq!(job["trigger"]["cron"], json!("0 0 * * MON"));
+        let text = HELLO.replace("\"* * * * *\"", "\"61 * * * *\"");
+        let e = map(&cronjob(&text), &mut Outcome::new(String::new())).unwrap_err();
+        assert_eq!(e.0, "spec.schedule");
+        assert!(e.1.contains("cannot read it"), "{}", e.1);
     }
 
     #[test]
