@@ -195,9 +195,29 @@ pub fn import(
     text: &str,
     options: &Options,
 ) -> Result<Vec<Outcome>, ImportError> {
-    if format == Format::Autosys {
-        return autosys::import(file, text, options);
+    match format {
+        Format::CronJob => manifests(format, file, text, options, |doc, o| {
+            cronjob::map(&read_as(doc)?, o)
+        }),
+        Format::Keda => manifests(format, file, text, options, |doc, o| {
+            keda::map(&read_as(doc)?, o)
+        }),
+        Format::Autosys => autosys::import(file, text, options),
     }
+}
+
+/// A mapping of one document: the job's name and definition, `None` when
+/// it cannot be imported (the outcome says why), or `(field path, message)`.
+type Mapping = fn(Value, &mut Outcome) -> Result<Option<(String, Value)>, (String, String)>;
+
+/// Imports the YAML documents of `text` of `format`'s kind with `map`.
+fn manifests(
+    format: Format,
+    file: &Path,
+    text: &str,
+    options: &Options,
+    map: Mapping,
+) -> Result<Vec<Outcome>, ImportError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
         let (line, column) = e
             .location()
@@ -236,21 +256,15 @@ pub fn import(
             out.push(o);
             continue;
         }
-        let shape = |path: String, message: String| ImportError::Shape {
+        let mut o = Outcome::new(origin);
+        let job = map(doc, &mut o).map_err(|(path, message)| ImportError::Shape {
             file: file.to_path_buf(),
             document,
             kind: format.kind(),
             name: name.clone(),
             path,
             message,
-        };
-        let mut o = Outcome::new(origin);
-        let job = match format {
-            Format::CronJob => cronjob::map(&read_as(doc, &shape)?, &mut o),
-            Format::Keda => keda::map(&read_as(doc, &shape)?, &mut o),
-            Format::Autosys => unreachable!("JIL is not YAML; read above"),
-        }
-        .map_err(|(path, message)| shape(path, message))?;
+        })?;
         if let Some((name, value)) = job {
             o.job = Some(JobFile {
                 text: render(&value, options, file, document, format)?,
@@ -270,14 +284,11 @@ fn kind_or_none(kind: &str) -> &str {
     }
 }
 
-/// Reads a document into its type, with the field path of a shape error.
-fn read_as<T: DeserializeOwned>(
-    doc: Value,
-    shape: &dyn Fn(String, String) -> ImportError,
-) -> Result<T, ImportError> {
+/// Reads a document into its type; an error is `(field path, message)`.
+fn read_as<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
-        shape(path, e.into_inner().to_string())
+        (path, e.into_inner().to_string())
     })
 }
 
