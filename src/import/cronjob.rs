@@ -15,7 +15,7 @@
 use k8s_openapi::api::batch::v1::CronJob;
 use serde_json::{json, Value};
 
-use super::{history_limits, job_name, object, Outcome};
+use super::{entrypoint_note, history_limits, job_name, object, Outcome};
 use crate::triggers::cron::Schedule;
 
 /// Maps one CronJob; `Ok(None)` never happens for a CronJob (every one
@@ -151,6 +151,7 @@ pub(crate) fn map(
         ));
     };
     o.mapped("spec.jobTemplate.spec", "template");
+    entrypoint_note(job_spec, "spec.jobTemplate.spec", o);
     let template = serde_json::to_value(job_spec)
         .map_err(|e| ("spec.jobTemplate.spec".to_string(), e.to_string()))?;
 

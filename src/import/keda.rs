@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{history_limits, job_name, object, Outcome};
+use super::{entrypoint_note, history_limits, job_name, object, Outcome};
 use crate::redact::redact;
 
 /// KEDA's default `maxReplicaCount`.
@@ -163,6 +163,7 @@ pub(crate) fn map(
     };
 
     o.mapped("spec.jobTargetRef", "template");
+    entrypoint_note(&spec.job_target_ref, "spec.jobTargetRef", o);
     o.todo(format!(
         "kedge claims each message and starts one Job per message with the message in KEDGE_PAYLOAD (batches: `batch:`), settling it only when the Job has finished; KEDA counted messages and the image pulled them itself: change {name}'s container to read KEDGE_PAYLOAD instead of consuming the queue (worker mode, for images that pull their own messages, is not built yet)"
     ));
@@ -523,6 +524,20 @@ spec:
             assert!(o.unmapped.iter().any(|u| u.field == field), "{field}: {o}");
         }
         assert!(o.todo.iter().any(|t| t.contains("KEDGE_PAYLOAD")));
+        assert!(!o.todo.iter().any(|t| t.contains("has no command")));
+        let sj = scaled_job(
+            &with_triggers(
+                "  - type: rabbitmq\n    metadata: {queueName: hello, hostFromEnv: RABBITMQ_URL}\n",
+            )
+            .replace(", command: [w]", ""),
+        );
+        let mut o = Outcome::new(String::new());
+        map(&sj, &mut o).unwrap().unwrap();
+        assert!(
+            o.todo.iter().any(|t| t
+                .starts_with("spec.jobTargetRef.template.spec.containers[0] (w) has no command")),
+            "{o}"
+        );
     }
 
     #[test]

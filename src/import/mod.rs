@@ -365,6 +365,25 @@ pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
     Value::Object(m)
 }
 
+/// Notes the containers that run their image's entrypoint (no `command`):
+/// the local executor cannot run them, so `kedge validate` with it
+/// refuses the file; the Kubernetes executor runs them as they are.
+pub(crate) fn entrypoint_note(
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+    prefix: &str,
+    o: &mut Outcome,
+) {
+    let containers = spec.template.spec.iter().flat_map(|p| &p.containers);
+    for (i, c) in containers.enumerate() {
+        if c.command.as_ref().is_none_or(|v| v.is_empty()) {
+            o.todo(format!(
+                "{prefix}.template.spec.containers[{i}] ({}) has no command: the Kubernetes executor runs the image's entrypoint, the local executor cannot (it needs an explicit command)",
+                c.name
+            ));
+        }
+    }
+}
+
 /// The report's words for a Job's history limits, which kedge keeps per
 /// daemon, not per job.
 pub(crate) fn history_limits(
