@@ -183,6 +183,20 @@ fn bad_input_names_the_file_and_the_document() {
     assert!(stderr.contains("nothing written"), "{stderr}");
     assert!(!ws.path().join("imported").exists());
 
+    // Every bad input is named, not only the first.
+    let out = ws.run(&[
+        "import",
+        "cronjob",
+        "bad.yaml",
+        "missing.yaml",
+        "--out",
+        "imported",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.yaml: document 2"), "{stderr}");
+    assert!(stderr.contains("missing.yaml: cannot read: "), "{stderr}");
+
     std::fs::write(
         ws.path().join("syntax.yaml"),
         "kind: CronJob\nspec: [a, b\n",

@@ -88,8 +88,13 @@ pub(super) fn import(command: ImportCommand) -> Result<(), Failure> {
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
     for file in &args.files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Failure::Input(format!("{}: cannot read: {e}", file.display())))?;
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{}: cannot read: {e}", file.display()));
+                continue;
+            }
+        };
         match import::import(format, file, &text, &options) {
             Ok(o) => outcomes.extend(o),
             Err(e) => errors.push(e.to_string()),

@@ -239,9 +239,11 @@ fn manifests(
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
         let name = doc
             .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| "(no name)".into());
         let origin = format!(
             "{}#{document} {} {name}",
             file.display(),
