@@ -11,6 +11,7 @@
 //! | `spec.suspend: true` | reported: `kedge pause NAME` after loading |
 //! | `spec.*JobsHistoryLimit` | reported: daemon-wide in kedge |
 //! | `spec.jobTemplate.spec` | `template` |
+//! | (no run retries in a CronJob) | `retry.max_attempts: 1` |
 
 use k8s_openapi::api::batch::v1::CronJob;
 use serde_json::{json, Value};
@@ -151,6 +152,10 @@ pub(crate) fn map(
         ));
     };
     o.mapped("spec.jobTemplate.spec", "template");
+    o.mapped(
+        "(a failed Job is not run again by a CronJob)",
+        "retry.max_attempts: 1 (backoffLimit still retries pods inside the Job)",
+    );
     entrypoint_note(job_spec, "spec.jobTemplate.spec", o);
     let template = serde_json::to_value(job_spec)
         .map_err(|e| ("spec.jobTemplate.spec".to_string(), e.to_string()))?;
@@ -169,6 +174,7 @@ pub(crate) fn map(
             json!(format!("Imported from the Kubernetes CronJob {raw_name}.")),
         ),
         ("trigger", trigger),
+        ("retry", json!({ "max_attempts": 1 })),
         ("template", template),
     ]);
     Ok(Some((name, job)))
@@ -247,6 +253,7 @@ spec:
             job["template"]["template"]["spec"]["restartPolicy"],
             json!("OnFailure")
         );
+        assert_eq!(job["retry"], json!({"max_attempts": 1}));
         assert!(o.todo.iter().any(|t| t.contains("kedge pause hello")));
         assert!(o
             .unmapped

@@ -163,6 +163,10 @@ pub(crate) fn map(
     };
 
     o.mapped("spec.jobTargetRef", "template");
+    o.mapped(
+        "(a failed Job's messages)",
+        "retried by kedge (retry defaults: 3 attempts, then a dead letter kept in kedge's store; set dead_letter to publish it to the broker)",
+    );
     entrypoint_note(&spec.job_target_ref, "spec.jobTargetRef", o);
     o.todo(format!(
         "kedge claims each message and starts one Job per message with the message in KEDGE_PAYLOAD (batches: `batch:`), settling it only when the Job has finished; KEDA counted messages and the image pulled them itself: change {name}'s container to read KEDGE_PAYLOAD instead of consuming the queue (worker mode, for images that pull their own messages, is not built yet)"
