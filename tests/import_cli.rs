@@ -68,6 +68,22 @@ fn cronjobs_become_job_files_that_validate_and_the_report_names_what_was_left() 
 
     let checked = ws.ok(&["validate", "--jobs", "imported"]);
     assert_eq!(checked, "ok: 2 job(s) in imported\n");
+    // The schedule is read as Kubernetes read it: 02:30 Berlin on weekdays.
+    let plan = ws.ok(&["plan", "--jobs", "imported"]);
+    let nightly: Vec<&str> = plan
+        .lines()
+        .skip_while(|l| *l != "nightly-report (Europe/Berlin)")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(nightly.len(), 5, "{plan}");
+    for fire in nightly {
+        let at = chrono::DateTime::parse_from_rfc3339(fire.trim()).expect("an RFC 3339 fire");
+        let local = at.with_timezone(&chrono_tz::Europe::Berlin);
+        assert_eq!(local.format("%H:%M").to_string(), "02:30", "{plan}");
+        use chrono::Datelike;
+        assert!(local.weekday().number_from_monday() <= 5, "{plan}");
+    }
 
     for expected in [
         "cronjob-hello.yaml#1 CronJob hello → hello.yaml",
