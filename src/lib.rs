@@ -106,6 +106,10 @@
 //! - [`metrics`] — the Prometheus registry (prometheus-client): every
 //!   family kedge exports and the small recording functions each room
 //!   calls where its event happens.
+//! - [`import`] — other schedulers' definitions into kedge job files:
+//!   [`import::cronjob`] (Kubernetes CronJob), [`import::keda`] (KEDA
+//!   ScaledJob), [`import::autosys`] (AutoSys JIL command jobs); pure, each field mapped or reported with its reason
+//!   (`kedge import`).
 //! - [`cli`] — the `kedge` command line (`main.rs` only calls it): parsing
 //!   and printing, one file per command group; the work is the rooms' above.
 
@@ -118,6 +122,7 @@ pub mod executor;
 pub mod finalizer;
 pub mod guards;
 pub mod health;
+pub mod import;
 pub mod intake;
 pub mod lifecycle;
 pub mod metrics;

@@ -14,6 +14,7 @@
 //! - `dlq` — `kedge dlq list | replay` ([`crate::finalizer::replay`]).
 //! - `operator` — `kedge pause | resume | hold | release | ice | unice |
 //!   backfill | rerun | audit` ([`crate::operator`]).
+//! - `import` — `kedge import cronjob | keda | autosys` ([`crate::import`]).
 //! - `migrate` — `kedge migrate`.
 //! - `schema` — `kedge schema` ([`crate::config::schema`]).
 //! - `prune` — `kedge prune [--dry-run]` ([`crate::retention`]).
@@ -26,6 +27,7 @@
 mod calendar;
 mod cluster;
 mod dlq;
+mod import;
 mod migrate;
 mod operator;
 mod plan;
@@ -206,6 +208,16 @@ pub enum Command {
     /// List operator actions (pause, resume, hold, release, ice, unice,
     /// backfill, rerun): when, who, what, on which job or run, and why.
     Audit(operator::AuditArgs),
+    /// Convert Kubernetes CronJobs, KEDA ScaledJobs or AutoSys JIL jobs into kedge job files.
+    ///
+    /// Writes one job file per imported object into --out (never over an
+    /// existing file without --force) and prints a report: for every input
+    /// document what was mapped, each field that could not be and why, and
+    /// what to do after loading. Check the files with `kedge validate --jobs DIR`.
+    Import {
+        #[command(subcommand)]
+        command: import::ImportCommand,
+    },
     /// Apply the store's migrations and exit (kedge run also applies them).
     Migrate,
     /// Print the JSON Schema of a job definition, the daemon config or a calendar.
@@ -318,6 +330,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Backfill(args) => operator::backfill(&src, args).await,
         Command::Rerun(args) => operator::rerun(&src, args).await,
         Command::Audit(args) => operator::audit(&src, args).await,
+        Command::Import { command } => import::import(command),
         Command::Migrate => migrate::migrate(&src).await,
         Command::Schema(args) => schema::schema(args),
         Command::Prune(args) => prune::prune(&src, args).await,
