@@ -417,9 +417,9 @@ fn message(
     payload: Option<String>,
 ) -> Result<preview::Message, Failure> {
     match &job.trigger {
-        config::Trigger::Cron(_) => match payload {
+        config::Trigger::Cron(_) | config::Trigger::After => match payload {
             Some(_) => Err(Failure::Input(format!(
-                "--payload: job {} is triggered by cron and takes no messages",
+                "--payload: job {} is triggered by cron or `after` and takes no messages",
                 job.name
             ))),
             None => Ok(preview::Message {
