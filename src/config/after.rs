@@ -333,6 +333,30 @@ impl Expr {
         out
     }
 
+    /// Every condition, in text order: `(cond, job)` as written, e.g.
+    /// `success(x, 12h)` for the edge labels of `kedge graph`.
+    pub fn conditions(&self) -> Vec<(&str, String)> {
+        let mut out = Vec::new();
+        self.each(&mut |e| {
+            if let Expr::Cond { job, .. } = e {
+                out.push((job.as_str(), e.to_string()));
+            }
+        });
+        out
+    }
+
+    fn each<'a>(&'a self, f: &mut impl FnMut(&'a Expr)) {
+        f(self);
+        match self {
+            Expr::Cond { .. } => {}
+            Expr::Not(e) => e.each(f),
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                a.each(f);
+                b.each(f);
+            }
+        }
+    }
+
     fn each_cond<'a>(&'a self, f: &mut impl FnMut(&'a str, usize)) {
         match self {
             Expr::Cond { job, at, .. } => f(job, *at),
