@@ -291,8 +291,12 @@ impl<E: Executor> Serving<E> {
             }
             // `after`-alone jobs whose upstreams' runs (settled since the
             // last pass, or before a restart) make their expression true.
-            if let Err(e) = crate::triggers::after::pass(&self.store, &self.jobs, &self.clock).await
-            {
+            // And cron fires of jobs with `after` waiting for theirs.
+            let deps = async {
+                crate::triggers::after::pass(&self.store, &self.jobs, &self.clock).await?;
+                crate::triggers::after::start_waiting(&self.store, &self.jobs, &self.clock).await
+            };
+            if let Err(e) = deps.await {
                 tracing::error!(error = %crate::error_chain(&e), "evaluating dependencies failed");
             }
             let wait = match dispatcher.pass(&self.executor).await {

@@ -182,3 +182,81 @@ fn a_restart_never_runs_a_dependent_twice() {
     });
     assert_eq!(runs_of(&ws, "down").len(), 2, "{:#?}", runs_of(&ws, "down"));
 }
+
+/// A cron job with `after`: every second, waiting for `success(up)`.
+fn waiting_cron(wait_timeout: &str) -> String {
+    format!(
+        "name: rep\n\
+         trigger:\n  cron: \"* * * * * *\"\n  overlap: allow\n  catchup: none\n  \
+         after: \"success(up)\"\n  wait_timeout: {wait_timeout}\n\
+         template:\n  template:\n    spec:\n      restartPolicy: Never\n      \
+         containers: [{{ name: c, command: [\"true\"] }}]\n"
+    )
+}
+
+fn fires(ws: &Workspace, job: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ws.ok(&["fires", job, "--limit", "100000", "--json"])).unwrap()
+}
+
+#[test]
+fn a_cron_fire_waits_for_its_dependency_then_times_out() {
+    let ws = Workspace::new();
+    ws.write_job("up", &upstream("up", "true"));
+    ws.write_job("rep", &waiting_cron("2s"));
+    let daemon = ws.start_daemon();
+    wait_until(LIMIT, "a fire waiting and one timed out", || {
+        let f = fires(&ws, "rep");
+        f.iter()
+            .any(|f| f["outcome"] == "waiting" && f["detail"] == "waiting for: success(up)")
+            && f.iter()
+                .any(|f| f["outcome"] == "skipped" && f["detail"] == "dependency timeout")
+    });
+    assert!(runs_of(&ws, "rep").is_empty());
+    assert!(daemon
+        .log()
+        .contains("cron fire skipped: dependency timeout"));
+    ws.ok(&["trigger", "up"]);
+    wait_until(LIMIT, "rep ran after up", || succeeded(&ws, "rep") >= 1);
+    let up = runs_of(&ws, "up").pop().unwrap();
+    // One success of up starts one waiting fire; the later ones wait again.
+    let started: Vec<_> = fires(&ws, "rep")
+        .into_iter()
+        .filter(|f| f["detail"] == "after: success(up)")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    for r in runs_of(&ws, "rep") {
+        assert!(time(&r["started_at"]) >= time(&up["finished_at"]), "{r:#?}");
+    }
+}
+
+#[test]
+fn a_waiting_cron_fire_survives_a_kill_and_runs_once() {
+    let ws = Workspace::new();
+    ws.write_job("up", &upstream("up", "true"));
+    ws.write_job("rep", &waiting_cron("1h"));
+    let daemon = ws.start_daemon();
+    wait_until(LIMIT, "a fire waiting", || {
+        fires(&ws, "rep").iter().any(|f| f["outcome"] == "waiting")
+    });
+    daemon.kill9();
+    let waiting: Vec<_> = fires(&ws, "rep")
+        .into_iter()
+        .filter(|f| f["outcome"] == "waiting")
+        .collect();
+    let _daemon = ws.start_daemon();
+    ws.ok(&["trigger", "up"]);
+    wait_until(LIMIT, "rep ran", || succeeded(&ws, "rep") == 1);
+    let started: Vec<_> = fires(&ws, "rep")
+        .into_iter()
+        .filter(|f| f["detail"] == "after: success(up)")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(
+        started[0]["fire"], waiting[0]["fire"],
+        "the oldest waiting fire runs"
+    );
+    // Later settlements (up again) start the next waiting fire only.
+    ws.ok(&["trigger", "up"]);
+    wait_until(LIMIT, "rep ran again", || succeeded(&ws, "rep") == 2);
+    assert_eq!(runs_of(&ws, "rep").len(), 2);
+}

@@ -47,6 +47,65 @@ pub async fn facts(
     Ok(out)
 }
 
+/// Starts each `waiting` fire of a cron job with `after` whose expression
+/// holds (scope without look-back: since the job's previous fire that
+/// ran), oldest first; a fire that waited `wait_timeout` is recorded
+/// `skipped: dependency timeout`, logged at WARN and counted as at risk.
+/// Returns how many started.
+pub async fn start_waiting(store: &Store, jobs: &JobsByName, clock: &Clock) -> Result<usize> {
+    let mut started = 0;
+    let mut cron_jobs: Vec<_> = jobs
+        .values()
+        .filter(|j| j.cron().is_some())
+        .filter_map(|j| Some((j, j.after.as_ref()?)))
+        .collect();
+    if cron_jobs.is_empty() {
+        return Ok(0);
+    }
+    cron_jobs.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let stopped = store.stopped_jobs().await?;
+    for (job, after) in cron_jobs {
+        let waiting = store.waiting_fires(&job.name).await?;
+        if waiting.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = after
+            .expr
+            .jobs()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let facts = facts(store, &names, &stopped).await?;
+        for fire_ms in waiting {
+            let now = clock.now();
+            let scope = Scope {
+                since_ms: store.last_run_fire_before(&job.name, fire_ms).await?,
+                now_ms: now.timestamp_millis(),
+            };
+            let fire = chrono::DateTime::from_timestamp_millis(fire_ms).unwrap_or(now);
+            if after.expr.eval(&facts, scope) {
+                let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
+                let detail = format!("after: {}", after.expr);
+                if store
+                    .end_waiting_fire(&job.name, fire_ms, Some(&item), &detail)
+                    .await?
+                {
+                    tracing::info!(job = %job.name, fire_ms, run = %item.run_id, after = %after.expr, "dependencies met, cron fire starts");
+                    started += 1;
+                }
+            } else if now.timestamp_millis() - fire_ms >= after.wait_timeout.as_millis() as i64
+                && store
+                    .end_waiting_fire(&job.name, fire_ms, None, "dependency timeout")
+                    .await?
+            {
+                tracing::warn!(job = %job.name, fire_ms, after = %after.expr, wait_timeout = ?after.wait_timeout, "cron fire skipped: dependency timeout");
+                crate::metrics::run_at_risk();
+            }
+        }
+    }
+    Ok(started)
+}
+
 /// Fires every `after`-alone job whose expression holds since its last
 /// fire; returns how many fired. An iced job's fire is recorded `skipped:
 /// iced`; a paused or held job's run waits for resume or release.
