@@ -260,3 +260,47 @@ fn a_waiting_cron_fire_survives_a_kill_and_runs_once() {
     wait_until(LIMIT, "rep ran again", || succeeded(&ws, "rep") == 2);
     assert_eq!(runs_of(&ws, "rep").len(), 2);
 }
+
+#[test]
+fn a_held_upstream_makes_fires_wait() {
+    let ws = Workspace::new();
+    ws.write_job("up", &upstream("up", "true"));
+    ws.write_job(
+        "rep",
+        &waiting_cron("1h").replace("success(up)", "success(up, 1h)"),
+    );
+    let _daemon = ws.start_daemon();
+    ws.ok(&["trigger", "up"]);
+    // With a look-back, every fire in the hour after up's success runs.
+    wait_until(LIMIT, "rep ran", || succeeded(&ws, "rep") >= 1);
+    ws.ok(&["hold", "up", "--reason", "investigating"]);
+    let held_at = Utc::now();
+    wait_until(LIMIT, "a fire after the hold waiting", || {
+        fires(&ws, "rep").iter().any(|f| {
+            f["outcome"] == "waiting" && time(&f["fire"]) > held_at + chrono::TimeDelta::seconds(1)
+        })
+    });
+    let ran_while_held = fires(&ws, "rep")
+        .iter()
+        .filter(|f| f["detail"] == "after: success(up, 1h)")
+        .filter(|f| time(&f["fire"]) > held_at + chrono::TimeDelta::seconds(1))
+        .count();
+    assert_eq!(ran_while_held, 0);
+}
+
+#[test]
+fn an_iced_upstream_counts_as_succeeded() {
+    let ws = Workspace::new();
+    ws.write_job("up", &upstream("up", "exit 1"));
+    ws.write_job("rep", &waiting_cron("1h"));
+    let _daemon = ws.start_daemon();
+    wait_until(LIMIT, "a fire waiting", || {
+        fires(&ws, "rep").iter().any(|f| f["outcome"] == "waiting")
+    });
+    assert!(runs_of(&ws, "rep").is_empty());
+    ws.ok(&["ice", "up"]);
+    wait_until(LIMIT, "rep ran once up is iced", || {
+        succeeded(&ws, "rep") >= 1
+    });
+    assert!(runs_of(&ws, "up").is_empty(), "up never ran");
+}
