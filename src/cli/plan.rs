@@ -310,8 +310,14 @@ fn forecast(
         )));
     }
     let Some(c) = job.cron() else {
+        let by = match job.trigger {
+            config::Trigger::After => {
+                "only by `after` (its upstreams' runs; `kedge graph --job` shows them)"
+            }
+            _ => "by a queue",
+        };
         return Err(Failure::Input(format!(
-            "job {name} is triggered by a queue: it has no fires to forecast"
+            "job {name} is triggered {by}: it has no fires to forecast"
         )));
     };
     let tick = chrono::Duration::nanoseconds(1);

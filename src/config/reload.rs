@@ -454,4 +454,40 @@ mod tests {
             second.problems
         );
     }
+
+    fn dependent(name: &str, after: &str) -> String {
+        format!(
+            "name: {name}\ntrigger:\n  after: \"{after}\"\ntemplate:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{ name: m, command: [\"true\"] }}]\n"
+        )
+    }
+
+    #[test]
+    fn a_job_waiting_for_a_refused_job_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(dir.path().join("up.yaml"), job("up", "true")).unwrap();
+        // typo waits for a name that is no job; after-typo waits for typo.
+        std::fs::write(
+            dir.path().join("typo.yaml"),
+            dependent("typo", "success(upp)"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("later.yaml"),
+            dependent("later", "done(typo) or success(up)"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("fine.yaml"),
+            dependent("fine", "success(up)"),
+        )
+        .unwrap();
+        let out = read(&c, &[]);
+        let names: Vec<&str> = out.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["fine", "up"]);
+        let problems: Vec<String> = out.problems.0.iter().map(|d| d.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].ends_with("later.yaml:3:16: trigger.after: \"typo\" is not a job (or its file is invalid); check the name"), "{problems:#?}");
+        assert!(problems[1].ends_with("typo.yaml:3:19: trigger.after: \"upp\" is not a job (or its file is invalid); check the name"), "{problems:#?}");
+    }
 }
