@@ -289,6 +289,16 @@ impl<E: Executor> Serving<E> {
                 dispatcher.reload(now.jobs.clone(), &now.config);
                 self.jobs = now.jobs.clone();
             }
+            // `after`-alone jobs whose upstreams' runs (settled since the
+            // last pass, or before a restart) make their expression true.
+            // And cron fires of jobs with `after` waiting for theirs.
+            let deps = async {
+                crate::triggers::after::pass(&self.store, &self.jobs, &self.clock).await?;
+                crate::triggers::after::start_waiting(&self.store, &self.jobs, &self.clock).await
+            };
+            if let Err(e) = deps.await {
+                tracing::error!(error = %crate::error_chain(&e), "evaluating dependencies failed");
+            }
             let wait = match dispatcher.pass(&self.executor).await {
                 Ok(next_due) => {
                     store_failures = 0;

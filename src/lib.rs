@@ -14,7 +14,8 @@
 //! ```
 //!
 //! - [`config`] — the daemon config, job definitions and business
-//!   calendars ([`config::calendar`], `calendars/*.yaml`; a trigger's
+//!   calendars ([`config::calendar`], `calendars/*.yaml`; `trigger.after`
+//!   expressions, their evaluation and cycle check in [`config::after`]; a trigger's
 //!   calendar rules in [`config::rules`]): parse, validate every field,
 //!   report all problems as `path:line:column: field: message`.
 //!   Pure: no store, no probes' measuring ([`config::probe`] only parses and
@@ -24,6 +25,9 @@
 //!   expressions, DST rules), [`triggers::rules`] (the one place a cron
 //!   job's fire times are produced: calendars, business days, shifts and
 //!   blackouts applied; the scheduler, `kedge plan` and backfills use it)
+//!   [`triggers::after`] (jobs with `trigger.after` alone: a fire each
+//!   time their expression over other jobs' runs becomes true, checked by
+//!   the serving loop after settlements and at start),
 //!   and [`triggers::scheduler`] (one timer loop for
 //!   every cron job, fires due together recorded in one transaction;
 //!   overlap and catch-up policies). Every trigger task gets a

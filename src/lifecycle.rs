@@ -190,6 +190,7 @@ impl FromStr for WorkState {
 /// | `skipped`  | not run: the overlap policy (or a newer fire) held it back, or the job was paused, held or iced (detail `paused`, `held`, `iced`; resume and release may catch it up later, then it reads `recorded`) |
 /// | `missed`   | not run: kedge was down at the time and the catch-up policy dropped it |
 /// | `replaced` | run, after cancelling the job's active runs (overlap `replace`) |
+/// | `waiting`  | a fire of a job with `trigger.after` waiting for its expression (`triggers::after` moves it to `recorded` when it holds, or to `skipped: dependency timeout` after `wait_timeout`) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FireOutcome {
@@ -198,6 +199,7 @@ pub enum FireOutcome {
     Skipped,
     Missed,
     Replaced,
+    Waiting,
 }
 
 impl FireOutcome {
@@ -208,6 +210,7 @@ impl FireOutcome {
             FireOutcome::Skipped => "skipped",
             FireOutcome::Missed => "missed",
             FireOutcome::Replaced => "replaced",
+            FireOutcome::Waiting => "waiting",
         }
     }
 }
@@ -227,6 +230,7 @@ impl FromStr for FireOutcome {
             "skipped" => FireOutcome::Skipped,
             "missed" => FireOutcome::Missed,
             "replaced" => FireOutcome::Replaced,
+            "waiting" => FireOutcome::Waiting,
             other => return Err(format!("unknown cron fire outcome {other:?}")),
         })
     }

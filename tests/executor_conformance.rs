@@ -529,6 +529,7 @@ impl TestRun {
             priority: 0,
             file: PathBuf::from("jobs/conformance.yaml"),
             trigger: Trigger::Queue(QueueTrigger::builtin()),
+            after: None,
             retry: RetryPolicy::default(),
             limits: JobLimits::default(),
             payload: PayloadPolicy::default(),

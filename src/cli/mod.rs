@@ -27,6 +27,7 @@
 mod calendar;
 mod cluster;
 mod dlq;
+mod graph;
 mod import;
 mod migrate;
 mod operator;
@@ -140,6 +141,12 @@ pub enum Command {
     /// Jobs an operator paused, held or iced are named above the table,
     /// with who, since when and why (`job_state` on each run with --json).
     Runs(runs::RunsArgs),
+    /// Print the jobs' dependency graph (`trigger.after`), upstreams first.
+    ///
+    /// Text: one line per job, `job ← its after expression`. Dot: Graphviz
+    /// (`kedge graph --format dot | dot -Tsvg > graph.svg`), an edge from
+    /// each upstream to the job waiting for it, labelled with the conditions.
+    Graph(graph::GraphArgs),
     /// Business calendars (calendars/*.yaml): `kedge calendar show NAME`.
     Calendar {
         #[command(subcommand)]
@@ -320,6 +327,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Runs(args) => runs::runs(&src, args).await,
         Command::Fires(args) => runs::fires(&src, args).await,
         Command::Calendar { command } => calendar::calendar(&src, command),
+        Command::Graph(args) => graph::graph(&src, args),
         Command::Dlq { command } => dlq::dlq(&src, command).await,
         Command::Pause(args) => operator::change(&src, Action::Pause, args).await,
         Command::Resume(args) => operator::change(&src, Action::Resume, args).await,

@@ -310,8 +310,14 @@ fn forecast(
         )));
     }
     let Some(c) = job.cron() else {
+        let by = match job.trigger {
+            config::Trigger::After => {
+                "only by `after` (its upstreams' runs; `kedge graph --job` shows them)"
+            }
+            _ => "by a queue",
+        };
         return Err(Failure::Input(format!(
-            "job {name} is triggered by a queue: it has no fires to forecast"
+            "job {name} is triggered {by}: it has no fires to forecast"
         )));
     };
     let tick = chrono::Duration::nanoseconds(1);
@@ -417,9 +423,9 @@ fn message(
     payload: Option<String>,
 ) -> Result<preview::Message, Failure> {
     match &job.trigger {
-        config::Trigger::Cron(_) => match payload {
+        config::Trigger::Cron(_) | config::Trigger::After => match payload {
             Some(_) => Err(Failure::Input(format!(
-                "--payload: job {} is triggered by cron and takes no messages",
+                "--payload: job {} is triggered by cron or `after` and takes no messages",
                 job.name
             ))),
             None => Ok(preview::Message {

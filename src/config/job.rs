@@ -116,6 +116,18 @@ pub struct RawTrigger {
     /// Cron jobs: a fire inside a blackout window is `skip`ped (recorded as
     /// `skipped: blackout`) or `defer`red to the window's end [default: skip].
     pub on_blackout: Option<OnBlackout>,
+    /// Run after other jobs' runs: a boolean expression such as
+    /// `success(load-orders) and success(load-customers)`, with `success`,
+    /// `failure`, `done` and `notrunning`, each with an optional look-back
+    /// (`success(x, 12h)`), combined with `and`, `or`, `not` and
+    /// parentheses. With `cron`, a fire waits for it; alone, the job runs
+    /// each time it becomes true.
+    pub after: Option<String>,
+    /// Cron jobs with `after`: how long a fire waits for the expression
+    /// before it is recorded `skipped: dependency timeout` [default: 12h].
+    #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationText>")]
+    pub wait_timeout: Option<String>,
     /// Queue jobs: where messages come from.
     pub queue: Option<RawQueue>,
 }
@@ -245,6 +257,8 @@ pub struct Job {
     /// The file it came from.
     pub file: PathBuf,
     pub trigger: Trigger,
+    /// `trigger.after`, with `cron` or alone.
+    pub after: Option<After>,
     pub retry: RetryPolicy,
     pub limits: JobLimits,
     pub payload: PayloadPolicy,
@@ -261,7 +275,24 @@ pub struct Job {
 pub enum Trigger {
     Cron(CronTrigger),
     Queue(QueueTrigger),
+    /// `after` alone: a run each time the expression becomes true.
+    After,
 }
+
+/// A job's `trigger.after`: what it waits for.
+#[derive(Debug, Clone)]
+pub struct After {
+    pub expr: super::after::Expr,
+    /// With `cron`: how long a fire waits for `expr`.
+    pub wait_timeout: Duration,
+    /// Where the expression's text starts in the file (line, and the
+    /// column of its first character inside any quote), for the checks
+    /// across job files.
+    pub position: super::Position,
+}
+
+/// The default `trigger.wait_timeout`.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct CronTrigger {
@@ -393,7 +424,7 @@ impl Job {
     pub fn cron(&self) -> Option<&CronTrigger> {
         match &self.trigger {
             Trigger::Cron(c) => Some(c),
-            Trigger::Queue(_) => None,
+            Trigger::Queue(_) | Trigger::After => None,
         }
     }
 }
@@ -411,6 +442,7 @@ pub fn validate(
     let root = FieldPath::root();
     check_name(&raw.name, &mut problems);
     let trigger = validate_trigger(&raw, daemon, env, &mut problems);
+    let after = validate_after(&raw.trigger, &mut problems);
     check_queue_only_fields(&raw, &mut problems);
     let retry = validate_retry(&raw.retry, &root.key("retry"), &mut problems);
     let limits = validate_limits(&raw, daemon, &mut problems);
@@ -436,6 +468,7 @@ pub fn validate(
             priority: raw.priority,
             file,
             trigger,
+            after,
             retry,
             limits,
             payload,
@@ -485,8 +518,17 @@ fn validate_trigger(
             problems.push((tp, "set either `cron` or `queue`, not both".into()));
             None
         }
+        (None, None) if t.after.is_some() => {
+            check_cron_only_fields(
+                t,
+                &tp,
+                "to `after` alone (add `cron` to wait on a schedule)",
+                problems,
+            );
+            Some(Trigger::After)
+        }
         (None, None) => {
-            problems.push((tp, "needs `cron` or `queue`".into()));
+            problems.push((tp, "needs `cron`, `queue` or `after`".into()));
             None
         }
         (Some(expr), None) => {
@@ -560,6 +602,32 @@ fn validate_queue_trigger(
     problems: &mut Vec<Problem>,
 ) -> Option<QueueTrigger> {
     let t = &raw.trigger;
+    check_cron_only_fields(t, tp, "to cron triggers", problems);
+    if t.after.is_some() {
+        problems.push((
+            tp.key("after"),
+            "applies to cron triggers or alone, not to queue triggers".into(),
+        ));
+    }
+    super::queue::validate(
+        q,
+        raw.batch.as_ref(),
+        raw.dead_letter.as_ref(),
+        &tp.key("queue"),
+        &FieldPath::root(),
+        env,
+        problems,
+    )
+}
+
+/// The cron-only trigger fields, reported when set on a trigger that is
+/// not a cron one (`applies`: to what they do apply).
+fn check_cron_only_fields(
+    t: &RawTrigger,
+    tp: &FieldPath,
+    applies: &str,
+    problems: &mut Vec<Problem>,
+) {
     for (field, set) in [
         ("timezone", t.timezone.is_some()),
         ("overlap", t.overlap.is_some()),
@@ -573,18 +641,37 @@ fn validate_queue_trigger(
         ("on_blackout", t.on_blackout.is_some()),
     ] {
         if set {
-            problems.push((tp.key(field), "only applies to cron triggers".into()));
+            problems.push((tp.key(field), format!("only applies {applies}")));
         }
     }
-    super::queue::validate(
-        q,
-        raw.batch.as_ref(),
-        raw.dead_letter.as_ref(),
-        &tp.key("queue"),
-        &FieldPath::root(),
-        env,
-        problems,
-    )
+}
+
+/// `trigger.after` and `trigger.wait_timeout`. The names it mentions are
+/// checked across the job files ([`super::reload::read_jobs`]).
+fn validate_after(t: &RawTrigger, problems: &mut Vec<Problem>) -> Option<After> {
+    let tp = FieldPath::root().key("trigger");
+    if t.wait_timeout.is_some() && (t.after.is_none() || t.cron.is_none()) {
+        problems.push((
+            tp.key("wait_timeout"),
+            "only applies to cron triggers with `after`".into(),
+        ));
+    }
+    let text = t.after.as_ref()?;
+    // The position is the key's; the message names the character.
+    let expr = super::after::parse(text)
+        .map_err(|e| problems.push((tp.key("after"), e.to_string())))
+        .ok();
+    let wait_timeout = match &t.wait_timeout {
+        None => Some(DEFAULT_WAIT_TIMEOUT),
+        Some(s) => parse_duration(s)
+            .map_err(|e| problems.push((tp.key("wait_timeout"), e)))
+            .ok(),
+    };
+    Some(After {
+        expr: expr?,
+        wait_timeout: wait_timeout?,
+        position: super::Position::start(),
+    })
 }
 
 /// `batch` sets the run's completions itself; `batch` and `dead_letter`

@@ -4,6 +4,7 @@
 //! ([`DaemonConfig`], [`Job`]). Problems come back as [`Diagnostics`], all of
 //! them at once, each as `path:line:column: field: message`.
 
+pub mod after;
 pub mod calendar;
 pub mod daemon;
 pub mod diagnostic;
@@ -171,15 +172,27 @@ pub fn load_job_file(
                         Some(doc.locate(&FieldPath::root().key("guards").index(i).key("name")));
                 }
             }
+            if let Some(after) = &mut job.after {
+                after.position = value_start(
+                    &text,
+                    doc.locate(&FieldPath::root().key("trigger").key("after")),
+                );
+            }
             Ok((job, name_pos))
         }
         Ok(_) => Err(out),
         Err(problems) => {
-            out.extend(
-                problems
-                    .into_iter()
-                    .map(|(p, m)| Diagnostic::new(p.clone(), doc.locate(&p), m).in_file(file)),
-            );
+            out.extend(problems.into_iter().map(|(p, m)| {
+                let at = match after::character_of(&m) {
+                    // An `after` expression's error: at its character.
+                    Some(n) if p == FieldPath::root().key("trigger").key("after") => {
+                        let v = value_start(&text, doc.locate(&p));
+                        Position::new(v.line, v.column + n as u64)
+                    }
+                    _ => doc.locate(&p),
+                };
+                Diagnostic::new(p.clone(), at, m).in_file(file)
+            }));
             Err(out)
         }
     };
@@ -187,6 +200,33 @@ pub fn load_job_file(
         ds.sort_by_position();
         ds
     })
+}
+
+/// Where the text of the scalar whose key is at `key` starts (inside its
+/// quote, when quoted), when it is on the key's line: expression errors
+/// add their offset to it. Otherwise the key's position.
+fn value_start(text: &str, key: Position) -> Position {
+    let line: Vec<char> = text
+        .lines()
+        .nth(key.line as usize - 1)
+        .unwrap_or("")
+        .chars()
+        .collect();
+    let mut i = key.column as usize - 1;
+    while line
+        .get(i)
+        .is_some_and(|c| c.is_alphanumeric() || *c == '_')
+    {
+        i += 1;
+    }
+    while line.get(i).is_some_and(|c| c.is_whitespace() || *c == ':') {
+        i += 1;
+    }
+    match line.get(i) {
+        None => key,
+        Some('"' | '\'') => Position::new(key.line, i as u64 + 2),
+        Some(_) => Position::new(key.line, i as u64 + 1),
+    }
 }
 
 /// The daemon config and the job definitions, loaded together.

@@ -141,10 +141,92 @@ pub fn read_jobs<'a>(
     }
     out.jobs.sort_by(|a, b| a.name.cmp(&b.name));
     out.kept.sort();
+    refuse_bad_dependencies(&mut out);
     // The job files' problems read file by file (stable: a file's own
     // order is kept), after the calendars'.
     out.problems.0[calendar_problems..].sort_by(|a, b| a.file.cmp(&b.file));
     out
+}
+
+/// `trigger.after` across the jobs: a name that is no job, the job itself,
+/// or a cycle is an error at the name's place in the expression, and the
+/// job is refused (a cycle refuses every job on it). Repeats until no
+/// refusal leaves a new unknown name behind.
+fn refuse_bad_dependencies(out: &mut JobFiles) {
+    use std::collections::BTreeMap;
+    let at = |job: &Job, offset: usize| {
+        let p = job
+            .after
+            .as_ref()
+            .map(|a| a.position)
+            .unwrap_or_else(Position::start);
+        Position::new(p.line, p.column + offset as u64)
+    };
+    let field = || FieldPath::root().key("trigger").key("after");
+    loop {
+        let names: BTreeSet<String> = out.jobs.iter().map(|j| j.name.clone()).collect();
+        let mut refused: BTreeSet<String> = BTreeSet::new();
+        for job in &out.jobs {
+            let Some(after) = &job.after else { continue };
+            for (up, offset) in after.expr.jobs() {
+                let message = if up == job.name {
+                    format!("\"{up}\" is the job itself; a job cannot wait for its own runs")
+                } else if !names.contains(up) {
+                    format!("\"{up}\" is not a job (or its file is invalid); check the name")
+                } else {
+                    continue;
+                };
+                out.problems
+                    .push(Diagnostic::new(field(), at(job, offset), message).in_file(&job.file));
+                refused.insert(job.name.clone());
+            }
+        }
+        if refused.is_empty() {
+            let graph: BTreeMap<String, BTreeSet<String>> = out
+                .jobs
+                .iter()
+                .map(|j| (j.name.clone(), upstreams(j)))
+                .collect();
+            let Some(cycle) = super::after::find_cycle(&graph) else {
+                return;
+            };
+            let path = cycle.join(" → ");
+            for pair in cycle.windows(2) {
+                let Some(job) = out.jobs.iter().find(|j| j.name == pair[0]) else {
+                    continue;
+                };
+                let offset = job
+                    .after
+                    .as_ref()
+                    .and_then(|a| a.expr.jobs().into_iter().find(|(n, _)| *n == pair[1]))
+                    .map_or(0, |(_, o)| o);
+                out.problems.push(
+                    Diagnostic::new(
+                        field(),
+                        at(job, offset),
+                        format!("dependency cycle (each waits for the next): {path}; remove one of these conditions"),
+                    )
+                    .in_file(&job.file),
+                );
+                refused.insert(job.name.clone());
+            }
+        }
+        out.jobs.retain(|j| !refused.contains(&j.name));
+    }
+}
+
+/// The jobs `job`'s `trigger.after` names.
+pub fn upstreams(job: &Job) -> BTreeSet<String> {
+    job.after
+        .as_ref()
+        .map(|a| {
+            a.expr
+                .jobs()
+                .into_iter()
+                .map(|(n, _)| n.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A guard `job` (from `file`) defines that another job file already
@@ -371,5 +453,41 @@ mod tests {
             "{}",
             second.problems
         );
+    }
+
+    fn dependent(name: &str, after: &str) -> String {
+        format!(
+            "name: {name}\ntrigger:\n  after: \"{after}\"\ntemplate:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{ name: m, command: [\"true\"] }}]\n"
+        )
+    }
+
+    #[test]
+    fn a_job_waiting_for_a_refused_job_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(dir.path().join("up.yaml"), job("up", "true")).unwrap();
+        // typo waits for a name that is no job; after-typo waits for typo.
+        std::fs::write(
+            dir.path().join("typo.yaml"),
+            dependent("typo", "success(upp)"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("later.yaml"),
+            dependent("later", "done(typo) or success(up)"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("fine.yaml"),
+            dependent("fine", "success(up)"),
+        )
+        .unwrap();
+        let out = read(&c, &[]);
+        let names: Vec<&str> = out.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["fine", "up"]);
+        let problems: Vec<String> = out.problems.0.iter().map(|d| d.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].ends_with("later.yaml:3:16: trigger.after: \"typo\" is not a job (or its file is invalid); check the name"), "{problems:#?}");
+        assert!(problems[1].ends_with("typo.yaml:3:19: trigger.after: \"upp\" is not a job (or its file is invalid); check the name"), "{problems:#?}");
     }
 }

@@ -244,7 +244,7 @@ impl Dispatcher {
                         && q.on_expired == OnExpired::DeadLetter
                         && q.batch.is_none()
                 }
-                Trigger::Cron(_) => false,
+                Trigger::Cron(_) | Trigger::After => false,
             });
             if expires
                 && r.deadline_ms.is_some_and(|d| d <= now)

@@ -48,7 +48,7 @@ pub async fn forward(
                 target: q.dead_letter.clone()?,
                 outbox: AnySource::new(&q.source, &format!("{consumer}-dlq"))?,
             }),
-            Trigger::Cron(_) => None,
+            Trigger::Cron(_) | Trigger::After => None,
         })
         .collect();
     if targets.is_empty() {

@@ -185,6 +185,75 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// The fire times of `job`'s fires `waiting` for their dependencies,
+    /// oldest first.
+    pub async fn waiting_fires(&self, job: &str) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT fire_ms FROM cron_fires WHERE job = $1 AND outcome = $2 ORDER BY fire_ms",
+        )
+        .bind(job)
+        .bind(FireOutcome::Waiting.as_str())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// When the latest fire of `job` before `fire_ms` that ran was
+    /// recorded to run (its "last run", the scope of a dependency without
+    /// look-back): a waiting fire counts from when it started, so one
+    /// upstream run starts one waiting fire, not every one.
+    pub async fn last_run_fire_before(&self, job: &str, fire_ms: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(recorded_ms) FROM cron_fires WHERE job = $1 AND fire_ms < $2 \
+             AND work_item_id IS NOT NULL",
+        )
+        .bind(job)
+        .bind(fire_ms)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Ends a `waiting` fire: with `item`, `recorded` and its work item and
+    /// first run stored in the same transaction; without, `skipped` with
+    /// `detail`. False when it was not waiting (nothing written).
+    pub async fn end_waiting_fire(
+        &self,
+        job: &str,
+        fire_ms: i64,
+        item: Option<&NewWorkItem>,
+        detail: &str,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let id = item.map(|_| uuid::Uuid::new_v4().to_string());
+        let outcome = match item {
+            Some(_) => FireOutcome::Recorded,
+            None => FireOutcome::Skipped,
+        };
+        let now = self.clock.now_ms();
+        let changed = sqlx::query(
+            "UPDATE cron_fires SET outcome = $1, detail = $2, work_item_id = $3, recorded_ms = $7 \
+             WHERE job = $4 AND fire_ms = $5 AND outcome = $6",
+        )
+        .bind(outcome.as_str())
+        .bind(detail)
+        .bind(id.as_deref())
+        .bind(job)
+        .bind(fire_ms)
+        .bind(FireOutcome::Waiting.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !changed {
+            return Ok(false);
+        }
+        if let (Some(item), Some(id)) = (item, id) {
+            insert_items_tx(&mut tx, &[(item, id)], now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The latest recorded fire of `job`, if any.
     pub async fn last_cron_fire(&self, job: &str) -> Result<Option<i64>> {
         Ok(

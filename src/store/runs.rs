@@ -286,6 +286,25 @@ impl Store {
         .await?)
     }
 
+    /// `job`'s latest finished work, for its dependents' `after`: the end
+    /// (ms) of its newest run that succeeded or is dead (failed for the
+    /// last time; a failed attempt that is retried is not an end), and
+    /// whether it succeeded.
+    pub async fn latest_end_of(&self, job: &str) -> Result<Option<(i64, bool)>> {
+        let _t = crate::metrics::store_timer("latest_end_of");
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT finished_ms, state FROM runs \
+             WHERE job = $1 AND state IN ($2, $3) AND finished_ms IS NOT NULL \
+             ORDER BY finished_ms DESC LIMIT 1",
+        )
+        .bind(job)
+        .bind(RunState::Succeeded.as_str())
+        .bind(RunState::Dead.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(end, state)| (end, state == RunState::Succeeded.as_str())))
+    }
+
     /// `pending → running`. False when the run was not pending (someone else
     /// claimed or settled it).
     pub async fn claim_run(&self, run_id: &str, now_ms: i64) -> Result<bool> {

@@ -5,6 +5,7 @@
 //! [`crate::intake`] by `kedge enqueue`. Every trigger task gets a
 //! [`TriggerContext`].
 
+pub mod after;
 pub mod cron;
 pub mod rules;
 pub mod scheduler;

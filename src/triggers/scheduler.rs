@@ -418,6 +418,13 @@ async fn decide_and_record(
                 }
                 OverlapAction::Launch => FireOutcome::Recorded,
             };
+            if let Some(after) = &job.after {
+                // Waits for its dependencies (`triggers::after` starts it).
+                pending += 1;
+                let detail = format!("waiting for: {}", after.expr);
+                records.push(record(FireOutcome::Waiting, Some(detail), None));
+                continue;
+            }
             let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
             pending += 1;
             records.push(record(outcome, placed_by, Some(item)));
