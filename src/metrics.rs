@@ -210,181 +210,213 @@ impl Metrics {
             guard_holding: Family::default(),
             guard_value: Family::default(),
         };
-        // Sources.
+        m.register_sources(&mut r);
+        m.register_runs(&mut r);
+        m.register_timing(&mut r);
+        m.register_kubernetes(&mut r);
+        m.register_store_and_build(&mut r);
+        m.register_operator_states(&mut r);
+        m.register_load_guards(&mut r);
+        m.register_definitions(&mut r);
+        Metrics { registry: r, ..m }
+    }
+
+    /// Registers the sources families.
+    fn register_sources(&self, r: &mut Registry) {
         r.register(
             "source_up",
             "1 when the queue source is connected",
-            m.source_up.clone(),
+            self.source_up.clone(),
         );
         r.register(
             "messages_claimed",
             "Messages claimed from the source",
-            m.messages_claimed.clone(),
+            self.messages_claimed.clone(),
         );
         r.register(
             "messages_stored",
             "Messages stored as new work items",
-            m.messages_stored.clone(),
+            self.messages_stored.clone(),
         );
         r.register(
             "messages_duplicate",
             "Redeliveries of messages already stored",
-            m.messages_duplicate.clone(),
+            self.messages_duplicate.clone(),
         );
         r.register(
             "messages_rejected",
             "Messages dead-lettered at intake (bad payload, expired)",
-            m.messages_rejected.clone(),
+            self.messages_rejected.clone(),
         );
         r.register(
             "source_reconnects",
             "Times the source was lost and reconnected",
-            m.source_reconnects.clone(),
+            self.source_reconnects.clone(),
         );
         r.register(
             "source_backlog",
             "Messages waiting in the broker, as it last told (LLEN, stream lag + pending, RabbitMQ messages ready, table rows)",
-            m.source_backlog.clone(),
+            self.source_backlog.clone(),
         );
-        // Runs.
+    }
+
+    /// Registers the runs families.
+    fn register_runs(&self, r: &mut Registry) {
         r.register(
             "runs",
             "Runs (attempts) ended, by job and outcome (succeeded, failed, dead, cancelled, expired)",
-            m.runs.clone(),
+            self.runs.clone(),
         );
         r.register(
             "run_duration_seconds",
             "How long runs took, launch to end",
-            m.run_duration.clone(),
+            self.run_duration.clone(),
         );
         r.register(
             "runs_active",
             "Runs launched and not yet ended, from the store",
-            m.runs_active.clone(),
+            self.runs_active.clone(),
         );
         r.register(
             "runs_pending",
             "Runs waiting to launch, from the store",
-            m.runs_pending.clone(),
+            self.runs_pending.clone(),
         );
         r.register(
             "run_retries",
             "Failed attempts retried",
-            m.run_retries.clone(),
+            self.run_retries.clone(),
         );
         r.register(
             "runs_at_risk",
             "Runs that even the maximum parallelism cannot finish by their deadline",
-            m.runs_at_risk.clone(),
+            self.runs_at_risk.clone(),
         );
         r.register(
             "runs_stuck",
             "Runs none of whose pods has started, by job and reason",
-            m.runs_stuck.clone(),
+            self.runs_stuck.clone(),
         );
-        // Timing.
+    }
+
+    /// Registers the timing families.
+    fn register_timing(&self, r: &mut Registry) {
         r.register(
             "schedule_lateness_seconds",
             "Cron fire time to the run's launch",
-            m.schedule_lateness.clone(),
+            self.schedule_lateness.clone(),
         );
         r.register(
             "message_to_launch_seconds",
             "A message's arrival in kedge to its run's launch",
-            m.message_to_launch.clone(),
+            self.message_to_launch.clone(),
         );
         r.register(
             "deadline_slack_seconds",
             "The last ended run's deadline minus its end; negative means missed",
-            m.deadline_slack.clone(),
+            self.deadline_slack.clone(),
         );
         r.register(
             "deadline_missed",
             "Runs that ended (or expired) after their deadline",
-            m.deadline_missed.clone(),
+            self.deadline_missed.clone(),
         );
-        // Kubernetes (and the local executor's launches).
-        r.register("launches", "Runs launched", m.launches.clone());
+    }
+
+    /// Registers the kubernetes (and the local executor's launches) families.
+    fn register_kubernetes(&self, r: &mut Registry) {
+        r.register("launches", "Runs launched", self.launches.clone());
         r.register(
             "launch_failures",
             "Launches that failed, by job and reason (rejected, transient, launch_timeout)",
-            m.launch_failures.clone(),
+            self.launch_failures.clone(),
         );
         r.register(
             "kubernetes_requests",
             "Requests to the Kubernetes API server, by verb and HTTP status code (error: no response)",
-            m.kubernetes_requests.clone(),
+            self.kubernetes_requests.clone(),
         );
         r.register(
             "kubernetes_request_duration_seconds",
             "Kubernetes API request time to the response's headers, by verb",
-            m.kubernetes_request_duration.clone(),
+            self.kubernetes_request_duration.clone(),
         );
         r.register(
             "leader",
             "1 while this replica holds the leader Lease",
-            m.leader.clone(),
+            self.leader.clone(),
         );
         r.register(
             "watch_restarts",
             "Times a Kubernetes watch failed and was started again",
-            m.watch_restarts.clone(),
+            self.watch_restarts.clone(),
         );
-        // Store and build.
+    }
+
+    /// Registers the store and build families.
+    fn register_store_and_build(&self, r: &mut Registry) {
         r.register(
             "store_query_duration_seconds",
             "State store operations' time, by operation",
-            m.store_query_duration.clone(),
+            self.store_query_duration.clone(),
         );
         r.register(
             "dead_letters",
             "Open (not replayed) dead letters, from the store",
-            m.dead_letters.clone(),
+            self.dead_letters.clone(),
         );
-        // Operator states.
+    }
+
+    /// Registers the operator states families.
+    fn register_operator_states(&self, r: &mut Registry) {
         r.register(
             "job_paused",
             "1 when an operator paused the job (kedge pause)",
-            m.job_paused.clone(),
+            self.job_paused.clone(),
         );
         r.register(
             "job_held",
             "1 when the job is on hold (kedge hold)",
-            m.job_held.clone(),
+            self.job_held.clone(),
         );
         r.register(
             "job_iced",
             "1 when the job is on ice (kedge ice)",
-            m.job_iced.clone(),
+            self.job_iced.clone(),
         );
-        // Load guards.
+    }
+
+    /// Registers the load guards families.
+    fn register_load_guards(&self, r: &mut Registry) {
         r.register(
             "guard_holding",
             "1 while the load guard holds or throttles its jobs (or its probe fails with on_probe_failure: hold)",
-            m.guard_holding.clone(),
+            self.guard_holding.clone(),
         );
         r.register(
             "guard_value",
             "The load guard's last measured value (NaN before the first measurement)",
-            m.guard_value.clone(),
+            self.guard_value.clone(),
         );
-        // Definitions (hot reload).
+    }
+
+    /// Registers the definitions (hot reload) families.
+    fn register_definitions(&self, r: &mut Registry) {
         r.register(
             "config_reload_errors",
             "Reloads of the job or config files that found a problem (the last good versions stayed in force)",
-            m.config_reload_errors.clone(),
+            self.config_reload_errors.clone(),
         );
         r.register(
             "config_last_reload_successful",
             "1 when the last read of the job and config files found no problem",
-            m.config_last_reload_successful.clone(),
+            self.config_last_reload_successful.clone(),
         );
         r.register(
             "build",
             "kedge's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        Metrics { registry: r, ..m }
     }
 
     /// The OpenMetrics text of every family ([`CONTENT_TYPE`]).

@@ -437,9 +437,17 @@ fn check(raw: &RawCalendar, problems: &mut Vec<Problem>) -> Own {
     }
 }
 
-/// Checks the calendars together (duplicate names, references, cycles)
-/// and builds the valid ones.
-fn resolve(dir: PathBuf, dir_exists: bool, parsed: Vec<Parsed>) -> Calendars {
+/// The calendars by name, before their references are checked.
+struct Names {
+    /// Name → index of the file that defines it first.
+    by_name: HashMap<String, usize>,
+    /// Names whose own file is invalid → that file.
+    invalid: BTreeMap<String, PathBuf>,
+    /// The files' own problems and each later duplicate name.
+    problems: Vec<Diagnostic>,
+}
+
+fn index_names(parsed: &[Parsed]) -> Names {
     let mut problems: Vec<Diagnostic> = Vec::new();
     let mut invalid: BTreeMap<String, PathBuf> = BTreeMap::new();
     // name → index of the file that defines it first.
@@ -477,98 +485,112 @@ fn resolve(dir: PathBuf, dir_exists: bool, parsed: Vec<Parsed>) -> Calendars {
         }
     }
 
-    // Depth-first over include/exclude: `state` 1 = on the path, 2 = done;
-    // `built` holds the calendars resolved so far (absent when invalid).
-    struct Walk<'a> {
-        parsed: &'a [Parsed],
-        by_name: &'a HashMap<String, usize>,
-        state: Vec<u8>,
-        built: Vec<Option<Arc<Calendar>>>,
-        path: Vec<usize>,
-        problems: Vec<Diagnostic>,
+    Names {
+        by_name,
+        invalid,
+        problems,
     }
-    impl Walk<'_> {
-        fn visit(&mut self, i: usize) -> Option<Arc<Calendar>> {
-            if self.state[i] == 2 {
-                return self.built[i].clone();
-            }
-            self.state[i] = 1;
-            self.path.push(i);
-            let p = &self.parsed[i];
-            let own = p.ok.as_ref();
-            let mut ok = own.is_some();
-            let mut include = Vec::new();
-            let mut exclude = Vec::new();
-            for (field, names) in own
-                .map(|o| [("include", &o.include), ("exclude", &o.exclude)])
-                .into_iter()
-                .flatten()
-            {
-                for (k, n) in names.iter().enumerate() {
-                    let path = FieldPath::root().key(field).index(k);
-                    let pos = p
-                        .doc
-                        .as_ref()
-                        .map(|d| d.locate(&path))
-                        .unwrap_or_else(Position::start);
-                    let problem =
-                        |m: String| Diagnostic::new(path.clone(), pos, m).in_file(&p.file);
-                    let Some(&j) = self.by_name.get(n) else {
-                        let mut known: Vec<&str> =
-                            self.by_name.keys().map(String::as_str).collect();
-                        known.sort();
+}
+
+/// Depth-first over include/exclude: `state` 1 = on the path, 2 = done;
+/// `built` holds the calendars resolved so far (absent when invalid).
+struct Walk<'a> {
+    parsed: &'a [Parsed],
+    by_name: &'a HashMap<String, usize>,
+    state: Vec<u8>,
+    built: Vec<Option<Arc<Calendar>>>,
+    path: Vec<usize>,
+    problems: Vec<Diagnostic>,
+}
+impl Walk<'_> {
+    fn visit(&mut self, i: usize) -> Option<Arc<Calendar>> {
+        if self.state[i] == 2 {
+            return self.built[i].clone();
+        }
+        self.state[i] = 1;
+        self.path.push(i);
+        let p = &self.parsed[i];
+        let own = p.ok.as_ref();
+        let mut ok = own.is_some();
+        let mut include = Vec::new();
+        let mut exclude = Vec::new();
+        for (field, names) in own
+            .map(|o| [("include", &o.include), ("exclude", &o.exclude)])
+            .into_iter()
+            .flatten()
+        {
+            for (k, n) in names.iter().enumerate() {
+                let path = FieldPath::root().key(field).index(k);
+                let pos = p
+                    .doc
+                    .as_ref()
+                    .map(|d| d.locate(&path))
+                    .unwrap_or_else(Position::start);
+                let problem = |m: String| Diagnostic::new(path.clone(), pos, m).in_file(&p.file);
+                let Some(&j) = self.by_name.get(n) else {
+                    let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+                    known.sort();
+                    self.problems.push(problem(format!(
+                        "unknown calendar \"{n}\" (defined: {})",
+                        known.join(", ")
+                    )));
+                    ok = false;
+                    continue;
+                };
+                if self.state[j] == 1 {
+                    let from = self.path.iter().position(|x| *x == j).unwrap_or(0);
+                    let mut cycle: Vec<&str> = self.path[from..]
+                        .iter()
+                        .map(|x| self.parsed[*x].name.as_deref().unwrap_or("?"))
+                        .collect();
+                    cycle.push(n);
+                    self.problems.push(problem(format!(
+                        "calendars include or exclude each other in a cycle: {}",
+                        cycle.join(" → ")
+                    )));
+                    ok = false;
+                    continue;
+                }
+                match self.visit(j) {
+                    Some(c) if field == "include" => include.push(c),
+                    Some(c) => exclude.push(c),
+                    None => {
                         self.problems.push(problem(format!(
-                            "unknown calendar \"{n}\" (defined: {})",
-                            known.join(", ")
+                            "calendar \"{n}\" is invalid (see the problems reported for {})",
+                            self.parsed[j].file.display()
                         )));
                         ok = false;
-                        continue;
-                    };
-                    if self.state[j] == 1 {
-                        let from = self.path.iter().position(|x| *x == j).unwrap_or(0);
-                        let mut cycle: Vec<&str> = self.path[from..]
-                            .iter()
-                            .map(|x| self.parsed[*x].name.as_deref().unwrap_or("?"))
-                            .collect();
-                        cycle.push(n);
-                        self.problems.push(problem(format!(
-                            "calendars include or exclude each other in a cycle: {}",
-                            cycle.join(" → ")
-                        )));
-                        ok = false;
-                        continue;
-                    }
-                    match self.visit(j) {
-                        Some(c) if field == "include" => include.push(c),
-                        Some(c) => exclude.push(c),
-                        None => {
-                            self.problems.push(problem(format!(
-                                "calendar \"{n}\" is invalid (see the problems reported for {})",
-                                self.parsed[j].file.display()
-                            )));
-                            ok = false;
-                        }
                     }
                 }
             }
-            self.path.pop();
-            self.state[i] = 2;
-            let built = match (ok, own, &p.name) {
-                (true, Some(o), Some(name)) => Some(Arc::new(Calendar {
-                    name: name.clone(),
-                    file: p.file.clone(),
-                    working_days: o.working_days,
-                    dates: o.dates.clone(),
-                    holidays: o.holidays.clone(),
-                    include,
-                    exclude,
-                })),
-                _ => None,
-            };
-            self.built[i] = built.clone();
-            built
         }
+        self.path.pop();
+        self.state[i] = 2;
+        let built = match (ok, own, &p.name) {
+            (true, Some(o), Some(name)) => Some(Arc::new(Calendar {
+                name: name.clone(),
+                file: p.file.clone(),
+                working_days: o.working_days,
+                dates: o.dates.clone(),
+                holidays: o.holidays.clone(),
+                include,
+                exclude,
+            })),
+            _ => None,
+        };
+        self.built[i] = built.clone();
+        built
     }
+}
+
+/// Checks the calendars together (duplicate names, references, cycles)
+/// and builds the valid ones.
+fn resolve(dir: PathBuf, dir_exists: bool, parsed: Vec<Parsed>) -> Calendars {
+    let Names {
+        by_name,
+        mut invalid,
+        mut problems,
+    } = index_names(&parsed);
     let mut walk = Walk {
         parsed: &parsed,
         by_name: &by_name,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::rows::{insert_audit_tx, insert_items_tx, new_attempt_tx, AuditEntry, NewWorkItem};
-use super::{parse_column, Result, Store, StoreError};
+use super::{parse_column, Result, Store, StoreError, Tx};
 use crate::lifecycle::{FireOutcome, RunState, WorkState};
 
 /// Whether a backfill's runs may run beside the job's other runs.
@@ -164,39 +164,7 @@ impl Store {
                 None
                 | Some(FireRow {
                     work_item_id: None, ..
-                }) => {
-                    let work_item_id = uuid::Uuid::new_v4().to_string();
-                    let new = insert_items_tx(&mut tx, &[(item, work_item_id.clone())], now)
-                        .await?
-                        == [true];
-                    if new {
-                        sqlx::query("UPDATE work_items SET backfill_id = $1 WHERE id = $2")
-                            .bind(&id)
-                            .bind(&work_item_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        let detail = format!("backfill {id}");
-                        sqlx::query(
-                            "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, \
-                             recorded_ms) VALUES ($1, $2, $3, $4, $5, $6) \
-                             ON CONFLICT (job, fire_ms) DO UPDATE SET outcome = excluded.outcome, \
-                             detail = excluded.detail, work_item_id = excluded.work_item_id",
-                        )
-                        .bind(b.job)
-                        .bind(fire_ms)
-                        .bind(FireOutcome::Recorded.as_str())
-                        .bind(&detail)
-                        .bind(&work_item_id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        FireAction::Create {
-                            run_id: item.run_id.clone(),
-                        }
-                    } else {
-                        keep("its work item is stored already")
-                    }
-                }
+                }) => create_fire_tx(&mut tx, b.job, item, &id, now).await?,
                 Some(FireRow { state: None, .. }) => keep("finished and pruned"),
                 Some(FireRow { active, .. }) if *active > 0 => keep("a run of it is active"),
                 Some(FireRow {
@@ -230,37 +198,10 @@ impl Store {
         }
         let started = report.started();
         if started > 0 {
-            sqlx::query(
-                "INSERT INTO backfills (id, job, from_ms, to_ms, max_active, overlap, actor, \
-                 created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&id)
-            .bind(b.job)
-            .bind(b.from_ms)
-            .bind(b.to_ms)
-            .bind(i64::from(b.max_active))
-            .bind(b.overlap.as_str())
-            .bind(&b.audit.actor)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            insert_backfill_tx(&mut tx, b, &id, now).await?;
             report.id = Some(id.clone());
         }
-        let mut audit = b.audit.clone();
-        audit.details = Some(
-            serde_json::json!({
-                "backfill": report.id,
-                "from_ms": b.from_ms,
-                "to_ms": b.to_ms,
-                "fires": report.fires.len(),
-                "started": started,
-                "max_active": b.max_active,
-                "overlap": b.overlap,
-                "rerun": b.rerun,
-            })
-            .to_string(),
-        );
-        insert_audit_tx(&mut tx, &audit, now).await?;
+        insert_audit_tx(&mut tx, &backfill_audit(b, &report, started), now).await?;
         tx.commit().await?;
         if started > 0 {
             self.announce_work().await;
@@ -294,4 +235,82 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Creates a fire the backfill found missing (or recorded without work):
+/// its work item, marked with the backfill, and its `cron_fires` row.
+async fn create_fire_tx(
+    tx: &mut Tx,
+    job: &str,
+    item: &NewWorkItem,
+    backfill: &str,
+    now: i64,
+) -> Result<FireAction> {
+    let work_item_id = uuid::Uuid::new_v4().to_string();
+    let new = insert_items_tx(tx, &[(item, work_item_id.clone())], now).await? == [true];
+    if !new {
+        return Ok(FireAction::Keep {
+            why: "its work item is stored already".into(),
+        });
+    }
+    sqlx::query("UPDATE work_items SET backfill_id = $1 WHERE id = $2")
+        .bind(backfill)
+        .bind(&work_item_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO cron_fires (job, fire_ms, outcome, detail, work_item_id, \
+         recorded_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (job, fire_ms) DO UPDATE SET outcome = excluded.outcome, \
+         detail = excluded.detail, work_item_id = excluded.work_item_id",
+    )
+    .bind(job)
+    .bind(item.scheduled_ms)
+    .bind(FireOutcome::Recorded.as_str())
+    .bind(format!("backfill {backfill}"))
+    .bind(&work_item_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(FireAction::Create {
+        run_id: item.run_id.clone(),
+    })
+}
+
+/// The `backfills` row that caps the backfill's runs.
+async fn insert_backfill_tx(tx: &mut Tx, b: &NewBackfill<'_>, id: &str, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO backfills (id, job, from_ms, to_ms, max_active, overlap, actor, \
+         created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(b.job)
+    .bind(b.from_ms)
+    .bind(b.to_ms)
+    .bind(i64::from(b.max_active))
+    .bind(b.overlap.as_str())
+    .bind(&b.audit.actor)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The backfill's audit entry, with what it did.
+fn backfill_audit(b: &NewBackfill<'_>, report: &BackfillReport, started: usize) -> AuditEntry {
+    let mut audit = b.audit.clone();
+    audit.details = Some(
+        serde_json::json!({
+            "backfill": report.id,
+            "from_ms": b.from_ms,
+            "to_ms": b.to_ms,
+            "fires": report.fires.len(),
+            "started": started,
+            "max_active": b.max_active,
+            "overlap": b.overlap,
+            "rerun": b.rerun,
+        })
+        .to_string(),
+    );
+    audit
 }

@@ -34,7 +34,7 @@ use super::TriggerContext;
 use crate::config::job::{Catchup, CronTrigger, Overlap};
 use crate::config::Job;
 use crate::intake;
-use crate::lifecycle::FireOutcome;
+use crate::lifecycle::{FireOutcome, OperatorState};
 use crate::store::{skipped_detail, FireRecord, StoreError};
 
 /// A fire this close to "now" is on time, not missed (a timer can wake late
@@ -316,126 +316,175 @@ async fn decide_and_record(
     for (i, fires) in batch {
         let Timer { job, cron, .. } = &timers[*i];
         if let Some(state) = stopped.get(&job.name) {
-            // Paused, held or iced: nothing new launches. Each fire is
-            // recorded `skipped: <state>`; resume and release catch them
-            // up (`crate::operator`), unice does not.
-            tracing::info!(job = %job.name, fires = fires.len(), %state, "cron fires skipped: the job is {state}");
-            records.extend(fires.iter().map(|f| FireRecord {
-                job: job.name.clone(),
-                fire_ms: f.at.timestamp_millis(),
-                outcome: FireOutcome::Skipped,
-                detail: Some(skipped_detail(*state).to_string()),
-                item: None,
-            }));
+            records.extend(stopped_records(job, fires, *state));
             continue;
         }
-        // Fires in a blackout are recorded as skipped whatever the
-        // catch-up policy; the others go through it.
-        for f in fires {
-            if let Planned::Skipped { reason } = &f.outcome {
+        records.extend(blackout_records(job, fires));
+        decide_job(job, cron, fires, ctx, now, &mut records).await?;
+    }
+    record_and_wake(ctx, &records, &stopped).await
+}
+
+/// Paused, held or iced: nothing new launches. Each fire is recorded
+/// `skipped: <state>`; resume and release catch them up
+/// (`crate::operator`), unice does not.
+fn stopped_records(job: &Job, fires: &[Fire], state: OperatorState) -> Vec<FireRecord> {
+    tracing::info!(job = %job.name, fires = fires.len(), %state, "cron fires skipped: the job is {state}");
+    fires
+        .iter()
+        .map(|f| FireRecord {
+            job: job.name.clone(),
+            fire_ms: f.at.timestamp_millis(),
+            outcome: FireOutcome::Skipped,
+            detail: Some(skipped_detail(state).to_string()),
+            item: None,
+        })
+        .collect()
+}
+
+/// Fires in a blackout are recorded as skipped whatever the catch-up
+/// policy; the others go through it ([`decide_job`]).
+fn blackout_records(job: &Job, fires: &[Fire]) -> Vec<FireRecord> {
+    fires
+        .iter()
+        .filter_map(|f| match &f.outcome {
+            Planned::Skipped { reason } => {
                 tracing::info!(job = %job.name, fire = %f.at, %reason, "cron fire skipped");
-                records.push(FireRecord {
+                Some(FireRecord {
                     job: job.name.clone(),
                     fire_ms: f.at.timestamp_millis(),
                     outcome: FireOutcome::Skipped,
                     detail: Some(reason.clone()),
                     item: None,
-                });
+                })
             }
-        }
-        let runs: Vec<&Fire> = fires
-            .iter()
-            .filter(|f| !matches!(f.outcome, Planned::Skipped { .. }))
-            .collect();
-        let times: Vec<DateTime<Utc>> = runs.iter().map(|f| f.at).collect();
-        let plan = plan_fires(&times, now, cron.catchup, cron.starting_deadline);
-        let missed = plan
-            .iter()
-            .filter(|(_, d)| matches!(d, FireDecision::Missed(_)))
-            .count();
-        if missed > 0 {
-            tracing::warn!(job = %job.name, missed, "cron fires missed while kedge was not running");
-        }
-        // Only the policies that look at active runs pay for counting them;
-        // fires decided here count as pending for the fires after them.
-        let (running, mut pending) = if cron.overlap == Overlap::Allow {
-            (0, 0)
-        } else {
-            ctx.store.active_count_of(&job.name).await?
-        };
-        // `replace` with several fires due at once (catch-up): only the
-        // newest launches; the older ones would be replaced before they ran.
-        let newest_run = plan
-            .iter()
-            .rposition(|(_, d)| *d == FireDecision::Run)
-            .unwrap_or(0);
-        for (k, ((fire, decision), placed)) in plan.into_iter().zip(&runs).enumerate() {
-            let fire_ms = fire.timestamp_millis();
-            // Why a fire is not at its cron time (shifted, deferred).
-            let placed_by = (placed.cron_time != placed.at).then(|| placed.rule.clone());
-            let record = |outcome: FireOutcome, detail: Option<String>, item| FireRecord {
-                job: job.name.clone(),
-                fire_ms,
-                outcome,
-                detail,
-                item,
-            };
-            if let FireDecision::Missed(why) = decision {
-                records.push(record(FireOutcome::Missed, Some(why), None));
-                continue;
-            }
-            let action = if cron.overlap == Overlap::Replace && k < newest_run {
-                OverlapAction::Skip(
-                    "overlap: replace, a newer fire due at the same time replaced it".into(),
-                )
-            } else {
-                overlap_action(cron.overlap, running, pending)
-            };
-            let outcome = match action {
-                OverlapAction::Skip(why) => {
-                    tracing::info!(job = %job.name, %fire, reason = %why, "cron fire skipped");
-                    records.push(record(FireOutcome::Skipped, Some(why), None));
-                    continue;
-                }
-                OverlapAction::Replace => {
-                    ctx.store
-                        .cancel_pending_runs(
-                            &job.name,
-                            "cancelled: replaced by a newer cron fire",
-                            now.timestamp_millis(),
-                        )
-                        .await?;
-                    for run in ctx.store.active_runs_of(&job.name).await? {
-                        // (A rare event: one more read for the log's attempt.)
-                        let attempt = ctx.store.get_run(&run).await?.map_or(0, |r| r.attempt);
-                        tracing::info!(job = %job.name, run = %run, attempt, "replacing the active run");
-                        // Closed only when the daemon has stopped serving:
-                        // then the run stops with it, and the fire is
-                        // already recorded as replacing it.
-                        let _ = ctx.cancel.send(run);
-                    }
-                    FireOutcome::Replaced
-                }
-                OverlapAction::Launch => FireOutcome::Recorded,
-            };
-            if let Some(after) = &job.after {
-                // Waits for its dependencies (`triggers::after` starts it).
-                pending += 1;
-                let detail = format!("waiting for: {}", after.expr);
-                records.push(record(FireOutcome::Waiting, Some(detail), None));
-                continue;
-            }
-            let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
-            pending += 1;
-            records.push(record(outcome, placed_by, Some(item)));
-        }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies the catch-up and overlap policies to one job's fires that may
+/// run, adding a record for each to `records`.
+async fn decide_job(
+    job: &Arc<Job>,
+    cron: &CronTrigger,
+    fires: &[Fire],
+    ctx: &TriggerContext,
+    now: DateTime<Utc>,
+    records: &mut Vec<FireRecord>,
+) -> Result<(), crate::store::StoreError> {
+    let runs: Vec<&Fire> = fires
+        .iter()
+        .filter(|f| !matches!(f.outcome, Planned::Skipped { .. }))
+        .collect();
+    let times: Vec<DateTime<Utc>> = runs.iter().map(|f| f.at).collect();
+    let plan = plan_fires(&times, now, cron.catchup, cron.starting_deadline);
+    let missed = plan
+        .iter()
+        .filter(|(_, d)| matches!(d, FireDecision::Missed(_)))
+        .count();
+    if missed > 0 {
+        tracing::warn!(job = %job.name, missed, "cron fires missed while kedge was not running");
     }
+    // Only the policies that look at active runs pay for counting them;
+    // fires decided here count as pending for the fires after them.
+    let (running, mut pending) = if cron.overlap == Overlap::Allow {
+        (0, 0)
+    } else {
+        ctx.store.active_count_of(&job.name).await?
+    };
+    // `replace` with several fires due at once (catch-up): only the
+    // newest launches; the older ones would be replaced before they ran.
+    let newest_run = plan
+        .iter()
+        .rposition(|(_, d)| *d == FireDecision::Run)
+        .unwrap_or(0);
+    for (k, ((fire, decision), placed)) in plan.into_iter().zip(&runs).enumerate() {
+        let fire_ms = fire.timestamp_millis();
+        // Why a fire is not at its cron time (shifted, deferred).
+        let placed_by = (placed.cron_time != placed.at).then(|| placed.rule.clone());
+        let record = |outcome: FireOutcome, detail: Option<String>, item| FireRecord {
+            job: job.name.clone(),
+            fire_ms,
+            outcome,
+            detail,
+            item,
+        };
+        if let FireDecision::Missed(why) = decision {
+            records.push(record(FireOutcome::Missed, Some(why), None));
+            continue;
+        }
+        let action = if cron.overlap == Overlap::Replace && k < newest_run {
+            OverlapAction::Skip(
+                "overlap: replace, a newer fire due at the same time replaced it".into(),
+            )
+        } else {
+            overlap_action(cron.overlap, running, pending)
+        };
+        let outcome = match action {
+            OverlapAction::Skip(why) => {
+                tracing::info!(job = %job.name, %fire, reason = %why, "cron fire skipped");
+                records.push(record(FireOutcome::Skipped, Some(why), None));
+                continue;
+            }
+            OverlapAction::Replace => {
+                replace_active_runs(&job.name, ctx, now).await?;
+                FireOutcome::Replaced
+            }
+            OverlapAction::Launch => FireOutcome::Recorded,
+        };
+        pending += 1;
+        if let Some(after) = &job.after {
+            // Waits for its dependencies (`triggers::after` starts it).
+            let detail = format!("waiting for: {}", after.expr);
+            records.push(record(FireOutcome::Waiting, Some(detail), None));
+            continue;
+        }
+        let item = intake::cron_work_item(&job.name, fire, job.deadline_after(fire));
+        records.push(record(outcome, placed_by, Some(item)));
+    }
+    Ok(())
+}
+
+/// `overlap: replace`: cancels `job`'s pending runs and asks the daemon to
+/// stop its running ones.
+async fn replace_active_runs(
+    job: &str,
+    ctx: &TriggerContext,
+    now: DateTime<Utc>,
+) -> Result<(), crate::store::StoreError> {
+    ctx.store
+        .cancel_pending_runs(
+            job,
+            "cancelled: replaced by a newer cron fire",
+            now.timestamp_millis(),
+        )
+        .await?;
+    for run in ctx.store.active_runs_of(job).await? {
+        // (A rare event: one more read for the log's attempt.)
+        let attempt = ctx.store.get_run(&run).await?.map_or(0, |r| r.attempt);
+        tracing::info!(%job, run = %run, attempt, "replacing the active run");
+        // Closed only when the daemon has stopped serving: then the run
+        // stops with it, and the fire is already recorded as replacing it.
+        let _ = ctx.cancel.send(run);
+    }
+    Ok(())
+}
+
+/// Records `records` in one transaction (checked against the operator
+/// states `stopped` they were decided with) and wakes the dispatcher when
+/// a fire launched.
+async fn record_and_wake(
+    ctx: &TriggerContext,
+    records: &[FireRecord],
+    stopped: &std::collections::HashMap<String, OperatorState>,
+) -> Result<(), crate::store::StoreError> {
     if records.is_empty() {
         return Ok(());
     }
     let stored = ctx
         .store
-        .record_cron_fires_as(&records, Some(&stopped))
+        .record_cron_fires_as(records, Some(stopped))
         .await?;
     let mut launched = 0;
     for (r, new) in records.iter().zip(stored) {

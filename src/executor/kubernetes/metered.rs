@@ -50,6 +50,8 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let verb = verb(req.method(), req.uri().path(), req.uri().query());
         // A measurement, not a scheduling decision: the monotonic clock.
+        // A request's duration for its histogram: elapsed wall time, not
+        // a scheduling decision, so not the daemon's Clock.
         let start = Instant::now();
         let response = self.inner.call(req);
         Box::pin(async move {
